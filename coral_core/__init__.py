@@ -1,0 +1,1 @@
+"""CoralStyleCLIP engine: pure PyTorch, never imports ComfyUI."""

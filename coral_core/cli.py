@@ -1,0 +1,136 @@
+"""The ``coral`` command line (also ``python -m coral_core``).
+
+Each sub-command is a thin wrapper over engine functions; errors the user can fix print one
+clear line and exit with status 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import CoralError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+    return register
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from .formats import describe, load_generator
+
+    info = describe(load_generator(args.file))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>15}: {value}")
+    return 0
+
+
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .atomic import atomic_path
+    from .formats import load_generator, nvlabs_to_rosinality, save_generator
+
+    loaded = load_generator(args.src)
+    dst = Path(args.dst)
+    to = args.to or ("rosinality" if dst.suffix in (".pt", ".pth") else "safetensors")
+    if to == "safetensors":
+        save_generator(loaded.generator, dst, {"converted_from": loaded.format})
+    else:
+        with atomic_path(dst) as tmp:
+            torch.save(nvlabs_to_rosinality(loaded.generator), tmp)
+    print(f"wrote {dst} ({to}) from {args.src} ({loaded.format})")
+    return 0
+
+
+@command("generate")
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .cache import get_generator
+    from .images import save_tensor_images
+    from .seeds import parse_seeds
+
+    loaded = get_generator(args.generator, args.device)
+    G = loaded.generator
+    seeds = parse_seeds(args.seeds)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    for i in range(0, len(seeds), args.batch):
+        chunk = seeds[i:i + args.batch]
+        with torch.no_grad():
+            z = G.z_from_seeds(chunk)
+            ws = G.mapping_ws(z, args.truncation, args.truncation_cutoff)
+            img = G.synthesize(ws, noise_mode=args.noise)
+        save_tensor_images(img, [out / f"seed{s:04d}.png" for s in chunk])
+    print(f"wrote {len(seeds)} images to {out} in {time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coral", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="describe a generator file")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("convert", help="convert a generator to .safetensors or rosinality .pt")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--to", choices=["safetensors", "rosinality"])
+
+    s = sub.add_parser("generate", help="images from seeds, as NVIDIA's generate.py")
+    s.add_argument("--generator", required=True)
+    s.add_argument("--seeds", default="0-7")
+    s.add_argument("--truncation", type=float, default=1.0)
+    s.add_argument("--truncation-cutoff", type=int, default=None)
+    s.add_argument("--noise", choices=["const", "random", "none"], default="const")
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--device", default=None)
+    s.add_argument("--out", required=True)
+
+    for register in _EXTRA_PARSERS:
+        register(sub)
+    return p
+
+
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_command_modules()
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except CoralError as exc:
+        print(f"coral {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load_command_modules() -> None:
+    """Sub-commands of later subsystems register themselves on import."""
+    import importlib
+
+    for name in ("coral_core.editing.cli", "coral_core.world.cli"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and not name.startswith(exc.name):
+                raise
+
+
+def add_parser(fn: Callable[[argparse._SubParsersAction], None]) -> None:
+    _EXTRA_PARSERS.append(fn)

@@ -1,0 +1,67 @@
+"""The project's own generator format: safetensors weights + the config in the metadata.
+
+No pickle at all, so it is the format to convert everything else to and to share.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..atomic import atomic_path
+from ..errors import ModelFormatError
+from ..stylegan import Generator, GeneratorConfig
+from .nvlabs import build_generator
+
+FORMAT_NAME = "coral-stylegan2"
+FORMAT_VERSION = "1"
+
+
+def save_generator(G: Generator, path: str | Path, extra: dict[str, str] | None = None) -> None:
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "config": G.cfg.to_json(), "fingerprint": G.fingerprint()}
+    meta.update(extra or {})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in G.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_native(path: Path, meta: dict[str, str]) -> Generator:
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(f"{path}: generator format version "
+                               f"{meta.get('format_version')!r} is not supported (expected "
+                               f"{FORMAT_VERSION}); update ComfyUI-CoralStyleCLIP")
+    try:
+        cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFormatError(f"{path}: invalid generator config in metadata: {exc}") from exc
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise ModelFormatError(f"{path}: the file is truncated or corrupt ({exc})") from exc
+    return build_generator(cfg, state, path)
+
+
+def is_clip_state(keys: list[str]) -> bool:
+    return any(k.startswith("visual.") for k in keys) and "token_embedding.weight" in keys \
+        or any(k.endswith("visual.conv1.weight") for k in keys)
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+__all__ = ["save_generator", "load_native", "read_metadata", "FORMAT_NAME", "torch"]

@@ -1,0 +1,25 @@
+"""Shared fixtures. Unit tests need no ComfyUI host; e2e tests start a real one."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+for p in (str(TESTS), str(ROOT)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from fabricate import write_clip_files
+
+    return write_clip_files(tmp_path_factory.mktemp("clip"))
