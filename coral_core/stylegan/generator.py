@@ -53,12 +53,18 @@ class LayerRunner(Protocol):
     def torgb(self, info: ToRGBInfo, layer: ToRGBLayer, x: torch.Tensor) -> torch.Tensor: ...
 
 
+class _StopSynthesis(Exception):
+    """Raised by a runner to end the walk early (only the features were wanted)."""
+
+
 class PlainRunner:
-    """Applies each layer to one W+ code with fixed noise; optionally keeps every feature map."""
+    """Applies each layer to one W+ code with fixed noise; optionally keeps every feature map
+    and stops after layer ``stop_after``."""
 
     def __init__(self, ws: torch.Tensor, noise: Sequence[torch.Tensor | None],
-                 capture: bool = False) -> None:
+                 capture: bool = False, stop_after: int | None = None) -> None:
         self.ws, self.noise, self.capture = ws, noise, capture
+        self.stop_after = stop_after
         self.features: list[torch.Tensor] = []
 
     def conv(self, info: ConvLayerInfo, layer: SynthesisLayer, x: torch.Tensor,
@@ -66,6 +72,8 @@ class PlainRunner:
         y = layer(x, self.ws[:, info.w_index], self.noise[info.index - 1], gain)
         if self.capture:
             self.features.append(y)
+        if self.stop_after is not None and info.index >= self.stop_after:
+            raise _StopSynthesis
         return y
 
     def torgb(self, info: ToRGBInfo, layer: ToRGBLayer, x: torch.Tensor) -> torch.Tensor:
@@ -216,6 +224,18 @@ class Generator(nn.Module):
         runner = PlainRunner(ws, noise, capture=return_features)
         img = self.synthesis.run(ws.shape[0], runner)
         return (img, runner.features) if return_features else img
+
+    def features_up_to(self, ws: torch.Tensor, noise: Sequence[torch.Tensor | None],
+                       last_layer: int) -> list[torch.Tensor]:
+        """Feature maps of conv layers 1..last_layer, without running the rest."""
+        if last_layer <= 0:
+            return []
+        runner = PlainRunner(self.check_ws(ws), noise, capture=True, stop_after=last_layer)
+        try:
+            self.synthesis.run(ws.shape[0], runner)
+        except _StopSynthesis:
+            pass
+        return runner.features
 
     def run_synthesis(self, batch: int, runner: LayerRunner) -> torch.Tensor:
         """Step the synthesis through a caller-supplied runner (used by the CORAL blend)."""

@@ -1,0 +1,115 @@
+"""Benchmarks that print figures (never asserted in tests): apply cost and training cost."""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..devices import pick_device
+from ..stylegan import Generator, GeneratorConfig
+from .directions import GlobalDirection
+from .edit import Edit
+from .selectors import SegmentSelector
+
+
+def _time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _edit_selecting(G: Generator, layers: list[int], k: int = 6) -> Edit:
+    from .catalogue import build_catalogue
+
+    sel = SegmentSelector(len(G.conv_layers), k)
+    with torch.no_grad():
+        sel.logits.fill_(-8.0)
+        for l in layers:
+            sel.logits[0, l - 1, : k // 2] = 8.0
+    cat = build_catalogue(G, k=k, samples=8, iterations=5)
+    return Edit("ss", "global", "per_prompt", "bench", "", GlobalDirection(G.num_ws, G.w_dim),
+                sel, G.fingerprint(), G.img_resolution, G.num_ws, G.w_dim, catalogue=cat)
+
+
+@torch.no_grad()
+def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
+                device: str | None = None) -> dict[str, float]:
+    """Apply time / plain generation time for edits selecting half of the layers.
+
+    Masks are thresholded at 0.5 so unselected layers are exactly zero (their edited branch is
+    skipped). Three halves are measured, because the cost depends on which layers are chosen.
+    """
+    from .apply import apply_edits
+
+    dev = pick_device(device)
+    cfg = GeneratorConfig(img_resolution=resolution, channel_base=16384, channel_max=512,
+                          mapping_layers=8)
+    torch.manual_seed(0)
+    G = Generator(cfg).eval().requires_grad_(False).to(dev)
+    ws = G.mapping_ws(torch.randn(batch, G.z_dim, device=dev), 0.7)
+    noise = G.make_noise(batch, "const")
+    plain = _time(lambda: G.synthesize(ws, noise=noise), repeats, dev)
+    n = len(G.conv_layers)
+    half = n // 2
+    choices = {"coarse half": list(range(1, half + 1)),
+               "alternate layers": list(range(1, n + 1, 2)),
+               "fine half": list(range(n - half + 1, n + 1))}
+    print(f"device {dev}, {resolution}px config-f-256 generator ({G.parameter_count():,} "
+          f"params), batch {batch}, {n} conv layers; median of {repeats}")
+    print(f"plain generation: {plain * 1000:.1f} ms")
+    out = {"plain_s": plain}
+    for name, layers in choices.items():
+        edit = _edit_selecting(G, layers).to(dev)
+        t_edit = _time(lambda: apply_edits(G, ws, [edit], 1.0, 0.5, return_original=False),
+                       repeats, dev)
+        t_both = _time(lambda: apply_edits(G, ws, [edit], 1.0, 0.5), repeats, dev)
+        print(f"{name:>17} (layers {layers[0]}..{layers[-1]}, {len(layers)} of {n}): "
+              f"edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain; "
+              f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x")
+        out[f"{name} ratio"] = t_edit / plain
+        out[f"{name} ratio with original"] = t_both / plain
+    return out
+
+
+def bench_train(steps: int = 10, device: str | None = None, generator: str | None = None,
+                clip: str | None = None) -> dict[str, dict[str, float]]:
+    """Seconds per training step and peak memory for each (variant, direction, mode)."""
+    from ..cache import get_clip, get_generator
+    from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
+    from .trainer import TrainConfig, train_edit
+
+    dev = pick_device(device)
+    G = get_generator(generator or require(DEMO_GENERATOR), dev).generator
+    C = get_clip(clip or require(DEMO_CLIP), None, dev)
+    results = {}
+    print(f"device {dev}, generator {G.img_resolution}px ({G.parameter_count():,} params), "
+          f"batch 4, {steps} steps each")
+    for variant in ("ss", "can"):
+        for direction in ("global", "mapper"):
+            for mode in ("per_image", "per_prompt"):
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                t0 = time.perf_counter()
+                train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
+                                             direction=direction, mode=mode, steps=steps,
+                                             batch=4))
+                per_step = (time.perf_counter() - t0) / steps
+                peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+                key = f"{variant}+{direction} {mode}"
+                results[key] = {"s_per_step": per_step, "peak_mib": peak}
+                print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "
+                      f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'})")
+    return results

@@ -1,0 +1,124 @@
+"""Multi-layer feed-forward blending (the core equation of CoralStyleCLIP).
+
+At every conv layer l both branches read the previous *blended* feature:
+    f_o = Phi_l(f*_{l-1}, w_l),  f_e = Phi_l(f*_{l-1}, w_l + d_l),  f*_l = m_l f_e + (1 - m_l) f_o
+and every toRGB output is blended with the mask of the conv layer it reads. Written as
+``m * f_e + (1 - m) * f_o`` (not ``f_o + m (f_e - f_o)``) so that m = 1 gives f_e bit for bit;
+with d = 0 the two mask-gradient terms are bitwise equal and cancel to exactly 0.
+
+The edited branch is only computed where a mask can use it: a layer whose mask is ``None`` (above
+``max_layer``, or before the first selected layer) or a frozen all-zero mask runs only the
+original branch, which then equals the plain generator's computation exactly.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..stylegan.generator import ConvLayerInfo, Generator, ToRGBInfo
+from ..stylegan.layers import SynthesisLayer, ToRGBLayer
+
+MaskList = Sequence[torch.Tensor | None]
+
+
+def _active(mask: torch.Tensor | None) -> bool:
+    if mask is None:
+        return False
+    if mask.requires_grad:
+        return True
+    return bool(mask.detach().abs().amax() > 0)
+
+
+class BlendRunner:
+    """Layer runner for ``Generator.run_synthesis`` that computes the CORAL blend.
+
+    ``edits`` is a list of (delta [B, N, D], masks); ``masks[l - 1]`` is layer l's mask
+    [B or 1, 1, r_l, r_l] or None (layer not selected). Several edits stack: at every layer each
+    one blends its edited branch over the result of the ones before it. ``noise`` is shared by
+    all branches (re-drawing it per branch leaks noise into the edit).
+    """
+
+    def __init__(self, ws: torch.Tensor, edits: Sequence[tuple[torch.Tensor, MaskList]],
+                 noise: Sequence[torch.Tensor | None], capture: bool = False,
+                 reuse: Sequence[torch.Tensor] = ()) -> None:
+        self.ws, self.edits, self.noise = ws, edits, noise
+        self.capture = capture
+        self.reuse = reuse
+        self.features: list[torch.Tensor] = []
+        self.edited_layers: list[int] = []
+
+    def conv(self, info: ConvLayerInfo, layer: SynthesisLayer, x: torch.Tensor,
+             gain: float) -> torch.Tensor:
+        if info.index <= len(self.reuse):
+            # before the first selected layer the blend *is* the original pass: reuse it
+            out = self.reuse[info.index - 1]
+            if self.capture:
+                self.features.append(out)
+            return out
+        w = self.ws[:, info.w_index]
+        noise = self.noise[info.index - 1]
+        out = layer(x, w, noise, gain)
+        for delta, masks in self.edits:
+            mask = masks[info.index - 1]
+            if _active(mask):
+                f_e = layer(x, w + delta[:, info.w_index], noise, gain)
+                out = mask * f_e + (1 - mask) * out
+                self.edited_layers.append(info.index)
+        if self.capture:
+            self.features.append(out)
+        return out
+
+    def torgb(self, info: ToRGBInfo, layer: ToRGBLayer, x: torch.Tensor) -> torch.Tensor:
+        w = self.ws[:, info.w_index]
+        out = layer(x, w)
+        for delta, masks in self.edits:
+            mask = masks[info.reads_layer - 1]
+            if _active(mask):
+                rgb_e = layer(x, w + delta[:, info.w_index])
+                out = mask * rgb_e + (1 - mask) * out
+        return out
+
+
+def limit_layers(masks: MaskList, max_layer: int | None) -> list[torch.Tensor | None]:
+    """``max_layer`` option: layers above k refuse new style changes (mask None)."""
+    return [m if max_layer is None or i + 1 <= max_layer else None
+            for i, m in enumerate(masks)]
+
+
+def blended_synthesis(G: Generator, ws: torch.Tensor, delta: torch.Tensor, masks: MaskList,
+                      noise: Sequence[torch.Tensor | None] | None = None,
+                      max_layer: int | None = None) -> torch.Tensor:
+    """The blended image x* for W+ codes ``ws`` [B, N, D] and offsets ``delta`` ([B|1, N, D])."""
+    return stacked_synthesis(G, ws, [(delta, limit_layers(masks, max_layer))], noise)
+
+
+def first_active_layer(edits: Sequence[tuple[torch.Tensor, MaskList]]) -> int | None:
+    layers = [i + 1 for _, masks in edits for i, m in enumerate(masks) if _active(m)]
+    return min(layers) if layers else None
+
+
+def stacked_synthesis(G: Generator, ws: torch.Tensor,
+                      edits: Sequence[tuple[torch.Tensor, MaskList]],
+                      noise: Sequence[torch.Tensor | None] | None = None,
+                      original_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """Several (delta, masks) edits applied one after another in a single blended pass.
+
+    ``original_features`` (from a plain pass with the same ``noise``) are reused for the layers
+    before the first selected one instead of being recomputed.
+    """
+    ws = G.check_ws(ws)
+    prepared = []
+    for delta, masks in edits:
+        if len(masks) != len(G.conv_layers):
+            raise ValueError(f"expected {len(G.conv_layers)} masks (one per conv layer), "
+                             f"got {len(masks)}")
+        prepared.append((delta.to(ws.dtype).expand(ws.shape[0], -1, -1), masks))
+    if noise is None:
+        if original_features:
+            raise ValueError("reusing original features needs the noise they were made with")
+        noise = G.make_noise(ws.shape[0], "const")
+    first = first_active_layer(prepared)
+    keep = len(G.conv_layers) if first is None else first - 1
+    reuse = list(original_features[:keep])
+    return G.run_synthesis(ws.shape[0], BlendRunner(ws, prepared, noise, reuse=reuse))

@@ -1,0 +1,119 @@
+"""Unsupervised segments: a per-generator catalogue of K clusters of intermediate features.
+
+As in "Editing in Style" (Collins et al. 2020): features of one synthesis layer, gathered over
+sampled latents, are clustered once (spherical k-means); each pixel of any image is then labelled
+with its nearest centre, so segment k means the same part on every image, for any domain and with
+no extra weights. The catalogue is saved (safetensors, keyed by the generator's fingerprint) and
+embedded in every SS edit, so an edit applies from its file alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..atomic import atomic_path
+from ..errors import EditMismatchError
+from ..stylegan import Generator
+
+CATALOGUE_RESOLUTION = 32
+
+
+@dataclass
+class SegmentCatalogue:
+    centres: torch.Tensor  # [K, C], unit norm
+    layer: int             # conv layer index whose features are clustered
+    fingerprint: str       # generator fingerprint
+
+    @property
+    def k(self) -> int:
+        return int(self.centres.shape[0])
+
+    def id(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(self.centres.detach().cpu().numpy().tobytes()).hexdigest()[:12]
+        return f"{self.fingerprint}-L{self.layer}-K{self.k}-{h}"
+
+    def segments(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """One-hot segments [B, K, r, r] of the images whose conv features are given."""
+        f = F.normalize(features[self.layer - 1].detach().to(torch.float32), dim=1)
+        sim = torch.einsum("bchw,kc->bkhw", f, self.centres.to(f.device))
+        return F.one_hot(sim.argmax(1), self.k).permute(0, 3, 1, 2).to(torch.float32)
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            save_file({"centres": self.centres.contiguous().cpu()}, str(tmp),
+                      metadata={"layer": str(self.layer), "fingerprint": self.fingerprint})
+
+    @classmethod
+    def load(cls, path: Path) -> "SegmentCatalogue":
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return cls(f.get_tensor("centres"), int(meta["layer"]), meta["fingerprint"])
+
+
+def default_layer(G: Generator) -> int:
+    """The last conv layer at resolution min(R, 32): fine enough for parts, cheap to cluster."""
+    target = min(G.img_resolution, CATALOGUE_RESOLUTION)
+    return max(c.index for c in G.conv_layers if c.resolution == target)
+
+
+@torch.no_grad()
+def build_catalogue(G: Generator, k: int = 6, samples: int = 64, layer: int | None = None,
+                    truncation: float = 0.7, iterations: int = 30, seed: int = 0
+                    ) -> SegmentCatalogue:
+    layer = layer or default_layer(G)
+    g = torch.Generator().manual_seed(seed)
+    device = G.w_avg.device
+    z = torch.randn(samples, G.z_dim, generator=g).to(device)
+    feats = []
+    for chunk in z.split(16):
+        _, f = G.synthesize(G.mapping_ws(chunk, truncation), return_features=True)
+        feats.append(f[layer - 1].permute(0, 2, 3, 1).reshape(-1, f[layer - 1].shape[1]))
+    x = F.normalize(torch.cat(feats).to(torch.float32), dim=1)
+    if x.shape[0] > 50_000:
+        x = x[torch.randperm(x.shape[0], generator=g)[:50_000].to(device)]
+    centres = x[torch.randperm(x.shape[0], generator=g)[:k].to(device)].clone()
+    for _ in range(iterations):
+        assign = (x @ centres.T).argmax(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centres[j] = F.normalize(members.mean(0), dim=0)
+            else:  # re-seed an empty cluster at the worst-served point
+                centres[j] = x[(x @ centres.T).max(1).values.argmin()]
+    return SegmentCatalogue(centres.cpu(), layer, G.fingerprint())
+
+
+def catalogue_for(G: Generator, k: int, cache_dir: Path | None, layer: int | None = None
+                  ) -> SegmentCatalogue:
+    """Load the cached catalogue for this generator (by fingerprint), or build and cache it."""
+    layer = layer or default_layer(G)
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"catalogue-{G.fingerprint()}-L{layer}-K{k}.safetensors"
+        if path.is_file():
+            cat = SegmentCatalogue.load(path)
+            if cat.fingerprint != G.fingerprint():
+                raise EditMismatchError(f"{path}: catalogue was built for another generator")
+            return cat
+    cat = build_catalogue(G, k=k, layer=layer)
+    if cache_dir is not None:
+        try:
+            cat.save(path)
+        except OSError:
+            pass  # a read-only models folder only costs a rebuild next time
+    return cat
+
+
+def resize_segments(segments: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Area-downsample (or nearest-upsample) segments to a layer's resolution."""
+    r = segments.shape[-1]
+    if r == resolution:
+        return segments
+    mode = "area" if resolution < r else "nearest"
+    return F.interpolate(segments, size=(resolution, resolution), mode=mode)

@@ -1,0 +1,211 @@
+"""``coral train``, ``coral apply``, ``coral masks`` and ``coral bench``."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cli import add_parser, command
+
+
+
+def _generator(args: argparse.Namespace) -> Any:
+    from ..cache import get_generator
+    from ..world.assets import DEMO_GENERATOR, require
+
+    return get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
+
+
+def _clip(args: argparse.Namespace) -> Any:
+    from ..cache import get_clip
+    from ..world.assets import DEMO_CLIP, require
+
+    return get_clip(args.clip or require(DEMO_CLIP), args.clip_model, args.device)
+
+
+def _latents(args: argparse.Namespace, G: Any, default_seeds: str) -> tuple[torch.Tensor,
+                                                                             list[str]]:
+    from ..latents import load_latents
+    from ..seeds import parse_seeds
+
+    if getattr(args, "latent", None):
+        ws = load_latents(args.latent, G.num_ws, G.w_dim).to(G.w_avg.device)
+        return ws, [f"latent{i:02d}" for i in range(ws.shape[0])]
+    seeds = parse_seeds(getattr(args, "seeds", None) or default_seeds)
+    with torch.no_grad():
+        ws = G.mapping_ws(G.z_from_seeds(seeds).to(G.w_avg.device), args.truncation)
+    return ws, [f"seed{s:04d}" for s in seeds]
+
+
+def _common(s: argparse.ArgumentParser, clip: bool = False) -> None:
+    s.add_argument("--generator", help="generator file (default: the shipped demo model)")
+    if clip:
+        s.add_argument("--clip", help="CLIP file or folder (default: the shipped demo CLIP)")
+        s.add_argument("--clip-model", help="open_clip model name for bare state dicts")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    s.add_argument("--truncation", type=float, default=0.7)
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..progress import Reporter, print_progress
+    from .losses import LossWeights
+    from .trainer import TrainConfig, train_edit
+
+    G, clip = _generator(args), _clip(args)
+    mode = args.mode.replace("-", "_")
+    latents = None
+    if mode == "per_image":
+        latents, _ = _latents(args, G, str(args.seed))
+    weights = LossWeights(area=args.area, tv=args.tv, l2=args.l2,
+                          area_weighting=args.area_weighting, clip_on_edit=args.clip_on_edit)
+    cfg = TrainConfig(prompt=args.prompt, neutral=args.neutral or "", variant=args.variant,
+                      direction=args.direction, mode=mode, steps=args.steps, lr=args.lr,
+                      batch=args.batch, seed=args.seed, truncation=args.truncation,
+                      num_segments=args.segments, max_layer=args.max_layer,
+                      directional=args.directional, weights=weights,
+                      checkpoint=Path(args.out).with_suffix(".ckpt.pt")
+                      if mode == "per_prompt" else None,
+                      catalogue_dir=Path(args.out).resolve().parent)
+    result = train_edit(G, clip, cfg, latents=latents,
+                        reporter=Reporter(print_progress("train"), every=args.progress_every))
+    result.edit.save(args.out)
+    print(json.dumps(result.edit.summary(), indent=2, default=str))
+    print(f"wrote {args.out}" + (" (partial: " + result.stopped_reason + ")"
+                                 if result.partial else ""))
+    return 0
+
+
+@command("apply")
+def cmd_apply(args: argparse.Namespace) -> int:
+    from ..images import save_png, save_tensor_images
+    from .apply import apply_edits
+    from .edit import Edit
+    from .visualize import effective_mask, mask_grid
+
+    G = _generator(args)
+    edits = [Edit.load(p) for p in args.edit]
+    for e, p in zip(edits, args.edit):
+        e.check_generator(G, p)
+    if not args.latent and not args.seeds and edits[0].latents is not None:
+        ws, names = edits[0].latents.to(G.w_avg.device), [f"trained{i:02d}" for i in
+                                                           range(edits[0].latents.shape[0])]
+    else:
+        ws, names = _latents(args, G, "0-3")
+    out = Path(args.out)
+    strengths = [float(s) for s in str(args.strength).split(",")]
+    t0 = time.perf_counter()
+    for s in strengths:
+        res = apply_edits(G, ws, edits, s, args.threshold)
+        tag = "" if len(strengths) == 1 else f"_s{s:g}"
+        save_tensor_images(res.edited, [out / f"{n}_edited{tag}.png" for n in names])
+    assert res.original is not None
+    save_tensor_images(res.original, [out / f"{n}_original.png" for n in names])
+    combined = effective_mask(res.masks[-1], G.img_resolution)
+    for n, m in zip(names, combined):
+        save_png((m.cpu().numpy() * 255).astype("uint8"), out / f"{n}_mask.png")
+    save_png(mask_grid(G, res.masks[-1]), out / f"{names[0]}_layers.png")
+    print(f"wrote {len(names)} edited images ({len(strengths)} strengths) to {out} in "
+          f"{time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+@command("masks")
+def cmd_masks(args: argparse.Namespace) -> int:
+    from ..images import image_to_uint8, save_png
+    from ..atomic import write_text_atomic
+    from .apply import apply_edits
+    from .edit import Edit
+    from .visualize import effective_mask, mask_grid, overlay
+
+    G = _generator(args)
+    edit = Edit.load(args.edit)
+    edit.check_generator(G, args.edit)
+    ws, _ = _latents(argparse.Namespace(seeds=str(args.seed), truncation=args.truncation,
+                                        latent=args.latent), G, str(args.seed))
+    res = apply_edits(G, ws[:1], [edit], args.strength, args.threshold)
+    out = Path(args.out)
+    save_png(mask_grid(G, res.masks[0]), out)
+    assert res.original is not None
+    over = overlay(image_to_uint8(res.original)[0], effective_mask(res.masks[0],
+                                                                   G.img_resolution)[0])
+    save_png(over, out.with_name(out.stem + "_overlay.png"))
+    summary = edit.summary()
+    summary["mask_area_per_layer"] = [0.0 if m is None else round(float(m.mean()), 4)
+                                      for m in res.masks[0]]
+    write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_apply, bench_train
+
+    if args.what == "apply":
+        bench_apply(args.resolution, args.batch, args.repeats, args.device)
+    else:
+        bench_train(args.steps, args.device, args.generator, args.clip)
+    return 0
+
+
+def _register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("train", help="learn a CORAL edit for a prompt")
+    _common(s, clip=True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--neutral", default="", help="neutral prompt (directional CLIP loss)")
+    s.add_argument("--directional", action="store_true")
+    s.add_argument("--variant", choices=["ss", "can"], default="ss")
+    s.add_argument("--direction", choices=["global", "mapper"], default="global")
+    s.add_argument("--mode", choices=["per-image", "per-prompt"], default="per-image")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seeds", default=None, help="per-image: the images to edit (e.g. 0-3)")
+    s.add_argument("--latent", help="per-image: W+ latents file (.safetensors or .npz)")
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--area", type=float, default=0.01, help="mask area weight")
+    s.add_argument("--tv", type=float, default=0.01)
+    s.add_argument("--l2", type=float, default=None)
+    s.add_argument("--clip-on-edit", type=float, default=0.5)
+    s.add_argument("--area-weighting", default="uniform",
+                   choices=["uniform", "resolution", "inverse_resolution"])
+    s.add_argument("--segments", type=int, default=6, help="catalogue size K (SS)")
+    s.add_argument("--max-layer", type=int, default=None)
+    s.add_argument("--progress-every", type=int, default=10)
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("apply", help="apply edits to seeds or latents")
+    _common(s)
+    s.add_argument("--edit", action="append", required=True, help="repeat to stack edits")
+    s.add_argument("--seeds", default=None)
+    s.add_argument("--latent", default=None)
+    s.add_argument("--strength", default="1.0", help="one value or a sweep: 0,0.5,1")
+    s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("masks", help="per-layer mask grid, overlay and summary")
+    _common(s)
+    s.add_argument("--edit", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--latent", default=None)
+    s.add_argument("--strength", type=float, default=1.0)
+    s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("bench", help="print speed / memory figures")
+    s.add_argument("what", choices=["apply", "train"])
+    s.add_argument("--resolution", type=int, default=256)
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--generator", default=None)
+    s.add_argument("--clip", default=None)
+    s.add_argument("--device", default=None)
+
+
+add_parser(_register)

@@ -1,0 +1,75 @@
+"""Direction forms: a global W+ offset, or an image-specific offset from a latent mapper."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GlobalDirection(nn.Module):
+    """One learnable offset per W+ entry (rows = 1 per prompt, or one per image).
+
+    Initialised tiny but non-zero: with d = 0 exactly the masks' gradient is exactly 0.
+    """
+
+    def __init__(self, num_ws: int, w_dim: int, rows: int = 1, init_std: float = 0.01,
+                 seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.delta = nn.Parameter(torch.randn(rows, num_ws, w_dim, generator=g) * init_std)
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        return self.delta.expand(ws.shape[0], -1, -1) if self.delta.shape[0] == 1 \
+            else self.delta
+
+    def l2(self) -> torch.Tensor:
+        return self.delta.square().sum() / self.delta.shape[0]
+
+
+class BiEqual(nn.Module):
+    """BiEqual(x) = LReLU(MLP_a(x)) - LReLU(MLP_b(x)), the unit of CoralStyleCLIP's mapper."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.a = nn.Linear(dim, dim)
+        self.b = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.a(x), 0.2) - F.leaky_relu(self.b(x), 0.2)
+
+
+class MapperBlock(nn.Module):
+    def __init__(self, dim: int, units: int = 4) -> None:
+        super().__init__()
+        self.units = nn.Sequential(*[BiEqual(dim) for _ in range(units)])
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        x = w * (w.square().mean(-1, keepdim=True) + 1e-8).rsqrt()  # pixel norm, as StyleCLIP
+        return self.out(self.units(x))
+
+
+def mapper_groups(num_ws: int) -> list[tuple[int, int]]:
+    """StyleCLIP's coarse [0:4], medium [4:8], fine [8:] split, clipped to num_ws."""
+    bounds = [(0, 4), (4, 8), (8, num_ws)]
+    return [(a, min(b, num_ws)) for a, b in bounds if a < min(b, num_ws)]
+
+
+class LatentMapper(nn.Module):
+    """Image-specific d = 0.1 * g(w), one BiEqual network per W+ group."""
+
+    def __init__(self, num_ws: int, w_dim: int, scale: float = 0.1) -> None:
+        super().__init__()
+        self.groups = mapper_groups(num_ws)
+        self.blocks = nn.ModuleList(MapperBlock(w_dim) for _ in self.groups)
+        self.scale = scale
+        for block in self.blocks:  # start near d = 0 but not exactly (masks need a gradient)
+            nn.init.normal_(block.out.weight, std=1e-3)
+            nn.init.zeros_(block.out.bias)
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        parts = [block(ws[:, a:b]) for (a, b), block in zip(self.groups, self.blocks)]
+        return torch.cat(parts, 1) * self.scale
+
+    def l2(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.square().mean()

@@ -1,0 +1,195 @@
+"""A learned CORAL edit (direction + region selector), and its ``.safetensors`` file.
+
+Everything needed to re-apply the edit is in the file: the direction (or mapper weights), the
+selector (SS logits with the segment catalogue they index, or the CAN heads), and for per-image
+edits the latents they were trained on. Metadata records the generator fingerprint, so applying
+an edit to another generator fails with a clear message instead of producing garbage.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..atomic import atomic_path
+from ..errors import EditMismatchError, ModelFormatError
+from ..stylegan import Generator
+from .blend import limit_layers
+from .catalogue import SegmentCatalogue
+from .directions import GlobalDirection, LatentMapper
+from .selectors import AttentionSelector, SegmentSelector
+
+EDIT_FORMAT = "coral-edit"
+EDIT_VERSION = "1"
+VARIANTS = ("ss", "can")
+DIRECTIONS = ("global", "mapper")
+MODES = ("per_image", "per_prompt")
+
+
+@dataclass
+class Edit:
+    variant: str
+    direction_form: str
+    mode: str
+    prompt: str
+    neutral: str
+    direction: nn.Module
+    selector: nn.Module
+    generator_fingerprint: str
+    resolution: int
+    num_ws: int
+    w_dim: int
+    clip_model_id: str = ""
+    catalogue: SegmentCatalogue | None = None
+    segments: torch.Tensor | None = None  # supplied segments [B, K, r, r]
+    latents: torch.Tensor | None = None   # per-image edits: the W+ codes trained on
+    max_layer: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---- use -------------------------------------------------------------------------------
+    def check_generator(self, G: Generator, source: str = "edit") -> None:
+        if G.fingerprint() != self.generator_fingerprint:
+            raise EditMismatchError(
+                f"{source}: this edit was trained for generator {self.generator_fingerprint} "
+                f"({self.resolution}px, {self.num_ws} W+ entries) but the loaded generator is "
+                f"{G.fingerprint()} ({G.img_resolution}px, {G.num_ws}); load the generator "
+                "the edit was made with")
+
+    def delta(self, ws: torch.Tensor) -> torch.Tensor:
+        d = self.direction(ws)
+        if d.shape[0] not in (1, ws.shape[0]):
+            raise EditMismatchError(
+                f"per-image edit holds {d.shape[0]} directions but {ws.shape[0]} latents were "
+                "given; pass the same number of latents, or train a per-prompt edit")
+        return d.expand(ws.shape[0], -1, -1)
+
+    def masks(self, G: Generator, features: list[torch.Tensor],
+              threshold: float | None = None) -> list[torch.Tensor | None]:
+        """Per-layer masks for images whose original-pass features are given."""
+        if isinstance(self.selector, AttentionSelector):
+            masks: list[torch.Tensor | None] = list(self.selector.masks(features))
+        else:
+            segs = self.segments_for(features)
+            masks = list(self.selector.masks(G, segs))
+        if threshold is not None:
+            masks = [None if m is None else (m >= threshold).to(m.dtype) for m in masks]
+        return limit_layers(masks, self.max_layer)
+
+    def feature_layers_needed(self, G: Generator) -> int:
+        """How far the original pass must run for this edit's masks."""
+        if isinstance(self.selector, AttentionSelector):
+            return self.max_layer or len(G.conv_layers)
+        if self.segments is not None:
+            return 0
+        assert self.catalogue is not None
+        return self.catalogue.layer
+
+    def segments_for(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.segments is not None:
+            b = features[0].shape[0]
+            if self.segments.shape[0] not in (1, b):
+                raise EditMismatchError(f"edit holds segments for {self.segments.shape[0]} "
+                                        f"images but {b} latents were given")
+            return self.segments.to(features[0].device).expand(b, -1, -1, -1)
+        assert self.catalogue is not None
+        return self.catalogue.segments(features)
+
+    def to(self, device: torch.device | str) -> "Edit":
+        self.direction.to(device)
+        self.selector.to(device)
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        out = {"prompt": self.prompt, "variant": self.variant,
+               "direction": self.direction_form, "mode": self.mode}
+        out.update({k: self.info[k] for k in ("selection", "final_losses", "mask_area",
+                                               "steps", "wall_seconds", "partial")
+                    if k in self.info})
+        return out
+
+    # ---- file ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in self.direction.state_dict().items():
+            tensors[f"direction.{k}"] = v
+        for k, v in self.selector.state_dict().items():
+            tensors[f"selector.{k}"] = v
+        if self.catalogue is not None:
+            tensors["catalogue.centres"] = self.catalogue.centres
+        if self.segments is not None:
+            tensors["segments"] = self.segments
+        if self.latents is not None:
+            tensors["latents"] = self.latents
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+                   for k, v in tensors.items()}
+        meta = {
+            "format": EDIT_FORMAT, "format_version": EDIT_VERSION,
+            "prompt": self.prompt, "neutral_prompt": self.neutral, "variant": self.variant,
+            "direction": self.direction_form, "mode": self.mode,
+            "generator_fingerprint": self.generator_fingerprint,
+            "resolution": str(self.resolution), "num_ws": str(self.num_ws),
+            "w_dim": str(self.w_dim), "clip_model": self.clip_model_id,
+            "max_layer": "" if self.max_layer is None else str(self.max_layer),
+            "catalogue_id": self.catalogue.id() if self.catalogue is not None else "",
+            "catalogue_layer": str(self.catalogue.layer) if self.catalogue is not None else "",
+            "can_channels": json.dumps(getattr(self.selector, "channels", [])),
+            "info": json.dumps(self.info, default=str),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Edit":
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFormatError(f"{path}: no such edit file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise ModelFormatError(f"{path}: not a readable edit file ({exc})") from exc
+        if meta.get("format") != EDIT_FORMAT:
+            raise ModelFormatError(f"{path}: not a CoralStyleCLIP edit (no '{EDIT_FORMAT}' "
+                                   "metadata)")
+        if meta.get("format_version") != EDIT_VERSION:
+            raise ModelFormatError(f"{path}: edit format version "
+                                   f"{meta.get('format_version')!r} is not supported")
+        num_ws, w_dim = int(meta["num_ws"]), int(meta["w_dim"])
+        sub = {k[len("direction."):]: v for k, v in tensors.items()
+               if k.startswith("direction.")}
+        if meta["direction"] == "global":
+            direction: nn.Module = GlobalDirection(num_ws, w_dim, rows=sub["delta"].shape[0])
+        else:
+            direction = LatentMapper(num_ws, w_dim)
+        direction.load_state_dict(sub)
+        sel = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
+        if meta["variant"] == "ss":
+            rows, layers, k = sel["logits"].shape
+            selector: nn.Module = SegmentSelector(layers, k, rows)
+        else:
+            selector = AttentionSelector(json.loads(meta["can_channels"]))
+        selector.load_state_dict(sel)
+        catalogue = None
+        if "catalogue.centres" in tensors:
+            catalogue = SegmentCatalogue(tensors["catalogue.centres"],
+                                         int(meta["catalogue_layer"]),
+                                         meta["generator_fingerprint"])
+        return cls(variant=meta["variant"], direction_form=meta["direction"],
+                   mode=meta["mode"], prompt=meta["prompt"], neutral=meta["neutral_prompt"],
+                   direction=direction.eval().requires_grad_(False),
+                   selector=selector.eval().requires_grad_(False),
+                   generator_fingerprint=meta["generator_fingerprint"],
+                   resolution=int(meta["resolution"]), num_ws=num_ws, w_dim=w_dim,
+                   clip_model_id=meta.get("clip_model", ""), catalogue=catalogue,
+                   segments=tensors.get("segments"), latents=tensors.get("latents"),
+                   max_layer=int(meta["max_layer"]) if meta.get("max_layer") else None,
+                   info=json.loads(meta.get("info") or "{}"))

@@ -1,0 +1,83 @@
+"""Loss terms of CoralStyleCLIP: CLIP (global or directional), L2, area, TV, identity."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..clip_model import CoralClip
+from ..errors import InputError
+from ..stylegan import Generator
+
+AREA_WEIGHTINGS = ("uniform", "resolution", "inverse_resolution")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms; ``l2=None`` picks the direction form's default."""
+
+    clip: float = 1.0
+    l2: float | None = None
+    area: float = 0.01
+    tv: float = 0.01
+    identity: float = 0.0
+    clip_on_edit: float = 0.5         # share of the CLIP term computed on G(w + d)
+    area_weighting: str = "uniform"
+    area_layer_weights: list[float] | None = field(default=None)
+
+    def l2_for(self, direction: str) -> float:
+        if self.l2 is not None:
+            return self.l2
+        return 0.8 if direction == "mapper" else 0.008
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def area_betas(G: Generator, weights: LossWeights) -> list[float]:
+    """beta_l per conv layer: decides whether edits prefer coarse or fine layers."""
+    if weights.area_layer_weights is not None:
+        betas = list(weights.area_layer_weights)
+        if len(betas) != len(G.conv_layers):
+            raise InputError(f"area_layer_weights needs {len(G.conv_layers)} values (one per "
+                             f"conv layer), got {len(betas)}")
+        return betas
+    if weights.area_weighting not in AREA_WEIGHTINGS:
+        raise InputError(f"area_weighting must be one of {AREA_WEIGHTINGS}")
+    res = [c.resolution for c in G.conv_layers]
+    if weights.area_weighting == "resolution":  # fine layers cost more
+        return [r / max(res) for r in res]
+    if weights.area_weighting == "inverse_resolution":  # coarse layers cost more
+        return [min(res) / r for r in res]
+    return [1.0] * len(res)
+
+
+def clip_loss(clip: CoralClip, img: torch.Tensor, target: torch.Tensor,
+              source_img_emb: torch.Tensor | None = None,
+              text_direction: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - cos(E_I(x), E_T(t)); directional: 1 - cos(E_I(x) - E_I(x0), E_T(t) - E_T(n))."""
+    emb = clip.encode_image(img)
+    if text_direction is not None and source_img_emb is not None:
+        d_img = torch.nn.functional.normalize(emb - source_img_emb, dim=-1)
+        return (1 - (d_img * text_direction).sum(-1)).mean()
+    return (1 - (emb * target).sum(-1)).mean()
+
+
+def area_loss(masks: Sequence[torch.Tensor | None], betas: list[float]) -> torch.Tensor:
+    terms = [b * m.mean() for m, b in zip(masks, betas) if m is not None]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def tv_loss(masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    terms = []
+    for m in masks:
+        if m is None or m.shape[-1] < 2:
+            continue
+        terms.append((m[..., 1:, :] - m[..., :-1, :]).square().mean()
+                     + (m[..., :, 1:] - m[..., :, :-1]).square().mean())
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def mask_areas(masks: Sequence[torch.Tensor | None]) -> list[float]:
+    return [0.0 if m is None else float(m.detach().mean()) for m in masks]

@@ -1,0 +1,67 @@
+"""Region selectors: how each layer's mask is made.
+
+Segment Selection (SS): m_l = sum_k sigmoid(e_lk) * S_k^(l), a learnable logit per (layer,
+segment); cheap and readable. Convolutional Attention Network (CAN): one small head per conv layer
+reading that layer's original (detached) features; trained per prompt, it predicts masks for any
+image in one forward pass.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..stylegan import Generator
+from .catalogue import resize_segments
+
+
+class SegmentSelector(nn.Module):
+    """Logits e [P, L, K] (P = 1 per prompt, or one row per image); init 0 (masks at 0.5)."""
+
+    def __init__(self, num_layers: int, k: int, rows: int = 1) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(rows, num_layers, k))
+
+    def masks(self, G: Generator, segments: torch.Tensor) -> list[torch.Tensor]:
+        weights = torch.sigmoid(self.logits)  # [P, L, K]
+        out = []
+        for info in G.conv_layers:
+            seg = resize_segments(segments, info.resolution)  # [B, K, r, r]
+            out.append(torch.einsum("pk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None]
+                       if weights.shape[0] == 1 else
+                       torch.einsum("bk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None])
+        return out
+
+    def selection(self, threshold: float = 0.5) -> list[tuple[int, int]]:
+        """(layer, segment) pairs whose weight exceeds ``threshold`` in the first row."""
+        w = torch.sigmoid(self.logits[0]).detach()
+        return [(int(l) + 1, int(k)) for l, k in (w > threshold).nonzero().tolist()]
+
+
+class AttentionHead(nn.Module):
+    def __init__(self, channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(),
+                                 nn.Conv2d(hidden, 1, 1), nn.Sigmoid())
+        nn.init.zeros_(self.net[2].bias)  # masks start near 0.5
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class AttentionSelector(nn.Module):
+    """CAN: one head per conv layer, input the original pass's feature map (detached)."""
+
+    def __init__(self, channels: list[int], hidden: int = 32) -> None:
+        super().__init__()
+        self.channels = list(channels)
+        self.heads = nn.ModuleList(AttentionHead(c, hidden) for c in channels)
+
+    @classmethod
+    def for_generator(cls, G: Generator, hidden: int = 32) -> "AttentionSelector":
+        return cls([c.out_channels for c in G.conv_layers], hidden)
+
+    def masks(self, features: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """One mask per layer; None for layers whose features were not computed."""
+        out: list[torch.Tensor | None] = [head(f.detach()) for head, f in
+                                          zip(self.heads, features)]
+        return out + [None] * (len(self.heads) - len(out))

@@ -1,0 +1,319 @@
+"""One trainer for the four CORAL forms: (SS or CAN) x (global direction or latent mapper).
+
+Per image: the latents are fixed, so the original pass (image, features, segments) is computed
+once. Per prompt: fresh latents every step; the original pass runs once per batch without
+gradient. Each step then runs the blended pass (both branches only where a mask is active) and,
+by default, G(w + d) for half of the CLIP term. Losses that become NaN stop the run and the last
+good edit is returned; cancelling returns the best edit so far, marked partial.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..clip_model import CoralClip
+from ..errors import CancelledError, InputError
+from ..progress import Reporter
+from ..stylegan import Generator
+from .blend import blended_synthesis, limit_layers
+from .catalogue import SegmentCatalogue, catalogue_for
+from .directions import GlobalDirection, LatentMapper
+from .edit import DIRECTIONS, MODES, VARIANTS, Edit
+from .losses import LossWeights, area_betas, area_loss, clip_loss, mask_areas, tv_loss
+
+
+@dataclass
+class TrainConfig:
+    prompt: str
+    neutral: str = ""
+    variant: str = "ss"
+    direction: str = "global"
+    mode: str = "per_image"
+    steps: int = 100
+    lr: float | None = None
+    batch: int = 4
+    seed: int = 0
+    truncation: float = 0.7
+    num_segments: int = 6
+    max_layer: int | None = None
+    directional: bool = False
+    weights: LossWeights = field(default_factory=LossWeights)
+    progress_every: int = 10
+    bf16: bool = False
+    checkpoint: Path | None = None
+    checkpoint_every: int = 100
+    catalogue_dir: Path | None = None
+
+    def validate(self, G: Generator) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise InputError("prompt is empty: describe the edit, e.g. 'a face with a beard'")
+        if self.variant not in VARIANTS:
+            raise InputError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.direction not in DIRECTIONS:
+            raise InputError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.steps < 1:
+            raise InputError(f"steps must be >= 1, got {self.steps}")
+        if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
+            raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
+        if self.directional and not self.neutral.strip():
+            raise InputError("the directional CLIP loss needs a neutral prompt")
+
+    def default_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.05 if (self.variant == "ss" and self.direction == "global"
+                        and self.mode == "per_image") else 2e-3
+
+
+@dataclass
+class TrainResult:
+    edit: Edit
+    partial: bool
+    history: list[dict[str, float]]
+    stopped_reason: str = ""
+
+
+ProgressInfo = dict[str, Any]
+
+
+class _Sampler:
+    """Latents for each step: the fixed ones (per image) or fresh ones (per prompt)."""
+
+    def __init__(self, G: Generator, cfg: TrainConfig, latents: torch.Tensor | None) -> None:
+        self.G, self.cfg = G, cfg
+        self.fixed = latents
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def next(self) -> torch.Tensor:
+        if self.fixed is not None:
+            return self.fixed
+        z = torch.randn(self.cfg.batch, self.G.z_dim, generator=self.gen).to(self.G.w_avg.device)
+        with torch.no_grad():
+            return self.G.mapping_ws(z, self.cfg.truncation)
+
+
+def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
+               latents: torch.Tensor | None = None, segments: torch.Tensor | None = None,
+               reporter: Reporter | None = None,
+               catalogue: SegmentCatalogue | None = None) -> TrainResult:
+    """Learn a CORAL edit for ``cfg.prompt``. ``latents`` [B, N, D] fix the images (per image;
+    default: seeds from ``cfg.seed``); ``segments`` [B|1, K, H, W] replace the catalogue."""
+    cfg.validate(G)
+    torch.manual_seed(cfg.seed)
+    device = G.w_avg.device
+    G.requires_grad_(False)
+    clip.model.requires_grad_(False)
+    if cfg.mode == "per_image" and latents is None:
+        z = G.z_from_seeds(range(cfg.seed, cfg.seed + cfg.batch)).to(device)
+        with torch.no_grad():
+            latents = G.mapping_ws(z, cfg.truncation)
+    if latents is not None:
+        latents = G.check_ws(latents.to(device)).detach()
+    if cfg.mode == "per_prompt" and latents is not None:
+        raise InputError("per-prompt training samples its own latents; give latents only "
+                         "for per-image edits")
+    if segments is not None:
+        segments = _check_segments(segments, latents, cfg)
+    rows = latents.shape[0] if cfg.mode == "per_image" else 1
+    direction = _make_direction(G, cfg, rows).to(device)
+    selector = _make_selector(G, cfg, rows, segments).to(device)
+    if cfg.variant == "ss" and segments is None and catalogue is None:
+        catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
+    params = list(direction.parameters()) + list(selector.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.default_lr())
+    sched = _cosine_rampdown(opt, cfg.steps) if cfg.mode == "per_image" else None
+    start_step = _resume(cfg, direction, selector, opt)
+    target = clip.encode_text([cfg.prompt])
+    text_dir = None
+    if cfg.directional:
+        neutral = clip.encode_text([cfg.neutral])
+        text_dir = torch.nn.functional.normalize(target - neutral, dim=-1)
+    betas = area_betas(G, cfg.weights)
+    l2_weight = cfg.weights.l2_for(cfg.direction)
+    sampler = _Sampler(G, cfg, latents if cfg.mode == "per_image" else None)
+    noise_cache: dict[int, list] = {}
+    original_cache: dict[str, Any] = {}
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, Any]] | None = None
+    last_good: dict[str, Any] | None = None
+    partial, reason = False, ""
+    t0 = time.perf_counter()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if cfg.bf16 and device.type == "cuda" else contextlib.nullcontext())
+
+    def snapshot() -> dict[str, Any]:
+        return {"direction": {k: v.detach().clone() for k, v in direction.state_dict().items()},
+                "selector": {k: v.detach().clone() for k, v in selector.state_dict().items()}}
+
+    step = start_step
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            ws = sampler.next()
+            b = ws.shape[0]
+            noise = noise_cache.setdefault(b, G.make_noise(b, "const"))
+            if cfg.mode == "per_image" and original_cache:
+                img_o, feats, segs = (original_cache["img"], original_cache["feats"],
+                                      original_cache["segs"])
+            else:
+                with torch.no_grad():
+                    img_o, feats = G.synthesize(ws, noise=noise, return_features=True)
+                    segs = None
+                    if cfg.variant == "ss":
+                        segs = segments.expand(b, -1, -1, -1) if segments is not None \
+                            else catalogue.segments(feats)
+                if cfg.mode == "per_image":
+                    original_cache.update(img=img_o, feats=feats, segs=segs)
+            with autocast:
+                delta = direction(ws)
+                if cfg.variant == "ss":
+                    masks = selector.masks(G, segs)
+                else:
+                    masks = selector.masks(feats)
+                masks = limit_layers(masks, cfg.max_layer)
+                img_b = blended_synthesis(G, ws, delta, masks, noise)
+                src = clip.encode_image(img_o).detach() if cfg.directional else None
+                l_clip = clip_loss(clip, img_b, target, src, text_dir)
+                share = cfg.weights.clip_on_edit
+                if share > 0:
+                    img_e = G.synthesize(ws + delta, noise=noise)
+                    l_clip = (1 - share) * l_clip + share * clip_loss(clip, img_e, target, src,
+                                                                      text_dir)
+                l_l2 = direction.l2() if isinstance(direction, GlobalDirection) \
+                    else direction.l2(delta)
+                l_area = area_loss(masks, betas)
+                l_tv = tv_loss(masks) if cfg.variant == "can" else torch.zeros((), device=device)
+                total = (cfg.weights.clip * l_clip + l2_weight * l_l2
+                         + cfg.weights.area * l_area + cfg.weights.tv * l_tv)
+            record = {"step": step, "total": float(total), "clip": float(l_clip),
+                      "l2": float(l_l2), "area": float(l_area), "tv": float(l_tv)}
+            if not math.isfinite(record["total"]):
+                partial, reason = True, f"loss became {record['total']} at step {step}"
+                break
+            last_good = snapshot()
+            if best is None or record["total"] < best[0]:
+                best = (record["total"], last_good)
+            history.append(record)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if cfg.checkpoint is not None and cfg.mode == "per_prompt" and \
+                    step % cfg.checkpoint_every == 0:
+                _save_checkpoint(cfg.checkpoint, direction, selector, opt, step)
+            if reporter is not None:
+                areas = mask_areas(masks)
+                preview = img_b if (step % max(1, cfg.progress_every) == 0
+                                    or step == cfg.steps) else None
+                reporter.update(step, cfg.steps, losses=record, mask_area=areas,
+                                preview=preview, masks=masks if preview is not None else None)
+    except CancelledError:
+        partial, reason = True, f"cancelled at step {step}"
+    if partial and best is not None:
+        state = best[1] if reason.startswith("cancelled") else (last_good or best[1])
+        direction.load_state_dict(state["direction"])
+        selector.load_state_dict(state["selector"])
+    elif partial and best is None:
+        raise InputError(f"training stopped before any step completed ({reason})")
+    edit = Edit(variant=cfg.variant, direction_form=cfg.direction, mode=cfg.mode,
+                prompt=cfg.prompt, neutral=cfg.neutral,
+                direction=direction.eval().requires_grad_(False),
+                selector=selector.eval().requires_grad_(False),
+                generator_fingerprint=G.fingerprint(), resolution=G.img_resolution,
+                num_ws=G.num_ws, w_dim=G.w_dim, clip_model_id=clip.model_id,
+                catalogue=catalogue if segments is None and cfg.variant == "ss" else None,
+                segments=segments, latents=latents if cfg.mode == "per_image" else None,
+                max_layer=cfg.max_layer)
+    edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
+    return TrainResult(edit, partial, history, reason)
+
+
+def _check_segments(segments: torch.Tensor, latents: torch.Tensor | None,
+                    cfg: TrainConfig) -> torch.Tensor:
+    if segments.ndim == 3:
+        segments = segments[:, None]
+    if segments.ndim != 4:
+        raise InputError(f"segments must be [B, K, H, W] masks, got {list(segments.shape)}")
+    if cfg.variant != "ss":
+        raise InputError("supplied segments are used by segment selection (variant 'ss')")
+    if cfg.mode != "per_image":
+        raise InputError("supplied segments are per image; use the catalogue for per-prompt "
+                         "edits")
+    b = latents.shape[0] if latents is not None else cfg.batch
+    if segments.shape[0] not in (1, b):
+        raise InputError(f"{segments.shape[0]} segment masks for {b} images")
+    return segments.to(torch.float32).clamp(0, 1)
+
+
+def _make_direction(G: Generator, cfg: TrainConfig, rows: int) -> nn.Module:
+    if cfg.direction == "global":
+        return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed)
+    return LatentMapper(G.num_ws, G.w_dim)
+
+
+def _make_selector(G: Generator, cfg: TrainConfig, rows: int,
+                   segments: torch.Tensor | None) -> nn.Module:
+    from .selectors import AttentionSelector, SegmentSelector
+
+    if cfg.variant == "can":
+        return AttentionSelector.for_generator(G)
+    k = segments.shape[1] if segments is not None else cfg.num_segments
+    return SegmentSelector(len(G.conv_layers), k, rows)
+
+
+def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:
+    """StyleCLIP's latent-optimisation schedule: flat, then a cosine ramp-down at the end."""
+    def factor(i: int) -> float:
+        t = i / max(1, steps)
+        ramp = min(1.0, (1 - t) / 0.25)
+        return 0.5 - 0.5 * math.cos(ramp * math.pi) if t > 0.75 else 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _save_checkpoint(path: Path, direction: nn.Module, selector: nn.Module,
+                     opt: torch.optim.Optimizer, step: int) -> None:
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"direction": direction.state_dict(), "selector": selector.state_dict(),
+                    "opt": opt.state_dict(), "step": step}, tmp)
+
+
+def _resume(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
+            opt: torch.optim.Optimizer) -> int:
+    if cfg.checkpoint is None or cfg.mode != "per_prompt" or not Path(cfg.checkpoint).is_file():
+        return 0
+    state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+    direction.load_state_dict(state["direction"])
+    selector.load_state_dict(state["selector"])
+    opt.load_state_dict(state["opt"])
+    return int(state["step"])
+
+
+def _summary_info(G: Generator, edit: Edit, cfg: TrainConfig, history: list[dict[str, float]],
+                  wall: float, partial: bool, reason: str) -> dict[str, Any]:
+    from .visualize import selection_summary
+
+    info: dict[str, Any] = {
+        "steps": len(history), "steps_requested": cfg.steps, "wall_seconds": round(wall, 2),
+        "lr": cfg.default_lr(), "batch": cfg.batch, "seed": cfg.seed,
+        "loss_weights": cfg.weights.to_dict(), "directional": cfg.directional,
+        "final_losses": history[-1] if history else {}, "partial": partial,
+    }
+    if reason:
+        info["stopped_reason"] = reason
+    info.update(selection_summary(G, edit))
+    return info
+
+
+Callback = Callable[[int, int, ProgressInfo], None]

@@ -1,0 +1,49 @@
+"""Progress reporting and cooperative cancellation for long work, free of any UI framework.
+
+Long loops call ``reporter.update(step, total, **info)``; the callback (a CLI printer, ComfyUI's
+ProgressBar adapter, a test) may raise ``CancelledError`` or set ``reporter.cancelled`` to stop
+the loop at the next step boundary.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import CancelledError
+
+ProgressCallback = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclass
+class Reporter:
+    callback: ProgressCallback | None = None
+    every: int = 1
+    cancelled: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def update(self, step: int, total: int, force: bool = False, **info: Any) -> None:
+        if self.cancelled:
+            raise CancelledError("cancelled")
+        if self.callback is not None and (force or step % self.every == 0 or step == total):
+            self.callback(step, total, info)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def print_progress(prefix: str) -> ProgressCallback:
+    """A callback that prints one line per report: step, elapsed and scalar info."""
+    t0 = time.perf_counter()
+
+    def report(step: int, total: int, info: dict[str, Any]) -> None:
+        scalars = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in info.items() if isinstance(v, (int, float, str)))
+        print(f"{prefix} {step}/{total} {time.perf_counter() - t0:6.1f}s {scalars}",
+              file=sys.stderr, flush=True)
+
+    return report
