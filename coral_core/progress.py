@@ -29,6 +29,11 @@ class Reporter:
         if self.callback is not None and (force or step % self.every == 0 or step == total):
             self.callback(step, total, info)
 
+    def check(self) -> None:
+        """Raise ``CancelledError`` if a cancel was requested (call at step boundaries)."""
+        if self.cancelled:
+            raise CancelledError("cancelled")
+
     def cancel(self) -> None:
         self.cancelled = True
 

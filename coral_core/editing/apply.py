@@ -44,6 +44,7 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         raise InputError(f"mask threshold must be in [0, 1], got {threshold}")
     for e in edits:
         e.check_generator(G)
+        e.check_batch(ws.shape[0])
         e.to(ws.device)
     noise = G.make_noise(ws.shape[0], noise_mode)
     original = None
@@ -54,7 +55,8 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     pairs, all_masks = [], []
     for e, s in zip(edits, strengths):
         masks = e.masks(G, feats, threshold)
-        pairs.append((e.delta(ws) * s, masks))
+        if s != 0:  # strength 0 is the identity exactly, not just up to rounding
+            pairs.append((e.delta(ws) * s, masks))
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
     return ApplyResult(edited, original, all_masks)

@@ -61,13 +61,24 @@ class Edit:
                 f"{G.fingerprint()} ({G.img_resolution}px, {G.num_ws}); load the generator "
                 "the edit was made with")
 
-    def delta(self, ws: torch.Tensor) -> torch.Tensor:
-        d = self.direction(ws)
-        if d.shape[0] not in (1, ws.shape[0]):
+    def rows(self) -> int:
+        """1 for edits that apply to any latent; B for per-image edits of B images."""
+        if isinstance(self.direction, GlobalDirection):
+            return int(self.direction.delta.shape[0])
+        if isinstance(self.selector, SegmentSelector):
+            return int(self.selector.logits.shape[0])
+        return 1
+
+    def check_batch(self, batch: int) -> None:
+        rows = self.rows()
+        if rows not in (1, batch):
             raise EditMismatchError(
-                f"per-image edit holds {d.shape[0]} directions but {ws.shape[0]} latents were "
-                "given; pass the same number of latents, or train a per-prompt edit")
-        return d.expand(ws.shape[0], -1, -1)
+                f"per-image edit holds {rows} directions but {batch} latents were given; "
+                "pass the same number of latents, or train a per-prompt edit")
+
+    def delta(self, ws: torch.Tensor) -> torch.Tensor:
+        self.check_batch(ws.shape[0])
+        return self.direction(ws).expand(ws.shape[0], -1, -1)
 
     def masks(self, G: Generator, features: list[torch.Tensor],
               threshold: float | None = None) -> list[torch.Tensor | None]:

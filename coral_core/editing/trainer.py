@@ -157,6 +157,8 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     step = start_step
     try:
         for step in range(start_step + 1, cfg.steps + 1):
+            if reporter is not None:
+                reporter.check()
             ws = sampler.next()
             b = ws.shape[0]
             noise = noise_cache.setdefault(b, G.make_noise(b, "const"))
@@ -193,8 +195,9 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 l_tv = tv_loss(masks) if cfg.variant == "can" else torch.zeros((), device=device)
                 total = (cfg.weights.clip * l_clip + l2_weight * l_l2
                          + cfg.weights.area * l_area + cfg.weights.tv * l_tv)
-            record = {"step": step, "total": float(total), "clip": float(l_clip),
-                      "l2": float(l_l2), "area": float(l_area), "tv": float(l_tv)}
+            record = {"step": step, "total": float(total.detach()),
+                      "clip": float(l_clip.detach()), "l2": float(l_l2.detach()),
+                      "area": float(l_area.detach()), "tv": float(l_tv.detach())}
             if not math.isfinite(record["total"]):
                 partial, reason = True, f"loss became {record['total']} at step {step}"
                 break
@@ -217,7 +220,7 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 reporter.update(step, cfg.steps, losses=record, mask_area=areas,
                                 preview=preview, masks=masks if preview is not None else None)
     except CancelledError:
-        partial, reason = True, f"cancelled at step {step}"
+        partial, reason = True, f"cancelled after step {len(history)}"
     if partial and best is not None:
         state = best[1] if reason.startswith("cancelled") else (last_good or best[1])
         direction.load_state_dict(state["direction"])

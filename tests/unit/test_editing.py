@@ -1,0 +1,213 @@
+"""Trainer, edit files, apply and visualisation on a tiny random generator and tiny CLIP."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coral_core.clip_model import load_clip
+from coral_core.editing.apply import apply_edits, strength_sweep
+from coral_core.editing.catalogue import build_catalogue, catalogue_for
+from coral_core.editing.edit import Edit
+from coral_core.editing.losses import LossWeights, area_betas
+from coral_core.editing.trainer import TrainConfig, train_edit
+from coral_core.editing.visualize import effective_mask, mask_grid, overlay
+from coral_core.errors import EditMismatchError, InputError, ModelFormatError
+from coral_core.progress import Reporter
+from fabricate import random_generator, tiny_config
+
+
+@pytest.fixture(scope="module")
+def G():
+    return random_generator(tiny_config(conv_clamp=None))
+
+
+@pytest.fixture(scope="module")
+def clip(clip_files):
+    return load_clip(clip_files["local_dir"])
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(prompt="a red circle", steps=6, batch=2, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("variant", ["ss", "can"])
+@pytest.mark.parametrize("direction", ["global", "mapper"])
+@pytest.mark.parametrize("mode", ["per_image", "per_prompt"])
+def test_four_forms_train_save_load_and_reapply(G, clip, tmp_path, variant, direction, mode):
+    res = train_edit(G, clip, _cfg(variant=variant, direction=direction, mode=mode,
+                                   catalogue_dir=tmp_path))
+    assert not res.partial and len(res.history) == 6
+    assert all(np.isfinite(h["total"]) for h in res.history)
+    path = res.edit.save(tmp_path / "e.safetensors")
+    loaded = Edit.load(path)
+    assert (loaded.variant, loaded.direction_form, loaded.mode) == (variant, direction, mode)
+    ws = res.edit.latents if mode == "per_image" else \
+        G.mapping_ws(G.z_from_seeds([7, 8]), 0.7)
+    a = apply_edits(G, ws, [res.edit])
+    b = apply_edits(G, ws, [loaded])  # reproducible from the file alone
+    assert torch.equal(a.edited, b.edited)
+    assert not torch.equal(a.edited, a.original)
+    assert all(p.grad is None for p in G.parameters())
+
+
+def test_per_image_ss_optimisation_lowers_the_clip_loss(G, clip):
+    res = train_edit(G, clip, _cfg(steps=40, lr=0.1, batch=1))
+    first = np.mean([h["clip"] for h in res.history[:3]])
+    last = np.mean([h["clip"] for h in res.history[-3:]])
+    assert last < first - 0.01
+
+
+def test_edit_metadata(G, clip, tmp_path):
+    res = train_edit(G, clip, _cfg(neutral="a shape", directional=True, max_layer=5))
+    path = res.edit.save(tmp_path / "e.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    for key in ("format_version", "prompt", "neutral_prompt", "variant", "direction",
+                "generator_fingerprint", "resolution", "num_ws", "clip_model", "catalogue_id"):
+        assert meta[key] != "" or key == "catalogue_id"
+    info = json.loads(meta["info"])
+    assert info["steps"] == 6 and "final_losses" in info and "wall_seconds" in info
+    assert "selection" in info and meta["max_layer"] == "5"
+    assert meta["generator_fingerprint"] == G.fingerprint()
+
+
+def test_max_layer_keeps_later_layers_unselected(G, clip):
+    res = train_edit(G, clip, _cfg(max_layer=3))
+    out = apply_edits(G, res.edit.latents, [res.edit])
+    assert all(m is None for m in out.masks[0][3:])
+    assert all(m is not None for m in out.masks[0][:3])
+
+
+def test_supplied_segments(G, clip):
+    seg = torch.zeros(2, 2, 32, 32)
+    seg[:, 0, :, :16] = 1
+    seg[:, 1, :, 16:] = 1
+    res = train_edit(G, clip, _cfg(), segments=seg)
+    assert res.edit.segments is not None and res.edit.catalogue is None
+    with torch.no_grad():
+        res.edit.selector.logits.zero_()
+        res.edit.selector.logits[..., 0] = 20.0
+        res.edit.selector.logits[..., 1] = -20.0
+    out = apply_edits(G, res.edit.latents, [res.edit], threshold=0.5)
+    m = effective_mask(out.masks[0], 32)
+    assert m[:, :, :12].min() == 1 and m[:, :, 20:].max() == 0  # bilinear at the border
+
+
+def test_catalogue_is_cached_and_consistent(G, tmp_path):
+    a = catalogue_for(G, 4, tmp_path)
+    assert list(tmp_path.glob("catalogue-*.safetensors"))
+    b = catalogue_for(G, 4, tmp_path)
+    assert torch.equal(a.centres, b.centres)
+    with torch.no_grad():
+        _, feats = G.synthesize(G.mapping_ws(G.z_from_seeds([1, 2])), return_features=True)
+    seg = a.segments(feats)
+    assert seg.shape[1] == 4 and torch.all(seg.sum(1) == 1)
+    c = build_catalogue(G, k=4)
+    assert torch.equal(c.centres, a.centres)  # deterministic
+
+
+def test_strength_zero_is_the_original_and_sweep(G, clip):
+    res = train_edit(G, clip, _cfg())
+    ws = res.edit.latents
+    sweep = strength_sweep(G, ws, res.edit, [0.0, 0.5, 1.0])
+    original = apply_edits(G, ws, [res.edit]).original
+    assert torch.equal(sweep[0], original)
+    assert (sweep[1] - original).abs().mean() < (sweep[2] - original).abs().mean()
+
+
+def test_stacking_edits_and_return_original_false(G, clip):
+    a = train_edit(G, clip, _cfg(mode="per_prompt")).edit
+    b = train_edit(G, clip, _cfg(mode="per_prompt", prompt="a blue square", seed=2)).edit
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]), 0.7)
+    one = apply_edits(G, ws, [a]).edited
+    both = apply_edits(G, ws, [a, b])
+    assert not torch.equal(one, both.edited) and len(both.masks) == 2
+    fast = apply_edits(G, ws, [a, b], return_original=False)
+    assert fast.original is None
+    assert torch.allclose(fast.edited, both.edited, atol=1e-6)
+
+
+def test_cancel_returns_best_edit_marked_partial(G, clip):
+    seen = []
+
+    def callback(step, total, info):
+        seen.append(step)
+        if step == 3:
+            reporter.cancel()
+
+    reporter = Reporter(callback)
+    res = train_edit(G, clip, _cfg(steps=50), reporter=reporter)
+    assert res.partial and "cancelled" in res.stopped_reason
+    assert len(res.history) == 3 and res.edit.info["partial"]
+
+
+def test_progress_reports_losses_areas_and_previews(G, clip):
+    got = []
+    train_edit(G, clip, _cfg(steps=4, progress_every=2),
+               reporter=Reporter(lambda s, t, info: got.append(info)))
+    assert len(got) == 4
+    assert set(got[0]["losses"]) >= {"clip", "l2", "area", "tv", "total"}
+    assert len(got[0]["mask_area"]) == len(G.conv_layers)
+    assert got[0]["preview"] is None and got[1]["preview"].shape == (2, 3, 32, 32)
+
+
+def test_nan_loss_stops_and_keeps_last_good(G, clip):
+    cfg = _cfg(steps=10, lr=1e30)  # the second step blows the direction up
+    res = train_edit(G, clip, cfg)
+    assert res.partial and "loss became" in res.stopped_reason
+    assert all(torch.isfinite(p).all() for p in res.edit.direction.parameters())
+
+
+def test_per_prompt_checkpoint_resumes(G, clip, tmp_path):
+    ckpt = tmp_path / "run.ckpt.pt"
+    train_edit(G, clip, _cfg(mode="per_prompt", steps=4, checkpoint=ckpt, checkpoint_every=2))
+    assert ckpt.is_file()
+    res = train_edit(G, clip, _cfg(mode="per_prompt", steps=6, checkpoint=ckpt))
+    assert [h["step"] for h in res.history] == [5, 6]
+
+
+def test_bad_inputs(G, clip, tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        train_edit(G, clip, _cfg(prompt="  "))
+    with pytest.raises(ValueError, match=r"\[B, 8, 32\]"):
+        train_edit(G, clip, _cfg(), latents=torch.zeros(1, 5, 32))
+    with pytest.raises(InputError, match="neutral"):
+        train_edit(G, clip, _cfg(directional=True))
+    edit = train_edit(G, clip, _cfg()).edit
+    other = random_generator(tiny_config(conv_clamp=None), seed=5)
+    with pytest.raises(EditMismatchError, match="trained for generator"):
+        apply_edits(other, edit.latents, [edit])
+    (tmp_path / "x.safetensors").write_bytes(b"junk")
+    with pytest.raises(ModelFormatError, match="x.safetensors"):
+        Edit.load(tmp_path / "x.safetensors")
+    with pytest.raises(EditMismatchError, match="per-image edit holds 2"):
+        apply_edits(G, G.mapping_ws(G.z_from_seeds([1, 2, 3])), [edit])
+
+
+def test_area_weightings(G):
+    uniform = area_betas(G, LossWeights())
+    res = area_betas(G, LossWeights(area_weighting="resolution"))
+    inv = area_betas(G, LossWeights(area_weighting="inverse_resolution"))
+    assert uniform == [1.0] * 7 and res[0] < res[-1] and inv[0] > inv[-1]
+    with pytest.raises(InputError):
+        area_betas(G, LossWeights(area_layer_weights=[1.0]))
+
+
+def test_visualisation(G, clip):
+    edit = train_edit(G, clip, _cfg()).edit
+    out = apply_edits(G, edit.latents, [edit])
+    grid = mask_grid(G, out.masks[0])
+    assert grid.dtype == np.uint8 and grid.shape[2] == 3 and grid.shape[1] == 7 * 96
+    m = effective_mask(out.masks[0], 32)
+    assert m.shape == (2, 32, 32) and 0 <= float(m.min()) and float(m.max()) <= 1
+    img = np.zeros((32, 32, 3), dtype=np.uint8)
+    ov = overlay(img, torch.ones(32, 32))
+    assert ov[..., 0].min() > 100 and ov[..., 2].max() == 0
