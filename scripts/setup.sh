@@ -30,9 +30,12 @@ if [ ! -f "$HOST/comfyui/main.py" ]; then
   rm -f "$HOST/comfyui/extra_model_paths.yaml"
   rm -rf "$HOST/tmp"
 fi
-if ! "$VPY" -c "import aiohttp, comfyui_frontend_package" 2>/dev/null; then
-  grep -viE '^(torch|torchvision|torchaudio|comfyui-workflow-templates|comfyui-embedded-docs)' \
+# ComfyUI's requirements minus torch/torchvision/torchaudio (the CUDA builds above stay) and
+# the optional template/doc bundles; requests is imported but not listed.
+if [ ! -f "$HOST/.requirements-installed" ]; then
+  grep -viE '^(torch|torchvision|torchaudio)([<>=~! ;]|$)|^comfyui-(workflow-templates|embedded-docs)' \
     "$HOST/comfyui/requirements.txt" > "$HOST/requirements.txt"
   "$VPY" -m pip install -q -r "$HOST/requirements.txt" requests websocket-client
+  touch "$HOST/.requirements-installed"
 fi
 echo "set-up done: $VENV (host: $HOST/comfyui)"

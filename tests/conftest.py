@@ -23,3 +23,13 @@ def clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fabricate import write_clip_files
 
     return write_clip_files(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ComfyUI 0.3.75 server with this pack mounted (started once per session)."""
+    from comfy_server import ComfyServer
+
+    srv = ComfyServer(tmp_path_factory.mktemp("comfy")).start()
+    yield srv
+    srv.stop()

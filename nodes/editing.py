@@ -1,0 +1,270 @@
+"""Train CORAL Edit, Save / Load Edit, Apply CORAL Edit, Visualize Masks."""
+from __future__ import annotations
+
+
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..coral_core.editing.apply import apply_edits
+from ..coral_core.editing.edit import Edit
+from ..coral_core.editing.losses import LossWeights
+from ..coral_core.editing.trainer import TrainConfig, train_edit
+from ..coral_core.editing.visualize import effective_mask, mask_grid, overlay
+from ..coral_core.images import image_to_uint8, to_unit_range
+from ..coral_core.progress import Reporter
+from . import host
+from .latents import check_latents
+from .types import CORAL_CLIP, CORAL_EDIT, STYLEGAN_LATENT, STYLEGAN_MODEL, ClipModel, \
+    Latents, StyleGANModel
+
+CATEGORY = "CoralStyleCLIP"
+
+
+def segments_from_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
+    """A ComfyUI MASK batch [N, H, W] -> segments [1, N + 1, r, r]: one per mask plus "the
+    rest", so the unmasked area can be selected too."""
+    if masks.ndim == 2:
+        masks = masks[None]
+    m = F.interpolate(masks[:, None].float(), size=(resolution, resolution), mode="area")[:, 0]
+    m = m.clamp(0, 1)
+    rest = (1 - m.amax(0, keepdim=True)).clamp(0, 1)
+    return torch.cat([m, rest])[None]
+
+
+class CoralTrainEdit:
+    DESCRIPTION = ("Learn a localised edit for a prompt: a W+ direction plus one soft mask per "
+                   "StyleGAN layer (CoralStyleCLIP). Shows live progress; Cancel stops it.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (CORAL_EDIT, "IMAGE")
+    RETURN_NAMES = ("edit", "preview")
+    OUTPUT_TOOLTIPS = ("The learned edit (save it with Save Edit, apply it with Apply CORAL "
+                       "Edit).", "The training images after the edit.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (STYLEGAN_MODEL, {"tooltip": "The generator to edit."}),
+            "clip": (CORAL_CLIP, {"tooltip": "The CLIP that guides the edit."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a red circle",
+                                  "tooltip": "What the edited image should show."}),
+            "variant": (["ss", "can"], {"tooltip": "ss: segment selection (fast, per image or "
+                                                   "prompt); can: attention network (learned "
+                                                   "masks, best per prompt)."}),
+            "direction": (["global", "mapper"], {"tooltip": "global: one W+ offset; mapper: "
+                                                            "an offset computed per image."}),
+            "mode": (["per image", "per prompt"], {
+                "tooltip": "per image: optimise for these latents; per prompt: train on fresh "
+                           "samples, then apply to any image."}),
+            "steps": ("INT", {"default": 100, "min": 1, "max": 100000,
+                              "tooltip": "Optimisation steps."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
+                             "tooltip": "Seed for initialisation and sampling."}),
+        }, "optional": {
+            "latents": (STYLEGAN_LATENT, {"tooltip": "Per image: the latents to edit "
+                                                     "(default: seeds seed..seed+batch-1)."}),
+            "segments": ("MASK", {"tooltip": "Segment selection: masks from any segmentation "
+                                             "node, used as the candidate regions."}),
+            "neutral_prompt": ("STRING", {"default": "", "tooltip": "Neutral description for "
+                                                                    "the directional loss."}),
+            "directional": ("BOOLEAN", {"default": False,
+                                        "tooltip": "Use the directional CLIP loss."}),
+            "batch": ("INT", {"default": 4, "min": 1, "max": 64,
+                              "tooltip": "Images per step (per prompt) or seeds (per image)."}),
+            "lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001,
+                             "tooltip": "Learning rate (0 = the variant's default)."}),
+            "area_weight": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 10.0, "step": 0.001,
+                                      "tooltip": "Mask area penalty: higher = smaller regions."}),
+            "tv_weight": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 10.0, "step": 0.001,
+                                    "tooltip": "Mask smoothness (attention network)."}),
+            "l2_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.001,
+                                    "tooltip": "Direction size penalty (-1 = default)."}),
+            "area_weighting": (["uniform", "resolution", "inverse_resolution"], {
+                "tooltip": "Per-layer area weights: which layers edits prefer."}),
+            "max_layer": ("INT", {"default": 0, "min": 0, "max": 64,
+                                  "tooltip": "Only edit layers 1..k (0 = all), e.g. to "
+                                             "protect colour in fine layers."}),
+            "segments_k": ("INT", {"default": 6, "min": 2, "max": 32,
+                                   "tooltip": "Clusters in the automatic segment catalogue."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,
+              direction: str, mode: str, steps: int, seed: int, latents: Latents | None = None,
+              segments: torch.Tensor | None = None, neutral_prompt: str = "",
+              directional: bool = False, batch: int = 4, lr: float = 0.0,
+              area_weight: float = 0.01, tv_weight: float = 0.01, l2_weight: float = -1.0,
+              area_weighting: str = "uniform", max_layer: int = 0, segments_k: int = 6,
+              unique_id: str | None = None):
+        G = model.generator()
+        C = clip.ready()
+        mode_key = mode.replace(" ", "_")
+        ws = None
+        if latents is not None:
+            check_latents(model, latents)
+            ws = latents.on(G.w_avg.device)
+        if mode_key == "per_prompt" and ws is not None:
+            raise ValueError("per prompt training samples its own latents: disconnect "
+                             "'latents' or choose 'per image'")
+        seg = segments_from_masks(segments, G.img_resolution) if segments is not None else None
+        cfg = TrainConfig(prompt=prompt, neutral=neutral_prompt, variant=variant,
+                          direction=direction, mode=mode_key, steps=steps, lr=lr or None,
+                          batch=ws.shape[0] if ws is not None else batch, seed=seed,
+                          num_segments=segments_k, max_layer=max_layer or None,
+                          directional=directional,
+                          weights=LossWeights(area=area_weight, tv=tv_weight,
+                                              l2=None if l2_weight < 0 else l2_weight,
+                                              area_weighting=area_weighting),
+                          progress_every=max(1, steps // 20),
+                          catalogue_dir=host.edits_dir() / "catalogues")
+        reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100))
+        result = train_edit(G, C, cfg, latents=ws, segments=seg, reporter=reporter)
+        preview_ws = result.edit.latents if result.edit.latents is not None else \
+            G.mapping_ws(G.z_from_seeds(range(seed, seed + min(batch, 4))).to(G.w_avg.device),
+                         0.7)
+        out = apply_edits(G, preview_ws, [result.edit])
+        images = to_unit_range(out.edited).cpu()
+        ui = host.save_image_previews(images, "coral_train")
+        host.send_event("done", {"node": unique_id, "summary": result.edit.summary()})
+        return {"ui": {"images": ui}, "result": (result.edit, images)}
+
+
+class CoralSaveEdit:
+    DESCRIPTION = "Save an edit (.safetensors) to models/coral_edits, to share and reuse."
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "edit": (CORAL_EDIT, {"tooltip": "The edit to save."}),
+            "filename_prefix": ("STRING", {"default": "coral_edit",
+                                           "tooltip": "Name prefix; a counter is added."}),
+        }}
+
+    def save(self, edit: Edit, filename_prefix: str):
+        folder = host.edits_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c for c in filename_prefix if c.isalnum() or c in "-_") or "coral_edit"
+        n = len(list(folder.glob(f"{safe}_*.safetensors"))) + 1
+        path = edit.save(folder / f"{safe}_{n:05d}.safetensors")
+        return {"ui": {"text": [path.name]}}
+
+
+class CoralLoadEdit:
+    DESCRIPTION = "Load an edit from models/coral_edits."
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (CORAL_EDIT, "STRING")
+    RETURN_NAMES = ("edit", "summary")
+    OUTPUT_TOOLTIPS = ("The edit.", "Prompt, variant and selected layers, as JSON.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"edit_name": (host.edit_choices() or [""], {
+            "tooltip": "An edit file from models/coral_edits."})}}
+
+    def load(self, edit_name: str):
+        import json
+
+        if not edit_name:
+            raise FileNotFoundError("no edit chosen (models/coral_edits is empty)")
+        edit = Edit.load(host.resolve(host.EDIT_FOLDER, edit_name))
+        return (edit, json.dumps(edit.summary(), indent=2, default=str))
+
+
+class CoralApplyEdit:
+    DESCRIPTION = ("Apply one or more CORAL edits (stacked in order) to latents, with a "
+                   "strength and an optional mask threshold.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK", "MASK")
+    RETURN_NAMES = ("edited", "original", "mask", "layer_masks")
+    OUTPUT_TOOLTIPS = ("Edited images.", "The same latents without the edit.",
+                       "Where the (last) edit acts: max over its layer masks, per image.",
+                       "The first image's mask at every conv layer, upsampled.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        strength = {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
+                    "tooltip": "Scales the direction: 0 = original, 1 = as trained."}
+        return {"required": {
+            "model": (STYLEGAN_MODEL, {"tooltip": "The generator the edit was trained for."}),
+            "latents": (STYLEGAN_LATENT, {"tooltip": "Latents to edit."}),
+            "edit": (CORAL_EDIT, {"tooltip": "The edit to apply."}),
+            "strength": ("FLOAT", strength),
+            "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                    "tooltip": "Sharpen masks: 0 = soft masks; t > 0 = binary "
+                                               "masks (mask >= t)."}),
+        }, "optional": {
+            "edit_2": (CORAL_EDIT, {"tooltip": "A second edit, applied after the first."}),
+            "strength_2": ("FLOAT", strength),
+            "edit_3": (CORAL_EDIT, {"tooltip": "A third edit, applied last."}),
+            "strength_3": ("FLOAT", strength),
+        }}
+
+    def apply(self, model: StyleGANModel, latents: Latents, edit: Edit, strength: float,
+              threshold: float, edit_2: Edit | None = None, strength_2: float = 1.0,
+              edit_3: Edit | None = None, strength_3: float = 1.0):
+        check_latents(model, latents)
+        G = model.generator()
+        edits = [edit] + [e for e in (edit_2, edit_3) if e is not None]
+        strengths = [strength] + [s for e, s in ((edit_2, strength_2), (edit_3, strength_3))
+                                  if e is not None]
+        res = apply_edits(G, latents.on(G.w_avg.device), edits, strengths, threshold or None)
+        res_masks = res.masks[-1]
+        mask = effective_mask(res_masks, G.img_resolution).cpu()
+        layer = torch.stack([
+            torch.zeros(G.img_resolution, G.img_resolution) if m is None else
+            F.interpolate(m[:1].float().cpu(), size=(G.img_resolution,) * 2,
+                          mode="nearest")[0, 0] for m in res_masks])
+        assert res.original is not None
+        return (to_unit_range(res.edited).cpu(), to_unit_range(res.original).cpu(), mask, layer)
+
+
+class CoralVisualizeMasks:
+    DESCRIPTION = ("Per-layer mask grid (labelled layer / resolution / mean area) and a heatmap "
+                   "overlay of where the edit acts.")
+    CATEGORY = CATEGORY
+    FUNCTION = "visualize"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("mask_grid", "overlay")
+    OUTPUT_TOOLTIPS = ("One tile per conv layer for the chosen image.",
+                       "Heatmap over every image.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (STYLEGAN_MODEL, {"tooltip": "The generator."}),
+            "latents": (STYLEGAN_LATENT, {"tooltip": "The images to show masks for."}),
+            "edit": (CORAL_EDIT, {"tooltip": "The edit whose masks to show."}),
+            "index": ("INT", {"default": 0, "min": 0, "max": 255,
+                              "tooltip": "Which image of the batch the grid shows."}),
+            "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                    "tooltip": "As in Apply CORAL Edit."}),
+        }}
+
+    def visualize(self, model: StyleGANModel, latents: Latents, edit: Edit, index: int,
+                  threshold: float):
+        check_latents(model, latents)
+        G = model.generator()
+        res = apply_edits(G, latents.on(G.w_avg.device), [edit], 1.0, threshold or None)
+        idx = min(index, latents.ws.shape[0] - 1)
+        grid = mask_grid(G, res.masks[0], sample=idx)
+        combined = effective_mask(res.masks[0], G.img_resolution).cpu()
+        assert res.original is not None
+        originals = image_to_uint8(res.original)
+        big = [np.kron(o, np.ones((4, 4, 1), dtype=np.uint8)) for o in originals]
+        over = np.stack([overlay(b, m) for b, m in zip(big, combined)])
+        return (torch.from_numpy(grid)[None].float() / 255,
+                torch.from_numpy(over).float() / 255)
+
+
+NODES = {"CoralTrainEdit": (CoralTrainEdit, "Train CORAL Edit"),
+         "CoralSaveEdit": (CoralSaveEdit, "Save Edit (Coral)"),
+         "CoralLoadEdit": (CoralLoadEdit, "Load Edit (Coral)"),
+         "CoralApplyEdit": (CoralApplyEdit, "Apply CORAL Edit"),
+         "CoralVisualizeMasks": (CoralVisualizeMasks, "Visualize Masks (Coral)")}

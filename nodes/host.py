@@ -1,0 +1,177 @@
+"""Everything that touches ComfyUI itself: model folders, devices, progress, events, memory.
+
+Kept in one module so the node classes stay declarative and coral_core never sees ComfyUI.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..coral_core.world.assets import DEMO_CLIP, DEMO_GENERATOR
+
+try:  # present only inside a ComfyUI process; the package must still import elsewhere
+    import comfy.model_management as mm
+    import comfy.utils
+    import folder_paths
+except ImportError:  # pragma: no cover - exercised by importing the pack outside ComfyUI
+    mm = comfy = folder_paths = None  # type: ignore[assignment]
+
+EVENT_PREFIX = "coralstyleclip"
+STYLEGAN_FOLDER = "stylegan"
+CLIP_FOLDER = "coral_clip"
+EDIT_FOLDER = "coral_edits"
+DEMO_GENERATOR_NAME = "[demo] shapes-32px generator"
+DEMO_CLIP_NAME = "[demo] shapes CLIP"
+MODEL_EXTENSIONS = {".pkl", ".pt", ".pth", ".safetensors"}
+CLIP_EXTENSIONS = {".pt", ".pth", ".bin", ".safetensors"}
+
+
+def register_folders() -> None:
+    """models/stylegan, models/coral_clip, models/coral_edits, merged with any paths that
+    extra_model_paths.yaml already registered under the same names."""
+    if folder_paths is None:
+        return
+    for name, exts in ((STYLEGAN_FOLDER, MODEL_EXTENSIONS), (CLIP_FOLDER, CLIP_EXTENSIONS),
+                       (EDIT_FOLDER, {".safetensors"})):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name),
+                                           is_default=True)
+        paths, old = folder_paths.folder_names_and_paths[name]
+        folder_paths.folder_names_and_paths[name] = (paths, set(old) | exts)
+
+
+def generator_choices() -> list[str]:
+    return [DEMO_GENERATOR_NAME] + folder_paths.get_filename_list(STYLEGAN_FOLDER)
+
+
+def clip_choices() -> list[str]:
+    names = [DEMO_CLIP_NAME] + folder_paths.get_filename_list(CLIP_FOLDER)
+    for root in folder_paths.get_folder_paths(CLIP_FOLDER):  # open_clip local-dir folders
+        if os.path.isdir(root):
+            names += sorted(d for d in os.listdir(root)
+                            if os.path.isfile(os.path.join(root, d, "open_clip_config.json")))
+    return names
+
+
+def edit_choices() -> list[str]:
+    return folder_paths.get_filename_list(EDIT_FOLDER)
+
+
+def resolve(folder: str, name: str) -> Path:
+    if name == DEMO_GENERATOR_NAME:
+        return DEMO_GENERATOR
+    if name == DEMO_CLIP_NAME:
+        return DEMO_CLIP
+    path = folder_paths.get_full_path(folder, name)
+    if path is None and folder == CLIP_FOLDER:
+        for root in folder_paths.get_folder_paths(CLIP_FOLDER):
+            if os.path.isdir(os.path.join(root, name)):
+                return Path(root) / name
+    if path is None:
+        raise FileNotFoundError(f"{name!r} is not in the {folder} models folder(s): "
+                                f"{folder_paths.get_folder_paths(folder)}")
+    return Path(path)
+
+
+def edits_dir() -> Path:
+    return Path(folder_paths.get_folder_paths(EDIT_FOLDER)[0])
+
+
+def output_dir() -> Path:
+    return Path(folder_paths.get_output_directory())
+
+
+def device() -> torch.device:
+    return mm.get_torch_device()
+
+
+class ResidentModel:
+    """A coral_core model put under ComfyUI's memory management (ModelPatcher), so ComfyUI's
+    free-memory calls offload it and the next run loads it back to the device."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        import comfy.model_patcher
+
+        self.module = module
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device(),
+            size=mm.module_size(module))
+
+    def ready(self) -> torch.nn.Module:
+        mm.load_models_gpu([self.patcher])
+        return self.module
+
+
+class Progress:
+    """coral_core progress callback -> ComfyUI ProgressBar (whose hook also raises on
+    Cancel) plus a websocket event for the pack's front-end extension."""
+
+    def __init__(self, total: int, node_id: str | None, event: str = "train") -> None:
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.node_id = node_id
+        self.event = event
+
+    def __call__(self, step: int, total: int, info: dict[str, Any]) -> None:
+        preview = info.get("preview")
+        pil = None
+        if preview is not None:
+            from PIL import Image
+
+            from ..coral_core.images import image_to_uint8
+
+            pil = Image.fromarray(image_to_uint8(preview[:1])[0]).resize((256, 256),
+                                                                          Image.NEAREST)
+        self.bar.update_absolute(step, total, ("JPEG", pil, 256) if pil is not None else None)
+        payload = {"node": self.node_id, "step": step, "total": total,
+                   "losses": info.get("losses", {}), "mask_area": info.get("mask_area", [])}
+        if info.get("masks") is not None:
+            payload["masks_png"] = masks_data_url(info["masks"])
+        send_event(self.event, payload)
+
+
+def masks_data_url(masks: list[torch.Tensor | None], cell: int = 48) -> str:
+    """A small PNG strip of the first sample's per-layer masks, as a data URL for the UI."""
+    from PIL import Image
+
+    tiles = []
+    for m in masks:
+        if m is None:
+            tiles.append(np.zeros((cell, cell), dtype=np.uint8))
+            continue
+        t = torch.nn.functional.interpolate(m[:1].detach().float().cpu(), size=(cell, cell),
+                                            mode="nearest")[0, 0]
+        tiles.append((t.clamp(0, 1).numpy() * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(tiles, 1)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def send_event(event: str, data: dict[str, Any]) -> None:
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync(f"{EVENT_PREFIX}.{event}", data)
+    except Exception:  # no server (e.g. a script importing the nodes): events are optional
+        pass
+
+
+def save_image_previews(images: torch.Tensor, prefix: str) -> list[dict[str, str]]:
+    """Write [B, H, W, C] 0..1 images to ComfyUI's temp folder for the node's preview."""
+    from PIL import Image
+
+    out_dir = folder_paths.get_temp_directory()
+    full, name, counter, sub, _ = folder_paths.get_save_image_path(prefix, out_dir,
+                                                                   images.shape[2],
+                                                                   images.shape[1])
+    results = []
+    for i, img in enumerate(images):
+        arr = (img.cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
+        file = f"{name}_{counter + i:05}_.png"
+        Image.fromarray(arr).save(os.path.join(full, file))
+        results.append({"filename": file, "subfolder": sub, "type": "temp"})
+    return results

@@ -1,0 +1,151 @@
+"""Sample / Save / Load latents, and Generate."""
+from __future__ import annotations
+
+
+
+
+import torch
+
+from ..coral_core.images import to_unit_range
+from ..coral_core.latents import load_latents, save_latents
+from ..coral_core.seeds import parse_seeds
+from . import host
+from .types import STYLEGAN_LATENT, STYLEGAN_MODEL, Latents, StyleGANModel
+
+CATEGORY = "CoralStyleCLIP"
+LATENT_SUBFOLDER = "coral_latents"
+
+
+def check_latents(model: StyleGANModel, latents: Latents) -> None:
+    G = model.loaded.generator
+    if latents.fingerprint and latents.fingerprint != G.fingerprint():
+        raise ValueError("these latents were made with another generator "
+                         f"({latents.fingerprint}); this one is {G.fingerprint()}")
+    G.check_ws(latents.ws)
+
+
+class CoralSampleLatents:
+    DESCRIPTION = ("W+ latents from seeds, exactly as NVIDIA's generate.py draws z, so seed N "
+                   "is the same image there.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (STYLEGAN_LATENT,)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("W+ codes [batch, num_ws, w_dim].",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (STYLEGAN_MODEL, {"tooltip": "The generator the latents are for."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
+                             "tooltip": "First seed; the batch uses seed, seed+1, ..."}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
+                                   "tooltip": "How many latents."}),
+            "truncation": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 2.0, "step": 0.05,
+                                     "tooltip": "psi: 1 = no truncation, lower = more "
+                                                "typical images."}),
+        }, "optional": {
+            "seeds": ("STRING", {"default": "", "tooltip": "Explicit seeds such as '0-7' or "
+                                                           "'1,5,9'; overrides seed/batch."}),
+            "truncation_cutoff": ("INT", {"default": 0, "min": 0, "max": 64,
+                                          "tooltip": "Truncate only the first N W+ entries "
+                                                     "(0 = all)."}),
+        }}
+
+    def sample(self, model: StyleGANModel, seed: int, batch_size: int, truncation: float,
+               seeds: str = "", truncation_cutoff: int = 0):
+        seed_list = parse_seeds(seeds) if seeds.strip() else list(range(seed, seed + batch_size))
+        G = model.generator()
+        with torch.no_grad():
+            ws = G.mapping_ws(G.z_from_seeds(seed_list), truncation, truncation_cutoff or None)
+        return (Latents(ws.cpu(), G.fingerprint(), tuple(f"seed{s}" for s in seed_list)),)
+
+
+class CoralGenerate:
+    DESCRIPTION = "Render latents with the generator."
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Generated images.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (STYLEGAN_MODEL, {"tooltip": "The generator."}),
+            "latents": (STYLEGAN_LATENT, {"tooltip": "W+ latents to render."}),
+            "noise_mode": (["const", "random", "none"], {
+                "tooltip": "const: the model's fixed noise (reproducible); random: fresh "
+                           "noise; none: no noise."}),
+        }}
+
+    def generate(self, model: StyleGANModel, latents: Latents, noise_mode: str):
+        check_latents(model, latents)
+        G = model.generator()
+        with torch.no_grad():
+            img = G.synthesize(latents.on(G.w_avg.device), noise_mode=noise_mode)
+        return (to_unit_range(img).cpu(),)
+
+
+class CoralSaveLatents:
+    DESCRIPTION = "Save latents as .safetensors under output/coral_latents."
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latents": (STYLEGAN_LATENT, {"tooltip": "Latents to save."}),
+            "filename_prefix": ("STRING", {"default": "latents",
+                                           "tooltip": "File name prefix; a counter is added."}),
+        }}
+
+    def save(self, latents: Latents, filename_prefix: str):
+        folder = host.output_dir() / LATENT_SUBFOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        n = len(list(folder.glob(f"{filename_prefix}_*.safetensors"))) + 1
+        path = save_latents(latents.ws, folder / f"{filename_prefix}_{n:05d}.safetensors",
+                            {"generator_fingerprint": latents.fingerprint})
+        return {"ui": {"text": [str(path.name)]}}
+
+
+class CoralLoadLatents:
+    DESCRIPTION = ("Load latents saved by Save Latents (or NVIDIA projector .npz files placed in "
+                   "output/coral_latents).")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (STYLEGAN_LATENT,)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("The loaded W+ latents.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        folder = host.output_dir() / LATENT_SUBFOLDER
+        files = sorted(p.name for p in folder.glob("*")
+                       if p.suffix in (".safetensors", ".npz")) if folder.is_dir() else []
+        return {"required": {"latent_file": (files or [""], {
+            "tooltip": "A file in output/coral_latents."})},
+            "optional": {"model": (STYLEGAN_MODEL, {
+                "tooltip": "Optional: check the latents fit this generator."})}}
+
+    def load(self, latent_file: str, model: StyleGANModel | None = None):
+        if not latent_file:
+            raise FileNotFoundError("no latent file chosen (output/coral_latents is empty)")
+        path = host.output_dir() / LATENT_SUBFOLDER / latent_file
+        G = model.loaded.generator if model is not None else None
+        ws = load_latents(path, G.num_ws if G else None, G.w_dim if G else None)
+        from safetensors import safe_open
+
+        fp = ""
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                fp = (f.metadata() or {}).get("generator_fingerprint", "")
+        return (Latents(ws, fp),)
+
+
+NODES = {"CoralSampleLatents": (CoralSampleLatents, "Sample Latents (Coral)"),
+         "CoralGenerate": (CoralGenerate, "Generate (Coral)"),
+         "CoralSaveLatents": (CoralSaveLatents, "Save Latents (Coral)"),
+         "CoralLoadLatents": (CoralLoadLatents, "Load Latents (Coral)")}

@@ -1,0 +1,74 @@
+"""Load StyleGAN and Load CLIP."""
+from __future__ import annotations
+
+import json
+
+from ..coral_core.cache import get_clip, get_generator
+from ..coral_core.formats import describe
+from . import host
+from .types import CORAL_CLIP, STYLEGAN_MODEL, ClipModel, StyleGANModel
+
+CATEGORY = "CoralStyleCLIP"
+_RESIDENT: dict[int, object] = {}
+
+
+def _resident(module: object) -> object:
+    key = id(module)
+    if key not in _RESIDENT:
+        _RESIDENT[key] = host.ResidentModel(module)  # type: ignore[arg-type]
+    return _RESIDENT[key]
+
+
+class CoralLoadStyleGAN:
+    DESCRIPTION = ("Load a StyleGAN2 generator: NVlabs .pkl (StyleGAN2/ADA), PTI .pt, "
+                   "rosinality .pt, e4e .pt or CoralStyleCLIP .safetensors, from "
+                   "models/stylegan. No code inside the file is ever run; no CUDA compiler "
+                   "needed.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (STYLEGAN_MODEL, "STRING")
+    RETURN_NAMES = ("model", "info")
+    OUTPUT_TOOLTIPS = ("The generator, resident on ComfyUI's device between runs.",
+                       "Format, resolution, num_ws, dims and parameter count, as JSON.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"generator": (host.generator_choices(), {
+            "tooltip": "A generator file from models/stylegan, or the built-in demo model."})}}
+
+    def load(self, generator: str):
+        path = host.resolve(host.STYLEGAN_FOLDER, generator)
+        loaded = get_generator(path, "cpu")
+        info = describe(loaded)
+        model = StyleGANModel(path, loaded, _resident(loaded.generator))
+        return {"ui": {"text": [f"{info['format']}, {info['resolution']}px, "
+                                f"{info['num_ws']} W+ entries"]},
+                "result": (model, json.dumps(info, indent=2))}
+
+
+class CoralLoadCLIP:
+    DESCRIPTION = ("Load a CLIP for edits from models/coral_clip: OpenAI .pt (TorchScript), "
+                   "open_clip .safetensors/.bin (with open_clip_config.json beside it or a model "
+                   "name), or an open_clip local-dir folder. Never downloads anything.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (CORAL_CLIP,)
+    RETURN_NAMES = ("clip",)
+    OUTPUT_TOOLTIPS = ("The frozen CLIP used by the edit losses.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip_name": (host.clip_choices(), {
+                    "tooltip": "A CLIP file or folder from models/coral_clip, or the demo CLIP."})},
+                "optional": {"model_name": ("STRING", {
+                    "default": "", "tooltip": "open_clip model name (e.g. ViT-B-32-quickgelu) "
+                                              "for a bare state dict; leave empty otherwise."})}}
+
+    def load(self, clip_name: str, model_name: str = ""):
+        path = host.resolve(host.CLIP_FOLDER, clip_name)
+        clip = get_clip(path, model_name or None, "cpu")
+        return (ClipModel(path, clip, _resident(clip.model)),)
+
+
+NODES = {"CoralLoadStyleGAN": (CoralLoadStyleGAN, "Load StyleGAN (Coral)"),
+         "CoralLoadCLIP": (CoralLoadCLIP, "Load CLIP (Coral)")}
