@@ -134,3 +134,91 @@ def _load_command_modules() -> None:
 
 def add_parser(fn: Callable[[argparse._SubParsersAction], None]) -> None:
     _EXTRA_PARSERS.append(fn)
+
+
+@command("queue")
+def cmd_queue(args: argparse.Namespace) -> int:
+    from .comfy_client import queue_workflows
+    from .seeds import parse_seeds
+
+    try:
+        workflow = json.loads(Path(args.workflow).read_text())
+    except (OSError, ValueError) as exc:
+        raise CoralError(f"{args.workflow}: not a readable API-format workflow ({exc})") from exc
+    if not isinstance(workflow, dict) or "nodes" in workflow:
+        raise CoralError(f"{args.workflow}: this is a UI-format workflow; export it with "
+                         "'Save (API)' or use the copy under workflows/")
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    results = queue_workflows(args.server, workflow, args.set or [], seeds,
+                              Path(args.out) if args.out else None, args.timeout)
+    failed = [r for r in results if r.status != "success"]
+    for r in results:
+        extra = f" ({len(r.files)} files)" if r.files else ""
+        print(f"{r.label}: {r.status}{extra}" + (f": {r.error[:300]}" if r.error else ""))
+    print(f"{len(results) - len(failed)} of {len(results)} prompts succeeded")
+    return 1 if failed else 0
+
+
+def _register_queue(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("queue", help="queue an API workflow on a ComfyUI server, many times")
+    s.add_argument("--server", default="http://127.0.0.1:8188")
+    s.add_argument("--workflow", required=True, help="API-format workflow JSON")
+    s.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
+                   help="override an input (NODE = id or class_type); repeatable")
+    s.add_argument("--seeds", default=None, help="one prompt per seed, e.g. 0-99")
+    s.add_argument("--out", default=None, help="download output images here")
+    s.add_argument("--timeout", type=float, default=3600)
+
+
+add_parser(_register_queue)
+
+
+@command("invert")
+def cmd_invert(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .cache import get_clip, get_generator
+    from .formats import save_generator
+    from .images import save_tensor_images
+    from .inversion import InvertConfig, invert, prepare_images
+    from .latents import save_latents
+    from .progress import Reporter, print_progress
+    from .world.assets import DEMO_GENERATOR, require
+
+    G = get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
+    try:
+        photos = [np.asarray(Image.open(p)) for p in args.image]
+    except OSError as exc:
+        raise CoralError(f"cannot read image: {exc}") from exc
+    target = torch.cat([prepare_images(p, G.img_resolution) for p in photos])
+    clip = get_clip(args.clip, None, args.device) if args.clip else None
+    res = invert(G, target, InvertConfig(space=args.space, steps=args.steps,
+                                         pti_steps=args.pti), clip=clip,
+                 vgg16_path=args.vgg16, reporter=Reporter(print_progress("invert"), every=25))
+    out = Path(args.out)
+    meta = {"generator_fingerprint": (res.generator or G).fingerprint(), "space": args.space}
+    save_latents(res.ws, out, meta)
+    save_tensor_images(res.reconstruction, [out.with_name(f"{out.stem}_rec{i}.png")
+                                            for i in range(len(photos))])
+    if res.generator is not None:
+        save_generator(res.generator, out.with_name(out.stem + "_pti.safetensors"))
+    print(json.dumps({"psnr": res.psnr, "ssim": res.ssim, "seconds": round(res.seconds, 2),
+                      "perceptual": res.perceptual}, indent=2))
+    return 0
+
+
+def _register_invert(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("invert", help="project photos into W / W+ (optionally PTI)")
+    s.add_argument("--generator", default=None)
+    s.add_argument("--image", action="append", required=True, help="repeat for a batch")
+    s.add_argument("--space", choices=["w", "w+", "w_then_w+"], default="w+")
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--pti", type=int, default=0, metavar="STEPS", help="pivotal tuning steps")
+    s.add_argument("--clip", default=None, help="CLIP for perceptual features")
+    s.add_argument("--vgg16", default=None, help="NVIDIA vgg16.pt for LPIPS")
+    s.add_argument("--device", default=None)
+    s.add_argument("--out", required=True, help="LATENT.safetensors")
+
+
+add_parser(_register_invert)

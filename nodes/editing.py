@@ -61,6 +61,7 @@ class CoralTrainEdit:
             "steps": ("INT", {"default": 100, "min": 1, "max": 100000,
                               "tooltip": "Optimisation steps."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
+                             "control_after_generate": True,
                              "tooltip": "Seed for initialisation and sampling."}),
         }, "optional": {
             "latents": (STYLEGAN_LATENT, {"tooltip": "Per image: the latents to edit "

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..coral_core.world.assets import DEMO_CLIP, DEMO_GENERATOR
+from ..coral_core.world.assets import DEMO_CLIP, DEMO_EDITS, DEMO_GENERATOR
 
 try:  # present only inside a ComfyUI process; the package must still import elsewhere
     import comfy.model_management as mm
@@ -46,10 +46,14 @@ def register_folders() -> None:
 
 
 def generator_choices() -> list[str]:
+    if folder_paths is None:
+        return [DEMO_GENERATOR_NAME]
     return [DEMO_GENERATOR_NAME] + folder_paths.get_filename_list(STYLEGAN_FOLDER)
 
 
 def clip_choices() -> list[str]:
+    if folder_paths is None:
+        return [DEMO_CLIP_NAME]
     names = [DEMO_CLIP_NAME] + folder_paths.get_filename_list(CLIP_FOLDER)
     for root in folder_paths.get_folder_paths(CLIP_FOLDER):  # open_clip local-dir folders
         if os.path.isdir(root):
@@ -59,7 +63,10 @@ def clip_choices() -> list[str]:
 
 
 def edit_choices() -> list[str]:
-    return folder_paths.get_filename_list(EDIT_FOLDER)
+    shipped = [f"[demo] {p.name}" for p in sorted(DEMO_EDITS.glob("*.safetensors"))]
+    if folder_paths is None:
+        return shipped
+    return shipped + folder_paths.get_filename_list(EDIT_FOLDER)
 
 
 def resolve(folder: str, name: str) -> Path:
@@ -67,6 +74,8 @@ def resolve(folder: str, name: str) -> Path:
         return DEMO_GENERATOR
     if name == DEMO_CLIP_NAME:
         return DEMO_CLIP
+    if name.startswith("[demo] ") and folder == EDIT_FOLDER:
+        return DEMO_EDITS / name[len("[demo] "):]
     path = folder_paths.get_full_path(folder, name)
     if path is None and folder == CLIP_FOLDER:
         for root in folder_paths.get_folder_paths(CLIP_FOLDER):

@@ -38,6 +38,7 @@ class CoralSampleLatents:
         return {"required": {
             "model": (STYLEGAN_MODEL, {"tooltip": "The generator the latents are for."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
+                             "control_after_generate": True,
                              "tooltip": "First seed; the batch uses seed, seed+1, ..."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
                                    "tooltip": "How many latents."}),
@@ -122,9 +123,9 @@ class CoralLoadLatents:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folder = host.output_dir() / LATENT_SUBFOLDER
-        files = sorted(p.name for p in folder.glob("*")
-                       if p.suffix in (".safetensors", ".npz")) if folder.is_dir() else []
+        folder = host.output_dir() / LATENT_SUBFOLDER if host.folder_paths else None
+        files = sorted(p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".npz")
+                       ) if folder is not None and folder.is_dir() else []
         return {"required": {"latent_file": (files or [""], {
             "tooltip": "A file in output/coral_latents."})},
             "optional": {"model": (STYLEGAN_MODEL, {
@@ -149,3 +150,62 @@ NODES = {"CoralSampleLatents": (CoralSampleLatents, "Sample Latents (Coral)"),
          "CoralGenerate": (CoralGenerate, "Generate (Coral)"),
          "CoralSaveLatents": (CoralSaveLatents, "Save Latents (Coral)"),
          "CoralLoadLatents": (CoralLoadLatents, "Load Latents (Coral)")}
+
+
+class CoralInvert:
+    DESCRIPTION = ("Project photos into the generator (W, W+ or W then W+), optionally with "
+                   "pivotal tuning of a copy of the generator. Images of any size are centre-"
+                   "cropped to a square and resized; alpha is composited over white.")
+    CATEGORY = CATEGORY
+    FUNCTION = "invert"
+    RETURN_TYPES = (STYLEGAN_LATENT, "IMAGE", STYLEGAN_MODEL, "STRING")
+    RETURN_NAMES = ("latents", "reconstruction", "model", "metrics")
+    OUTPUT_TOOLTIPS = ("W+ codes of the photos.", "What the generator draws from them.",
+                       "The generator to edit them with (a tuned copy if PTI ran).",
+                       "PSNR / SSIM / seconds, as JSON.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (STYLEGAN_MODEL, {"tooltip": "The generator to invert into."}),
+            "images": ("IMAGE", {"tooltip": "Photos to invert."}),
+            "space": (["w+", "w", "w_then_w+"], {"tooltip": "W+: best fidelity; W: most "
+                                                             "editable; W then W+: both."}),
+            "steps": ("INT", {"default": 300, "min": 1, "max": 10000,
+                              "tooltip": "Optimisation steps."}),
+            "pti_steps": ("INT", {"default": 0, "min": 0, "max": 10000,
+                                  "tooltip": "Pivotal tuning steps (0 = off)."}),
+        }, "optional": {
+            "clip": ("CORAL_CLIP", {"tooltip": "Perceptual features for the loss (without it: "
+                                               "pixels only)."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    def invert(self, model: StyleGANModel, images: torch.Tensor, space: str, steps: int,
+               pti_steps: int, clip=None, unique_id: str | None = None):
+        import json
+
+        from ..coral_core.inversion import InvertConfig, invert, prepare_images
+        from ..coral_core.progress import Reporter
+        from .models import _resident
+
+        G = model.generator()
+        target = prepare_images(images, G.img_resolution).to(G.w_avg.device)
+        reporter = Reporter(host.Progress(steps + pti_steps, unique_id, "invert"),
+                            every=max(1, (steps + pti_steps) // 100))
+        res = invert(G, target, InvertConfig(space=space, steps=steps, pti_steps=pti_steps),
+                     clip=clip.ready() if clip is not None else None, reporter=reporter)
+        out_model = model
+        if res.generator is not None:
+            from ..coral_core.formats import LoadedGenerator
+
+            loaded = LoadedGenerator(res.generator, "pti-tuned", model.path,
+                                     ["pivotal tuning of " + model.path.name])
+            out_model = StyleGANModel(model.path, loaded, _resident(res.generator))
+        final_G = out_model.loaded.generator
+        metrics = {"psnr": res.psnr, "ssim": res.ssim, "seconds": round(res.seconds, 2),
+                   "perceptual": res.perceptual}
+        return (Latents(res.ws.cpu(), final_G.fingerprint()),
+                to_unit_range(res.reconstruction).cpu(), out_model, json.dumps(metrics))
+
+
+NODES["CoralInvert"] = (CoralInvert, "Invert Images (Coral)")

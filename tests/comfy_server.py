@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -131,3 +132,35 @@ class ComfyServer:
             raise TimeoutError(f"prompt {pid} did not finish in {timeout}s")
         finally:
             ws.close()
+
+
+def upload_image(server: "ComfyServer", name: str, png: bytes) -> dict:
+    """POST /upload/image (multipart), as the front end does."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + \
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue" \
+        f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(server.url + "/upload/image", data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def output_images(server: "ComfyServer", outputs: dict, node: str) -> list:
+    """Decode the images a SaveImage node wrote, via GET /view."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arrays = []
+    for img in outputs[node]["images"]:
+        query = urllib.parse.urlencode({k: img[k] for k in ("filename", "subfolder", "type")})
+        data = server.get(f"/view?{query}")
+        arrays.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    return arrays
+
+
+def load_workflow(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / f"{name}.json").read_text())

@@ -34,8 +34,8 @@ def _edit_selecting(G: Generator, layers: list[int], k: int = 6) -> Edit:
     sel = SegmentSelector(len(G.conv_layers), k)
     with torch.no_grad():
         sel.logits.fill_(-8.0)
-        for l in layers:
-            sel.logits[0, l - 1, : k // 2] = 8.0
+        for layer in layers:
+            sel.logits[0, layer - 1, : k // 2] = 8.0
     cat = build_catalogue(G, k=k, samples=8, iterations=5)
     return Edit("ss", "global", "per_prompt", "bench", "", GlobalDirection(G.num_ws, G.w_dim),
                 sel, G.fingerprint(), G.img_resolution, G.num_ws, G.w_dim, catalogue=cat)

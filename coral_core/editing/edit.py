@@ -50,6 +50,8 @@ class Edit:
     segments: torch.Tensor | None = None  # supplied segments [B, K, r, r]
     latents: torch.Tensor | None = None   # per-image edits: the W+ codes trained on
     max_layer: int | None = None
+    only_layers: list[int] | None = None
+    no_masks: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
     # ---- use -------------------------------------------------------------------------------
@@ -88,6 +90,10 @@ class Edit:
         else:
             segs = self.segments_for(features)
             masks = list(self.selector.masks(G, segs))
+        if self.no_masks:
+            masks = [None if m is None else torch.ones_like(m) for m in masks]
+        if self.only_layers is not None:
+            masks = [m if i + 1 in self.only_layers else None for i, m in enumerate(masks)]
         if threshold is not None:
             masks = [None if m is None else (m >= threshold).to(m.dtype) for m in masks]
         return limit_layers(masks, self.max_layer)
@@ -148,6 +154,8 @@ class Edit:
             "resolution": str(self.resolution), "num_ws": str(self.num_ws),
             "w_dim": str(self.w_dim), "clip_model": self.clip_model_id,
             "max_layer": "" if self.max_layer is None else str(self.max_layer),
+            "only_layers": json.dumps(self.only_layers),
+            "no_masks": "1" if self.no_masks else "",
             "catalogue_id": self.catalogue.id() if self.catalogue is not None else "",
             "catalogue_layer": str(self.catalogue.layer) if self.catalogue is not None else "",
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
@@ -203,4 +211,6 @@ class Edit:
                    clip_model_id=meta.get("clip_model", ""), catalogue=catalogue,
                    segments=tensors.get("segments"), latents=tensors.get("latents"),
                    max_layer=int(meta["max_layer"]) if meta.get("max_layer") else None,
+                   only_layers=json.loads(meta.get("only_layers") or "null"),
+                   no_masks=bool(meta.get("no_masks")),
                    info=json.loads(meta.get("info") or "{}"))

@@ -43,6 +43,8 @@ class TrainConfig:
     truncation: float = 0.7
     num_segments: int = 6
     max_layer: int | None = None
+    only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
+    no_masks: bool = False                # StyleCLIP-style baseline: d everywhere, no masks
     directional: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
@@ -180,7 +182,7 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                     masks = selector.masks(G, segs)
                 else:
                     masks = selector.masks(feats)
-                masks = limit_layers(masks, cfg.max_layer)
+                masks = _restrict(limit_layers(masks, cfg.max_layer), cfg)
                 img_b = blended_synthesis(G, ws, delta, masks, noise)
                 src = clip.encode_image(img_o).detach() if cfg.directional else None
                 l_clip = clip_loss(clip, img_b, target, src, text_dir)
@@ -235,9 +237,17 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 num_ws=G.num_ws, w_dim=G.w_dim, clip_model_id=clip.model_id,
                 catalogue=catalogue if segments is None and cfg.variant == "ss" else None,
                 segments=segments, latents=latents if cfg.mode == "per_image" else None,
-                max_layer=cfg.max_layer)
+                max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
     return TrainResult(edit, partial, history, reason)
+
+
+def _restrict(masks: list, cfg: TrainConfig) -> list:
+    if cfg.no_masks:
+        return [torch.ones_like(m) if m is not None else None for m in masks]
+    if cfg.only_layers is not None:
+        return [m if i + 1 in cfg.only_layers else None for i, m in enumerate(masks)]
+    return masks
 
 
 def _check_segments(segments: torch.Tensor, latents: torch.Tensor | None,

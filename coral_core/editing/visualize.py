@@ -20,7 +20,7 @@ def selection_summary(G: Generator, edit: "Edit", threshold: float = 0.5) -> dic
     if edit.variant == "ss":
         pairs = edit.selector.selection(threshold)  # type: ignore[attr-defined]
         out["selection"] = {"pairs": pairs,
-                            "layers": sorted({l for l, _ in pairs}),
+                            "layers": sorted({layer for layer, _ in pairs}),
                             "segments": sorted({k for _, k in pairs})}
         out["segment_weights"] = torch.sigmoid(edit.selector.logits[0]).detach().round(
             decimals=3).tolist()  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ DEMO_GENERATOR = ASSETS / "generator.safetensors"
 DEMO_GENERATOR_ROSINALITY = ASSETS / "generator_rosinality.pt"
 DEMO_CLIP = ASSETS / "clip"
 DEMO_JUDGE_CLIP = ASSETS / "judge_clip"
+DEMO_EDITS = ASSETS / "edits"
 
 
 def require(path: Path) -> Path:

@@ -8,8 +8,8 @@ EXPECTED_NODES = {"CoralLoadStyleGAN", "CoralLoadCLIP", "CoralSampleLatents", "C
 
 def test_pack_imports_without_failure(server) -> None:
     lines = server.log_text().splitlines()
-    assert any("CoralStyleCLIP" in l for l in lines), "the pack was not loaded at all"
-    assert not [l for l in lines if "IMPORT FAILED" in l and "CoralStyleCLIP" in l]
+    assert any("CoralStyleCLIP" in line for line in lines), "the pack was not loaded at all"
+    assert not [ln for ln in lines if "IMPORT FAILED" in ln and "CoralStyleCLIP" in ln]
 
 
 def test_object_info_lists_every_node_with_tooltips(server) -> None:

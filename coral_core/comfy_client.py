@@ -1,0 +1,213 @@
+"""Queue many prompts on a running ComfyUI server through its HTTP API (``coral queue``).
+
+Standard library only: HTTP via urllib, and a minimal websocket reader (text frames from the
+server; the client never sends frames) to follow progress. coral_core stays free of ComfyUI:
+this only speaks its public protocol.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .atomic import write_bytes_atomic
+from .errors import InputError
+
+
+class WebSocketReader:
+    """Just enough RFC 6455 to read JSON text messages from ComfyUI's /ws endpoint."""
+
+    def __init__(self, url: str, timeout: float = 600) -> None:
+        parts = urllib.parse.urlparse(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        request = (f"GET {path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
+                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(request.encode())
+        self.buf = b""
+        header = self._read_until(b"\r\n\r\n")
+        if b" 101 " not in header.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"websocket handshake failed: {header[:200]!r}")
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("websocket closed")
+            self.buf += chunk
+        head, self.buf = self.buf.split(marker, 1)
+        return head
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("websocket closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        fragments = b""
+        while True:
+            b1, b2 = self._read(2)
+            opcode, length = b1 & 0x0F, b2 & 0x7F
+            if length == 126:
+                (length,) = struct.unpack(">H", self._read(2))
+            elif length == 127:
+                (length,) = struct.unpack(">Q", self._read(8))
+            mask = self._read(4) if b2 & 0x80 else None
+            payload = self._read(length)
+            if mask:
+                payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+            if opcode == 0x8:
+                return
+            if opcode in (0x1, 0x0):
+                fragments += payload
+                if b1 & 0x80:
+                    text, fragments = fragments, b""
+                    yield json.loads(text)
+            # binary frames (preview images) and pings are ignored
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class QueuedPrompt:
+    label: str
+    prompt_id: str | None = None
+    status: str = "pending"
+    error: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+def _request(server: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(server.rstrip("/") + path,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw and r.headers.get_content_type()
+                              == "application/json" else raw)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+def apply_overrides(workflow: dict, sets: list[str]) -> dict:
+    """``NODE.INPUT=VALUE`` (NODE: an id or a class_type; VALUE parsed as JSON when it can be)."""
+    wf = copy.deepcopy(workflow)
+    for item in sets:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise InputError(f"--set expects NODE.INPUT=VALUE, got {item!r}")
+        target, value = item.split("=", 1)
+        node, name = target.rsplit(".", 1)
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        ids = [i for i, n in wf.items() if i == node or n.get("class_type") == node]
+        if not ids:
+            raise InputError(f"--set {item!r}: no node with id or class_type {node!r}")
+        for i in ids:
+            wf[i]["inputs"][name] = parsed
+    return wf
+
+
+def seed_inputs(workflow: dict) -> list[tuple[str, str]]:
+    return [(i, "seed") for i, n in workflow.items() if "seed" in n.get("inputs", {})
+            and not isinstance(n["inputs"]["seed"], list)]
+
+
+def queue_workflows(server: str, workflow: dict, sets: list[str], seeds: list[int] | None,
+                    out_dir: Path | None, timeout: float = 3600) -> list[QueuedPrompt]:
+    """Queue one prompt per seed (or one), follow them, fetch their images, report each."""
+    base = apply_overrides(workflow, sets)
+    client_id = uuid.uuid4().hex
+    ws_url = server.replace("http", "ws", 1).rstrip("/") + f"/ws?clientId={client_id}"
+    reader = WebSocketReader(ws_url, timeout=timeout)
+    jobs: dict[str, QueuedPrompt] = {}
+    results: list[QueuedPrompt] = []
+    try:
+        for seed in (seeds if seeds is not None else [None]):
+            wf = copy.deepcopy(base)
+            label = "prompt" if seed is None else f"seed{seed}"
+            if seed is not None:
+                targets = seed_inputs(wf)
+                if not targets:
+                    raise InputError("--seeds given but no node in the workflow has a 'seed' "
+                                     "input")
+                for node, name in targets:
+                    wf[node]["inputs"][name] = seed
+            job = QueuedPrompt(label)
+            results.append(job)
+            status, body = _request(server, "/prompt", {"prompt": wf, "client_id": client_id})
+            if status != 200:
+                job.status = "rejected"
+                job.error = json.dumps(body)[:2000] if not isinstance(body, str) else body
+                continue
+            job.prompt_id = body["prompt_id"]
+            jobs[job.prompt_id] = job
+            print(f"queued {label}: {job.prompt_id}", file=sys.stderr)
+        pending = set(jobs)
+        deadline = time.time() + timeout
+        for msg in reader.messages() if pending else iter(()):
+            data = msg.get("data") or {}
+            pid = data.get("prompt_id")
+            if pid not in pending:
+                continue
+            kind = msg.get("type")
+            if kind == "progress":
+                print(f"{jobs[pid].label}: {data.get('value')}/{data.get('max')}",
+                      file=sys.stderr)
+            elif kind in ("execution_error", "execution_interrupted"):
+                jobs[pid].status = "failed" if kind == "execution_error" else "interrupted"
+                jobs[pid].error = data.get("exception_message", kind)
+                pending.discard(pid)
+            elif kind == "executing" and data.get("node") is None:
+                jobs[pid].status = "success"
+                pending.discard(pid)
+            if not pending or time.time() > deadline:
+                break
+    finally:
+        reader.close()
+    for job in results:
+        if job.status == "success" and out_dir is not None and job.prompt_id:
+            job.files = _download_outputs(server, job, out_dir)
+        elif job.status == "pending":
+            job.status, job.error = "timeout", f"not finished after {timeout}s"
+    return results
+
+
+def _download_outputs(server: str, job: QueuedPrompt, out_dir: Path) -> list[Path]:
+    _, hist = _request(server, f"/history/{job.prompt_id}")
+    files = []
+    for node_id, output in (hist.get(job.prompt_id, {}).get("outputs") or {}).items():
+        for img in output.get("images", []):
+            query = urllib.parse.urlencode({k: img.get(k, "") for k in
+                                            ("filename", "subfolder", "type")})
+            status, data = _request(server, f"/view?{query}")
+            if status == 200 and isinstance(data, bytes):
+                path = out_dir / job.label / f"{node_id}_{img['filename']}"
+                write_bytes_atomic(path, data)
+                files.append(path)
+    return files

@@ -1,0 +1,139 @@
+"""``coral world ...`` (demo-world training and checks) and ``coral demo``."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..cli import add_parser, command
+
+
+@command("world")
+def cmd_world(args: argparse.Namespace) -> int:
+    from ..progress import Reporter, print_progress
+    from . import assets
+
+    rep = Reporter(print_progress(args.action), every=50)
+    t0 = time.perf_counter()
+    if args.action == "train-clip":
+        from .clip_train import train_clip
+
+        out = Path(args.out or assets.DEMO_CLIP)
+        result = train_clip(out, steps=args.steps or 1500, seed=args.seed, reporter=rep)
+    elif args.action == "train-gan":
+        from .gan_train import train_gan
+
+        out = Path(args.out or assets.DEMO_GENERATOR)
+        result = train_gan(out, steps=args.steps or 6000, seed=args.seed, reporter=rep)
+    elif args.action == "train-judge":
+        from .judge import train_judge
+
+        out = Path(args.out or assets.ASSETS / "judge.safetensors")
+        result = train_judge(out, steps=args.steps or 1200, seed=args.seed + 1, reporter=rep)
+    elif args.action == "export-rosinality":
+        from ..atomic import atomic_path
+        from ..formats import load_generator, nvlabs_to_rosinality
+
+        G = load_generator(assets.require(assets.DEMO_GENERATOR)).generator
+        out = Path(args.out or assets.DEMO_GENERATOR_ROSINALITY)
+        with atomic_path(out) as tmp:
+            torch.save(nvlabs_to_rosinality(G), tmp)
+        result = {"wrote": str(out)}
+    elif args.action == "check":
+        from ..formats import load_generator
+        from .check import check_generator
+        from .judge import load_judge
+
+        G = load_generator(args.out or assets.require(assets.DEMO_GENERATOR)).generator
+        result = check_generator(G, load_judge(assets.require(assets.ASSETS /
+                                                              "judge.safetensors")))
+    else:  # render
+        from ..images import save_tensor_images
+        from ..seeds import parse_seeds
+        from .captions import full_caption
+        from .render import render
+        from .scene import random_scenes
+
+        out = Path(args.out or "out/renders")
+        seeds = parse_seeds(args.seeds)
+        scenes = random_scenes(len(seeds), args.seed)
+        img, masks = render(scenes)
+        save_tensor_images(img, [out / f"scene{s:04d}.png" for s in seeds])
+        from ..images import save_png
+
+        for s, m in zip(seeds, masks):
+            for k, layer in enumerate(m):
+                save_png((layer.numpy() * 255).astype("uint8"), out / f"scene{s:04d}_mask{k}.png")
+        result = {"captions": {f"scene{s:04d}": full_caption(scenes, i)
+                               for i, s in enumerate(seeds)}}
+    result = dict(result) if isinstance(result, dict) else {"result": result}
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps)
+    print(report["summary_text"])
+    return 0
+
+
+def _register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("world", help="demo world: train / export / check / render")
+    s.add_argument("action", choices=["train-clip", "train-gan", "train-judge",
+                                      "export-rosinality", "check", "render"])
+    s.add_argument("--out", default=None, help="output path (default: the shipped asset)")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seeds", default="0-7", help="render: which scenes")
+
+    s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")
+    s.add_argument("--out", default="out/demo")
+    s.add_argument("--prompt", default=None)
+    s.add_argument("--seeds", default="0-3")
+    s.add_argument("--steps", type=int, default=None)
+
+
+add_parser(_register)
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..cache import get_clip, get_generator
+    from ..seeds import parse_seeds
+    from . import assets
+    from .evaluate import METHODS, format_table, run_eval
+    from .judge import load_judge
+
+    G = get_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
+    clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
+    judge = load_judge(assets.require(assets.ASSETS / "judge.safetensors"))
+    prompt_set = json.loads(Path(args.prompts).read_text()) if args.prompts else None
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    result = run_eval(G, clip, judge, parse_seeds(args.seeds), args.steps, methods,
+                      prompt_set, Path(args.out), can_steps=args.can_steps)
+    print(format_table(result["summary"]))
+    print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
+    return 0
+
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("eval", help="scored edit benchmark on the demo world (4 methods)")
+    s.add_argument("--generator", default=None)
+    s.add_argument("--clip", default=None)
+    s.add_argument("--seeds", default="0-7", help="scenes")
+    s.add_argument("--steps", type=int, default=60)
+    s.add_argument("--can-steps", type=int, default=None, help="per-prompt CAN training steps")
+    s.add_argument("--methods", default=None, help="comma list of " + ",".join(
+        ["styleclip", "feat", "coral_ss", "coral_can"]))
+    s.add_argument("--prompts", default=None, help="JSON prompt set (see evaluate.py)")
+    s.add_argument("--out", default="out/eval")
+
+
+add_parser(_register_eval)

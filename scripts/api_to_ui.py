@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Build a UI-format workflow (what people drag into ComfyUI) from an API-format one.
+
+The node schemas come from a running server's /object_info, so widget order and defaults are
+exactly what the front end expects. Usage:
+    python scripts/api_to_ui.py --server URL workflows/x.json example_workflows/x.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def is_widget(spec: list) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def convert(api: dict, object_info: dict, title: str = "") -> dict:
+    ids = {key: i + 1 for i, key in enumerate(api)}
+    depth: dict[str, int] = {}
+
+    def node_depth(key: str) -> int:
+        if key not in depth:
+            ups = [v[0] for v in api[key]["inputs"].values() if isinstance(v, list)]
+            depth[key] = 1 + max((node_depth(u) for u in ups), default=-1)
+        return depth[key]
+
+    links, nodes = [], []
+    out_links: dict[tuple[str, int], list[int]] = {}
+    for key, node in api.items():
+        schema = object_info[node["class_type"]]
+        spec_all = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                src, slot = value
+                link_id = len(links) + 1
+                links.append([link_id, ids[src], slot, ids[key], None,
+                              object_info[api[src]["class_type"]]["output"][slot]])
+                out_links.setdefault((src, slot), []).append(link_id)
+    rows: dict[int, int] = {}
+    for key, node in api.items():
+        schema = object_info[node["class_type"]]
+        spec_all = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
+        inputs, widgets = [], []
+        for name, spec in spec_all.items():
+            value = node["inputs"].get(name)
+            if isinstance(value, list):
+                link = next(lk for lk in links if lk[3] == ids[key] and lk[4] is None)
+                link[4] = len(inputs)
+                entry = {"name": name, "type": link[5], "link": link[0]}
+                if is_widget(spec):
+                    entry["widget"] = {"name": name}
+                inputs.append(entry)
+                if is_widget(spec):
+                    widgets.append(spec[1].get("default") if len(spec) > 1 else None)
+            elif is_widget(spec):
+                if value is None:
+                    opts = spec[1] if len(spec) > 1 else {}
+                    value = opts.get("default", spec[0][0] if isinstance(spec[0], list) else "")
+                widgets.append(value)
+                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    widgets.append("fixed")
+            else:
+                inputs.append({"name": name, "type": spec[0], "link": None})
+        outputs = [{"name": n, "type": t, "links": out_links.get((key, i), []), "slot_index": i}
+                   for i, (t, n) in enumerate(zip(schema["output"], schema["output_name"]))]
+        col = node_depth(key)
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [40 + 360 * col,
+                                                                           60 + 300 * row],
+                      "size": [320, 120 + 26 * len(widgets)], "flags": {}, "order": 0,
+                      "mode": 0, "inputs": inputs, "outputs": outputs,
+                      "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": widgets,
+                      **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title")
+                         else {})})
+    order = sorted(nodes, key=lambda n: depth[next(k for k, v in ids.items() if v == n["id"])])
+    for i, n in enumerate(order):
+        n["order"] = i
+    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes,
+            "links": links, "groups": [], "config": {},
+            "extra": {"info": {"name": title}} if title else {}, "version": 0.4}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", default="http://127.0.0.1:8188")
+    p.add_argument("api", nargs="+", help="API workflow(s); last argument is the output "
+                                          "folder when several are given")
+    args = p.parse_args()
+    with urllib.request.urlopen(args.server + "/object_info") as r:
+        info = json.loads(r.read())
+    *sources, dest = args.api
+    for src in sources:
+        out = Path(dest) / Path(src).name if Path(dest).is_dir() else Path(dest)
+        out.write_text(json.dumps(convert(json.loads(Path(src).read_text()), info,
+                                          Path(src).stem), indent=2))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Every shipped API workflow runs on the demo models in a real ComfyUI server, bad inputs give
+node errors without taking the server down, and Cancel interrupts training."""
+from __future__ import annotations
+
+import copy
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import load_workflow, output_images, upload_image
+
+
+def _ok(result: dict) -> dict:
+    assert result["status"] == "success", result.get("data") or result.get("body")
+    return result["outputs"]
+
+
+def test_train_apply_visualise(server) -> None:
+    wf = load_workflow("train_apply_visualise")
+    first = server.run(wf)
+    outputs = _ok(first)
+    edited = output_images(server, outputs, "7")
+    original = output_images(server, outputs, "8")
+    assert len(edited) == 2 and edited[0].shape == (32, 32, 3)
+    assert any(np.abs(e.astype(int) - o.astype(int)).mean() > 1 for e, o in zip(edited,
+                                                                                 original))
+    grid = output_images(server, outputs, "9")[0]
+    assert grid.shape[1] > 32 * 4  # one labelled tile per layer
+    assert list((server.base / "models" / "coral_edits").glob("my_edit_*.safetensors"))
+    progress = [m for m in first["messages"] if m["type"] == "progress"
+                and m["data"]["node"] == "4"]
+    assert progress and progress[-1]["data"]["value"] == progress[-1]["data"]["max"]
+    live = [m for m in first["messages"] if m["type"] == "coralstyleclip.train"]
+    assert live and "losses" in live[-1]["data"] and live[-1]["data"]["node"] == "4"
+
+    # unchanged graph: the training node is served from the cache
+    again = server.run(wf)
+    _ok(again)
+    cached = [m for m in again["messages"] if m["type"] == "execution_cached"]
+    assert cached and "4" in cached[0]["data"]["nodes"]
+    # a changed prompt retrains
+    changed = copy.deepcopy(wf)
+    changed["4"]["inputs"]["prompt"] = "a pink background"
+    result = server.run(changed)
+    _ok(result)
+    assert any(m["type"] == "executing" and m["data"].get("node") == "4"
+               for m in result["messages"])
+
+
+def test_apply_saved_edit_to_a_batch(server) -> None:
+    outputs = _ok(server.run(load_workflow("apply_saved_edit")))
+    edited = output_images(server, outputs, "7")
+    original = output_images(server, outputs, "8")
+    assert len(edited) == 8
+    assert np.mean([np.abs(e.astype(int) - o.astype(int)).mean()
+                    for e, o in zip(edited, original)]) > 1
+
+
+def test_invert_photo_and_edit(server) -> None:
+    from coral_core.images import image_to_uint8
+    from coral_core.world.render import render
+    from coral_core.world.scene import random_scenes
+
+    img, _ = render(random_scenes(1, 99), 48)  # a size the generator does not draw
+    buf = io.BytesIO()
+    Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
+    upload_image(server, "coral_photo.png", buf.getvalue())
+    outputs = _ok(server.run(load_workflow("invert_photo_and_edit")))
+    rec = output_images(server, outputs, "7")[0]
+    assert rec.shape == (32, 32, 3)
+    assert output_images(server, outputs, "8")[0].shape == (32, 32, 3)
+
+
+def test_segments_from_any_mask_node(server) -> None:
+    outputs = _ok(server.run(load_workflow("segments_from_masks")))
+    assert output_images(server, outputs, "9")[0].shape == (32, 32, 3)
+    mask = output_images(server, outputs, "11")[0]
+    assert mask.shape == (32, 32, 3)
+
+
+# ---- bad inputs: a node error, then the server serves the next prompt ----------------------
+
+def _next_prompt_still_runs(server) -> None:
+    wf = {"1": {"class_type": "CoralLoadStyleGAN",
+                "inputs": {"generator": "[demo] shapes-32px generator"}},
+          "2": {"class_type": "CoralSampleLatents",
+                "inputs": {"model": ["1", 0], "seed": 5, "batch_size": 1, "truncation": 1.0}},
+          "3": {"class_type": "CoralGenerate",
+                "inputs": {"model": ["1", 0], "latents": ["2", 0], "noise_mode": "const"}},
+          "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    _ok(server.run(wf))
+
+
+def test_missing_model_file(server) -> None:
+    wf = load_workflow("apply_saved_edit")
+    wf["1"]["inputs"]["generator"] = "no_such_model.pkl"
+    result = server.run(wf)
+    assert result["status"] == "rejected" and result["http"] == 400
+    errors = result["body"]["node_errors"]["1"]["errors"]
+    assert errors[0]["type"] == "value_not_in_list"
+    _next_prompt_still_runs(server)
+
+
+def test_wrong_link_type(server) -> None:
+    wf = load_workflow("apply_saved_edit")
+    wf["5"]["inputs"]["latents"] = ["4", 0]  # a CORAL_EDIT into a STYLEGAN_LATENT input
+    result = server.run(wf)
+    assert result["status"] == "rejected"
+    assert result["body"]["node_errors"]["5"]["errors"][0]["type"] == "return_type_mismatch"
+    _next_prompt_still_runs(server)
+
+
+def test_empty_prompt(server) -> None:
+    wf = load_workflow("train_apply_visualise")
+    wf["4"]["inputs"]["prompt"] = "   "
+    result = server.run(wf)
+    assert result["status"] == "execution_error"
+    assert result["data"]["node_id"] == "4"
+    assert "prompt is empty" in result["data"]["exception_message"]
+    _next_prompt_still_runs(server)
+
+
+def test_image_too_small_to_invert(server) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 3), (200, 10, 10)).save(buf, format="PNG")
+    upload_image(server, "tiny.png", buf.getvalue())
+    wf = load_workflow("invert_photo_and_edit")
+    wf["3"]["inputs"]["image"] = "tiny.png"
+    result = server.run(wf)
+    assert result["status"] == "execution_error" and result["data"]["node_id"] == "4"
+    assert "too small" in result["data"]["exception_message"]
+    _next_prompt_still_runs(server)
+
+
+def test_interrupting_training(server) -> None:
+    wf = load_workflow("train_apply_visualise")
+    wf["4"]["inputs"]["steps"] = 5000
+    wf["4"]["inputs"]["prompt"] = "a black background"
+    sent = threading.Event()
+
+    def on_message(srv, pid, msg):
+        if msg["type"] == "progress" and msg["data"].get("node") == "4" and not sent.is_set():
+            sent.set()
+            srv.post("/interrupt", {"prompt_id": pid})
+
+    result = server.run(wf, on_message=on_message)
+    assert result["status"] == "execution_interrupted"
+    hist = server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
+    assert hist["status"]["status_str"] == "error"
+    _next_prompt_still_runs(server)
+
+
+@pytest.mark.parametrize("name", ["train_apply_visualise", "apply_saved_edit",
+                                  "invert_photo_and_edit", "segments_from_masks"])
+def test_templates_are_listed(server, name) -> None:
+    templates = server.get("/workflow_templates")
+    ours = [v for k, v in templates.items() if "CoralStyleCLIP" in k]
+    assert ours and name in ours[0]
+
+
+def test_extension_js_is_served(server) -> None:
+    assert any("coral_live_training.js" in e for e in server.get("/extensions"))
