@@ -12,7 +12,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
         mse = diff.flatten(1).mean(1)
     else:
         w = mask.to(diff.dtype)
-        mse = (diff * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-8)
+        area = w.flatten(1).sum(1)
+        mse = (diff * w).flatten(1).sum(1) / area.clamp_min(1e-8)
+        mse = torch.where(area > 0, mse, torch.full_like(mse, float("nan")))  # no pixels
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 

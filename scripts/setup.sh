@@ -38,4 +38,9 @@ if [ ! -f "$HOST/.requirements-installed" ]; then
   "$VPY" -m pip install -q -r "$HOST/requirements.txt" requests websocket-client
   touch "$HOST/.requirements-installed"
 fi
+# Headless Chromium (Debian package) for the front-end test; needs root and apt.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+    >/dev/null 2>&1 || echo "warning: could not install chromium; the front-end test will skip"
+fi
 echo "set-up done: $VENV (host: $HOST/comfyui)"

@@ -22,8 +22,9 @@ from .scene import BG_NAMES, OBJ_NAMES, SHAPES, random_scenes
 
 DEMO_CLIP_CFG: dict[str, Any] = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "patch_size": 8,
-                   "head_width": 32},
+    # A small ModifiedResNet (open_clip's CNN tower): a first ViT with 8 px patches reached
+    # 100% on colours but only 68% on shapes after 1500 steps; convolutions read shapes better.
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2,
                  "layers": 2},
 }
@@ -89,7 +90,7 @@ def train_clip(out_dir: Path, steps: int = 1500, batch: int = 128, lr: float = 1
         sched.step()
         history.append(float(loss.detach()))
         if reporter is not None:
-            reporter.update(step, steps, loss=float(loss))
+            reporter.update(step, steps, loss=float(loss.detach()))
     model.eval()
     acc = zero_shot_accuracy(model, tokenizer)
     save_clip_folder(model, out_dir, {"steps": steps, "batch": batch, "seed": seed,

@@ -46,7 +46,8 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
     clip = get_clip(assets.require(assets.DEMO_CLIP), None, device)
     seed_list = parse_seeds(seeds)
     with torch.no_grad():
-        ws = G.mapping_ws(G.z_from_seeds(seed_list).to(G.w_avg.device), 0.7)
+        # no truncation: the demo generator draws the scene its z names (see gan_train)
+        ws = G.mapping_ws(G.z_from_seeds(seed_list).to(G.w_avg.device), 1.0)
     cfg = TrainConfig(prompt=prompt, steps=steps or DEFAULT_STEPS, batch=len(seed_list),
                       catalogue_dir=out / "cache")
     result = train_edit(G, clip, cfg, latents=ws,
@@ -80,7 +81,7 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
                                 for m in res.masks[0]],
         "clip_score_before": [round(x, 4) for x in score_before],
         "clip_score_after": [round(x, 4) for x in score_after],
-        "psnr_outside_mask_db": [round(x, 2) for x in outside],
+        "psnr_outside_mask_db": [None if x != x else round(x, 2) for x in outside],
         "train_seconds": edit.info.get("wall_seconds"),
     }
     judge_path = assets.ASSETS / "judge.safetensors"

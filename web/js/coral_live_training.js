@@ -59,6 +59,13 @@ app.registerExtension({
     };
   },
   async setup() {
+    try {
+      const templates = await (await api.fetchApi("/workflow_templates")).json();
+      const ours = Object.entries(templates).find(([pack]) => pack.includes("CoralStyleCLIP"));
+      console.log(`CoralStyleCLIP: live training ready; templates: ${ours ? ours[1].join(", ") : "none"}`);
+    } catch (err) {
+      console.warn("CoralStyleCLIP: could not list templates", err);
+    }
     api.addEventListener("coralstyleclip.train", ({ detail }) => {
       if (!detail || detail.node == null) return;
       const run = runFor(detail.node);
