@@ -98,17 +98,27 @@ class CoralTrainEdit:
               area_weight: float = 0.01, tv_weight: float = 0.01, l2_weight: float = -1.0,
               area_weighting: str = "uniform", max_layer: int = 0, segments_k: int = 6,
               unique_id: str | None = None):
+        with host.autograd_enabled():
+            return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
+                               latents, segments, neutral_prompt, directional, batch, lr,
+                               area_weight, tv_weight, l2_weight, area_weighting, max_layer,
+                               segments_k, unique_id)
+
+    def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
+               segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
+               l2_weight, area_weighting, max_layer, segments_k, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
         ws = None
         if latents is not None:
             check_latents(model, latents)
-            ws = latents.on(G.w_avg.device)
+            ws = latents.on(G.w_avg.device).clone()
         if mode_key == "per_prompt" and ws is not None:
             raise ValueError("per prompt training samples its own latents: disconnect "
                              "'latents' or choose 'per image'")
-        seg = segments_from_masks(segments, G.img_resolution) if segments is not None else None
+        seg = segments_from_masks(segments.clone(), G.img_resolution) \
+            if segments is not None else None
         cfg = TrainConfig(prompt=prompt, neutral=neutral_prompt, variant=variant,
                           direction=direction, mode=mode_key, steps=steps, lr=lr or None,
                           batch=ws.shape[0] if ws is not None else batch, seed=seed,

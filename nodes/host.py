@@ -5,10 +5,11 @@ Kept in one module so the node classes stay declarative and coral_core never see
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -97,6 +98,14 @@ def output_dir() -> Path:
 
 def device() -> torch.device:
     return mm.get_torch_device()
+
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """ComfyUI runs nodes under ``torch.inference_mode()``; training and inversion need
+    autograd, and tensors made under inference mode cannot join a graph (clone them inside)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 class ResidentModel:

@@ -182,6 +182,13 @@ class CoralInvert:
 
     def invert(self, model: StyleGANModel, images: torch.Tensor, space: str, steps: int,
                pti_steps: int, clip=None, unique_id: str | None = None):
+
+
+        with host.autograd_enabled():
+            return self._invert(model, images.clone(), space, steps, pti_steps, clip,
+                                unique_id)
+
+    def _invert(self, model, images, space, steps, pti_steps, clip, unique_id):
         import json
 
         from ..coral_core.inversion import InvertConfig, invert, prepare_images

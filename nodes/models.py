@@ -38,7 +38,8 @@ class CoralLoadStyleGAN:
 
     def load(self, generator: str):
         path = host.resolve(host.STYLEGAN_FOLDER, generator)
-        loaded = get_generator(path, "cpu")
+        with host.autograd_enabled():  # normal (not inference) tensors, so edits can train
+            loaded = get_generator(path, "cpu")
         info = describe(loaded)
         model = StyleGANModel(path, loaded, _resident(loaded.generator))
         return {"ui": {"text": [f"{info['format']}, {info['resolution']}px, "
@@ -66,7 +67,8 @@ class CoralLoadCLIP:
 
     def load(self, clip_name: str, model_name: str = ""):
         path = host.resolve(host.CLIP_FOLDER, clip_name)
-        clip = get_clip(path, model_name or None, "cpu")
+        with host.autograd_enabled():
+            clip = get_clip(path, model_name or None, "cpu")
         return (ClipModel(path, clip, _resident(clip.model)),)
 
 

@@ -214,7 +214,7 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 sched.step()
             if cfg.checkpoint is not None and cfg.mode == "per_prompt" and \
                     step % cfg.checkpoint_every == 0:
-                _save_checkpoint(cfg.checkpoint, direction, selector, opt, step)
+                _save_checkpoint(cfg, direction, selector, opt, step)
             if reporter is not None:
                 areas = mask_areas(masks)
                 preview = img_b if (step % max(1, cfg.progress_every) == 0
@@ -293,13 +293,20 @@ def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _save_checkpoint(path: Path, direction: nn.Module, selector: nn.Module,
+def _run_identity(cfg: TrainConfig) -> str:
+    """What must match for a checkpoint to be resumed (not the step count)."""
+    return repr((cfg.prompt, cfg.neutral, cfg.variant, cfg.direction, cfg.mode, cfg.seed,
+                 cfg.batch, cfg.num_segments, cfg.max_layer, cfg.weights.to_dict()))
+
+
+def _save_checkpoint(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
                      opt: torch.optim.Optimizer, step: int) -> None:
     from ..atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    assert cfg.checkpoint is not None
+    with atomic_path(cfg.checkpoint) as tmp:
         torch.save({"direction": direction.state_dict(), "selector": selector.state_dict(),
-                    "opt": opt.state_dict(), "step": step}, tmp)
+                    "opt": opt.state_dict(), "step": step, "run": _run_identity(cfg)}, tmp)
 
 
 def _resume(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
@@ -307,6 +314,8 @@ def _resume(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
     if cfg.checkpoint is None or cfg.mode != "per_prompt" or not Path(cfg.checkpoint).is_file():
         return 0
     state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+    if state.get("run") != _run_identity(cfg):
+        return 0  # a checkpoint of another run (other prompt or settings): start afresh
     direction.load_state_dict(state["direction"])
     selector.load_state_dict(state["selector"])
     opt.load_state_dict(state["opt"])

@@ -14,7 +14,8 @@ from comfy_server import load_workflow, output_images, upload_image
 
 
 def _ok(result: dict) -> dict:
-    assert result["status"] == "success", result.get("data") or result.get("body")
+    assert result["status"] == "success", (result.get("data") or {}).get(
+        "exception_message", result.get("body"))
     return result["outputs"]
 
 
@@ -148,8 +149,15 @@ def test_interrupting_training(server) -> None:
 
     result = server.run(wf, on_message=on_message)
     assert result["status"] == "execution_interrupted"
-    hist = server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
-    assert hist["status"]["status_str"] == "error"
+    import time
+
+    pid = result["prompt_id"]
+    for _ in range(50):  # the history entry is written just after the event is sent
+        hist = server.get(f"/history/{pid}")
+        if pid in hist:
+            break
+        time.sleep(0.2)
+    assert hist[pid]["status"]["status_str"] == "error"
     _next_prompt_still_runs(server)
 
 

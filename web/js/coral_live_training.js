@@ -1,7 +1,7 @@
 // CoralStyleCLIP: shows training live inside the "Train CORAL Edit" node — the loss curve and
 // the current per-layer masks — from events the server streams while the node runs.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const PANEL_HEIGHT = 130;
 const runs = new Map(); // node id -> { losses: [], areas: [], masks: Image, step, total }
