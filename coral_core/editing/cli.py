@@ -125,8 +125,14 @@ def cmd_masks(args: argparse.Namespace) -> int:
     G = _generator(args)
     edit = Edit.load(args.edit)
     edit.check_generator(G, args.edit)
-    ws, _ = _latents(argparse.Namespace(seeds=str(args.seed), truncation=args.truncation,
-                                        latent=args.latent), G, str(args.seed))
+    if edit.rows() > 1:  # a per-image edit: show image --index with its own latent
+        edit = edit.row(args.index)
+    if edit.latents is not None and not args.latent and args.seed is None:
+        ws = edit.latents.to(G.w_avg.device)
+    else:
+        seed = args.seed if args.seed is not None else 0
+        ws, _ = _latents(argparse.Namespace(seeds=str(seed), truncation=args.truncation,
+                                            latent=args.latent), G, str(seed))
     res = apply_edits(G, ws[:1], [edit], args.strength, args.threshold)
     out = Path(args.out)
     save_png(mask_grid(G, res.masks[0]), out)
@@ -191,7 +197,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("masks", help="per-layer mask grid, overlay and summary")
     _common(s)
     s.add_argument("--edit", required=True)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=None,
+                   help="show this seed (default: the edit's own image, or seed 0)")
+    s.add_argument("--index", type=int, default=0, help="per-image edits: which image")
     s.add_argument("--latent", default=None)
     s.add_argument("--strength", type=float, default=1.0)
     s.add_argument("--threshold", type=float, default=None)

@@ -78,6 +78,29 @@ class Edit:
                 f"per-image edit holds {rows} directions but {batch} latents were given; "
                 "pass the same number of latents, or train a per-prompt edit")
 
+    def row(self, i: int) -> "Edit":
+        """The edit of image i of a per-image edit, as a one-row edit (applies to any latent)."""
+        import copy
+
+        rows = self.rows()
+        if not 0 <= i < rows:
+            raise EditMismatchError(f"edit has {rows} rows; index {i} is out of range")
+        if rows == 1:
+            return self
+        out = copy.deepcopy(self)
+        with torch.no_grad():
+            if isinstance(out.direction, GlobalDirection):
+                out.direction.delta = nn.Parameter(out.direction.delta[i:i + 1].clone(),
+                                                   requires_grad=False)
+            if isinstance(out.selector, SegmentSelector):
+                out.selector.logits = nn.Parameter(out.selector.logits[i:i + 1].clone(),
+                                                   requires_grad=False)
+        if out.latents is not None:
+            out.latents = out.latents[i:i + 1].clone()
+        if out.segments is not None and out.segments.shape[0] > 1:
+            out.segments = out.segments[i:i + 1].clone()
+        return out
+
     def delta(self, ws: torch.Tensor) -> torch.Tensor:
         self.check_batch(ws.shape[0])
         return self.direction(ws).expand(ws.shape[0], -1, -1)

