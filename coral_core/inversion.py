@@ -155,32 +155,17 @@ def invert(G: Generator, target: torch.Tensor, cfg: InvertConfig, clip: Any = No
 
     w_steps = {"w": cfg.steps, "w+": 0, "w_then_w+": int(cfg.steps * cfg.w_steps_fraction)}
     w_steps = w_steps[cfg.space] if init_ws is None else 0
-    step = 0
     if w_steps:
         w.requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=cfg.lr)
-        for step in range(1, w_steps + 1):
-            loss = loss_of(G.synthesize(w.expand(-1, G.num_ws, -1), noise=noise))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if reporter is not None:
-                reporter.update(step, total, loss=history[-1])
+        _optimise([w], lambda: G.synthesize(w.expand(-1, G.num_ws, -1), noise=noise), loss_of,
+                  range(1, w_steps + 1), cfg.lr, total, history, reporter)
     if cfg.space == "w":
         ws = w.detach().expand(-1, G.num_ws, -1).clone()
     else:
         ws = (w_plus if w_plus is not None else w.detach().expand(-1, G.num_ws, -1)).clone()
         ws.requires_grad_(True)
-        opt = torch.optim.Adam([ws], lr=cfg.lr)
-        for step in range(w_steps + 1, cfg.steps + 1):
-            loss = loss_of(G.synthesize(ws, noise=noise))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if reporter is not None:
-                reporter.update(step, total, loss=history[-1])
+        _optimise([ws], lambda: G.synthesize(ws, noise=noise), loss_of,
+                  range(w_steps + 1, cfg.steps + 1), cfg.lr, total, history, reporter)
         ws = ws.detach()
     tuned = None
     if cfg.pti_steps > 0:
@@ -193,6 +178,21 @@ def invert(G: Generator, target: torch.Tensor, cfg: InvertConfig, clip: Any = No
                         time.perf_counter() - t0, tuned, perc.kind, history)
 
 
+def _optimise(params: list[torch.Tensor], render: Callable[[], torch.Tensor],
+              loss_of: Callable[[torch.Tensor], torch.Tensor], steps: range, lr: float,
+              total: int, history: list[float], reporter: Reporter | None) -> None:
+    """Adam on ``params`` for the given step numbers (they index the shared progress bar)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    for step in steps:
+        loss = loss_of(render())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+        if reporter is not None:
+            reporter.update(step, total, loss=history[-1])
+
+
 def pivotal_tuning(G: Generator, ws: torch.Tensor, target: torch.Tensor, cfg: InvertConfig,
                    loss_of: Callable[[torch.Tensor], torch.Tensor], noise: list,
                    reporter: Reporter | None, offset: int, total: int,
@@ -200,15 +200,9 @@ def pivotal_tuning(G: Generator, ws: torch.Tensor, target: torch.Tensor, cfg: In
     """Fine-tune a *copy* of G so the pivot ws reproduces the target (the cached G is never
     touched). The copy gets a new fingerprint, so edits must be trained on it."""
     tuned = copy.deepcopy(G).train().requires_grad_(True)
-    opt = torch.optim.Adam(tuned.synthesis.parameters(), lr=cfg.pti_lr)
-    for i in range(1, cfg.pti_steps + 1):
-        loss = loss_of(tuned.synthesize(ws, noise=noise))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
-        if reporter is not None:
-            reporter.update(offset + i, total, loss=history[-1])
+    _optimise(list(tuned.synthesis.parameters()), lambda: tuned.synthesize(ws, noise=noise),
+              loss_of, range(offset + 1, offset + cfg.pti_steps + 1), cfg.pti_lr, total,
+              history, reporter)
     tuned.eval().requires_grad_(False)
     tuned.invalidate_fingerprint()
     return tuned

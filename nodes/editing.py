@@ -157,11 +157,7 @@ class CoralSaveEdit:
         }}
 
     def save(self, edit: Edit, filename_prefix: str):
-        folder = host.edits_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c for c in filename_prefix if c.isalnum() or c in "-_") or "coral_edit"
-        n = len(list(folder.glob(f"{safe}_*.safetensors"))) + 1
-        path = edit.save(folder / f"{safe}_{n:05d}.safetensors")
+        path = edit.save(host.numbered_path(host.edits_dir(), filename_prefix))
         return {"ui": {"text": [path.name]}}
 
 

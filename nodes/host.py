@@ -96,6 +96,16 @@ def output_dir() -> Path:
     return Path(folder_paths.get_output_directory())
 
 
+def numbered_path(folder: Path, prefix: str, suffix: str = ".safetensors") -> Path:
+    """``folder/prefix_00001.suffix``, the next free number (prefix sanitised)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c for c in prefix if c.isalnum() or c in "-_") or "coral"
+    n = len(list(folder.glob(f"{safe}_*{suffix}"))) + 1
+    while (folder / f"{safe}_{n:05d}{suffix}").exists():
+        n += 1
+    return folder / f"{safe}_{n:05d}{suffix}"
+
+
 def device() -> torch.device:
     return mm.get_torch_device()
 

@@ -104,10 +104,8 @@ class CoralSaveLatents:
         }}
 
     def save(self, latents: Latents, filename_prefix: str):
-        folder = host.output_dir() / LATENT_SUBFOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        n = len(list(folder.glob(f"{filename_prefix}_*.safetensors"))) + 1
-        path = save_latents(latents.ws, folder / f"{filename_prefix}_{n:05d}.safetensors",
+        path = save_latents(latents.ws, host.numbered_path(host.output_dir() / LATENT_SUBFOLDER,
+                                                           filename_prefix),
                             {"generator_fingerprint": latents.fingerprint})
         return {"ui": {"text": [str(path.name)]}}
 
