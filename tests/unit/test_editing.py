@@ -210,3 +210,14 @@ def test_visualisation(G, clip):
     img = np.zeros((32, 32, 3), dtype=np.uint8)
     ov = overlay(img, torch.ones(32, 32))
     assert ov[..., 0].min() > 100 and ov[..., 2].max() == 0
+
+
+def test_row_of_a_per_image_edit_applies_alone(G, clip):
+    edit = train_edit(G, clip, _cfg()).edit  # 2 images
+    both = apply_edits(G, edit.latents, [edit]).edited
+    second = edit.row(1)
+    assert second.rows() == 1 and second.latents.shape[0] == 1
+    alone = apply_edits(G, second.latents, [second]).edited
+    assert torch.allclose(alone[0], both[1], atol=1e-5)
+    with pytest.raises(EditMismatchError, match="out of range"):
+        edit.row(5)

@@ -1,0 +1,42 @@
+"""Packaging rules for a ComfyUI node pack, checked by the real tools."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_requirements_never_list_torch() -> None:
+    reqs = [ln.split("#")[0].strip().lower() for ln in (ROOT / "requirements.txt").read_text()
+            .splitlines()]
+    names = {r.split("=")[0].split(">")[0].split("<")[0].strip() for r in reqs if r}
+    assert not names & {"torch", "torchvision", "torchaudio"}
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "comfyui" not in meta["project"]["name"].lower()
+    assert {"PublisherId", "DisplayName"} <= set(meta["tool"]["comfy"])
+
+
+def test_comfy_node_validate_passes() -> None:
+    comfy = shutil.which("comfy") or str(Path(sys.executable).parent / "comfy")
+    proc = subprocess.run([comfy, "--skip-prompt", "node", "validate"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validation checks passed" in proc.stdout + proc.stderr
+
+
+def test_engine_never_imports_comfyui() -> None:
+    for path in (ROOT / "coral_core").rglob("*.py"):
+        text = path.read_text()
+        for banned in ("import comfy", "from comfy", "import folder_paths", "from server"):
+            assert banned not in text, f"{path} uses ComfyUI ({banned})"
+
+
+def test_no_unsafe_loading_calls() -> None:
+    for path in list((ROOT / "coral_core").rglob("*.py")) + list((ROOT / "nodes").rglob("*.py")):
+        text = path.read_text()
+        assert "weights_only=False" not in text, path
+        assert "pickle.load(" not in text and "pickle.loads(" not in text, path
