@@ -5,6 +5,7 @@ import resource
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..devices import pick_device
@@ -41,6 +42,42 @@ def _edit_selecting(G: Generator, layers: list[int], k: int = 6) -> Edit:
                 sel, G.fingerprint(), G.img_resolution, G.num_ws, G.w_dim, catalogue=cat)
 
 
+def config_f_generator(resolution: int, device: torch.device, seed: int = 0) -> Generator:
+    """A random generator shaped like NVIDIA's config-f (channel_base 32768, channel_max 512,
+    8 mapping layers, 512-d z/w) at the given resolution."""
+    cfg = GeneratorConfig(img_resolution=resolution, channel_base=32768, channel_max=512,
+                          mapping_layers=8)
+    torch.manual_seed(seed)
+    return Generator(cfg).eval().requires_grad_(False).to(device)
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "GPU allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+@torch.no_grad()
+def bench_generate(generator: str | None = None, batch: int = 4, repeats: int = 5,
+                   device: str | None = None, resolution: int = 256) -> dict[str, float]:
+    """ms per image (mapping + synthesis, const noise) and peak memory."""
+    from ..cache import get_generator
+
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    G = get_generator(generator, dev).generator if generator else \
+        config_f_generator(resolution, dev)
+    z = torch.randn(batch, G.z_dim, device=dev)
+    t = _time(lambda: G.synthesize(G.mapping_ws(z, 0.7), noise_mode="const"), repeats, dev)
+    peak, kind = _peak_memory(dev)
+    name = generator or f"random config-f {resolution}px"
+    print(f"{name}: {G.parameter_count():,} params, device {dev}, batch {batch}: "
+          f"{t * 1000 / batch:.1f} ms/image ({t * 1000:.1f} ms/batch, median of {repeats}); "
+          f"peak memory {peak:.0f} MiB ({kind})")
+    return {"ms_per_image": t * 1000 / batch, "peak_mib": peak}
+
+
 @torch.no_grad()
 def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
                 device: str | None = None) -> dict[str, float]:
@@ -52,10 +89,7 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     from .apply import apply_edits
 
     dev = pick_device(device)
-    cfg = GeneratorConfig(img_resolution=resolution, channel_base=16384, channel_max=512,
-                          mapping_layers=8)
-    torch.manual_seed(0)
-    G = Generator(cfg).eval().requires_grad_(False).to(dev)
+    G = config_f_generator(resolution, dev)
     ws = G.mapping_ws(torch.randn(batch, G.z_dim, device=dev), 0.7)
     noise = G.make_noise(batch, "const")
     plain = _time(lambda: G.synthesize(ws, noise=noise), repeats, dev)
@@ -64,7 +98,7 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     choices = {"coarse half": list(range(1, half + 1)),
                "alternate layers": list(range(1, n + 1, 2)),
                "fine half": list(range(n - half + 1, n + 1))}
-    print(f"device {dev}, {resolution}px config-f-256 generator ({G.parameter_count():,} "
+    print(f"device {dev}, {resolution}px config-f-shaped generator ({G.parameter_count():,} "
           f"params), batch {batch}, {n} conv layers; median of {repeats}")
     print(f"plain generation: {plain * 1000:.1f} ms")
     out = {"plain_s": plain}
@@ -112,4 +146,39 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
                 results[key] = {"s_per_step": per_step, "peak_mib": peak}
                 print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "
                       f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'})")
+    return results
+
+
+def bench_invert(steps: int = 300, pti_steps: int = 200, n: int = 4,
+                 device: str | None = None, generator: str | None = None,
+                 clip: str | None = None) -> dict[str, dict[str, float]]:
+    """PSNR / SSIM / seconds per image of W, W+ and W+ with PTI, on the demo world: images the
+    generator drew from known latents, and renders it never saw."""
+    from ..cache import get_clip, get_generator
+    from ..inversion import InvertConfig, invert
+    from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
+    from ..world.render import render
+    from ..world.scene import random_scenes
+
+    dev = pick_device(device)
+    G = get_generator(generator or require(DEMO_GENERATOR), dev).generator
+    C = get_clip(clip or require(DEMO_CLIP), None, dev)
+    with torch.no_grad():
+        known = G.synthesize(G.mapping_ws(G.z_from_seeds(range(1000, 1000 + n)).to(dev)))
+    unseen, _ = render(random_scenes(n, 31337), G.img_resolution)
+    sets = {"generated from known latents": known, "unseen renders": unseen.to(dev)}
+    runs = {"W": InvertConfig(space="w", steps=steps),
+            "W+": InvertConfig(space="w+", steps=steps),
+            "W+ then PTI": InvertConfig(space="w+", steps=steps, pti_steps=pti_steps)}
+    results: dict[str, dict[str, float]] = {}
+    print(f"device {dev}, {G.img_resolution}px demo generator, {n} images per set, "
+          f"{steps} steps (+{pti_steps} PTI), perceptual term: CLIP features")
+    for set_name, images in sets.items():
+        for run_name, cfg in runs.items():
+            res = invert(G, images, cfg, clip=C)
+            key = f"{set_name} / {run_name}"
+            results[key] = {"psnr": float(np.mean(res.psnr)), "ssim": float(np.mean(res.ssim)),
+                            "s_per_image": res.seconds / n}
+            print(f"{key:>45}: PSNR {results[key]['psnr']:.2f} dB, SSIM "
+                  f"{results[key]['ssim']:.3f}, {results[key]['s_per_image']:.2f} s/image")
     return results

@@ -150,10 +150,15 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_apply, bench_train
+    from .bench import bench_apply, bench_generate, bench_invert, bench_train
 
-    if args.what == "apply":
+    if args.what == "generate":
+        bench_generate(args.generator, args.batch, args.repeats, args.device, args.resolution)
+    elif args.what == "apply":
         bench_apply(args.resolution, args.batch, args.repeats, args.device)
+    elif args.what == "invert":
+        bench_invert(args.steps if args.steps != 10 else 300, device=args.device,
+                     generator=args.generator, clip=args.clip)
     else:
         bench_train(args.steps, args.device, args.generator, args.clip)
     return 0
@@ -206,7 +211,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("bench", help="print speed / memory figures")
-    s.add_argument("what", choices=["apply", "train"])
+    s.add_argument("what", choices=["generate", "apply", "train", "invert"])
     s.add_argument("--resolution", type=int, default=256)
     s.add_argument("--batch", type=int, default=4)
     s.add_argument("--repeats", type=int, default=5)

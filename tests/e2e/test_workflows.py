@@ -171,3 +171,12 @@ def test_templates_are_listed(server, name) -> None:
 
 def test_extension_js_is_served(server) -> None:
     assert any("coral_live_training.js" in e for e in server.get("/extensions"))
+
+
+def test_free_memory_then_run_again(server) -> None:
+    """ComfyUI's free-memory call unloads our models (they are ModelPatchers); the next run
+    loads them back and works."""
+    _next_prompt_still_runs(server)
+    status, _ = server.post("/free", {"unload_models": True, "free_memory": True})
+    assert status == 200
+    _next_prompt_still_runs(server)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""After the demo generator is (re)trained: everything that depends on its weights.
+
+Exports the rosinality copy, trains the shipped per-prompt demo edit, renders the README sample
+grid and the template thumbnails. Run from the repository root:
+    python scripts/finish_demo_assets.py
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from coral_core.formats import load_generator  # noqa: E402
+from coral_core.stylegan.generator import image_to_uint8  # noqa: E402
+from coral_core.world import assets  # noqa: E402
+from coral_core.world.render import render  # noqa: E402
+from coral_core.world.scene import scenes_from_z  # noqa: E402
+
+
+def coral(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "coral_core", *args], check=True, cwd=ROOT)
+
+
+def main() -> int:
+    coral("world", "export-rosinality")
+    edit = assets.DEMO_EDITS / "blue_background.safetensors"
+    coral("train", "--prompt", "a blue background", "--mode", "per-prompt", "--steps", "150",
+          "--truncation", "1.0", "--out", str(edit), "--progress-every", "50")
+    for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
+            assets.DEMO_EDITS.glob("catalogue-*")):
+        junk.unlink()
+    G = load_generator(assets.DEMO_GENERATOR).generator
+    z = G.z_from_seeds(range(16))
+    with torch.no_grad():
+        samples = image_to_uint8(G.synthesize(G.mapping_ws(z)))
+    targets = image_to_uint8(render(scenes_from_z(z), G.img_resolution)[0])
+    rows = [np.concatenate(list(samples[:8]), 1), np.concatenate(list(targets[:8]), 1),
+            np.concatenate(list(samples[8:]), 1), np.concatenate(list(targets[8:]), 1)]
+    grid = np.kron(np.concatenate(rows, 0), np.ones((3, 3, 1), dtype=np.uint8))
+    out = ROOT / "docs" / "images"
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(out / "demo_samples.png")
+    demo = ROOT / "out" / "demo_thumbs"
+    coral("demo", "--out", str(demo))
+    shutil.copy(demo / "before_after.png", out / "demo_before_after.png")
+    shutil.copy(demo / "mask_grid.png", out / "demo_mask_grid.png")
+    shutil.copy(demo / "overlay.png", out / "demo_overlay.png")
+    thumb = Image.open(demo / "before_after.png").convert("RGB").resize((256, 128),
+                                                                       Image.NEAREST)
+    for wf in (ROOT / "workflows").glob("*.json"):
+        thumb.save(ROOT / "example_workflows" / f"{wf.stem}.jpg", quality=90)
+    print("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
