@@ -32,8 +32,12 @@ def coral(*args: str) -> None:
 
 def main() -> int:
     coral("world", "export-rosinality")
-    edit = assets.DEMO_EDITS / "blue_background.safetensors"
-    coral("train", "--prompt", "a blue background", "--mode", "per-prompt", "--steps", "150",
+    for old in assets.DEMO_EDITS.glob("*.safetensors"):
+        old.unlink()
+    edit = assets.DEMO_EDITS / "orange_background.safetensors"
+    coral("train", "--prompt", "an orange background", "--mode", "per-prompt", "--steps", "150",
+          "--lr", "0.05", "--l2", "0", "--area", "0.1", "--area-weighting",
+          "inverse_resolution",
           "--truncation", "1.0", "--out", str(edit), "--progress-every", "50")
     for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
             assets.DEMO_EDITS.glob("catalogue-*")):

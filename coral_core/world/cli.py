@@ -79,7 +79,8 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps)
+    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps,
+                      area_weighting=args.area_weighting)
     print(report["summary_text"])
     return 0
 
@@ -98,6 +99,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prompt", default=None)
     s.add_argument("--seeds", default="0-3")
     s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--area-weighting", default="inverse_resolution",
+                   choices=["uniform", "resolution", "inverse_resolution"])
 
 
 add_parser(_register)
