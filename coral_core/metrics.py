@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """PSNR per image on the [0, 1] scale; ``mask`` [B, H, W] restricts it to some pixels."""
+    a, b = a.clamp(-1, 1), b.clamp(-1, 1)  # as displayed: generator output can overshoot
     diff = ((a - b) / 2).square().mean(1)  # [B, H, W] on the [0, 1] scale
     if mask is None:
         mse = diff.flatten(1).mean(1)
@@ -20,7 +21,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
     """Mean SSIM per image (uniform window, on [0, 1], averaged over channels)."""
-    x, y = (a + 1) / 2, (b + 1) / 2
+    x, y = (a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2
     pad = window // 2
     mu = lambda t: F.avg_pool2d(F.pad(t, (pad,) * 4, mode="reflect"), window, 1)  # noqa: E731
     mx, my = mu(x), mu(y)

@@ -28,6 +28,7 @@ from ..atomic import write_text_atomic
 from ..clip_model import CoralClip
 from ..editing.apply import apply_edits
 from ..editing.edit import Edit
+from ..editing.losses import LossWeights
 from ..editing.trainer import TrainConfig, train_edit
 from ..editing.visualize import effective_mask
 from ..images import image_to_uint8, save_png
@@ -122,7 +123,14 @@ def _score(case: EvalCase, judge: Judge, G: Generator, original: torch.Tensor,
 def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int], steps: int = 60,
              methods: tuple[str, ...] = METHODS, prompt_set: list[dict[str, str]] | None = None,
              out: Path | None = None, feat_layer: int | None = None, can_steps: int | None = None,
-             threshold: float = 0.5, log: Any = print) -> dict[str, Any]:
+             threshold: float = 0.5, log: Any = print,
+             weights: LossWeights | None = None, lr: float = 0.1) -> dict[str, Any]:
+    """Every method gets the same loss weights (default: the demo's tuned ones), learning rate
+    and step budget; CAN trains ``can_steps`` per prompt (default 3 x steps) at half the lr."""
+    from .demo import DEFAULT_AREA, DEFAULT_AREA_WEIGHTING, DEFAULT_L2
+
+    weights = weights or LossWeights(l2=DEFAULT_L2, area=DEFAULT_AREA,
+                                     area_weighting=DEFAULT_AREA_WEIGHTING)
     cases, ws_all = build_cases(G, seeds, prompt_set or default_prompt_set())
     feat_layer = feat_layer or (len(G.conv_layers) + 1) // 2
     rows: list[dict[str, Any]] = []
@@ -137,15 +145,15 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int], step
                 if case.prompt not in can_edits:
                     cfg = TrainConfig(prompt=case.prompt, variant="can", direction="global",
                                       mode="per_prompt", steps=can_steps or steps * 3,
-                                      batch=4, seed=0, truncation=1.0)
+                                      batch=4, seed=0, truncation=1.0, lr=lr / 2,
+                                      weights=weights)
                     can_edits[case.prompt] = train_edit(G, clip, cfg).edit
                 edit = can_edits[case.prompt]
             else:
                 cfg = TrainConfig(prompt=case.prompt, steps=steps, batch=1, seed=case.seed,
                                   variant="can" if method == "feat" else "ss",
                                   only_layers=[feat_layer] if method == "feat" else None,
-                                  no_masks=method == "styleclip",
-                                  lr=0.05 if method != "feat" else 0.02)
+                                  no_masks=method == "styleclip", lr=lr, weights=weights)
                 edit = train_edit(G, clip, cfg, latents=ws).edit
             t_edit = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -170,7 +178,8 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int], step
             log(f"{method:>10} seed {case.seed:>3} {case.prompt!r}: success={scores['success']} "
                 f"iou={scores['iou']:.2f} psnr_out={scores['psnr_outside']:.1f}")
     summary = summarise(rows)
-    result = {"cases": len(cases), "steps": steps, "methods": list(methods),
+    result = {"cases": len(cases), "steps": steps, "can_steps": can_steps or steps * 3,
+              "lr": lr, "loss_weights": weights.to_dict(), "methods": list(methods),
               "feat_layer": feat_layer, "summary": summary, "rows": rows}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
