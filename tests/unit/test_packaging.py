@@ -40,3 +40,18 @@ def test_no_unsafe_loading_calls() -> None:
         text = path.read_text()
         assert "weights_only=False" not in text, path
         assert "pickle.load(" not in text and "pickle.loads(" not in text, path
+
+
+def test_ui_workflows_are_twins_of_the_api_ones() -> None:
+    import json
+
+    api_files = sorted((ROOT / "workflows").glob("*.json"))
+    assert len(api_files) >= 4
+    for api_path in api_files:
+        api = json.loads(api_path.read_text())
+        ui = json.loads((ROOT / "example_workflows" / api_path.name).read_text())
+        assert (ROOT / "example_workflows" / f"{api_path.stem}.jpg").is_file()
+        assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["class_type"]
+                                                                 for n in api.values())
+        api_links = sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
+        assert len(ui["links"]) == api_links and ui["version"] == 0.4
