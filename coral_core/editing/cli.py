@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     latents = None
     if mode == "per_image":
         latents, _ = _latents(args, G, str(args.seed))
-    weights = LossWeights(area=args.area, tv=args.tv, l2=args.l2,
+    weights = LossWeights(area=args.area, tv=args.tv, l2=args.l2, identity=args.identity,
                           area_weighting=args.area_weighting, clip_on_edit=args.clip_on_edit)
     cfg = TrainConfig(prompt=args.prompt, neutral=args.neutral or "", variant=args.variant,
                       direction=args.direction, mode=mode, steps=args.steps, lr=args.lr,
@@ -70,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       directional=args.directional, weights=weights,
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
-                      catalogue_dir=Path(args.out).resolve().parent)
+                      catalogue_dir=Path(args.out).resolve().parent,
+                      identity_model=Path(args.identity_model) if args.identity_model else None)
     result = train_edit(G, clip, cfg, latents=latents,
                         reporter=Reporter(print_progress("train"), every=args.progress_every))
     result.edit.save(args.out)
@@ -183,6 +184,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tv", type=float, default=0.01)
     s.add_argument("--l2", type=float, default=None)
     s.add_argument("--clip-on-edit", type=float, default=0.5)
+    s.add_argument("--identity", type=float, default=0.0,
+                   help="identity loss weight (faces; e.g. 0.1), needs --identity-model")
+    s.add_argument("--identity-model", default=None, help="model_ir_se50.pth")
     s.add_argument("--area-weighting", default="uniform",
                    choices=["uniform", "resolution", "inverse_resolution"])
     s.add_argument("--segments", type=int, default=6, help="catalogue size K (SS)")

@@ -52,6 +52,7 @@ class TrainConfig:
     checkpoint: Path | None = None
     checkpoint_every: int = 100
     catalogue_dir: Path | None = None
+    identity_model: Path | None = None  # model_ir_se50.pth, for the optional identity loss
 
     def validate(self, G: Generator) -> None:
         if not self.prompt or not self.prompt.strip():
@@ -139,6 +140,15 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if cfg.directional:
         neutral = clip.encode_text([cfg.neutral])
         text_dir = torch.nn.functional.normalize(target - neutral, dim=-1)
+    identity = None
+    notes: list[str] = []
+    if cfg.weights.identity > 0:
+        if cfg.identity_model is None:
+            notes.append("identity loss off: no IR-SE50 file (model_ir_se50.pth) was given")
+        else:
+            from .identity import IdentityLoss, load_irse50
+
+            identity = IdentityLoss(load_irse50(cfg.identity_model)).to(device)
     betas = area_betas(G, cfg.weights)
     l2_weight = cfg.weights.l2_for(cfg.direction)
     sampler = _Sampler(G, cfg, latents if cfg.mode == "per_image" else None)
@@ -195,11 +205,15 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                     else direction.l2(delta)
                 l_area = area_loss(masks, betas)
                 l_tv = tv_loss(masks) if cfg.variant == "can" else torch.zeros((), device=device)
+                l_id = identity(img_b, img_o) if identity is not None else \
+                    torch.zeros((), device=device)
                 total = (cfg.weights.clip * l_clip + l2_weight * l_l2
-                         + cfg.weights.area * l_area + cfg.weights.tv * l_tv)
+                         + cfg.weights.area * l_area + cfg.weights.tv * l_tv
+                         + cfg.weights.identity * l_id)
             record = {"step": step, "total": float(total.detach()),
                       "clip": float(l_clip.detach()), "l2": float(l_l2.detach()),
-                      "area": float(l_area.detach()), "tv": float(l_tv.detach())}
+                      "area": float(l_area.detach()), "tv": float(l_tv.detach()),
+                      "identity": float(l_id.detach())}
             if not math.isfinite(record["total"]):
                 partial, reason = True, f"loss became {record['total']} at step {step}"
                 break
@@ -239,6 +253,8 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 segments=segments, latents=latents if cfg.mode == "per_image" else None,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
+    if notes:
+        edit.info["notes"] = notes
     return TrainResult(edit, partial, history, reason)
 
 

@@ -221,3 +221,22 @@ def test_row_of_a_per_image_edit_applies_alone(G, clip):
     assert torch.allclose(alone[0], both[1], atol=1e-5)
     with pytest.raises(EditMismatchError, match="out of range"):
         edit.row(5)
+
+
+def test_identity_loss_optional_and_loaded_from_a_real_layout_file(G, clip, tmp_path):
+    from coral_core.editing.identity import IRSE50, load_irse50
+
+    res = train_edit(G, clip, _cfg(weights=LossWeights(identity=0.1)))
+    assert "identity loss off" in res.edit.info["notes"][0]
+    net = IRSE50()
+    assert len(net.state_dict()) >= 390  # the layout of model_ir_se50.pth (397 keys)
+    torch.save(net.state_dict(), tmp_path / "model_ir_se50.pth")
+    loaded = load_irse50(tmp_path / "model_ir_se50.pth")
+    x = torch.rand(2, 3, 112, 112)
+    assert torch.allclose(loaded(x), net.eval()(x), atol=1e-6)
+    res = train_edit(G, clip, _cfg(steps=2, weights=LossWeights(identity=0.1),
+                                   identity_model=tmp_path / "model_ir_se50.pth"))
+    assert "notes" not in res.edit.info and res.history[-1]["identity"] >= 0
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ModelFormatError, match="IR-SE50"):
+        load_irse50(tmp_path / "bad.pth")
