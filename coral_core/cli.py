@@ -193,9 +193,15 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise CoralError(f"cannot read image: {exc}") from exc
     target = torch.cat([prepare_images(p, G.img_resolution) for p in photos])
     clip = get_clip(args.clip, None, args.device) if args.clip else None
+    init = None
+    if args.e4e:
+        from .e4e import load_e4e
+
+        init = load_e4e(args.e4e).encode(target)
     res = invert(G, target, InvertConfig(space=args.space, steps=args.steps,
                                          pti_steps=args.pti), clip=clip,
-                 vgg16_path=args.vgg16, reporter=Reporter(print_progress("invert"), every=25))
+                 vgg16_path=args.vgg16, init_ws=init,
+                 reporter=Reporter(print_progress("invert"), every=25))
     out = Path(args.out)
     meta = {"generator_fingerprint": (res.generator or G).fingerprint(), "space": args.space}
     save_latents(res.ws, out, meta)
@@ -217,6 +223,7 @@ def _register_invert(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--pti", type=int, default=0, metavar="STEPS", help="pivotal tuning steps")
     s.add_argument("--clip", default=None, help="CLIP for perceptual features")
     s.add_argument("--vgg16", default=None, help="NVIDIA vgg16.pt for LPIPS")
+    s.add_argument("--e4e", default=None, help="e4e_ffhq_encode.pt: start from its W+ codes")
     s.add_argument("--device", default=None)
     s.add_argument("--out", required=True, help="LATENT.safetensors")
 

@@ -45,3 +45,33 @@ def test_pti_tunes_a_copy_and_improves_the_fit() -> None:
     assert G.fingerprint() == before  # the cached model is never modified
     assert res.generator.fingerprint() != before
     assert res.psnr[0] > no_pti.psnr[0]
+
+
+def test_e4e_initialiser_from_a_fabricated_checkpoint(tmp_path) -> None:
+    from coral_core.e4e import Encoder4Editing, load_e4e
+    from coral_core.formats import load_generator, nvlabs_to_rosinality
+
+    G = random_generator(tiny_config(conv_clamp=None))
+    # real files: depths (64, 128, 256, 512), style_dim 512 = the last depth; scaled down here
+    enc = Encoder4Editing((16, 32, 48, G.w_dim), n_styles=G.num_ws, style_dim=G.w_dim)
+    sd = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
+    ros = nvlabs_to_rosinality(G)
+    sd.update({f"decoder.{k}": v for k, v in ros["g_ema"].items()})
+    torch.save({"state_dict": sd, "opts": {"encoder_type": "Encoder4Editing"},
+                "latent_avg": ros["latent_avg"].repeat(G.num_ws, 1)}, tmp_path / "e4e.pt")
+    e4e = load_e4e(tmp_path / "e4e.pt")
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    codes = e4e.encode(img)
+    assert codes.shape == (2, G.num_ws, G.w_dim)
+    with torch.no_grad():
+        expected = enc.eval()(torch.nn.functional.interpolate(
+            img, size=(256, 256), mode="bilinear", antialias=True)) + G.w_avg
+    assert torch.allclose(codes, expected, atol=1e-5)
+    assert load_generator(tmp_path / "e4e.pt").format == "e4e-decoder"
+    target = prepare_images(((img[:1] + 1) / 2).permute(0, 2, 3, 1), G.img_resolution)
+    res = invert(G, target, InvertConfig(space="w+", steps=3),
+                 init_ws=e4e.encode(target))
+    assert res.ws.shape == (1, G.num_ws, G.w_dim)
+    torch.save({"state_dict": {"decoder.x": torch.zeros(1)}}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="not an e4e checkpoint"):
+        load_e4e(tmp_path / "bad.pt")
