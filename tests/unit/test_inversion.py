@@ -75,3 +75,32 @@ def test_e4e_initialiser_from_a_fabricated_checkpoint(tmp_path) -> None:
     torch.save({"state_dict": {"decoder.x": torch.zeros(1)}}, tmp_path / "bad.pt")
     with pytest.raises(Exception, match="not an e4e checkpoint"):
         load_e4e(tmp_path / "bad.pt")
+
+
+class _FakeVGG16(torch.nn.Module):
+    """Same call signature as NVIDIA's vgg16.pt TorchScript (img in [0, 255])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, img: torch.Tensor, resize_images: bool = True,
+                return_lpips: bool = False) -> torch.Tensor:
+        f = torch.relu(self.conv(img / 255.0))
+        f = f / (f.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        return f.flatten(1) / (f.shape[2] * f.shape[3]) ** 0.5
+
+
+def test_lpips_through_a_vgg16_torchscript_file(tmp_path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_FakeVGG16()).save(str(tmp_path / "vgg16.pt"))
+    G = random_generator(tiny_config(conv_clamp=None))
+    with torch.no_grad():
+        target = G.synthesize(G.mapping_ws(G.z_from_seeds([2]), 0.5))
+    res = invert(G, target, InvertConfig(space="w+", steps=20, perceptual_weight=1.0),
+                 vgg16_path=str(tmp_path / "vgg16.pt"))
+    assert res.perceptual == "lpips-vgg16"
+    assert res.history[-1] < res.history[0]
