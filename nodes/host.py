@@ -27,6 +27,7 @@ EVENT_PREFIX = "coralstyleclip"
 STYLEGAN_FOLDER = "stylegan"
 CLIP_FOLDER = "coral_clip"
 EDIT_FOLDER = "coral_edits"
+ENCODER_FOLDER = "coral_encoders"
 DEMO_GENERATOR_NAME = "[demo] shapes-32px generator"
 DEMO_CLIP_NAME = "[demo] shapes CLIP"
 MODEL_EXTENSIONS = {".pkl", ".pt", ".pth", ".safetensors"}
@@ -39,7 +40,7 @@ def register_folders() -> None:
     if folder_paths is None:
         return
     for name, exts in ((STYLEGAN_FOLDER, MODEL_EXTENSIONS), (CLIP_FOLDER, CLIP_EXTENSIONS),
-                       (EDIT_FOLDER, {".safetensors"})):
+                       (EDIT_FOLDER, {".safetensors"}), (ENCODER_FOLDER, {".pt", ".pth"})):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name),
                                            is_default=True)
         paths, old = folder_paths.folder_names_and_paths[name]
@@ -68,6 +69,12 @@ def edit_choices() -> list[str]:
     if folder_paths is None:
         return shipped
     return shipped + folder_paths.get_filename_list(EDIT_FOLDER)
+
+
+def encoder_choices() -> list[str]:
+    if folder_paths is None:
+        return ["none"]
+    return ["none"] + folder_paths.get_filename_list(ENCODER_FOLDER)
 
 
 def resolve(folder: str, name: str) -> Path:

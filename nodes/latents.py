@@ -176,17 +176,19 @@ class CoralInvert:
         }, "optional": {
             "clip": ("CORAL_CLIP", {"tooltip": "Perceptual features for the loss (without it: "
                                                "pixels only)."}),
+            "e4e_encoder": (host.encoder_choices(), {
+                "tooltip": "Start from an e4e encoder's W+ codes (e4e_ffhq_encode.pt in "
+                           "models/coral_encoders); 'none' starts from the average latent."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def invert(self, model: StyleGANModel, images: torch.Tensor, space: str, steps: int,
-               pti_steps: int, clip=None, unique_id: str | None = None):
-
-
+               pti_steps: int, clip=None, e4e_encoder: str = "none",
+               unique_id: str | None = None):
         with host.autograd_enabled():
             return self._invert(model, images.clone(), space, steps, pti_steps, clip,
-                                unique_id)
+                                e4e_encoder, unique_id)
 
-    def _invert(self, model, images, space, steps, pti_steps, clip, unique_id):
+    def _invert(self, model, images, space, steps, pti_steps, clip, e4e_encoder, unique_id):
         import json
 
         from ..coral_core.inversion import InvertConfig, invert, prepare_images
@@ -197,8 +199,14 @@ class CoralInvert:
         target = prepare_images(images, G.img_resolution).to(G.w_avg.device)
         reporter = Reporter(host.Progress(steps + pti_steps, unique_id, "invert"),
                             every=max(1, (steps + pti_steps) // 100))
+        init = None
+        if e4e_encoder and e4e_encoder != "none":
+            from ..coral_core.e4e import load_e4e
+
+            init = load_e4e(host.resolve(host.ENCODER_FOLDER, e4e_encoder)).encode(target)
         res = invert(G, target, InvertConfig(space=space, steps=steps, pti_steps=pti_steps),
-                     clip=clip.ready() if clip is not None else None, reporter=reporter)
+                     clip=clip.ready() if clip is not None else None, init_ws=init,
+                     reporter=reporter)
         out_model = model
         if res.generator is not None:
             from ..coral_core.formats import LoadedGenerator
