@@ -194,7 +194,12 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                     masks = selector.masks(feats)
                 masks = _restrict(limit_layers(masks, cfg.max_layer), cfg)
                 img_b = blended_synthesis(G, ws, delta, masks, noise)
-                src = clip.encode_image(img_o).detach() if cfg.directional else None
+                src = None
+                if cfg.directional:  # the original images' embedding: once per batch
+                    if "src" not in original_cache or cfg.mode != "per_image":
+                        with torch.no_grad():
+                            original_cache["src"] = clip.encode_image(img_o)
+                    src = original_cache["src"]
                 l_clip = clip_loss(clip, img_b, target, src, text_dir)
                 share = cfg.weights.clip_on_edit
                 if share > 0:
