@@ -90,7 +90,7 @@ class CoralClip:
 
 
 def _freeze(model: torch.nn.Module) -> torch.nn.Module:
-    return model.float().eval().requires_grad_(False)
+    return model.float().train(False).requires_grad_(False)
 
 
 def _from_openai_state(sd: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
@@ -201,21 +201,10 @@ def _register_config_beside(config_file: Path, weights: Path) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from .formats.loader import sniff
+    from .formats.weights import load_weights_file, unwrap_state_dict
 
-    if sniff(path) == "safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelFormatError(f"{path}: not a readable CLIP weights file ({exc})") from exc
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or "visual.conv1.weight" not in {
-            k.removeprefix("module.") for k in sd}:
+    sd = unwrap_state_dict(load_weights_file(path, "CLIP weights"))
+    if not isinstance(sd, dict) or "visual.conv1.weight" not in sd:
         raise ModelFormatError(f"{path}: not a CLIP state dict (no visual.conv1.weight); pass "
                                "--clip-model NAME for non-ViT open_clip models")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd

@@ -89,7 +89,7 @@ class E4E:
     """The loaded encoder plus latent_avg; ``encode`` takes images in [-1, 1]."""
 
     def __init__(self, encoder: Encoder4Editing, latent_avg: torch.Tensor | None) -> None:
-        self.encoder = encoder.eval().requires_grad_(False)
+        self.encoder = encoder.train(False).requires_grad_(False)
         self.latent_avg = latent_avg
 
     @torch.no_grad()
@@ -103,11 +103,10 @@ class E4E:
 
 
 def load_e4e(path: str | Path) -> E4E:
+    from .formats.weights import load_weights_file
+
     path = Path(path)
-    try:
-        ckpt: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFormatError(f"{path}: not a readable e4e checkpoint ({exc})") from exc
+    ckpt: Any = load_weights_file(path, "e4e checkpoint")
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not any(k.startswith("encoder.") for k in sd):
         raise ModelFormatError(f"{path}: no 'encoder.' weights: not an e4e checkpoint "

@@ -76,7 +76,7 @@ class Perceptual:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                self.vgg = torch.jit.load(vgg16_path, map_location="cpu").eval()
+                self.vgg = torch.jit.load(vgg16_path, map_location="cpu").train(False)
         self.kind = "lpips-vgg16" if self.vgg is not None else (
             "clip-features" if clip is not None else "none")
 
@@ -203,6 +203,6 @@ def pivotal_tuning(G: Generator, ws: torch.Tensor, target: torch.Tensor, cfg: In
     _optimise(list(tuned.synthesis.parameters()), lambda: tuned.synthesize(ws, noise=noise),
               loss_of, range(offset + 1, offset + cfg.pti_steps + 1), cfg.pti_lr, total,
               history, reporter)
-    tuned.eval().requires_grad_(False)
+    tuned.train(False).requires_grad_(False)
     tuned.invalidate_fingerprint()
     return tuned

@@ -141,6 +141,9 @@ class ResidentModel:
         mm.load_models_gpu([self.patcher])
         return self.module
 
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # a deep copy of a model is a new, not-yet-resident model
+
 
 class Progress:
     """coral_core progress callback -> ComfyUI ProgressBar (whose hook also raises on

@@ -9,14 +9,14 @@ from . import host
 from .types import CORAL_CLIP, STYLEGAN_MODEL, ClipModel, StyleGANModel
 
 CATEGORY = "CoralStyleCLIP"
-_RESIDENT: dict[int, object] = {}
-
-
 def _resident(module: object) -> object:
-    key = id(module)
-    if key not in _RESIDENT:
-        _RESIDENT[key] = host.ResidentModel(module)  # type: ignore[arg-type]
-    return _RESIDENT[key]
+    """One ComfyUI wrapper per model, kept on the model itself so it lives and dies with it
+    (a copy of the model, e.g. for pivotal tuning, gets none: see ResidentModel.__deepcopy__)."""
+    wrapper = getattr(module, "_coral_resident", None)
+    if wrapper is None:
+        wrapper = host.ResidentModel(module)  # type: ignore[arg-type]
+        object.__setattr__(module, "_coral_resident", wrapper)
+    return wrapper
 
 
 class CoralLoadStyleGAN:

@@ -48,7 +48,7 @@ def config_f_generator(resolution: int, device: torch.device, seed: int = 0) -> 
     cfg = GeneratorConfig(img_resolution=resolution, channel_base=32768, channel_max=512,
                           mapping_layers=8)
     torch.manual_seed(seed)
-    return Generator(cfg).eval().requires_grad_(False).to(device)
+    return Generator(cfg).train(False).requires_grad_(False).to(device)
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:

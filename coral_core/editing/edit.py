@@ -227,8 +227,8 @@ class Edit:
                                          meta["generator_fingerprint"])
         return cls(variant=meta["variant"], direction_form=meta["direction"],
                    mode=meta["mode"], prompt=meta["prompt"], neutral=meta["neutral_prompt"],
-                   direction=direction.eval().requires_grad_(False),
-                   selector=selector.eval().requires_grad_(False),
+                   direction=direction.train(False).requires_grad_(False),
+                   selector=selector.train(False).requires_grad_(False),
                    generator_fingerprint=meta["generator_fingerprint"],
                    resolution=int(meta["resolution"]), num_ws=num_ws, w_dim=w_dim,
                    clip_model_id=meta.get("clip_model", ""), catalogue=catalogue,

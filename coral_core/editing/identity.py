@@ -68,20 +68,17 @@ class IRSE50(nn.Module):
 
 
 def load_irse50(path: str | Path) -> IRSE50:
+    from ..formats.weights import load_weights_file, unwrap_state_dict
+
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFormatError(f"{path}: not a readable IR-SE50 weights file ({exc})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = unwrap_state_dict(load_weights_file(path, "IR-SE50 weights"))
     model = IRSE50()
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFormatError(f"{path}: weights do not match the IR-SE50 layout "
                                f"(model_ir_se50.pth): {str(exc)[:300]}") from exc
-    return model.eval().requires_grad_(False)
+    return model.train(False).requires_grad_(False)
 
 
 class IdentityLoss(nn.Module):

@@ -151,4 +151,4 @@ def build_generator(cfg: GeneratorConfig, state: dict[str, Any], path: Path) -> 
         raise ModelFormatError(
             f"{path}: the weights do not fit a StyleGAN2 generator with config "
             f"{cfg.to_json()}: {str(exc)[:600]}") from exc
-    return G.eval().requires_grad_(False)
+    return G.train(False).requires_grad_(False)

@@ -93,7 +93,7 @@ def train_clip(out_dir: Path, steps: int = 1500, batch: int = 128, lr: float = 1
         history.append(float(loss.detach()))
         if reporter is not None:
             reporter.update(step, steps, loss=float(loss.detach()))
-    model.eval()
+    model.train(False)
     acc = zero_shot_accuracy(model, tokenizer)
     save_clip_folder(model, out_dir, {"steps": steps, "batch": batch, "seed": seed,
                                       "final_loss": history[-1], "zero_shot": acc})

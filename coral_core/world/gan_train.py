@@ -70,7 +70,7 @@ def train_gan(out: Path, steps: int = 4000, batch: int = 32, lr: float = 2e-3, s
             with atomic_path(ckpt) as tmp:
                 torch.save({"G": G.state_dict(), "opt": opt.state_dict(), "step": step,
                             "elapsed": elapsed + time.perf_counter() - t0}, tmp)
-    G.eval().requires_grad_(False)
+    G.train(False).requires_grad_(False)
     wall = elapsed + time.perf_counter() - t0
     save_generator(G, out, {"trained_on": "coral demo world (supervised route)",
                             "steps": str(steps), "wall_seconds": f"{wall:.0f}"})

@@ -77,7 +77,7 @@ def train_judge(out: Path, steps: int = 1200, batch: int = 128, seed: int = 1,
         sched.step()
         if reporter is not None:
             reporter.update(step, steps, loss=float(loss.detach()))
-    model.eval()
+    model.train(False)
     acc = judge_accuracy(model)
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
@@ -88,7 +88,7 @@ def train_judge(out: Path, steps: int = 1200, batch: int = 128, seed: int = 1,
 def load_judge(path: Path) -> Judge:
     model = Judge()
     model.load_state_dict(load_file(str(path)))
-    return model.eval().requires_grad_(False)
+    return model.train(False).requires_grad_(False)
 
 
 @torch.no_grad()

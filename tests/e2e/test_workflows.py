@@ -180,3 +180,26 @@ def test_free_memory_then_run_again(server) -> None:
     status, _ = server.post("/free", {"unload_models": True, "free_memory": True})
     assert status == 200
     _next_prompt_still_runs(server)
+
+
+def test_invert_with_pivotal_tuning_returns_a_usable_tuned_model(server) -> None:
+    from coral_core.images import image_to_uint8
+    from coral_core.world.render import render
+    from coral_core.world.scene import random_scenes
+
+    img, _ = render(random_scenes(1, 7), 32)
+    buf = io.BytesIO()
+    Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
+    upload_image(server, "coral_photo_pti.png", buf.getvalue())
+    wf = load_workflow("invert_photo_and_edit")
+    wf["3"]["inputs"]["image"] = "coral_photo_pti.png"
+    wf["4"]["inputs"].update(steps=5, pti_steps=3)
+    del wf["5"], wf["6"], wf["8"]  # the demo edit belongs to the untuned generator
+    wf["9"] = {"class_type": "CoralGenerate",
+               "inputs": {"model": ["4", 2], "latents": ["4", 0], "noise_mode": "const"}}
+    wf["10"] = {"class_type": "SaveImage", "inputs": {"images": ["9", 0],
+                                                      "filename_prefix": "coral_pti"}}
+    outputs = _ok(server.run(wf))
+    rec = output_images(server, outputs, "7")[0]
+    gen = output_images(server, outputs, "10")[0]
+    assert np.array_equal(rec, gen)  # the tuned model reproduces its reconstruction
