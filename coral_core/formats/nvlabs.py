@@ -19,20 +19,46 @@ from ..stylegan import Generator, GeneratorConfig
 from .safe_pickle import PersistentRecord
 
 
-def flatten_state_dict(record: PersistentRecord, prefix: str = "") -> "OrderedDict[str, Any]":
-    """Parameters, then persistent buffers, then children: ``nn.Module.state_dict`` order."""
+MAX_STATE_ENTRIES = 100_000  # a 1024-px StyleGAN2 generator has about 400
+MAX_MODULE_DEPTH = 64
+
+
+def flatten_state_dict(record: PersistentRecord, path: Path | str = "") -> "OrderedDict[str, Any]":
+    """Parameters, then persistent buffers, then children: ``nn.Module.state_dict`` order.
+
+    Iterative and bounded: a crafted file whose modules share children 40 levels deep names
+    2^40 entries; walking it would hang the host, so more than MAX_STATE_ENTRIES entries or
+    MAX_MODULE_DEPTH levels is refused.
+    """
     out: OrderedDict[str, Any] = OrderedDict()
-    st = record.state
-    for name, p in (st.get("_parameters") or {}).items():
-        if p is not None:
-            out[prefix + name] = p
-    skip = set(st.get("_non_persistent_buffers_set") or ())
-    for name, b in (st.get("_buffers") or {}).items():
-        if b is not None and name not in skip:
-            out[prefix + name] = b
-    for name, child in (st.get("_modules") or {}).items():
-        if isinstance(child, PersistentRecord):
-            out.update(flatten_state_dict(child, f"{prefix}{name}."))
+    stack: list[tuple[PersistentRecord, str, int]] = [(record, "", 0)]
+    visited = 0
+    while stack:
+        rec, prefix, depth = stack.pop()
+        visited += 1
+        if visited > MAX_STATE_ENTRIES:
+            raise ModelFormatError(f"{path}: refused: the network has more than "
+                                   f"{MAX_STATE_ENTRIES} sub-modules (shared sub-modules "
+                                   "repeated without end?); no StyleGAN2 generator has that many")
+        if depth > MAX_MODULE_DEPTH:
+            raise ModelFormatError(f"{path}: refused: modules nested more than "
+                                   f"{MAX_MODULE_DEPTH} levels deep")
+        st = rec.state
+        for name, p in (st.get("_parameters") or {}).items():
+            if p is not None:
+                out[prefix + name] = p
+        skip = set(st.get("_non_persistent_buffers_set") or ())
+        for name, b in (st.get("_buffers") or {}).items():
+            if b is not None and name not in skip:
+                out[prefix + name] = b
+        if len(out) > MAX_STATE_ENTRIES:
+            raise ModelFormatError(f"{path}: refused: the network names more than "
+                                   f"{MAX_STATE_ENTRIES} weights (shared sub-modules repeated "
+                                   "without end?); no StyleGAN2 generator has that many")
+        children = [(name, child) for name, child in (st.get("_modules") or {}).items()
+                    if isinstance(child, PersistentRecord)]
+        for name, child in reversed(children):  # LIFO: keep the module order
+            stack.append((child, f"{prefix}{name}.", depth + 1))
     return out
 
 
@@ -134,7 +160,7 @@ def config_from_record(rec: PersistentRecord, path: Path) -> GeneratorConfig:
 def generator_from_nvlabs(top: Any, path: Path) -> tuple[Generator, list[str]]:
     rec, notes = _pick_generator(top, path)
     cfg = config_from_record(rec, path)
-    state = flatten_state_dict(rec)
+    state = flatten_state_dict(rec, path)
     return build_generator(cfg, state, path), notes
 
 

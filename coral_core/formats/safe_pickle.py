@@ -132,6 +132,77 @@ _KNOWN_UNSUPPORTED = {
 }
 
 
+MAX_PICKLE_DEPTH = 1000
+
+
+def check_pickle_structure(data: bytes, source: str, max_depth: int = MAX_PICKLE_DEPTH) -> None:
+    """Refuse a pickle whose objects nest deeper than ``max_depth`` before unpickling it.
+
+    Python's C unpickler builds nested tuples without recursion, but hashing or freeing a
+    200,000-deep tuple recurses in C and kills the process (a segmentation fault takes the whole
+    ComfyUI server with it). This walks the opcodes iteratively (``pickletools.genops``, nothing
+    is built) and tracks how deep each stack entry is: a container built from entries of depth
+    d has depth d + 1. Real model files nest a few dozen levels.
+    """
+    import pickletools
+
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[Any, int] = {}
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            before, after = op.stack_before, op.stack_after
+            deepest = 0
+            if pickletools.markobject in before:
+                if not marks:
+                    raise ModelFormatError(f"{source}: malformed pickle (no mark)")
+                start = marks.pop()
+                deepest = max(stack[start:], default=0)
+                del stack[start:]
+                n_plain = before.index(pickletools.markobject)
+            else:
+                n_plain = len(before)
+            if n_plain:
+                if len(stack) < n_plain:
+                    raise ModelFormatError(f"{source}: malformed pickle (stack underflow)")
+                deepest = max([deepest] + stack[-n_plain:])
+                del stack[-n_plain:]
+            if op.name == "MARK":
+                marks.append(len(stack))
+                continue
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE") and stack:
+                memo[arg if op.name != "MEMOIZE" else len(memo)] = stack[-1] if not after \
+                    else deepest
+            if op.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 0))
+                continue
+            if op.name == "DUP":
+                stack.extend([deepest, deepest])
+                continue
+            depth = deepest + 1 if n_plain or pickletools.markobject in before else 0
+            if depth > max_depth:
+                raise ModelFormatError(
+                    f"{source}: refused: the pickle nests objects more than {max_depth} levels "
+                    "deep (no model file does; such a file can crash the process)")
+            stack.extend([depth] * len(after))
+    except ModelFormatError:
+        raise
+    except Exception as exc:  # genops' own complaints: truncated or garbled opcodes
+        raise _format_error(source, exc) from exc
+
+
+def check_torch_archive_structure(path: Path) -> None:
+    """``check_pickle_structure`` on a ``torch.save`` zip archive's ``data.pkl``: run before
+    ``torch.load(weights_only=True)``, whose unpickler crashes on the same deep nesting."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            if names:
+                check_pickle_structure(zf.read(names[0]), str(path))
+    except zipfile.BadZipFile:
+        return  # not a zip archive (legacy torch file): torch.load reports it
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose ``find_class`` only returns allowlisted, data-only callables."""
 
@@ -169,7 +240,9 @@ def _format_error(source: str, exc: BaseException) -> ModelFormatError:
 
 def load_plain_pickle(path: Path) -> Any:
     """Unpickle a plain pickle file (an NVlabs network pickle) under the allowlist."""
-    with open(path, "rb") as f:
+    data = path.read_bytes()
+    check_pickle_structure(data, str(path))
+    with io.BytesIO(data) as f:
         try:
             return RestrictedUnpickler(f, str(path)).load()
         except (ModelFormatError, UnsafeFileError):
@@ -184,6 +257,31 @@ def _zip_record_prefix(zf: zipfile.ZipFile, path: Path) -> str:
     if not pkl:
         raise ModelFormatError(f"{path}: zip archive without data.pkl: not a torch.save file")
     return pkl[0][: -len("data.pkl")]
+
+
+class StorageReader:
+    """Resolves a torch zip archive's persistent storage ids to tensors' storages, each read
+    once from ``<prefix>data/<key>``; refuses ids it does not understand."""
+
+    def __init__(self, zf: zipfile.ZipFile, prefix: str, source: str) -> None:
+        self.zf, self.prefix, self.source = zf, prefix, source
+        self.storages: dict[str, Any] = {}
+
+    def load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.200}")
+        _, storage_type, key, _location, _numel = pid[:5]
+        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else None
+        if not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r:.200}")
+        key = str(key)
+        if key not in self.storages:
+            raw = bytearray(self.zf.read(f"{self.prefix}data/{key}"))
+            untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() \
+                if raw else torch.UntypedStorage(0)
+            self.storages[key] = torch.storage.TypedStorage(
+                wrap_storage=untyped, dtype=dtype, _internal=True)
+        return self.storages[key]
 
 
 def load_torch_zip(path: Path) -> Any:
@@ -202,26 +300,12 @@ def load_torch_zip(path: Path) -> Any:
         order = prefix + "byteorder"
         if order in zf.namelist() and zf.read(order).strip() not in (b"little", b""):
             raise ModelFormatError(f"{path}: big-endian torch archives are not supported")
-        storages: dict[str, Any] = {}
-
-        def load_storage(pid: Any) -> Any:
-            if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-            _, storage_type, key, _location, _numel = pid[:5]
-            dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else None
-            if not isinstance(dtype, torch.dtype):
-                raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
-            if key not in storages:
-                raw = bytearray(zf.read(f"{prefix}data/{key}"))
-                untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() \
-                    if raw else torch.UntypedStorage(0)
-                storages[key] = torch.storage.TypedStorage(
-                    wrap_storage=untyped, dtype=dtype, _internal=True)
-            return storages[key]
+        reader = StorageReader(zf, prefix, str(path))
 
         try:
             data = zf.read(prefix + "data.pkl")
-            return RestrictedUnpickler(io.BytesIO(data), str(path), load_storage).load()
+            check_pickle_structure(data, str(path))
+            return RestrictedUnpickler(io.BytesIO(data), str(path), reader.load).load()
         except (ModelFormatError, UnsafeFileError):
             raise
         except (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, TypeError,

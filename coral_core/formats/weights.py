@@ -13,6 +13,7 @@ from ..errors import ModelFormatError
 def load_weights_file(path: str | Path, what: str) -> Any:
     """The file's object (a dict for safetensors); errors name the file and what was expected."""
     from .loader import sniff
+    from .safe_pickle import check_torch_archive_structure
 
     path = Path(path)
     try:
@@ -20,7 +21,10 @@ def load_weights_file(path: str | Path, what: str) -> Any:
             from safetensors.torch import load_file
 
             return load_file(str(path))
+        check_torch_archive_structure(path)
         return torch.load(path, map_location="cpu", weights_only=True)
+    except ModelFormatError:
+        raise
     except Exception as exc:
         raise ModelFormatError(f"{path}: not a readable {what} file ({exc})") from exc
 

@@ -91,8 +91,11 @@ class _FakeVGG16(torch.nn.Module):
         return f.flatten(1) / (f.shape[2] * f.shape[3]) ** 0.5
 
 
-def test_lpips_through_a_vgg16_torchscript_file(tmp_path) -> None:
+def test_a_vgg16_torchscript_file_is_refused_before_inversion(tmp_path) -> None:
+    """Even a harmless TorchScript LPIPS file is refused: running one is running its code."""
     import warnings
+
+    from coral_core.errors import InputError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,7 +103,6 @@ def test_lpips_through_a_vgg16_torchscript_file(tmp_path) -> None:
     G = random_generator(tiny_config(conv_clamp=None))
     with torch.no_grad():
         target = G.synthesize(G.mapping_ws(G.z_from_seeds([2]), 0.5))
-    res = invert(G, target, InvertConfig(space="w+", steps=20, perceptual_weight=1.0),
-                 vgg16_path=str(tmp_path / "vgg16.pt"))
-    assert res.perceptual == "lpips-vgg16"
-    assert res.history[-1] < res.history[0]
+    with pytest.raises(InputError, match="vgg16.pt"):
+        invert(G, target, InvertConfig(space="w+", steps=2, perceptual_weight=1.0),
+               vgg16_path=str(tmp_path / "vgg16.pt"))
