@@ -14,11 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..atomic import atomic_path
 from ..errors import EditMismatchError, ModelFormatError
+from ..formats.integrity import HASH_KEY, read_safetensors, write_safetensors
 from ..stylegan import Generator
 from .blend import limit_layers
 from .catalogue import SegmentCatalogue
@@ -26,7 +24,8 @@ from .directions import GlobalDirection, LatentMapper
 from .selectors import AttentionSelector, SegmentSelector
 
 EDIT_FORMAT = "coral-edit"
-EDIT_VERSION = "1"
+EDIT_VERSION = "2"  # 2: content hash required (formats/integrity.py)
+READABLE_EDIT_VERSIONS = ("1", "2")
 VARIANTS = ("ss", "can")
 DIRECTIONS = ("global", "mapper")
 MODES = ("per_image", "per_prompt")
@@ -169,6 +168,10 @@ class Edit:
             tensors["latents"] = self.latents
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
                    for k, v in tensors.items()}
+        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise ModelFormatError(f"{path}: refusing to save an edit with non-finite values "
+                                   f"in {bad[:3]} (the training diverged)")
         meta = {
             "format": EDIT_FORMAT, "format_version": EDIT_VERSION,
             "prompt": self.prompt, "neutral_prompt": self.neutral, "variant": self.variant,
@@ -184,27 +187,24 @@ class Edit:
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
             "info": json.dumps(self.info, default=str),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+        return write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Edit":
+        """Read and verify an edit file (header, content hash, metadata against tensors)."""
         path = Path(path)
-        if not path.is_file():
-            raise ModelFormatError(f"{path}: no such edit file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ModelFormatError(f"{path}: not a readable edit file ({exc})") from exc
+        meta, tensors = read_safetensors(path, "edit", require_hash=False)
         if meta.get("format") != EDIT_FORMAT:
             raise ModelFormatError(f"{path}: not a CoralStyleCLIP edit (no '{EDIT_FORMAT}' "
                                    "metadata)")
-        if meta.get("format_version") != EDIT_VERSION:
-            raise ModelFormatError(f"{path}: edit format version "
-                                   f"{meta.get('format_version')!r} is not supported")
+        version = meta.get("format_version")
+        if version not in READABLE_EDIT_VERSIONS:
+            raise ModelFormatError(f"{path}: edit format version {version!r} is not supported "
+                                   f"(this version reads {', '.join(READABLE_EDIT_VERSIONS)}); "
+                                   "update ComfyUI-CoralStyleCLIP")
+        if version != "1" and HASH_KEY not in meta:
+            raise ModelFormatError(f"{path}: edit without its content hash: tampered or corrupt")
+        _check_edit_meta(meta, tensors, path)
         num_ws, w_dim = int(meta["num_ws"]), int(meta["w_dim"])
         sub = {k[len("direction."):]: v for k, v in tensors.items()
                if k.startswith("direction.")}
@@ -237,3 +237,40 @@ class Edit:
                    only_layers=json.loads(meta.get("only_layers") or "null"),
                    no_masks=bool(meta.get("no_masks")),
                    info=json.loads(meta.get("info") or "{}"))
+
+
+_REQUIRED_META = ("variant", "direction", "mode", "prompt", "neutral_prompt",
+                  "generator_fingerprint", "resolution", "num_ws", "w_dim")
+
+
+def _check_edit_meta(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse tampered or inconsistent metadata before any module is built from it."""
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise ModelFormatError(f"{path}: edit metadata lacks {missing}")
+    for key, allowed in (("variant", VARIANTS), ("direction", DIRECTIONS), ("mode", MODES)):
+        if meta[key] not in allowed:
+            raise ModelFormatError(f"{path}: edit metadata {key}={meta[key]!r} is not one of "
+                                   f"{allowed}")
+    try:
+        num_ws, w_dim, res = int(meta["num_ws"]), int(meta["w_dim"]), int(meta["resolution"])
+    except ValueError as exc:
+        raise ModelFormatError(f"{path}: edit metadata has a non-integer size ({exc})") from exc
+    if not (1 <= num_ws <= 64 and 1 <= w_dim <= 8192 and 4 <= res <= 4096):
+        raise ModelFormatError(f"{path}: edit metadata sizes num_ws={num_ws}, w_dim={w_dim}, "
+                               f"resolution={res} are outside what any StyleGAN2 has")
+    delta = tensors.get("direction.delta")
+    if meta["direction"] == "global" and (delta is None or delta.ndim != 3 or
+                                          tuple(delta.shape[1:]) != (num_ws, w_dim)):
+        raise ModelFormatError(f"{path}: the edit's direction tensor does not match its "
+                               f"metadata ([rows, {num_ws}, {w_dim}] expected)")
+    if meta["variant"] == "ss" and tensors.get("selector.logits", torch.empty(0)).ndim != 3:
+        raise ModelFormatError(f"{path}: segment-selection edit without [rows, layers, K] "
+                               "selector logits")
+    if meta["variant"] == "ss" and "catalogue.centres" not in tensors and \
+            "segments" not in tensors:
+        raise ModelFormatError(f"{path}: segment-selection edit with neither a catalogue nor "
+                               "segments")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelFormatError(f"{path}: tensor {name!r} holds NaN or infinite values")

@@ -9,27 +9,26 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..atomic import atomic_path
 from ..errors import ModelFormatError
 from ..stylegan import Generator, GeneratorConfig
+from .integrity import read_header, read_safetensors, write_safetensors
 from .nvlabs import build_generator
 
 FORMAT_NAME = "coral-stylegan2"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: content hash required (integrity.py); 1 is read header-checked
+READABLE_VERSIONS = ("1", "2")
 
 
 def save_generator(G: Generator, path: str | Path, extra: dict[str, str] | None = None) -> None:
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "config": G.cfg.to_json(), "fingerprint": G.fingerprint()}
     meta.update(extra or {})
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in G.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, dict(G.state_dict()), meta)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
+    read_header(path, "safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -38,7 +37,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def load_native(path: Path, meta: dict[str, str]) -> Generator:
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ModelFormatError(f"{path}: generator format version "
                                f"{meta.get('format_version')!r} is not supported (expected "
                                f"{FORMAT_VERSION}); update ComfyUI-CoralStyleCLIP")
@@ -46,11 +45,8 @@ def load_native(path: Path, meta: dict[str, str]) -> Generator:
         cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFormatError(f"{path}: invalid generator config in metadata: {exc}") from exc
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise ModelFormatError(f"{path}: the file is truncated or corrupt ({exc})") from exc
+    _, state = read_safetensors(path, "generator",
+                                require_hash=meta.get("format_version") != "1")
     return build_generator(cfg, state, path)
 
 

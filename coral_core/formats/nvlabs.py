@@ -165,12 +165,23 @@ def generator_from_nvlabs(top: Any, path: Path) -> tuple[Generator, list[str]]:
 
 
 def build_generator(cfg: GeneratorConfig, state: dict[str, Any], path: Path) -> Generator:
-    """Instantiate and load with ``strict=True``: every key and shape must match the config."""
-    G = Generator(cfg)
+    """Instantiate and load with ``strict=True``: every key and shape must match the config.
+
+    The config is compared with the weights the file actually holds *before* the generator is
+    built, so a header that declares a huge network is refused without allocating it.
+    """
     tensors = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
     bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelFormatError(f"{path}: non-tensor entries in the weights: {bad[:5]}")
+    held = sum(int(v.numel()) for v in tensors.values())
+    needed = cfg.weight_count_lower_bound()
+    if needed > held:
+        raise ModelFormatError(
+            f"{path}: the config (z_dim {cfg.z_dim}, w_dim {cfg.w_dim}, channel_max "
+            f"{cfg.channel_max}, {cfg.img_resolution}px) needs at least {needed} weights but "
+            f"the file holds {held}: corrupt or crafted file, refused before allocating")
+    G = Generator(cfg)
     try:
         G.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
     except RuntimeError as exc:
