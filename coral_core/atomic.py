@@ -37,3 +37,23 @@ def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def ensure_writable(target: str | os.PathLike[str], is_folder: bool = False) -> Path:
+    """Fail now, not after an hour of training, if ``target`` cannot be written: creates its
+    folder and a throw-away temp file there. Raises ``InputError`` naming the path."""
+    from .errors import InputError
+
+    target = Path(target)
+    folder = target if is_folder else target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".coral-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write the output there ({exc.strerror or exc}); "
+                         "choose another --out") from exc
+    if not is_folder and target.is_dir():
+        raise InputError(f"{target}: is a folder; --out needs a file name")
+    return target

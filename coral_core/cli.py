@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .atomic import ensure_writable
 from .errors import CoralError
 
 Command = Callable[[argparse.Namespace], int]
@@ -63,10 +64,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .images import save_tensor_images
     from .seeds import parse_seeds
 
+    seeds = parse_seeds(args.seeds)
+    out = ensure_writable(args.out, is_folder=True)
     loaded = get_generator(args.generator, args.device)
     G = loaded.generator
-    seeds = parse_seeds(args.seeds)
-    out = Path(args.out)
     t0 = time.perf_counter()
     for i in range(0, len(seeds), args.batch):
         chunk = seeds[i:i + args.batch]
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except CoralError as exc:
         print(f"coral {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output folder, disk full, missing file
+        print(f"coral {args.command}: error: {exc.filename or ''}: {exc.strerror or exc}",
+              file=sys.stderr)
         return 2
 
 
@@ -175,22 +180,17 @@ add_parser(_register_queue)
 
 @command("invert")
 def cmd_invert(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
     from .cache import get_clip, get_generator
     from .formats import save_generator
-    from .images import save_tensor_images
+    from .images import load_photo, save_tensor_images
     from .inversion import InvertConfig, invert, prepare_images
     from .latents import save_latents
     from .progress import Reporter, print_progress
     from .world.assets import DEMO_GENERATOR, require
 
+    ensure_writable(args.out)
+    photos = [load_photo(p) for p in args.image]
     G = get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
-    try:
-        photos = [np.asarray(Image.open(p)) for p in args.image]
-    except OSError as exc:
-        raise CoralError(f"cannot read image: {exc}") from exc
     target = torch.cat([prepare_images(p, G.img_resolution) for p in photos])
     clip = get_clip(args.clip, None, args.device) if args.clip else None
     init = None

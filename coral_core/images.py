@@ -8,9 +8,38 @@ import torch
 from PIL import Image
 
 from .atomic import atomic_path
+from .errors import InputError
 from .stylegan.generator import image_to_uint8
 
-__all__ = ["image_to_uint8", "save_png", "save_tensor_images", "to_unit_range"]
+__all__ = ["image_to_uint8", "save_png", "save_tensor_images", "to_unit_range", "load_photo"]
+
+MAX_PHOTO_PIXELS = 64_000_000
+
+
+def load_photo(path: str | Path) -> np.ndarray:
+    """A photo file as an HxWx3 (or HxWx4 with alpha) uint8 array, whatever its mode.
+
+    PIL's raw arrays are not pictures for every mode: 16-bit grey arrives as 0..65535 integers
+    (all white if read as 8-bit), CMYK's 4th channel is K (not alpha), and palette images are
+    colour indices. Each is converted to RGB(A) by PIL first. Huge images are refused before
+    they are decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PHOTO_PIXELS:
+                raise InputError(f"{path}: {img.width}x{img.height} px is too large (at most "
+                                 f"{MAX_PHOTO_PIXELS // 1_000_000} megapixels); downscale it")
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                grey = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or grey.max() > 255 else 255.0
+                return np.clip(grey / top * 255 + 0.5, 0, 255).astype(np.uint8)[..., None] \
+                    .repeat(3, -1)
+            has_alpha = img.mode in ("RGBA", "LA", "PA") or \
+                (img.mode == "P" and "transparency" in img.info)
+            return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the image ({exc})") from exc
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

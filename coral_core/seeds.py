@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from .errors import InputError
 
+MAX_SEEDS = 100_000
+
 
 def parse_seeds(text: str | int | list[int]) -> list[int]:
     if isinstance(text, int):
@@ -19,6 +21,9 @@ def parse_seeds(text: str | int | list[int]) -> list[int]:
                 a, b = int(lo), int(hi)
                 if b < a:
                     raise InputError(f"seed range '{part}' ends before it starts")
+                if b - a + 1 + len(seeds) > MAX_SEEDS:
+                    raise InputError(f"seeds {text!r} name more than {MAX_SEEDS} images; "
+                                     "split the batch")
                 seeds.extend(range(a, b + 1))
             else:
                 seeds.append(int(part))

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from ..validate import MAX_STRENGTH, finite
 from ..errors import InputError
 from ..stylegan import Generator
 from .blend import stacked_synthesis
@@ -35,6 +36,10 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     """
     if not edits:
         raise InputError("no edit given")
+    for value in ([strength] if isinstance(strength, (int, float)) else list(strength)):
+        finite("strength", value, -MAX_STRENGTH, MAX_STRENGTH)
+    if threshold is not None:
+        finite("threshold", threshold, 0.0, 1.0)
     ws = G.check_ws(ws.to(G.w_avg.device))
     strengths = [float(strength)] * len(edits) if isinstance(strength, (int, float)) \
         else [float(s) for s in strength]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import ensure_writable
 from ..cli import add_parser, command
 
 
@@ -56,6 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .losses import LossWeights
     from .trainer import TrainConfig, train_edit
 
+    ensure_writable(args.out)
     G, clip = _generator(args), _clip(args)
     mode = args.mode.replace("-", "_")
     latents = None
@@ -88,6 +90,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .edit import Edit
     from .visualize import effective_mask, mask_grid
 
+    ensure_writable(args.out, is_folder=True)
     G = _generator(args)
     edits = [Edit.load(p) for p in args.edit]
     for e, p in zip(edits, args.edit):

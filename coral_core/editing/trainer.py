@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..clip_model import CoralClip
+from ..validate import MAX_STEPS, finite, whole
 from ..errors import CancelledError, InputError
 from ..progress import Reporter
 from ..stylegan import Generator
@@ -63,8 +64,15 @@ class TrainConfig:
             raise InputError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}")
+        whole("steps", self.steps, 1, MAX_STEPS)
+        whole("batch", self.batch, 1, 4096)
+        whole("segments", self.num_segments, 2, 256)
+        finite("truncation", self.truncation, 0.0, 2.0)
+        if self.lr is not None:
+            finite("lr", self.lr, 1e-8, 10.0)
+        for name, value in vars(self.weights).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                finite(f"loss weight {name}", value, 0.0, 1e6)
         if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
             raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
         if self.directional and not self.neutral.strip():

@@ -187,6 +187,9 @@ class Generator(nn.Module):
 
     def mapping_ws(self, z: torch.Tensor, truncation_psi: float = 1.0,
                    truncation_cutoff: int | None = None) -> torch.Tensor:
+        from ..validate import finite
+
+        finite("truncation", truncation_psi, -2.0, 2.0)
         return self.mapping(z.to(self.w_avg.device), truncation_psi, truncation_cutoff)
 
     @property

@@ -158,11 +158,27 @@ def test_progress_reports_losses_areas_and_previews(G, clip):
     assert got[0]["preview"] is None and got[1]["preview"].shape == (2, 3, 32, 32)
 
 
-def test_nan_loss_stops_and_keeps_last_good(G, clip):
-    cfg = _cfg(steps=10, lr=1e30)  # the second step blows the direction up
-    res = train_edit(G, clip, cfg)
-    assert res.partial and "loss became" in res.stopped_reason
-    assert all(torch.isfinite(p).all() for p in res.edit.direction.parameters())
+def test_nan_loss_stops_and_keeps_last_good(G, clip, monkeypatch):
+    """Losses rise over steps 1-3 (so the *best* is step 1's untrained edit), then turn NaN at
+    step 4: the result must be the last good state (trained for two steps), not the best."""
+    import coral_core.editing.trainer as trainer
+
+    real, calls = trainer.clip_loss, []
+
+    def rising_then_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 4 else loss + 10.0 * len(calls)
+
+    monkeypatch.setattr(trainer, "clip_loss", rising_then_nan)
+    weights = LossWeights(clip_on_edit=0.0)
+    res = train_edit(G, clip, _cfg(steps=10, lr=0.05, weights=weights))
+    assert res.partial and "loss became nan at step 4" in res.stopped_reason
+    calls.clear()
+    untrained = train_edit(G, clip, _cfg(steps=1, lr=1e-8, weights=weights))
+    direction = res.edit.direction.delta
+    assert torch.isfinite(direction).all()
+    assert not torch.allclose(direction, untrained.edit.direction.delta, atol=1e-6)
 
 
 def test_per_prompt_checkpoint_resumes(G, clip, tmp_path):
