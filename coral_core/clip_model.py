@@ -7,18 +7,33 @@ folder. Nothing is ever fetched: a name without a local file is an error, not a 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError, ModelFormatError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 for our own open_clip calls only, restored afterwards: setting it for
+    the whole process (as an import side effect) broke other node packs' downloads."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -130,6 +145,12 @@ def _tokenizer_for(model: torch.nn.Module, name: str | None) -> object:
 def load_clip(source: str | Path, model_name: str | None = None,
               device: torch.device | str = "cpu") -> CoralClip:
     """Load a CLIP from a local file or folder; see the module docstring for what is accepted."""
+    with _offline():
+        return _load_clip(source, model_name, device)
+
+
+def _load_clip(source: str | Path, model_name: str | None,
+               device: torch.device | str) -> CoralClip:
     import open_clip
 
     text = str(source)

@@ -1,6 +1,9 @@
 """Device choice in one place: cuda, then mps, then cpu, unless the caller names one."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 
@@ -18,3 +21,13 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
 def empty_device_cache(device: torch.device | None = None) -> None:
     if torch.cuda.is_available() and (device is None or device.type == "cuda"):
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNG for one job and restore the caller's RNG state afterwards: inside a
+    ComfyUI server, reseeding the global generator would change every other node's samples."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

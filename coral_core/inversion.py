@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import isolated_rng
 from .errors import InputError
 from .metrics import psnr, ssim
 from .progress import Reporter
@@ -134,10 +135,16 @@ def invert(G: Generator, target: torch.Tensor, cfg: InvertConfig, clip: Any = No
     if target.ndim != 4 or target.shape[1] != 3 or target.shape[-1] != G.img_resolution:
         raise InputError(f"target must be [B, 3, {G.img_resolution}, {G.img_resolution}] "
                          f"(use prepare_images), got {list(target.shape)}")
+    with isolated_rng(cfg.seed, G.w_avg.device):
+        return _invert(G, target, cfg, clip, vgg16_path, init_ws, reporter)
+
+
+def _invert(G: Generator, target: torch.Tensor, cfg: InvertConfig, clip: Any,
+            vgg16_path: str | None, init_ws: torch.Tensor | None,
+            reporter: Reporter | None) -> InvertResult:
     t0 = time.perf_counter()
     device = G.w_avg.device
     target = target.to(device)
-    torch.manual_seed(cfg.seed)
     perc = Perceptual(clip, vgg16_path)
     with torch.no_grad():
         target_feat = perc.features(target)

@@ -14,12 +14,16 @@ from ..coral_core.editing.trainer import TrainConfig, train_edit
 from ..coral_core.editing.visualize import effective_mask, mask_grid, overlay
 from ..coral_core.images import image_to_uint8, to_unit_range
 from ..coral_core.progress import Reporter
+from ..coral_core.world.demo import DEFAULT_PROMPT
 from . import host
 from .latents import check_latents
 from .types import CORAL_CLIP, CORAL_EDIT, STYLEGAN_LATENT, STYLEGAN_MODEL, ClipModel, \
     Latents, StyleGANModel
 
 CATEGORY = "CoralStyleCLIP"
+# The engine's defaults, read once: the node keeps no numbers of its own.
+_TRAIN = TrainConfig(prompt="-")
+_WEIGHTS = LossWeights()
 
 
 def segments_from_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -48,7 +52,7 @@ class CoralTrainEdit:
         return {"required": {
             "model": (STYLEGAN_MODEL, {"tooltip": "The generator to edit."}),
             "clip": (CORAL_CLIP, {"tooltip": "The CLIP that guides the edit."}),
-            "prompt": ("STRING", {"multiline": True, "default": "a red circle",
+            "prompt": ("STRING", {"multiline": True, "default": DEFAULT_PROMPT,
                                   "tooltip": "What the edited image should show."}),
             "variant": (["ss", "can"], {"tooltip": "ss: segment selection (fast, per image or "
                                                    "prompt); can: attention network (learned "
@@ -58,7 +62,7 @@ class CoralTrainEdit:
             "mode": (["per image", "per prompt"], {
                 "tooltip": "per image: optimise for these latents; per prompt: train on fresh "
                            "samples, then apply to any image."}),
-            "steps": ("INT", {"default": 100, "min": 1, "max": 100000,
+            "steps": ("INT", {"default": _TRAIN.steps, "min": 1, "max": 100000,
                               "tooltip": "Optimisation steps."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
                              "control_after_generate": True,
@@ -72,22 +76,26 @@ class CoralTrainEdit:
                                                                     "the directional loss."}),
             "directional": ("BOOLEAN", {"default": False,
                                         "tooltip": "Use the directional CLIP loss."}),
-            "batch": ("INT", {"default": 4, "min": 1, "max": 64,
+            "batch": ("INT", {"default": _TRAIN.batch, "min": 1, "max": 64,
                               "tooltip": "Images per step (per prompt) or seeds (per image)."}),
             "lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001,
                              "tooltip": "Learning rate (0 = the variant's default)."}),
-            "area_weight": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 10.0, "step": 0.001,
+            "area_weight": ("FLOAT", {"default": _WEIGHTS.area, "min": 0.0, "max": 10.0,
+                                      "step": 0.001,
                                       "tooltip": "Mask area penalty: higher = smaller regions."}),
-            "tv_weight": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 10.0, "step": 0.001,
+            "tv_weight": ("FLOAT", {"default": _WEIGHTS.tv, "min": 0.0, "max": 10.0,
+                                    "step": 0.001,
                                     "tooltip": "Mask smoothness (attention network)."}),
             "l2_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.001,
                                     "tooltip": "Direction size penalty (-1 = default)."}),
-            "area_weighting": (["uniform", "resolution", "inverse_resolution"], {
-                "tooltip": "Per-layer area weights: which layers edits prefer."}),
+            "area_weighting": (list(AREA_WEIGHTINGS), {
+                "default": _WEIGHTS.area_weighting,
+                "tooltip": "Per-layer area weights: which layers edits prefer (spread: in "
+                           "proportion to how far a change at that layer spreads)."}),
             "max_layer": ("INT", {"default": 0, "min": 0, "max": 64,
                                   "tooltip": "Only edit layers 1..k (0 = all), e.g. to "
                                              "protect colour in fine layers."}),
-            "segments_k": ("INT", {"default": 6, "min": 2, "max": 32,
+            "segments_k": ("INT", {"default": _TRAIN.num_segments, "min": 2, "max": 32,
                                    "tooltip": "Clusters in the automatic segment catalogue."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
@@ -95,8 +103,8 @@ class CoralTrainEdit:
               direction: str, mode: str, steps: int, seed: int, latents: Latents | None = None,
               segments: torch.Tensor | None = None, neutral_prompt: str = "",
               directional: bool = False, batch: int = 4, lr: float = 0.0,
-              area_weight: float = 0.01, tv_weight: float = 0.01, l2_weight: float = -1.0,
-              area_weighting: str = "uniform", max_layer: int = 0, segments_k: int = 6,
+              area_weight: float = -1.0, tv_weight: float = -1.0, l2_weight: float = -1.0,
+              area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
               unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
@@ -122,11 +130,13 @@ class CoralTrainEdit:
         cfg = TrainConfig(prompt=prompt, neutral=neutral_prompt, variant=variant,
                           direction=direction, mode=mode_key, steps=steps, lr=lr or None,
                           batch=ws.shape[0] if ws is not None else batch, seed=seed,
-                          num_segments=segments_k, max_layer=max_layer or None,
-                          directional=directional,
-                          weights=LossWeights(area=area_weight, tv=tv_weight,
-                                              l2=None if l2_weight < 0 else l2_weight,
-                                              area_weighting=area_weighting),
+                          num_segments=segments_k or _TRAIN.num_segments,
+                          max_layer=max_layer or None, directional=directional,
+                          weights=LossWeights(
+                              area=_WEIGHTS.area if area_weight < 0 else area_weight,
+                              tv=_WEIGHTS.tv if tv_weight < 0 else tv_weight,
+                              l2=None if l2_weight < 0 else l2_weight,
+                              area_weighting=area_weighting or _WEIGHTS.area_weighting),
                           progress_every=max(1, steps // 20),
                           catalogue_dir=host.edits_dir() / "catalogues")
         reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100))

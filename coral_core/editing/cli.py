@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ import torch
 
 from ..atomic import ensure_writable
 from ..cli import add_parser, command
+from .losses import AREA_WEIGHTINGS, LossWeights
+from .trainer import TrainConfig
+
+# The engine's defaults, read once: the CLI keeps no numbers of its own.
+_TRAIN = TrainConfig(prompt="-")
+_WEIGHTS = LossWeights()
 
 
 
@@ -48,7 +55,7 @@ def _common(s: argparse.ArgumentParser, clip: bool = False) -> None:
         s.add_argument("--clip", help="CLIP file or folder (default: the shipped demo CLIP)")
         s.add_argument("--clip-model", help="open_clip model name for bare state dicts")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    s.add_argument("--truncation", type=float, default=0.7)
+    s.add_argument("--truncation", type=float, default=_TRAIN.truncation)
 
 
 @command("train")
@@ -78,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         reporter=Reporter(print_progress("train"), every=args.progress_every))
     result.edit.save(args.out)
     print(json.dumps(result.edit.summary(), indent=2, default=str))
+    for warning in result.edit.info.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out}" + (" (partial: " + result.stopped_reason + ")"
                                  if result.partial else ""))
     return 0
@@ -180,19 +189,20 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--seeds", default=None, help="per-image: the images to edit (e.g. 0-3)")
     s.add_argument("--latent", help="per-image: W+ latents file (.safetensors or .npz)")
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--batch", type=int, default=4)
-    s.add_argument("--lr", type=float, default=None)
-    s.add_argument("--area", type=float, default=0.01, help="mask area weight")
-    s.add_argument("--tv", type=float, default=0.01)
-    s.add_argument("--l2", type=float, default=None)
-    s.add_argument("--clip-on-edit", type=float, default=0.5)
+    s.add_argument("--steps", type=int, default=_TRAIN.steps)
+    s.add_argument("--batch", type=int, default=_TRAIN.batch)
+    s.add_argument("--lr", type=float, default=None, help="default: the form's own")
+    s.add_argument("--area", type=float, default=_WEIGHTS.area, help="mask area weight")
+    s.add_argument("--tv", type=float, default=_WEIGHTS.tv)
+    s.add_argument("--l2", type=float, default=None, help="default: the form's own")
+    s.add_argument("--clip-on-edit", type=float, default=_WEIGHTS.clip_on_edit)
     s.add_argument("--identity", type=float, default=0.0,
                    help="identity loss weight (faces; e.g. 0.1), needs --identity-model")
     s.add_argument("--identity-model", default=None, help="model_ir_se50.pth")
-    s.add_argument("--area-weighting", default="uniform",
-                   choices=["uniform", "resolution", "inverse_resolution"])
-    s.add_argument("--segments", type=int, default=6, help="catalogue size K (SS)")
+    s.add_argument("--area-weighting", default=_WEIGHTS.area_weighting,
+                   choices=list(AREA_WEIGHTINGS))
+    s.add_argument("--segments", type=int, default=_TRAIN.num_segments,
+                   help="catalogue size K (SS)")
     s.add_argument("--max-layer", type=int, default=None)
     s.add_argument("--progress-every", type=int, default=10)
     s.add_argument("--out", required=True)

@@ -9,18 +9,28 @@ import torch.nn.functional as F
 class GlobalDirection(nn.Module):
     """One learnable offset per W+ entry (rows = 1 per prompt, or one per image).
 
-    Initialised tiny but non-zero: with d = 0 exactly the masks' gradient is exactly 0.
+    The parameter ``delta`` is in units of the generator's w spread (``Generator.w_spread``):
+    the W+ offset is ``delta * scale``. One L2 weight and learning rate then mean the same on
+    any generator (v1 measured: a raw-unit L2 tuned for FFHQ held the demo generator's offsets
+    near norm 5 where it needed 35). Initialised tiny but non-zero: with d = 0 exactly the
+    masks' gradient is exactly 0.
     """
 
     def __init__(self, num_ws: int, w_dim: int, rows: int = 1, init_std: float = 0.01,
-                 seed: int = 0) -> None:
+                 seed: int = 0, scale: torch.Tensor | None = None) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.delta = nn.Parameter(torch.randn(rows, num_ws, w_dim, generator=g) * init_std)
+        self.register_buffer("scale", torch.ones(w_dim) if scale is None
+                             else scale.detach().to(torch.float32).clone())
+
+    def offset(self) -> torch.Tensor:
+        """The W+ offset in the generator's own units [rows, num_ws, w_dim]."""
+        return self.delta * self.scale
 
     def forward(self, ws: torch.Tensor) -> torch.Tensor:
-        return self.delta.expand(ws.shape[0], -1, -1) if self.delta.shape[0] == 1 \
-            else self.delta
+        d = self.offset()
+        return d.expand(ws.shape[0], -1, -1) if d.shape[0] == 1 else d
 
     def l2(self) -> torch.Tensor:
         return self.delta.square().sum() / self.delta.shape[0]
@@ -58,18 +68,22 @@ def mapper_groups(num_ws: int) -> list[tuple[int, int]]:
 class LatentMapper(nn.Module):
     """Image-specific d = 0.1 * g(w), one BiEqual network per W+ group."""
 
-    def __init__(self, num_ws: int, w_dim: int, scale: float = 0.1) -> None:
+    def __init__(self, num_ws: int, w_dim: int, scale: float = 0.1,
+                 spread: torch.Tensor | None = None) -> None:
         super().__init__()
         self.groups = mapper_groups(num_ws)
         self.blocks = nn.ModuleList(MapperBlock(w_dim) for _ in self.groups)
         self.scale = scale
+        # Output in units of the generator's w spread, as for GlobalDirection.
+        self.register_buffer("spread", torch.ones(w_dim) if spread is None
+                             else spread.detach().to(torch.float32).clone())
         for block in self.blocks:  # start near d = 0 but not exactly (masks need a gradient)
             nn.init.normal_(block.out.weight, std=1e-3)
             nn.init.zeros_(block.out.bias)
 
     def forward(self, ws: torch.Tensor) -> torch.Tensor:
         parts = [block(ws[:, a:b]) for (a, b), block in zip(self.groups, self.blocks)]
-        return torch.cat(parts, 1) * self.scale
+        return torch.cat(parts, 1) * self.scale * self.spread
 
     def l2(self, delta: torch.Tensor) -> torch.Tensor:
-        return delta.square().mean()
+        return (delta / self.spread).square().mean()

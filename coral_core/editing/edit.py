@@ -148,7 +148,7 @@ class Edit:
         out = {"prompt": self.prompt, "variant": self.variant,
                "direction": self.direction_form, "mode": self.mode}
         out.update({k: self.info[k] for k in ("selection", "final_losses", "mask_area",
-                                               "steps", "wall_seconds", "partial")
+                                               "steps", "wall_seconds", "partial", "warnings")
                     if k in self.info})
         return out
 
@@ -210,9 +210,15 @@ class Edit:
                if k.startswith("direction.")}
         if meta["direction"] == "global":
             direction: nn.Module = GlobalDirection(num_ws, w_dim, rows=sub["delta"].shape[0])
+            sub.setdefault("scale", torch.ones(w_dim))  # edits before w-spread units
         else:
             direction = LatentMapper(num_ws, w_dim)
-        direction.load_state_dict(sub)
+            sub.setdefault("spread", torch.ones(w_dim))
+        try:
+            direction.load_state_dict(sub)
+        except RuntimeError as exc:
+            raise ModelFormatError(f"{path}: the edit's direction tensors do not fit its "
+                                   f"metadata ({str(exc)[:300]})") from exc
         sel = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
         if meta["variant"] == "ss":
             rows, layers, k = sel["logits"].shape

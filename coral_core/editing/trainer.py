@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..clip_model import CoralClip
+from ..devices import isolated_rng
 from ..validate import MAX_STEPS, finite, whole
 from ..errors import CancelledError, InputError
 from ..progress import Reporter
@@ -28,6 +29,12 @@ from .catalogue import SegmentCatalogue, catalogue_for
 from .directions import GlobalDirection, LatentMapper
 from .edit import DIRECTIONS, MODES, VARIANTS, Edit
 from .losses import LossWeights, area_betas, area_loss, clip_loss, mask_areas, tv_loss
+
+
+GLOBAL_LR = 0.05      # global W+ offset, in w-spread units
+NETWORK_LR = 2e-3     # latent mapper weights
+SEGMENT_LR = 0.05     # segment-selection logits
+ATTENTION_LR = 5e-3   # attention-network heads
 
 
 @dataclass
@@ -78,11 +85,17 @@ class TrainConfig:
         if self.directional and not self.neutral.strip():
             raise InputError("the directional CLIP loss needs a neutral prompt")
 
-    def default_lr(self) -> float:
+    def direction_lr(self) -> float:
+        """Global offsets are in w-spread units, so one rate suits every generator; the
+        mapper's network weights want the usual small network rate."""
         if self.lr is not None:
             return self.lr
-        return 0.05 if (self.variant == "ss" and self.direction == "global"
-                        and self.mode == "per_image") else 2e-3
+        return GLOBAL_LR if self.direction == "global" else NETWORK_LR
+
+    def selector_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return SEGMENT_LR if self.variant == "ss" else ATTENTION_LR
 
 
 @dataclass
@@ -117,9 +130,16 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                reporter: Reporter | None = None,
                catalogue: SegmentCatalogue | None = None) -> TrainResult:
     """Learn a CORAL edit for ``cfg.prompt``. ``latents`` [B, N, D] fix the images (per image;
-    default: seeds from ``cfg.seed``); ``segments`` [B|1, K, H, W] replace the catalogue."""
+    default: seeds from ``cfg.seed``); ``segments`` [B|1, K, H, W] replace the catalogue.
+    Seeded by ``cfg.seed`` without touching the caller's global RNG state."""
     cfg.validate(G)
-    torch.manual_seed(cfg.seed)
+    with isolated_rng(cfg.seed, G.w_avg.device):
+        return _train_edit(G, clip, cfg, latents, segments, reporter, catalogue)
+
+
+def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
+                latents: torch.Tensor | None, segments: torch.Tensor | None,
+                reporter: Reporter | None, catalogue: SegmentCatalogue | None) -> TrainResult:
     device = G.w_avg.device
     G.requires_grad_(False)
     clip.model.requires_grad_(False)
@@ -139,8 +159,8 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     selector = _make_selector(G, cfg, rows, segments).to(device)
     if cfg.variant == "ss" and segments is None and catalogue is None:
         catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
-    params = list(direction.parameters()) + list(selector.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.default_lr())
+    opt = torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
+                            {"params": list(selector.parameters()), "lr": cfg.selector_lr()}])
     sched = _cosine_rampdown(opt, cfg.steps) if cfg.mode == "per_image" else None
     start_step = _resume(cfg, direction, selector, opt)
     target = clip.encode_text([cfg.prompt])
@@ -268,6 +288,10 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
     if notes:
         edit.info["notes"] = notes
+    if history:
+        warnings = empty_edit_warnings(masks, img_b.detach(), img_o, cfg)
+        if warnings:
+            edit.info["warnings"] = warnings
     return TrainResult(edit, partial, history, reason)
 
 
@@ -297,9 +321,10 @@ def _check_segments(segments: torch.Tensor, latents: torch.Tensor | None,
 
 
 def _make_direction(G: Generator, cfg: TrainConfig, rows: int) -> nn.Module:
+    spread = G.w_spread()
     if cfg.direction == "global":
-        return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed)
-    return LatentMapper(G.num_ws, G.w_dim)
+        return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed, scale=spread)
+    return LatentMapper(G.num_ws, G.w_dim, spread=spread)
 
 
 def _make_selector(G: Generator, cfg: TrainConfig, rows: int,
@@ -351,13 +376,34 @@ def _resume(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
     return int(state["step"])
 
 
+VISIBLE_STEP = 8 / 255 * 2   # one visible grey level step, in the generator's [-1, 1] units
+VISIBLE_SHARE = 0.002         # of the pixels, for the edit to count as visible
+
+
+def empty_edit_warnings(masks: list, edited: torch.Tensor, original: torch.Tensor,
+                        cfg: TrainConfig) -> list[str]:
+    """Say so when an edit selected no layer or changes nothing visible, with what to try:
+    a silent no-op edit is the worst outcome for a user who queued a long run."""
+    out = []
+    if not cfg.no_masks and all(m is None or float(m.detach().max()) < 0.5 for m in masks):
+        out.append("the edit selected no layer (every mask stayed below 0.5): it changes "
+                   "almost nothing. Try more steps, a smaller area weight, or a prompt that "
+                   "names what should change")
+    changed = ((edited - original).abs().amax(1) > VISIBLE_STEP).float().mean()
+    if float(changed) < VISIBLE_SHARE:
+        out.append(f"the edit changes {100 * float(changed):.2f} % of the pixels visibly: "
+                   "try more steps or a higher learning rate, or check the prompt")
+    return out
+
+
 def _summary_info(G: Generator, edit: Edit, cfg: TrainConfig, history: list[dict[str, float]],
                   wall: float, partial: bool, reason: str) -> dict[str, Any]:
     from .visualize import selection_summary
 
     info: dict[str, Any] = {
         "steps": len(history), "steps_requested": cfg.steps, "wall_seconds": round(wall, 2),
-        "lr": cfg.default_lr(), "batch": cfg.batch, "seed": cfg.seed,
+        "lr": {"direction": cfg.direction_lr(), "selector": cfg.selector_lr()},
+        "batch": cfg.batch, "seed": cfg.seed,
         "loss_weights": cfg.weights.to_dict(), "directional": cfg.directional,
         "final_losses": history[-1] if history else {}, "partial": partial,
     }

@@ -251,6 +251,23 @@ class Generator(nn.Module):
         return self.synthesize(ws, noise_mode=noise_mode)  # type: ignore[return-value]
 
     # ---- identity -----------------------------------------------------------------------------
+    def w_spread(self, samples: int = 4096) -> torch.Tensor:
+        """Per-dimension standard deviation of w over seeded z draws [w_dim], cached.
+
+        Edit directions are learned in these units, so one L2 weight and one learning rate suit
+        a face model (w spread about 1) and the small demo generator (spread of tens) alike.
+        Deterministic (fixed seed) so the same generator always gives the same units.
+        """
+        cached = getattr(self, "_w_spread", None)
+        if cached is None or cached.device != self.w_avg.device:
+            g = torch.Generator().manual_seed(20230305)
+            z = torch.randn(samples, self.z_dim, generator=g).to(self.w_avg.device)
+            with torch.no_grad():
+                w = self.mapping(z)[:, 0]
+            cached = w.std(0).clamp_min(1e-3 * float(w.std(0).max().clamp_min(1e-8)))
+            self._w_spread = cached
+        return cached
+
     def fingerprint(self) -> str:
         """Hash of the learned parameters, the same whichever file format they came from.
 

@@ -15,8 +15,35 @@ from fabricate import tiny_open_clip
 PROMPTS = ["a red circle", "a blue square on a green background"]
 
 
-def test_offline_mode_is_on() -> None:
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+def test_loading_does_not_change_the_host_environment(clip_files) -> None:
+    """Other node packs in the same ComfyUI process must keep their hub access."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    code = ("import os, coral_core.clip_model as m; "
+            f"m.load_clip({str(clip_files['local_dir'])!r}); "
+            "print('HF_HUB_OFFLINE' in os.environ)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-400:]
+    assert proc.stdout.strip() == "False"
+
+
+def test_training_leaves_the_global_rng_alone(clip_files) -> None:
+    from coral_core.clip_model import load_clip
+    from coral_core.editing.trainer import TrainConfig, train_edit
+    from fabricate import random_generator, tiny_config
+
+    G = random_generator(tiny_config(conv_clamp=None))
+    clip = load_clip(clip_files["local_dir"])
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_edit(G, clip, TrainConfig(prompt="a red circle", steps=2, batch=1, seed=7))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_every_clip_format_gives_identical_embeddings(clip_files) -> None:

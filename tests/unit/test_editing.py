@@ -208,10 +208,16 @@ def test_bad_inputs(G, clip, tmp_path):
 
 
 def test_area_weightings(G):
-    uniform = area_betas(G, LossWeights())
+    uniform = area_betas(G, LossWeights(area_weighting="uniform"))
     res = area_betas(G, LossWeights(area_weighting="resolution"))
     inv = area_betas(G, LossWeights(area_weighting="inverse_resolution"))
+    spread = area_betas(G, LossWeights())  # the default
     assert uniform == [1.0] * 7 and res[0] < res[-1] and inv[0] > inv[-1]
+    # spread: in proportion to 1 / resolution, mean 1 (so depth does not change its meaning)
+    resolutions = [c.resolution for c in G.conv_layers]
+    assert abs(sum(spread) / len(spread) - 1) < 1e-9
+    assert all(abs(b * r - spread[0] * resolutions[0]) < 1e-9
+               for b, r in zip(spread, resolutions))
     with pytest.raises(InputError):
         area_betas(G, LossWeights(area_layer_weights=[1.0]))
 
