@@ -137,17 +137,18 @@ class CoralTrainEdit:
                               tv=_WEIGHTS.tv if tv_weight < 0 else tv_weight,
                               l2=None if l2_weight < 0 else l2_weight,
                               area_weighting=area_weighting or _WEIGHTS.area_weighting),
-                          progress_every=max(1, steps // 20),
-                          catalogue_dir=host.edits_dir() / "catalogues")
+                          progress_every=max(1, steps // 20))
         reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100))
         result = train_edit(G, C, cfg, latents=ws, segments=seg, reporter=reporter)
         preview_ws = result.edit.latents if result.edit.latents is not None else \
             G.mapping_ws(G.z_from_seeds(range(seed, seed + min(batch, 4))).to(G.w_avg.device),
-                         0.7)
+                         cfg.truncation)
         out = apply_edits(G, preview_ws, [result.edit])
         images = to_unit_range(out.edited).cpu()
         ui = host.save_image_previews(images, "coral_train")
         host.send_event("done", {"node": unique_id, "summary": result.edit.summary()})
+        for warning in result.edit.info.get("warnings", []):
+            print(f"[CoralStyleCLIP] Train CORAL Edit: {warning}")
         return {"ui": {"images": ui}, "result": (result.edit, images)}
 
 

@@ -77,18 +77,32 @@ def encoder_choices() -> list[str]:
     return ["none"] + folder_paths.get_filename_list(ENCODER_FOLDER)
 
 
+def contained(root: Path | str, name: str) -> Path:
+    """``root / name``, refused unless it stays inside ``root``: loaders called directly
+    (API prompts skip the list validation) must not read outside their folders."""
+    if not name or os.path.isabs(name) or "\x00" in name:
+        raise FileNotFoundError(f"{name!r} is not a file name inside {root}")
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    if base not in path.parents:
+        raise FileNotFoundError(f"{name!r} points outside {root}")
+    return path
+
+
 def resolve(folder: str, name: str) -> Path:
     if name == DEMO_GENERATOR_NAME:
         return DEMO_GENERATOR
     if name == DEMO_CLIP_NAME:
         return DEMO_CLIP
     if name.startswith("[demo] ") and folder == EDIT_FOLDER:
-        return DEMO_EDITS / name[len("[demo] "):]
+        return contained(DEMO_EDITS, name[len("[demo] "):])
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise FileNotFoundError(f"{name!r} is not a name inside the {folder} models folder(s)")
     path = folder_paths.get_full_path(folder, name)
     if path is None and folder == CLIP_FOLDER:
         for root in folder_paths.get_folder_paths(CLIP_FOLDER):
             if os.path.isdir(os.path.join(root, name)):
-                return Path(root) / name
+                return contained(root, name)
     if path is None:
         raise FileNotFoundError(f"{name!r} is not in the {folder} models folder(s): "
                                 f"{folder_paths.get_folder_paths(folder)}")

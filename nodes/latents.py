@@ -9,6 +9,7 @@ import torch
 from ..coral_core.images import to_unit_range
 from ..coral_core.latents import load_latents, save_latents
 from ..coral_core.seeds import parse_seeds
+from ..coral_core.editing.trainer import TrainConfig
 from . import host
 from .types import STYLEGAN_LATENT, STYLEGAN_MODEL, Latents, StyleGANModel
 
@@ -42,7 +43,7 @@ class CoralSampleLatents:
                              "tooltip": "First seed; the batch uses seed, seed+1, ..."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
                                    "tooltip": "How many latents."}),
-            "truncation": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 2.0, "step": 0.05,
+            "truncation": ("FLOAT", {"default": TrainConfig(prompt="-").truncation, "min": 0.0, "max": 2.0, "step": 0.05,
                                      "tooltip": "psi: 1 = no truncation, lower = more "
                                                 "typical images."}),
         }, "optional": {
@@ -132,7 +133,7 @@ class CoralLoadLatents:
     def load(self, latent_file: str, model: StyleGANModel | None = None):
         if not latent_file:
             raise FileNotFoundError("no latent file chosen (output/coral_latents is empty)")
-        path = host.output_dir() / LATENT_SUBFOLDER / latent_file
+        path = host.contained(host.output_dir() / LATENT_SUBFOLDER, latent_file)
         G = model.loaded.generator if model is not None else None
         ws = load_latents(path, G.num_ws if G else None, G.w_dim if G else None)
         from safetensors import safe_open

@@ -5,7 +5,11 @@ import os
 import sys
 from pathlib import Path
 
+import tempfile
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# computed catalogues go to a throw-away cache, never the user's ~/.cache
+os.environ.setdefault("CORAL_CACHE_DIR", tempfile.mkdtemp(prefix="coral-test-cache-"))
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 for p in (str(TESTS), str(ROOT)):

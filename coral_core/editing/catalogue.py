@@ -90,10 +90,23 @@ def build_catalogue(G: Generator, k: int = 6, samples: int = 64, layer: int | No
     return SegmentCatalogue(centres.cpu(), layer, G.fingerprint())
 
 
-def catalogue_for(G: Generator, k: int, cache_dir: Path | None, layer: int | None = None
-                  ) -> SegmentCatalogue:
-    """Load the cached catalogue for this generator (by fingerprint), or build and cache it."""
+def default_cache_dir() -> Path:
+    """Where computed catalogues are kept: $CORAL_CACHE_DIR, else the user's cache folder;
+    never beside the user's own files or in a models folder that lists edits."""
+    import os
+
+    if os.environ.get("CORAL_CACHE_DIR"):
+        return Path(os.environ["CORAL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "coralstyleclip" / "catalogues"
+
+
+def catalogue_for(G: Generator, k: int, cache_dir: Path | None = None,
+                  layer: int | None = None) -> SegmentCatalogue:
+    """Load the cached catalogue for this generator (by fingerprint), or build and cache it
+    (in ``cache_dir``, default ``default_cache_dir()``)."""
     layer = layer or default_layer(G)
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     if cache_dir is not None:
         path = Path(cache_dir) / f"catalogue-{G.fingerprint()}-L{layer}-K{k}.safetensors"
         if path.is_file():

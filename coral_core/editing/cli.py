@@ -79,7 +79,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                       directional=args.directional, weights=weights,
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
-                      catalogue_dir=Path(args.out).resolve().parent,
                       identity_model=Path(args.identity_model) if args.identity_model else None)
     result = train_edit(G, clip, cfg, latents=latents,
                         reporter=Reporter(print_progress("train"), every=args.progress_every))

@@ -48,7 +48,9 @@ class TrainConfig:
     lr: float | None = None
     batch: int = 4
     seed: int = 0
-    truncation: float = 0.7
+    # 1.0 everywhere (CLI, nodes, demo), as NVIDIA's generate.py: seed N is the same picture in
+    # every entry point, and the demo generator draws exactly the scene its z names.
+    truncation: float = 1.0
     num_segments: int = 6
     max_layer: int | None = None
     only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
@@ -162,7 +164,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     opt = torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
                             {"params": list(selector.parameters()), "lr": cfg.selector_lr()}])
     sched = _cosine_rampdown(opt, cfg.steps) if cfg.mode == "per_image" else None
-    start_step = _resume(cfg, direction, selector, opt)
+    run_id = _run_identity(cfg, G, clip)
+    start_step = _resume(cfg, run_id, direction, selector, opt)
     target = clip.encode_text([cfg.prompt])
     text_dir = None
     if cfg.directional:
@@ -261,7 +264,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 sched.step()
             if cfg.checkpoint is not None and cfg.mode == "per_prompt" and \
                     step % cfg.checkpoint_every == 0:
-                _save_checkpoint(cfg, direction, selector, opt, step)
+                _save_checkpoint(cfg, run_id, direction, selector, opt, step)
             if reporter is not None:
                 areas = mask_areas(masks)
                 preview = img_b if (step % max(1, cfg.progress_every) == 0
@@ -286,6 +289,11 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 segments=segments, latents=latents if cfg.mode == "per_image" else None,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
+    if start_step:
+        edit.info["resumed_from_step"] = start_step
+        edit.info["steps"] = start_step + len(history)
+    if not partial and cfg.checkpoint is not None:
+        Path(cfg.checkpoint).unlink(missing_ok=True)  # the run is complete: nothing to resume
     if notes:
         edit.info["notes"] = notes
     if history:
@@ -347,33 +355,41 @@ def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _run_identity(cfg: TrainConfig) -> str:
-    """What must match for a checkpoint to be resumed (not the step count)."""
+def _run_identity(cfg: TrainConfig, G: Generator, clip: CoralClip) -> str:
+    """What must match for a checkpoint to be resumed (not the step count): the settings, the
+    generator's and the CLIP's identity (a same-shaped other generator must not resume)."""
     return repr((cfg.prompt, cfg.neutral, cfg.variant, cfg.direction, cfg.mode, cfg.seed,
-                 cfg.batch, cfg.num_segments, cfg.max_layer, cfg.weights.to_dict()))
+                 cfg.batch, cfg.steps, cfg.num_segments, cfg.max_layer, cfg.truncation,
+                 cfg.weights.to_dict(), G.fingerprint(), clip.model_id))
 
 
-def _save_checkpoint(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
+def _save_checkpoint(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Module,
                      opt: torch.optim.Optimizer, step: int) -> None:
     from ..atomic import atomic_path
 
     assert cfg.checkpoint is not None
     with atomic_path(cfg.checkpoint) as tmp:
         torch.save({"direction": direction.state_dict(), "selector": selector.state_dict(),
-                    "opt": opt.state_dict(), "step": step, "run": _run_identity(cfg)}, tmp)
+                    "opt": opt.state_dict(), "step": step, "run": run}, tmp)
 
 
-def _resume(cfg: TrainConfig, direction: nn.Module, selector: nn.Module,
+def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Module,
             opt: torch.optim.Optimizer) -> int:
+    """The step to continue from: the checkpoint's, if it is this very run's; 0 otherwise.
+    An unreadable (truncated) checkpoint is set aside with a note, never a blocker."""
     if cfg.checkpoint is None or cfg.mode != "per_prompt" or not Path(cfg.checkpoint).is_file():
         return 0
-    state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
-    if state.get("run") != _run_identity(cfg):
-        return 0  # a checkpoint of another run (other prompt or settings): start afresh
-    direction.load_state_dict(state["direction"])
-    selector.load_state_dict(state["selector"])
-    opt.load_state_dict(state["opt"])
-    return int(state["step"])
+    try:
+        state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        if state.get("run") != run:
+            return 0  # a checkpoint of another run (other prompt, settings or models)
+        direction.load_state_dict(state["direction"])
+        selector.load_state_dict(state["selector"])
+        opt.load_state_dict(state["opt"])
+        return int(state["step"])
+    except Exception:  # truncated or corrupt: start afresh (the file is replaced later)
+        Path(cfg.checkpoint).unlink(missing_ok=True)
+        return 0
 
 
 VISIBLE_STEP = 8 / 255 * 2   # one visible grey level step, in the generator's [-1, 1] units

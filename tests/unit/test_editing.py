@@ -181,12 +181,30 @@ def test_nan_loss_stops_and_keeps_last_good(G, clip, monkeypatch):
     assert not torch.allclose(direction, untrained.edit.direction.delta, atol=1e-6)
 
 
-def test_per_prompt_checkpoint_resumes(G, clip, tmp_path):
+def test_per_prompt_checkpoint_resumes_only_the_same_interrupted_run(G, clip, tmp_path):
     ckpt = tmp_path / "run.ckpt.pt"
-    train_edit(G, clip, _cfg(mode="per_prompt", steps=4, checkpoint=ckpt, checkpoint_every=2))
-    assert ckpt.is_file()
-    res = train_edit(G, clip, _cfg(mode="per_prompt", steps=6, checkpoint=ckpt))
+    cfg = _cfg(mode="per_prompt", steps=6, checkpoint=ckpt, checkpoint_every=2)
+    reporter = Reporter(lambda step, total, info: reporter.cancel() if step == 4 else None)
+    first = train_edit(G, clip, cfg, reporter=reporter)
+    assert first.partial and ckpt.is_file()
+    # another generator of the same shape must not pick the run up
+    other = random_generator(tiny_config(conv_clamp=None), seed=9)
+    fresh = train_edit(other, clip, _cfg(mode="per_prompt", steps=6, checkpoint=ckpt,
+                                         checkpoint_every=100))
+    assert [h["step"] for h in fresh.history] == [1, 2, 3, 4, 5, 6]
+    reporter2 = Reporter(lambda step, total, info: reporter2.cancel() if step == 4 else None)
+    train_edit(G, clip, cfg, reporter=reporter2)  # interrupted again at step 4
+    res = train_edit(G, clip, cfg)
     assert [h["step"] for h in res.history] == [5, 6]
+    assert res.edit.info["steps"] == 6 and res.edit.info["resumed_from_step"] == 4
+    assert not ckpt.exists()  # a completed run leaves nothing to resume by mistake
+
+
+def test_a_truncated_checkpoint_does_not_block_training(G, clip, tmp_path):
+    ckpt = tmp_path / "run.ckpt.pt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    res = train_edit(G, clip, _cfg(mode="per_prompt", steps=2, checkpoint=ckpt))
+    assert len(res.history) == 2 and not res.partial
 
 
 def test_bad_inputs(G, clip, tmp_path):
