@@ -1,4 +1,4 @@
-"""Train CORAL Edit, Save / Load Edit, Apply CORAL Edit, Visualize Masks."""
+"""Train Edit (Coral), Save / Load Edit, Apply Edit (Coral), Visualize Masks."""
 from __future__ import annotations
 
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..coral_core.editing.apply import apply_edits
 from ..coral_core.editing.edit import Edit
-from ..coral_core.editing.losses import LossWeights
+from ..coral_core.editing.losses import AREA_WEIGHTINGS, LossWeights
 from ..coral_core.editing.trainer import TrainConfig, train_edit
 from ..coral_core.editing.visualize import effective_mask, mask_grid, overlay
 from ..coral_core.images import image_to_uint8, to_unit_range
@@ -20,7 +20,7 @@ from .latents import check_latents
 from .types import CORAL_CLIP, CORAL_EDIT, STYLEGAN_LATENT, STYLEGAN_MODEL, ClipModel, \
     Latents, StyleGANModel
 
-CATEGORY = "CoralStyleCLIP"
+CATEGORY = "CoralStyleCLIP/edit"
 # The engine's defaults, read once: the node keeps no numbers of its own.
 _TRAIN = TrainConfig(prompt="-")
 _WEIGHTS = LossWeights()
@@ -44,8 +44,8 @@ class CoralTrainEdit:
     FUNCTION = "train"
     RETURN_TYPES = (CORAL_EDIT, "IMAGE")
     RETURN_NAMES = ("edit", "preview")
-    OUTPUT_TOOLTIPS = ("The learned edit (save it with Save Edit, apply it with Apply CORAL "
-                       "Edit).", "The training images after the edit.")
+    OUTPUT_TOOLTIPS = ("The learned edit (save it with Save Edit, apply it with Apply Edit "
+                       "(Coral)).", "The training images after the edit.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -148,7 +148,7 @@ class CoralTrainEdit:
         ui = host.save_image_previews(images, "coral_train")
         host.send_event("done", {"node": unique_id, "summary": result.edit.summary()})
         for warning in result.edit.info.get("warnings", []):
-            print(f"[CoralStyleCLIP] Train CORAL Edit: {warning}")
+            print(f"[CoralStyleCLIP] Train Edit (Coral): {warning}")
         return {"ui": {"images": ui}, "result": (result.edit, images)}
 
 
@@ -262,7 +262,7 @@ class CoralVisualizeMasks:
             "index": ("INT", {"default": 0, "min": 0, "max": 255,
                               "tooltip": "Which image of the batch the grid shows."}),
             "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                    "tooltip": "As in Apply CORAL Edit."}),
+                                    "tooltip": "As in Apply Edit (Coral)."}),
         }}
 
     def visualize(self, model: StyleGANModel, latents: Latents, edit: Edit, index: int,
@@ -281,8 +281,8 @@ class CoralVisualizeMasks:
                 torch.from_numpy(over).float() / 255)
 
 
-NODES = {"CoralTrainEdit": (CoralTrainEdit, "Train CORAL Edit"),
+NODES = {"CoralTrainEdit": (CoralTrainEdit, "Train Edit (Coral)"),
          "CoralSaveEdit": (CoralSaveEdit, "Save Edit (Coral)"),
          "CoralLoadEdit": (CoralLoadEdit, "Load Edit (Coral)"),
-         "CoralApplyEdit": (CoralApplyEdit, "Apply CORAL Edit"),
+         "CoralApplyEdit": (CoralApplyEdit, "Apply Edit (Coral)"),
          "CoralVisualizeMasks": (CoralVisualizeMasks, "Visualize Masks (Coral)")}

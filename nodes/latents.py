@@ -13,7 +13,7 @@ from ..coral_core.editing.trainer import TrainConfig
 from . import host
 from .types import STYLEGAN_LATENT, STYLEGAN_MODEL, Latents, StyleGANModel
 
-CATEGORY = "CoralStyleCLIP"
+CATEGORY = "CoralStyleCLIP/latents"
 LATENT_SUBFOLDER = "coral_latents"
 
 

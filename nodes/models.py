@@ -8,7 +8,7 @@ from ..coral_core.formats import describe
 from . import host
 from .types import CORAL_CLIP, STYLEGAN_MODEL, ClipModel, StyleGANModel
 
-CATEGORY = "CoralStyleCLIP"
+CATEGORY = "CoralStyleCLIP/models"
 def _resident(module: object) -> object:
     """One ComfyUI wrapper per model, kept on the model itself so it lives and dies with it
     (a copy of the model, e.g. for pivotal tuning, gets none: see ResidentModel.__deepcopy__)."""

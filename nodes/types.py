@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 
-STYLEGAN_MODEL = "STYLEGAN_MODEL"
+# Prefixed: another pack (ComfyUI-StyleGan) uses the bare names for other objects, and a link
+# between the two validated, then failed at run time.
+STYLEGAN_MODEL = "CORAL_STYLEGAN_MODEL"
 CORAL_CLIP = "CORAL_CLIP"
-STYLEGAN_LATENT = "STYLEGAN_LATENT"
+STYLEGAN_LATENT = "CORAL_STYLEGAN_LATENT"
 CORAL_EDIT = "CORAL_EDIT"
 
 

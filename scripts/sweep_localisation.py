@@ -23,7 +23,7 @@ def parse_setting(text: str) -> tuple[LossWeights, dict]:
     weights, extra = LossWeights(), {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=")
-        if key in ("steps", "lr", "methods"):
+        if key in ("steps", "lr", "methods", "mask_init"):
             extra[key] = value
         else:
             current = getattr(weights, key)
@@ -42,6 +42,8 @@ if __name__ == "__main__":
                           steps=int(extra["steps"]) if "steps" in extra else None,
                           methods=methods, weights=weights,
                           lr=float(extra["lr"]) if "lr" in extra else None,
+                          train_overrides={"mask_init": float(extra["mask_init"])}
+                          if "mask_init" in extra else None,
                           log=lambda *a: None)
         print(f"## setting: {setting or 'library defaults'}")
         print(format_table(result["summary"]), flush=True)

@@ -17,9 +17,9 @@ from .catalogue import resize_segments
 class SegmentSelector(nn.Module):
     """Logits e [P, L, K] (P = 1 per prompt, or one row per image); init 0 (masks at 0.5)."""
 
-    def __init__(self, num_layers: int, k: int, rows: int = 1) -> None:
+    def __init__(self, num_layers: int, k: int, rows: int = 1, init: float = 0.5) -> None:
         super().__init__()
-        self.logits = nn.Parameter(torch.zeros(rows, num_layers, k))
+        self.logits = nn.Parameter(torch.full((rows, num_layers, k), _logit(init)))
 
     def masks(self, G: Generator, segments: torch.Tensor) -> list[torch.Tensor]:
         weights = torch.sigmoid(self.logits)  # [P, L, K]
@@ -37,12 +37,17 @@ class SegmentSelector(nn.Module):
         return [(int(i) + 1, int(k)) for i, k in (w > threshold).nonzero().tolist()]
 
 
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-4), 1 - 1e-4)
+    return float(torch.logit(torch.tensor(p)))
+
+
 class AttentionHead(nn.Module):
-    def __init__(self, channels: int, hidden: int = 32) -> None:
+    def __init__(self, channels: int, hidden: int = 32, init: float = 0.5) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(),
                                  nn.Conv2d(hidden, 1, 1), nn.Sigmoid())
-        nn.init.zeros_(self.net[2].bias)  # masks start near 0.5
+        nn.init.constant_(self.net[2].bias, _logit(init))  # masks start near ``init``
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
@@ -51,14 +56,15 @@ class AttentionHead(nn.Module):
 class AttentionSelector(nn.Module):
     """CAN: one head per conv layer, input the original pass's feature map (detached)."""
 
-    def __init__(self, channels: list[int], hidden: int = 32) -> None:
+    def __init__(self, channels: list[int], hidden: int = 32, init: float = 0.5) -> None:
         super().__init__()
         self.channels = list(channels)
-        self.heads = nn.ModuleList(AttentionHead(c, hidden) for c in channels)
+        self.heads = nn.ModuleList(AttentionHead(c, hidden, init) for c in channels)
 
     @classmethod
-    def for_generator(cls, G: Generator, hidden: int = 32) -> "AttentionSelector":
-        return cls([c.out_channels for c in G.conv_layers], hidden)
+    def for_generator(cls, G: Generator, hidden: int = 32, init: float = 0.5
+                      ) -> "AttentionSelector":
+        return cls([c.out_channels for c in G.conv_layers], hidden, init)
 
     def masks(self, features: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """One mask per layer; None for layers whose features were not computed."""

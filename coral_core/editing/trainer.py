@@ -52,6 +52,7 @@ class TrainConfig:
     # every entry point, and the demo generator draws exactly the scene its z names.
     truncation: float = 1.0
     num_segments: int = 6
+    mask_init: float = 0.5    # every mask's starting value (the paper: logits 0, so 0.5)
     max_layer: int | None = None
     only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
     no_masks: bool = False                # StyleCLIP-style baseline: d everywhere, no masks
@@ -77,6 +78,7 @@ class TrainConfig:
         whole("batch", self.batch, 1, 4096)
         whole("segments", self.num_segments, 2, 256)
         finite("truncation", self.truncation, 0.0, 2.0)
+        finite("mask_init", self.mask_init, 0.0001, 0.9999)
         if self.lr is not None:
             finite("lr", self.lr, 1e-8, 10.0)
         for name, value in vars(self.weights).items():
@@ -340,9 +342,9 @@ def _make_selector(G: Generator, cfg: TrainConfig, rows: int,
     from .selectors import AttentionSelector, SegmentSelector
 
     if cfg.variant == "can":
-        return AttentionSelector.for_generator(G)
+        return AttentionSelector.for_generator(G, init=cfg.mask_init)
     k = segments.shape[1] if segments is not None else cfg.num_segments
-    return SegmentSelector(len(G.conv_layers), k, rows)
+    return SegmentSelector(len(G.conv_layers), k, rows, init=cfg.mask_init)
 
 
 def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:

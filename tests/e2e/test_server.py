@@ -17,7 +17,7 @@ def test_object_info_lists_every_node_with_tooltips(server) -> None:
     assert EXPECTED_NODES <= set(info)
     for name in EXPECTED_NODES:
         node = info[name]
-        assert node["category"] == "CoralStyleCLIP" and node["description"]
+        assert node["category"].startswith("CoralStyleCLIP/") and node["description"]
         for section in ("required", "optional"):
             for inp, spec in node["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} lacks a tooltip"

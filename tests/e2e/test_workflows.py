@@ -107,7 +107,7 @@ def test_missing_model_file(server) -> None:
 
 def test_wrong_link_type(server) -> None:
     wf = load_workflow("apply_saved_edit")
-    wf["5"]["inputs"]["latents"] = ["4", 0]  # a CORAL_EDIT into a STYLEGAN_LATENT input
+    wf["5"]["inputs"]["latents"] = ["4", 0]  # a CORAL_EDIT into a CORAL_STYLEGAN_LATENT input
     result = server.run(wf)
     assert result["status"] == "rejected"
     assert result["body"]["node_errors"]["5"]["errors"][0]["type"] == "return_type_mismatch"

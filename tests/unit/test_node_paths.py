@@ -41,3 +41,21 @@ def test_demo_edit_names_cannot_climb_out(tmp_path: Path) -> None:
     host = _host()
     with pytest.raises(FileNotFoundError):
         host.resolve(host.EDIT_FOLDER, "[demo] ../../generator.safetensors")
+
+
+def test_every_node_declares_its_inputs_with_the_engines_defaults() -> None:
+    """INPUT_TYPES runs outside ComfyUI too (a NameError there hides the node in the UI)."""
+    _host()
+    from coralpack import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # type: ignore
+    from coral_core.editing.losses import LossWeights
+    from coral_core.editing.trainer import TrainConfig
+
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        assert "required" in spec, name
+        assert cls.CATEGORY.startswith("CoralStyleCLIP/"), name
+        assert NODE_DISPLAY_NAME_MAPPINGS[name].endswith("(Coral)"), name
+    train = NODE_CLASS_MAPPINGS["CoralTrainEdit"].INPUT_TYPES()
+    assert train["required"]["steps"][1]["default"] == TrainConfig(prompt="-").steps
+    assert train["optional"]["area_weight"][1]["default"] == LossWeights().area
+    assert train["optional"]["area_weighting"][1]["default"] == LossWeights().area_weighting

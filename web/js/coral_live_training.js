@@ -1,4 +1,4 @@
-// CoralStyleCLIP: shows training live inside the "Train CORAL Edit" node — the loss curve and
+// CoralStyleCLIP: shows training live inside the "Train Edit (Coral)" node — the loss curve and
 // the current per-layer masks — from events the server streams while the node runs.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
