@@ -36,7 +36,7 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
     for key, node in api.items():
         schema = object_info[node["class_type"]]
         spec_all = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
-        for name, value in node["inputs"].items():
+        for _name, value in node["inputs"].items():
             if isinstance(value, list):
                 src, slot = value
                 link_id = len(links) + 1

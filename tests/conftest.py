@@ -37,3 +37,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     srv = ComfyServer(tmp_path_factory.mktemp("comfy")).start()
     yield srv
     srv.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/e2e are the end-to-end tier (``-m e2e``); the rest is the unit tier
+    (``-m "not e2e"``)."""
+    for item in items:
+        if "/e2e/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.e2e)

@@ -87,7 +87,7 @@ def reference_synthesis(sd: dict, cfg, ws: torch.Tensor, noise_mode: str = "cons
     for r in cfg.block_resolutions:
         p = f"synthesis.b{r}."
 
-        def nz(name: str) -> torch.Tensor | None:
+        def nz(name: str, p: str = p) -> torch.Tensor | None:
             return sd[p + name + ".noise_const"] if noise_mode == "const" else None
 
         if r == 4:

@@ -104,9 +104,9 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     out = {"plain_s": plain}
     for name, layers in choices.items():
         edit = _edit_selecting(G, layers).to(dev)
-        t_edit = _time(lambda: apply_edits(G, ws, [edit], 1.0, 0.5, return_original=False),
+        t_edit = _time(lambda e=edit: apply_edits(G, ws, [e], 1.0, 0.5, return_original=False),
                        repeats, dev)
-        t_both = _time(lambda: apply_edits(G, ws, [edit], 1.0, 0.5), repeats, dev)
+        t_both = _time(lambda e=edit: apply_edits(G, ws, [e], 1.0, 0.5), repeats, dev)
         print(f"{name:>17} (layers {layers[0]}..{layers[-1]}, {len(layers)} of {n}): "
               f"edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain; "
               f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x")

@@ -389,7 +389,7 @@ def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Modul
         selector.load_state_dict(state["selector"])
         opt.load_state_dict(state["opt"])
         return int(state["step"])
-    except Exception:  # truncated or corrupt: start afresh (the file is replaced later)
+    except Exception:  # noqa: BLE001 - truncated or corrupt: start afresh (replaced later)
         Path(cfg.checkpoint).unlink(missing_ok=True)
         return 0
 

@@ -330,6 +330,6 @@ def referenced_globals(data: bytes, limit: int = 1_000_000) -> set[str]:
                 strings[:] = strings[-2:]
             elif op.name == "STACK_GLOBAL" and len(strings) == 2:
                 found.add(strings[0])
-    except Exception:  # a scan only guides detection; the real load reports corruption
+    except Exception:  # noqa: BLE001,S110 - a scan only guides detection; the load reports corruption
         pass
     return found

@@ -2,8 +2,6 @@
 fails at least one test here (see scripts/mutation_check.py, which re-runs them)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
