@@ -115,37 +115,70 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     return out
 
 
+REAL_SCALE = {"ffhq256": 256, "ffhq512": 512, "ffhq1024": 1024}
+
+
+def random_vit_b32(device: torch.device) -> Any:
+    """OpenAI ViT-B/32's exact architecture with random weights (open_clip, nothing fetched)."""
+    import open_clip
+
+    from ..clip_model import DEFAULT_MEAN, DEFAULT_STD, CoralClip
+
+    model = open_clip.create_model("ViT-B-32", pretrained=None, device="cpu")
+    model = model.float().train(False).requires_grad_(False).to(device)
+    return CoralClip(model, open_clip.get_tokenizer("ViT-B-32"), 224, DEFAULT_MEAN,
+                     DEFAULT_STD, "ViT-B-32 (random weights)")
+
+
 def bench_train(steps: int = 10, device: str | None = None, generator: str | None = None,
-                clip: str | None = None) -> dict[str, dict[str, float]]:
-    """Seconds per training step and peak memory for each (variant, direction, mode)."""
+                clip: str | None = None, config: str | None = None,
+                batches: tuple[int, ...] = (4,)) -> dict[str, dict[str, float]]:
+    """Seconds per training step and peak memory for each (variant, direction, mode).
+
+    ``config`` (ffhq256 / ffhq512 / ffhq1024) builds the real architectures with random
+    weights, a StyleGAN2 config-f generator and an OpenAI ViT-B/32, so real-scale cost can be
+    measured with no download; it times the two forms users run most (SS per image, CAN per
+    prompt) at each batch size.
+    """
     from ..cache import get_clip, get_generator
     from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
     from .trainer import TrainConfig, train_edit
 
     dev = pick_device(device)
-    G = get_generator(generator or require(DEMO_GENERATOR), dev).generator
-    C = get_clip(clip or require(DEMO_CLIP), None, dev)
+    if config is not None:
+        if config not in REAL_SCALE:
+            raise ValueError(f"config must be one of {sorted(REAL_SCALE)}")
+        G = config_f_generator(REAL_SCALE[config], dev)
+        C = random_vit_b32(dev)
+        forms = [("ss", "global", "per_image"), ("can", "global", "per_prompt")]
+    else:
+        G = get_generator(generator or require(DEMO_GENERATOR), dev).generator
+        C = get_clip(clip or require(DEMO_CLIP), None, dev)
+        forms = [(v, d, m) for v in ("ss", "can") for d in ("global", "mapper")
+                 for m in ("per_image", "per_prompt")]
     results = {}
     print(f"device {dev}, generator {G.img_resolution}px ({G.parameter_count():,} params), "
-          f"batch 4, {steps} steps each")
-    for variant in ("ss", "can"):
-        for direction in ("global", "mapper"):
-            for mode in ("per_image", "per_prompt"):
-                if dev.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                t0 = time.perf_counter()
-                train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
-                                             direction=direction, mode=mode, steps=steps,
-                                             batch=4))
-                per_step = (time.perf_counter() - t0) / steps
-                peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-                grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-                key = f"{variant}+{direction} {mode}"
-                results[key] = {"s_per_step": per_step, "peak_mib": peak}
-                print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "
-                      f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'})")
+          f"CLIP {C.model_id}, {steps} steps each, batch {list(batches)}")
+    from .catalogue import catalogue_for
+
+    catalogue_for(G, TrainConfig(prompt="-").num_segments)  # built once, cached: not timed
+    for batch in batches:
+        for variant, direction, mode in forms:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t0 = time.perf_counter()
+            train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
+                                         direction=direction, mode=mode, steps=steps,
+                                         batch=batch))
+            per_step = (time.perf_counter() - t0) / steps
+            peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+            key = f"{variant}+{direction} {mode} batch {batch}"
+            results[key] = {"s_per_step": per_step, "peak_mib": peak}
+            print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "
+                  f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'})")
     return results
 
 

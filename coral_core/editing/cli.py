@@ -172,7 +172,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_invert(args.steps if args.steps != 10 else 300, device=args.device,
                      generator=args.generator, clip=args.clip)
     else:
-        bench_train(args.steps, args.device, args.generator, args.clip)
+        bench_train(args.steps, args.device, args.generator, args.clip, args.config,
+                    tuple(int(b) for b in args.batches.split(",")))
     return 0
 
 
@@ -227,14 +228,21 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("bench", help="print speed / memory figures")
-    s.add_argument("what", choices=["generate", "apply", "train", "invert"])
-    s.add_argument("--resolution", type=int, default=256)
-    s.add_argument("--batch", type=int, default=4)
-    s.add_argument("--repeats", type=int, default=5)
-    s.add_argument("--steps", type=int, default=10)
-    s.add_argument("--generator", default=None)
-    s.add_argument("--clip", default=None)
-    s.add_argument("--device", default=None)
+    s.add_argument("what", choices=["generate", "apply", "train", "invert"],
+                   help="which path to time")
+    s.add_argument("--resolution", type=int, default=256,
+                   help="generate/apply: random config-f generator at this size")
+    s.add_argument("--batch", type=int, default=4, help="generate/apply: images per batch")
+    s.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    s.add_argument("--steps", type=int, default=10,
+                   help="train: steps per form; invert: default 300")
+    s.add_argument("--config", default=None, choices=["ffhq256", "ffhq512", "ffhq1024"],
+                   help="train: real architectures with random weights (config-f StyleGAN2 "
+                        "+ ViT-B/32), nothing downloaded")
+    s.add_argument("--batches", default="4", help="train: batch sizes, e.g. 1,2,4")
+    s.add_argument("--generator", default=None, help="a generator file instead")
+    s.add_argument("--clip", default=None, help="a CLIP file or folder instead")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best)")
 
 
 add_parser(_register)
