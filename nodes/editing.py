@@ -64,9 +64,11 @@ class CoralTrainEdit:
                            "samples, then apply to any image."}),
             "steps": ("INT", {"default": _TRAIN.steps, "min": 1, "max": 100000,
                               "tooltip": "Optimisation steps."}),
+            # no "randomize after queue": an unchanged Train node is cached by ComfyUI, so
+            # changing only the Apply strength and queueing again does not retrain
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
-                             "control_after_generate": True,
-                             "tooltip": "Seed for initialisation and sampling."}),
+                             "tooltip": "Seed for initialisation and sampling (fixed, so "
+                                        "re-queueing reuses the trained edit)."}),
         }, "optional": {
             "latents": (STYLEGAN_LATENT, {"tooltip": "Per image: the latents to edit "
                                                      "(default: seeds seed..seed+batch-1)."}),
@@ -222,17 +224,26 @@ class CoralApplyEdit:
             "strength_2": ("FLOAT", strength),
             "edit_3": (CORAL_EDIT, {"tooltip": "A third edit, applied last."}),
             "strength_3": ("FLOAT", strength),
+            "transfer_per_image_edit": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "A per-image edit belongs to the latents it was trained on; allow "
+                           "applying it to other latents anyway (the console says so)."}),
         }}
 
     def apply(self, model: StyleGANModel, latents: Latents, edit: Edit, strength: float,
               threshold: float, edit_2: Edit | None = None, strength_2: float = 1.0,
-              edit_3: Edit | None = None, strength_3: float = 1.0):
+              edit_3: Edit | None = None, strength_3: float = 1.0,
+              transfer_per_image_edit: bool = False):
         check_latents(model, latents)
         G = model.generator()
         edits = [edit] + [e for e in (edit_2, edit_3) if e is not None]
         strengths = [strength] + [s for e, s in ((edit_2, strength_2), (edit_3, strength_3))
                                   if e is not None]
-        res = apply_edits(G, latents.on(G.w_avg.device), edits, strengths, threshold or None)
+        res = apply_edits(G, latents.on(G.w_avg.device), edits, strengths, threshold or None,
+                          transfer=transfer_per_image_edit)
+        for prompt in res.transferred:
+            print(f"[CoralStyleCLIP] Apply Edit (Coral): per-image edit {prompt!r} transferred "
+                  "to latents it was not trained on")
         res_masks = res.masks[-1]
         mask = effective_mask(res_masks, G.img_resolution).cpu()
         layer = torch.stack([

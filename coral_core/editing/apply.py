@@ -5,7 +5,7 @@ which every edit blends over the ones before it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -22,12 +22,14 @@ class ApplyResult:
     edited: torch.Tensor                          # [B, 3, H, W] in [-1, 1]
     original: torch.Tensor | None                 # [B, 3, H, W] (None if not requested)
     masks: list[list[torch.Tensor | None]]        # per edit, per conv layer
+    transferred: list[str] = field(default_factory=list)  # per-image edits used on other latents
 
 
 @torch.no_grad()
 def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
                 strength: float | Sequence[float] = 1.0, threshold: float | None = None,
-                noise_mode: str = "const", return_original: bool = True) -> ApplyResult:
+                noise_mode: str = "const", return_original: bool = True,
+                transfer: bool = False) -> ApplyResult:
     """Edited (and original) images for W+ codes ``ws``, plus every edit's per-layer masks.
 
     Without ``return_original`` the plain pass only runs as far as the masks need features
@@ -47,9 +49,12 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         raise InputError(f"{len(strengths)} strengths for {len(edits)} edits")
     if threshold is not None and not 0 <= threshold <= 1:
         raise InputError(f"mask threshold must be in [0, 1], got {threshold}")
+    transferred = []
     for e in edits:
         e.check_generator(G)
         e.check_batch(ws.shape[0])
+        if e.check_latents(ws, transfer):
+            transferred.append(e.prompt)
         e.to(ws.device)
     noise = G.make_noise(ws.shape[0], noise_mode)
     original = None
@@ -64,7 +69,7 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
             pairs.append((e.delta(ws) * s, masks))
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
-    return ApplyResult(edited, original, all_masks)
+    return ApplyResult(edited, original, all_masks, transferred)
 
 
 @torch.no_grad()

@@ -112,7 +112,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     strengths = [float(s) for s in str(args.strength).split(",")]
     t0 = time.perf_counter()
     for s in strengths:
-        res = apply_edits(G, ws, edits, s, args.threshold)
+        res = apply_edits(G, ws, edits, s, args.threshold, transfer=args.transfer)
+        for prompt in res.transferred:
+            print(f"note: per-image edit {prompt!r} applied to latents it was not trained on "
+                  "(--transfer)", file=sys.stderr)
         tag = "" if len(strengths) == 1 else f"_s{s:g}"
         save_tensor_images(res.edited, [out / f"{n}_edited{tag}.png" for n in names])
     assert res.original is not None
@@ -145,7 +148,12 @@ def cmd_masks(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else 0
         ws, _ = _latents(argparse.Namespace(seeds=str(seed), truncation=args.truncation,
                                             latent=args.latent), G, str(seed))
-    res = apply_edits(G, ws[:1], [edit], args.strength, args.threshold)
+    # naming a seed or latent file is asking to see the edit there: a transfer, said below
+    res = apply_edits(G, ws[:1], [edit], args.strength, args.threshold,
+                      transfer=bool(args.latent) or args.seed is not None)
+    for prompt in res.transferred:
+        print(f"note: per-image edit {prompt!r} shown on a latent it was not trained on",
+              file=sys.stderr)
     out = Path(args.out)
     save_png(mask_grid(G, res.masks[0]), out)
     assert res.original is not None
@@ -214,6 +222,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--latent", default=None)
     s.add_argument("--strength", default="1.0", help="one value or a sweep: 0,0.5,1")
     s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--transfer", action="store_true",
+                   help="apply a per-image edit to latents it was not trained on")
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("masks", help="per-layer mask grid, overlay and summary")

@@ -70,6 +70,24 @@ class Edit:
             return int(self.selector.logits.shape[0])
         return 1
 
+    def check_latents(self, ws: torch.Tensor, transfer: bool = False) -> bool:
+        """A per-image edit belongs to the latents it was trained on. Refuse others unless
+        ``transfer`` (then the caller should say so); True when the edit is being transferred.
+        """
+        if self.latents is None:
+            return False
+        same = tuple(ws.shape) == tuple(self.latents.shape) and torch.allclose(
+            ws.detach().float().cpu(), self.latents.float().cpu(), atol=1e-5)
+        if same:
+            return False
+        if not transfer:
+            raise EditMismatchError(
+                f"this per-image edit was trained on {self.latents.shape[0]} particular "
+                "latents and these are different ones; apply it to the latents it was trained "
+                "on, train a per-prompt edit, or ask to transfer it (--transfer / the Apply "
+                "node's 'transfer per-image edit' switch)")
+        return True
+
     def check_batch(self, batch: int) -> None:
         rows = self.rows()
         if rows not in (1, batch):

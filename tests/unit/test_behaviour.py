@@ -182,3 +182,15 @@ def test_catalogues_are_cached_in_the_cache_folder_not_beside_outputs(G, clip, t
     res.edit.save(out / "e.safetensors")
     assert [p.name for p in out.iterdir()] == ["e.safetensors"]
     assert list(cache.glob("catalogue-*.safetensors"))
+
+
+def test_per_image_edits_refuse_other_latents_unless_transferred(G, clip) -> None:
+    from coral_core.errors import EditMismatchError
+
+    res = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=2, batch=2, seed=11))
+    other = G.mapping_ws(G.z_from_seeds([100, 101]))
+    with pytest.raises(EditMismatchError, match="transfer"):
+        apply_edits(G, other, [res.edit])
+    moved = apply_edits(G, other, [res.edit], transfer=True)
+    assert moved.transferred == ["a red circle"]
+    assert apply_edits(G, res.edit.latents, [res.edit]).transferred == []

@@ -59,3 +59,11 @@ def test_every_node_declares_its_inputs_with_the_engines_defaults() -> None:
     assert train["required"]["steps"][1]["default"] == TrainConfig(prompt="-").steps
     assert train["optional"]["area_weight"][1]["default"] == LossWeights().area
     assert train["optional"]["area_weighting"][1]["default"] == LossWeights().area_weighting
+
+
+def test_train_node_seed_is_fixed_so_requeue_reuses_the_edit() -> None:
+    _host()
+    from coralpack import NODE_CLASS_MAPPINGS  # type: ignore
+
+    seed = NODE_CLASS_MAPPINGS["CoralTrainEdit"].INPUT_TYPES()["required"]["seed"][1]
+    assert not seed.get("control_after_generate")
