@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .atomic import ensure_writable
 from .errors import CoralError
 
@@ -43,6 +41,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 @command("convert")
 def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
     from .atomic import atomic_path
     from .formats import load_generator, nvlabs_to_rosinality, save_generator
 
@@ -60,6 +60,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from .cache import get_generator
     from .images import save_tensor_images
     from .seeds import parse_seeds
@@ -112,7 +114,9 @@ _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_command_modules()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "queue":  # queue is an HTTP client: it never imports torch
+        _load_command_modules()
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -143,7 +147,7 @@ def add_parser(fn: Callable[[argparse._SubParsersAction], None]) -> None:
 
 @command("queue")
 def cmd_queue(args: argparse.Namespace) -> int:
-    from .comfy_client import queue_workflows
+    from .comfy_client import queue_across_servers, queue_workflows
     from .seeds import parse_seeds
 
     try:
@@ -154,8 +158,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise CoralError(f"{args.workflow}: this is a UI-format workflow; export it with "
                          "'Save (API)' or use the copy under workflows/")
     seeds = parse_seeds(args.seeds) if args.seeds else None
-    results = queue_workflows(args.server, workflow, args.set or [], seeds,
-                              Path(args.out) if args.out else None, args.timeout)
+    servers = args.server or ["http://127.0.0.1:8188"]
+    out = Path(args.out) if args.out else None
+    if len(servers) == 1:
+        results = queue_workflows(servers[0], workflow, args.set or [], seeds, out,
+                                  args.timeout)
+    else:
+        results = queue_across_servers(servers, workflow, args.set or [], seeds, out,
+                                       args.timeout, args.in_flight)
     failed = [r for r in results if r.status != "success"]
     for r in results:
         extra = f" ({len(r.files)} files)" if r.files else ""
@@ -166,7 +176,11 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def _register_queue(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("queue", help="queue an API workflow on a ComfyUI server, many times")
-    s.add_argument("--server", default="http://127.0.0.1:8188")
+    s.add_argument("--server", action="append", default=None,
+                   help="ComfyUI URL (default http://127.0.0.1:8188); repeat to spread the "
+                        "batch over several servers, with failover")
+    s.add_argument("--in-flight", type=int, default=2,
+                   help="several servers: prompts queued on each at a time")
     s.add_argument("--workflow", required=True, help="API-format workflow JSON")
     s.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="override an input (NODE = id or class_type); repeatable")
@@ -180,6 +194,8 @@ add_parser(_register_queue)
 
 @command("invert")
 def cmd_invert(args: argparse.Namespace) -> int:
+    import torch
+
     from .cache import get_clip, get_generator
     from .formats import save_generator
     from .images import load_photo, save_tensor_images

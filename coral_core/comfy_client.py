@@ -198,6 +198,97 @@ def queue_workflows(server: str, workflow: dict, sets: list[str], seeds: list[in
     return results
 
 
+def _prompt_for(base: dict, seed: int | None) -> dict:
+    wf = copy.deepcopy(base)
+    if seed is not None:
+        targets = seed_inputs(wf)
+        if not targets:
+            raise InputError("--seeds given but no node in the workflow has a 'seed' input")
+        for node, name in targets:
+            wf[node]["inputs"][name] = seed
+    return wf
+
+
+def queue_across_servers(servers: list[str], workflow: dict, sets: list[str],
+                         seeds: list[int] | None, out_dir: Path | None,
+                         timeout: float = 3600, in_flight: int = 2,
+                         poll: float = 0.5) -> list[QueuedPrompt]:
+    """Spread a batch over several ComfyUI servers (one per GPU or machine).
+
+    Each server holds at most ``in_flight`` of our prompts at a time; completion is read from
+    its /history. A server that stops answering is dropped and its unfinished prompts go to
+    another server, so every prompt completes once (outputs are fetched from the server that
+    finished it); a prompt the server rejects or that fails there is reported, not retried.
+    """
+    base = apply_overrides(workflow, sets)
+    todo = [(seed, QueuedPrompt("prompt" if seed is None else f"seed{seed}"))
+            for seed in (seeds if seeds is not None else [None])]
+    results = [job for _, job in todo]
+    alive = {s.rstrip("/"): [] for s in servers}  # server -> [(seed, job)] in flight
+    where: dict[str, str] = {}
+    deadline = time.time() + timeout
+    client_id = uuid.uuid4().hex
+    while (todo or any(alive.values())) and time.time() < deadline:
+        if not alive:
+            for _, job in todo:
+                job.status, job.error = "failed", "no server left answering"
+            break
+        for server in list(alive):
+            while todo and len(alive[server]) < in_flight:
+                seed, job = todo.pop(0)
+                try:
+                    status, body = _request(server, "/prompt",
+                                            {"prompt": _prompt_for(base, seed),
+                                             "client_id": client_id})
+                except OSError:
+                    todo.insert(0, (seed, job))
+                    todo[:0] = alive.pop(server)
+                    print(f"{server}: not answering; its prompts go elsewhere",
+                          file=sys.stderr)
+                    break
+                if status != 200:
+                    job.status = "rejected"
+                    job.error = body if isinstance(body, str) else json.dumps(body)[:2000]
+                    continue
+                job.prompt_id = body["prompt_id"]
+                where[job.label] = server
+                alive[server].append((seed, job))
+                print(f"queued {job.label} on {server}: {job.prompt_id}", file=sys.stderr)
+        for server in list(alive):
+            still = []
+            for seed, job in alive[server]:
+                try:
+                    _, hist = _request(server, f"/history/{job.prompt_id}")
+                except OSError:
+                    todo[:0] = [(seed, job)] + [(sd, jb) for sd, jb in alive[server]
+                                                if jb is not job]
+                    alive.pop(server)
+                    for _, jb in todo:
+                        jb.status, jb.prompt_id = "pending", None
+                    print(f"{server}: went away; re-queueing its prompts", file=sys.stderr)
+                    break
+                entry = hist.get(job.prompt_id) if isinstance(hist, dict) else None
+                state = (entry or {}).get("status") or {}
+                if entry and state.get("completed"):
+                    job.status = "success"
+                    if out_dir is not None:
+                        job.files = _download_outputs(server, job, out_dir)
+                elif entry and state.get("status_str") == "error":
+                    job.status = "failed"
+                    msgs = [m for m in state.get("messages", []) if m[0] == "execution_error"]
+                    job.error = (msgs[0][1].get("exception_message", "execution error")
+                                 if msgs else "execution error")
+                else:
+                    still.append((seed, job))
+            else:
+                alive[server] = still
+        time.sleep(poll)
+    for job in results:
+        if job.status == "pending":
+            job.status, job.error = "timeout", f"not finished after {timeout}s"
+    return results
+
+
 def _download_outputs(server: str, job: QueuedPrompt, out_dir: Path) -> list[Path]:
     _, hist = _request(server, f"/history/{job.prompt_id}")
     files = []

@@ -44,3 +44,37 @@ def test_queue_cli_exit_codes(server, tmp_path, capsys) -> None:
     ui = ROOT / "example_workflows" / "apply_saved_edit.json"
     assert main(["queue", "--server", server.url, "--workflow", str(ui)]) == 2
     assert "UI-format" in capsys.readouterr().err
+
+
+def test_batch_spread_over_two_servers_survives_one_dying(server, tmp_path) -> None:
+    """Two real servers on loopback; the second is killed mid-batch. Every prompt completes
+    exactly once (its outputs in one folder per seed), nothing is lost or duplicated."""
+    import threading
+    import time
+
+    from coral_core.comfy_client import queue_across_servers
+
+    from comfy_server import ComfyServer
+
+    second = ComfyServer(tmp_path / "second").start()
+    wf = json.loads((ROOT / "workflows" / "apply_saved_edit.json").read_text())
+    seeds = list(range(10, 18))
+    out = tmp_path / "out"
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(results=queue_across_servers(
+        [server.url, second.url], wf, ["CoralSampleLatents.batch_size=1"], seeds, out,
+        timeout=900, in_flight=2, poll=0.2)))
+    worker.start()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any((out / f"seed{s}").is_dir() for s in seeds):
+            time.sleep(0.2)
+        second.proc.kill()  # mid-batch: some of its prompts are still queued or running
+    finally:
+        worker.join(900)
+        second.stop()
+    results = box["results"]
+    assert [r.status for r in results] == ["success"] * len(seeds)
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == sorted(f"seed{s}" for s in seeds)
+    assert all(len(r.files) == 2 for r in results)  # edited + original, once each
