@@ -28,7 +28,7 @@ STYLEGAN_FOLDER = "stylegan"
 CLIP_FOLDER = "coral_clip"
 EDIT_FOLDER = "coral_edits"
 ENCODER_FOLDER = "coral_encoders"
-DEMO_GENERATOR_NAME = "[demo] shapes-32px generator"
+DEMO_GENERATOR_NAME = "[demo] shapes generator"
 DEMO_CLIP_NAME = "[demo] shapes CLIP"
 MODEL_EXTENSIONS = {".pkl", ".pt", ".pth", ".safetensors"}
 CLIP_EXTENSIONS = {".pt", ".pth", ".bin", ".safetensors"}
@@ -208,7 +208,7 @@ def send_event(event: str, data: dict[str, Any]) -> None:
         from server import PromptServer
 
         PromptServer.instance.send_sync(f"{EVENT_PREFIX}.{event}", data)
-    except Exception:  # no server (e.g. a script importing the nodes): events are optional
+    except Exception:  # noqa: BLE001,S110 - no server (a script importing the nodes): optional
         pass
 
 

@@ -31,7 +31,6 @@ def coral(*args: str) -> None:
 
 
 def main() -> int:
-    coral("world", "export-rosinality")
     for old in assets.DEMO_EDITS.glob("*.safetensors"):
         old.unlink()
     edit = assets.DEMO_EDITS / "orange_background.safetensors"

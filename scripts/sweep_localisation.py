@@ -23,7 +23,7 @@ def parse_setting(text: str) -> tuple[LossWeights, dict]:
     weights, extra = LossWeights(), {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=")
-        if key in ("steps", "lr", "methods", "mask_init"):
+        if key in ("steps", "lr", "methods", "mask_init", "directional"):
             extra[key] = value
         else:
             current = getattr(weights, key)
@@ -42,8 +42,18 @@ if __name__ == "__main__":
                           steps=int(extra["steps"]) if "steps" in extra else None,
                           methods=methods, weights=weights,
                           lr=float(extra["lr"]) if "lr" in extra else None,
-                          train_overrides={"mask_init": float(extra["mask_init"])}
-                          if "mask_init" in extra else None,
+                          train_overrides={**({"mask_init": float(extra["mask_init"])}
+                                              if "mask_init" in extra else {}),
+                                           **({"directional": True}
+                                              if "directional" in extra else {})},
                           log=lambda *a: None)
         print(f"## setting: {setting or 'library defaults'}")
-        print(format_table(result["summary"]), flush=True)
+        print(format_table(result["summary"]))
+        for kind in ("background", "object colour"):
+            rows = [r for r in result["rows"] if r["kind"] == kind]
+            if rows:
+                print(f"  {kind}: success {sum(r['success'] for r in rows)}/{len(rows)}, "
+                      f"median PSNR outside "
+                      f"{sorted(r['psnr_outside'] for r in rows)[len(rows) // 2]:.1f} dB, "
+                      f"layers {[r['selected_layers'] for r in rows]}")
+        print(flush=True)

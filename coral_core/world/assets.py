@@ -7,9 +7,8 @@ from ..errors import ModelFormatError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
 DEMO_GENERATOR = ASSETS / "generator.safetensors"
-DEMO_GENERATOR_ROSINALITY = ASSETS / "generator_rosinality.pt"
 DEMO_CLIP = ASSETS / "clip"
-DEMO_JUDGE_CLIP = ASSETS / "judge_clip"
+DEMO_JUDGE = ASSETS / "judge.safetensors"
 DEMO_EDITS = ASSETS / "edits"
 
 

@@ -18,6 +18,7 @@ class CaptionSpec:
     second: tuple[str, str] | None = None  # a second (colour, shape), for two-object captions
 
     def text(self) -> str:
+        """The caption in words ("a red circle and a blue square on an orange background")."""
         def obj(colour: str | None, shape: str | None) -> str:
             return with_article(f"{colour} {shape or 'shape'}" if colour else shape or "shape")
 
@@ -51,12 +52,15 @@ def with_article(phrase: str) -> str:
 
 
 def caption_for(scenes: SceneBatch, i: int, rng: random.Random) -> CaptionSpec:
-    """One random true caption of scene i, at a random level of detail."""
+    """One random true caption of scene i, at a random level of detail: colour, shape, background,
+    colour+shape, colour+background, colour+shape+background, two objects, two objects+background.
+    The levels that name a colour together with a place are what teach binding, because the
+    twin scenes of ``scene.swap_*`` make the same words false."""
     ks = [k for k in range(MAX_OBJECTS) if bool(scenes.present[i, k])]
     k = rng.choice(ks)
     colour, shape = OBJ_NAMES[int(scenes.colour[i, k])], SHAPES[int(scenes.shape[i, k])]
     bg = BG_NAMES[int(scenes.background[i])]
-    level = rng.randrange(6)
+    level = rng.randrange(8)
     if level == 0:
         return CaptionSpec(colour=colour)
     if level == 1:
@@ -65,11 +69,14 @@ def caption_for(scenes: SceneBatch, i: int, rng: random.Random) -> CaptionSpec:
         return CaptionSpec(background=bg)
     if level == 3:
         return CaptionSpec(colour=colour, shape=shape)
-    if level == 4 or len(ks) == 1:
+    if level == 4:
+        return CaptionSpec(colour=colour, background=bg)
+    if level == 5 or len(ks) == 1:
         return CaptionSpec(colour=colour, shape=shape, background=bg)
     other = ks[1 - ks.index(k)]
     second = (OBJ_NAMES[int(scenes.colour[i, other])], SHAPES[int(scenes.shape[i, other])])
-    return CaptionSpec(colour=colour, shape=shape, background=bg, second=second)
+    return CaptionSpec(colour=colour, shape=shape, second=second,
+                       background=bg if level == 7 else None)
 
 
 def full_caption(scenes: SceneBatch, i: int) -> str:

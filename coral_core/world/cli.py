@@ -22,34 +22,40 @@ def cmd_world(args: argparse.Namespace) -> int:
         from .clip_train import train_clip
 
         out = Path(args.out or assets.DEMO_CLIP)
-        result = train_clip(out, steps=args.steps or 1500, seed=args.seed, reporter=rep)
+        result = train_clip(out, steps=args.steps or 6000, seed=args.seed, reporter=rep,
+                            device=args.device, max_minutes=args.max_minutes)
     elif args.action == "train-gan":
         from .gan_train import train_gan
 
         out = Path(args.out or assets.DEMO_GENERATOR)
-        result = train_gan(out, steps=args.steps or 6000, seed=args.seed, reporter=rep)
+        result = train_gan(out, steps=args.steps or 20000, seed=args.seed, reporter=rep,
+                           device=args.device, max_minutes=args.max_minutes)
     elif args.action == "train-judge":
         from .judge import train_judge
 
-        out = Path(args.out or assets.ASSETS / "judge.safetensors")
-        result = train_judge(out, steps=args.steps or 1200, seed=args.seed + 1, reporter=rep)
+        out = Path(args.out or assets.DEMO_JUDGE)
+        result = train_judge(out, steps=args.steps or 800, seed=args.seed + 1, reporter=rep,
+                             device=args.device)
     elif args.action == "export-rosinality":
         from ..atomic import atomic_path
         from ..formats import load_generator, nvlabs_to_rosinality
 
         G = load_generator(assets.require(assets.DEMO_GENERATOR)).generator
-        out = Path(args.out or assets.DEMO_GENERATOR_ROSINALITY)
+        out = Path(args.out or "out/generator_rosinality.pt")
         with atomic_path(out) as tmp:
             torch.save(nvlabs_to_rosinality(G), tmp)
         result = {"wrote": str(out)}
     elif args.action == "check":
+        from ..cache import get_clip
         from ..formats import load_generator
-        from .check import check_generator
+        from .check import check_world, format_check
         from .judge import load_judge
 
-        G = load_generator(args.out or assets.require(assets.DEMO_GENERATOR)).generator
-        result = check_generator(G, load_judge(assets.require(assets.ASSETS /
-                                                              "judge.safetensors")))
+        G = load_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
+        clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
+        result = check_world(G.to(args.device), load_judge(assets.require(assets.DEMO_JUDGE)),
+                             clip, n=args.samples)
+        print(format_check(result))
     else:  # render
         from ..images import save_tensor_images
         from ..seeds import parse_seeds
@@ -79,8 +85,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps,
-                      area_weighting=args.area_weighting)
+    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps)
     print(report["summary_text"])
     return 0
 
@@ -93,14 +98,18 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--seeds", default="0-7", help="render: which scenes")
+    s.add_argument("--device", default="cpu", help="training device, e.g. cuda")
+    s.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training early after this long (a checkpoint is kept)")
+    s.add_argument("--generator", default=None, help="check: generator to check")
+    s.add_argument("--clip", default=None, help="check: CLIP to check")
+    s.add_argument("--samples", type=int, default=500, help="check: samples to score")
 
     s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--prompt", default=None)
     s.add_argument("--seeds", default="0-3")
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--area-weighting", default="inverse_resolution",
-                   choices=["uniform", "resolution", "inverse_resolution"])
+    s.add_argument("--steps", type=int, default=None, help="default: the library's")
 
 
 add_parser(_register)
@@ -116,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     G = get_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
     clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
-    judge = load_judge(assets.require(assets.ASSETS / "judge.safetensors"))
+    judge = load_judge(assets.require(assets.DEMO_JUDGE))
     prompt_set = json.loads(Path(args.prompts).read_text()) if args.prompts else None
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     result = run_eval(G, clip, judge, parse_seeds(args.seeds), args.steps, methods,
@@ -131,7 +140,7 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--generator", default=None)
     s.add_argument("--clip", default=None)
     s.add_argument("--seeds", default="0-7", help="scenes")
-    s.add_argument("--steps", type=int, default=60)
+    s.add_argument("--steps", type=int, default=None, help="default: the library's")
     s.add_argument("--can-steps", type=int, default=None, help="per-prompt CAN training steps")
     s.add_argument("--methods", default=None, help="comma list of " + ",".join(
         ["styleclip", "feat", "coral_ss", "coral_can"]))

@@ -25,11 +25,11 @@ def test_train_apply_visualise(server) -> None:
     outputs = _ok(first)
     edited = output_images(server, outputs, "7")
     original = output_images(server, outputs, "8")
-    assert len(edited) == 2 and edited[0].shape == (32, 32, 3)
+    assert len(edited) == 2 and edited[0].shape == (64, 64, 3)
     assert any(np.abs(e.astype(int) - o.astype(int)).mean() > 1 for e, o in zip(edited,
                                                                                  original))
     grid = output_images(server, outputs, "9")[0]
-    assert grid.shape[1] > 32 * 4  # one labelled tile per layer
+    assert grid.shape[1] > 64 * 4  # one labelled tile per layer
     assert list((server.base / "models" / "coral_edits").glob("my_edit_*.safetensors"))
     progress = [m for m in first["messages"] if m["type"] == "progress"
                 and m["data"]["node"] == "4"]
@@ -71,22 +71,22 @@ def test_invert_photo_and_edit(server) -> None:
     upload_image(server, "coral_photo.png", buf.getvalue())
     outputs = _ok(server.run(load_workflow("invert_photo_and_edit")))
     rec = output_images(server, outputs, "7")[0]
-    assert rec.shape == (32, 32, 3)
-    assert output_images(server, outputs, "8")[0].shape == (32, 32, 3)
+    assert rec.shape == (64, 64, 3)
+    assert output_images(server, outputs, "8")[0].shape == (64, 64, 3)
 
 
 def test_segments_from_any_mask_node(server) -> None:
     outputs = _ok(server.run(load_workflow("segments_from_masks")))
-    assert output_images(server, outputs, "9")[0].shape == (32, 32, 3)
+    assert output_images(server, outputs, "9")[0].shape == (64, 64, 3)
     mask = output_images(server, outputs, "11")[0]
-    assert mask.shape == (32, 32, 3)
+    assert mask.shape == (64, 64, 3)
 
 
 # ---- bad inputs: a node error, then the server serves the next prompt ----------------------
 
 def _next_prompt_still_runs(server) -> None:
     wf = {"1": {"class_type": "CoralLoadStyleGAN",
-                "inputs": {"generator": "[demo] shapes-32px generator"}},
+                "inputs": {"generator": "[demo] shapes generator"}},
           "2": {"class_type": "CoralSampleLatents",
                 "inputs": {"model": ["1", 0], "seed": 5, "batch_size": 1, "truncation": 1.0}},
           "3": {"class_type": "CoralGenerate",
@@ -187,7 +187,7 @@ def test_invert_with_pivotal_tuning_returns_a_usable_tuned_model(server) -> None
     from coral_core.world.render import render
     from coral_core.world.scene import random_scenes
 
-    img, _ = render(random_scenes(1, 7), 32)
+    img, _ = render(random_scenes(1, 7), 64)
     buf = io.BytesIO()
     Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
     upload_image(server, "coral_photo_pti.png", buf.getvalue())
