@@ -1,5 +1,6 @@
 """Seed realistic one-line bugs into the engine, one at a time, and check the unit tests catch
-each (the review's 26-bug probe found 14 survivors; these are they, plus a few it caught).
+each (the review's 26-bug probe found 14 survivors; these are they, less one equivalent mutant
+explained below, plus a few it caught and the new content-hash check).
 
 Each mutation is applied to a throw-away copy of the repository (never to the working tree),
 then the named unit tests run there. Prints one line per bug and "caught N of M".
@@ -40,10 +41,11 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     "segment downsampling by nearest instead of area": (
         "coral_core/editing/catalogue.py", 'mode = "area" if resolution < r else "nearest"',
         'mode = "nearest"', B),
-    "features not L2-normalised before cluster assignment": (
-        "coral_core/editing/catalogue.py",
-        "f = F.normalize(features[self.layer - 1].detach().to(torch.float32), dim=1)",
-        "f = features[self.layer - 1].detach().to(torch.float32)", B),
+    # "features not L2-normalised before cluster assignment" (the review's 8th survivor) is an
+    # equivalent mutant: segments() takes the argmax over unit-length centres, and dividing a
+    # pixel's feature by its (positive) norm cannot change which centre scores highest. No test
+    # can tell the two apart, so it is not listed; test_cluster_assignment_ignores_feature_
+    # magnitude pins the behaviour that matters.
     "demodulation epsilon 1e-8 -> 1e-4": (
         "coral_core/stylegan/ops.py", "d = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()",
         "d = (w.square().sum(dim=[2, 3, 4]) + 1e-4).rsqrt()", B),
