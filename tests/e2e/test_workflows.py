@@ -203,3 +203,38 @@ def test_invert_with_pivotal_tuning_returns_a_usable_tuned_model(server) -> None
     rec = output_images(server, outputs, "7")[0]
     gen = output_images(server, outputs, "10")[0]
     assert np.array_equal(rec, gen)  # the tuned model reproduces its reconstruction
+
+
+def test_hostile_and_corrupt_model_files_give_node_errors(server, tmp_path) -> None:
+    """A crafted TorchScript "CLIP" and a pickle nested 200,000 deep, dropped into the model
+    folders: each prompt fails at its loader with a message, nothing from the file runs, the
+    server survives and serves the next prompt."""
+    import zipfile
+
+    from fabricate import write_hostile_torchscript
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    clip_dir = server.base / "models" / "coral_clip"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    write_hostile_torchscript(clip_dir / "ViT-evil.pt", victim, "pwned!!!")
+    gen_dir = server.base / "models" / "stylegan"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    (gen_dir / "deep.pkl").write_bytes(b"\x80\x04}" + b")" + b"\x85" * 200_000 + b"K\x01s.")
+    with zipfile.ZipFile(gen_dir / "deep.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x04}" + b")" + b"\x85" * 200_000 + b"K\x01s.")
+
+    wf = load_workflow("train_apply_visualise")
+    clip_node = next(k for k, n in wf.items() if n["class_type"] == "CoralLoadCLIP")
+    wf[clip_node]["inputs"]["clip_name"] = "ViT-evil.pt"
+    result = server.run(wf)
+    assert result["status"] == "execution_error" and result["data"]["node_id"] == clip_node
+    assert "ViT-evil.pt" in result["data"]["exception_message"]
+    assert victim.read_text() == "original"
+    for name in ("deep.pkl", "deep.pt"):
+        wf = load_workflow("apply_saved_edit")
+        wf["1"]["inputs"]["generator"] = name
+        result = server.run(wf)
+        assert result["status"] == "execution_error" and result["data"]["node_id"] == "1"
+        assert "nests objects" in result["data"]["exception_message"]
+    _next_prompt_still_runs(server)
