@@ -87,5 +87,15 @@ app.registerExtension({
       }
       app.graph?.setDirtyCanvas(true, false);
     });
+    // The end of a run: keep the summary (and any "empty edit" warning) on the run, so the
+    // panel can show it, and so the front end has a handler (no "Unhandled message" log).
+    api.addEventListener("coralstyleclip.done", ({ detail }) => {
+      if (!detail || detail.node == null) return;
+      const run = runFor(detail.node);
+      run.done = true;
+      run.warnings = detail.summary?.warnings || [];
+      for (const w of run.warnings) console.warn(`CoralStyleCLIP: ${w}`);
+      app.graph?.setDirtyCanvas(true, false);
+    });
   },
 });
