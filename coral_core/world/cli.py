@@ -23,13 +23,15 @@ def cmd_world(args: argparse.Namespace) -> int:
 
         out = Path(args.out or assets.DEMO_CLIP)
         result = train_clip(out, steps=args.steps or 6000, seed=args.seed, reporter=rep,
-                            device=args.device, max_minutes=args.max_minutes)
+                            device=args.device, max_minutes=args.max_minutes,
+                            stop_at=args.stop_at)
     elif args.action == "train-gan":
         from .gan_train import train_gan
 
         out = Path(args.out or assets.DEMO_GENERATOR)
         result = train_gan(out, steps=args.steps or 20000, seed=args.seed, reporter=rep,
-                           device=args.device, max_minutes=args.max_minutes)
+                           device=args.device, max_minutes=args.max_minutes,
+                           stop_at=args.stop_at)
     elif args.action == "train-judge":
         from .judge import train_judge
 
@@ -101,6 +103,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help="training device, e.g. cuda")
     s.add_argument("--max-minutes", type=float, default=None,
                    help="stop training early after this long (a checkpoint is kept)")
+    s.add_argument("--stop-at", type=int, default=None,
+                   help="train: stop after this step of a --steps schedule (reproduces a run "
+                        "that a time budget cut short)")
     s.add_argument("--generator", default=None, help="check: generator to check")
     s.add_argument("--clip", default=None, help="check: CLIP to check")
     s.add_argument("--samples", type=int, default=500, help="check: samples to score")

@@ -75,7 +75,8 @@ def with_twins(scenes: SceneBatch, g: torch.Generator) -> SceneBatch:
 
 def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1e-3,
                seed: int = 0, reporter: Reporter | None = None, device: str = "cpu",
-               max_minutes: float | None = None) -> dict[str, Any]:
+               max_minutes: float | None = None, stop_at: int | None = None
+               ) -> dict[str, Any]:
     """Train from scratch and write the local-dir folder ``out_dir``; returns the report.
 
     ``max_minutes`` stops early (the report says so) so a lent GPU's time limit is never lost.
@@ -123,7 +124,7 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
             loss_value = float(loss.detach())
             reporter.update(step, steps, loss=loss_value)
         steps = budget.fit(steps, step)
-        if budget.out_of_time():
+        if budget.out_of_time() or (stop_at is not None and step >= stop_at):
             break
     loss_value = float(loss.detach())
     model.train(False)

@@ -102,7 +102,8 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
               reporter: Reporter | None = None, resume: bool = True,
               checkpoint_every: int = 500, device: str = "cpu",
               cfg: GeneratorConfig = DEMO_GENERATOR_CFG,
-              max_minutes: float | None = None) -> dict[str, Any]:
+              max_minutes: float | None = None, stop_at: int | None = None
+              ) -> dict[str, Any]:
     """Train (or resume) and write ``out`` (.safetensors); returns a small report.
 
     Adam with a cosine learning-rate decay over ``steps``; ``max_minutes`` stops early with a
@@ -144,7 +145,7 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
             reporter.update(step, steps, loss=loss_value)
         if start == 0:
             steps = budget.fit(steps, step)
-        out_of_time = budget.out_of_time()
+        out_of_time = budget.out_of_time() or (stop_at is not None and step >= stop_at)
         if step % checkpoint_every == 0 or step == steps or out_of_time:
             with atomic_path(ckpt) as tmp:
                 torch.save({"G": G.state_dict(), "opt": opt.state_dict(), "step": step,
