@@ -284,13 +284,16 @@ class StorageReader:
         return self.storages[key]
 
 
-def load_torch_zip(path: Path) -> Any:
-    """Read a ``torch.save`` zip archive whose pickle may hold NVlabs persistent records.
+def load_torch_zip(path: Path,
+                   unpickler: type[RestrictedUnpickler] | None = None) -> Any:
+    """Read a ``torch.save`` (or TorchScript) zip archive's ``data.pkl`` as data.
 
-    torch's own ``weights_only`` loader refuses those records, and its unrestricted loader
-    would execute them; this reads the archive's storages directly and unpickles ``data.pkl``
-    under the same allowlist as plain NVlabs pickles.
+    torch's own ``weights_only`` loader refuses NVlabs persistent records, and its unrestricted
+    loader (like ``torch.jit.load``) would execute what the file asks for; this reads the
+    archive's storages directly and unpickles ``data.pkl`` under the allowlist, with
+    ``unpickler`` (a ``RestrictedUnpickler`` subclass) when a format needs extra inert types.
     """
+    unpickler = unpickler or RestrictedUnpickler
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -301,15 +304,15 @@ def load_torch_zip(path: Path) -> Any:
         if order in zf.namelist() and zf.read(order).strip() not in (b"little", b""):
             raise ModelFormatError(f"{path}: big-endian torch archives are not supported")
         reader = StorageReader(zf, prefix, str(path))
-
         try:
             data = zf.read(prefix + "data.pkl")
             check_pickle_structure(data, str(path))
-            return RestrictedUnpickler(io.BytesIO(data), str(path), reader.load).load()
+            return unpickler(io.BytesIO(data), str(path), reader.load).load()
         except (ModelFormatError, UnsafeFileError):
             raise
         except (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, TypeError,
-                AttributeError, IndexError, KeyError, zipfile.BadZipFile, OSError) as exc:
+                AttributeError, IndexError, KeyError, zipfile.BadZipFile, OSError,
+                RecursionError, MemoryError) as exc:
             raise _format_error(str(path), exc) from exc
 
 

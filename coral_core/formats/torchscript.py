@@ -11,17 +11,13 @@ module tree is flattened into a state dict. The ``code/`` folder is never read.
 """
 from __future__ import annotations
 
-import io
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ModelFormatError, UnsafeFileError
-from .safe_pickle import (RestrictedUnpickler, StorageReader, _format_error,
-                          _zip_record_prefix, check_pickle_structure)
+from ..errors import ModelFormatError
+from .safe_pickle import RestrictedUnpickler, load_torch_zip
 
 
 class ScriptObjectRecord:
@@ -88,23 +84,7 @@ class _ScriptUnpickler(RestrictedUnpickler):
 def read_torchscript_tensors(path: Path, max_depth: int = 64) -> dict[str, torch.Tensor]:
     """Every tensor attribute of the archive's module tree, keyed by its dotted path
     ("visual.conv1.weight"), read without executing anything from the file."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _format_error(str(path), exc) from exc
-    with zf:
-        prefix = _zip_record_prefix(zf, path)
-        reader = StorageReader(zf, prefix, str(path))
-        try:
-            data = zf.read(prefix + "data.pkl")
-            check_pickle_structure(data, str(path))
-            root = _ScriptUnpickler(io.BytesIO(data), str(path), reader.load).load()
-        except (ModelFormatError, UnsafeFileError):
-            raise
-        except (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, TypeError,
-                AttributeError, IndexError, KeyError, zipfile.BadZipFile, OSError,
-                RecursionError, MemoryError) as exc:
-            raise _format_error(str(path), exc) from exc
+    root = load_torch_zip(path, _ScriptUnpickler)
     if not isinstance(root, ScriptObjectRecord):
         raise ModelFormatError(f"{path}: TorchScript archive whose data.pkl is not a module")
     out: dict[str, torch.Tensor] = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..metrics import psnr
 from ..stylegan import Generator
 from .judge import Judge
 from .render import palette_rgb, render, shading
@@ -21,12 +22,6 @@ GOALS = {"fidelity PSNR (dB, median)": 28.0, "object IoU (median)": 0.90,
          "judge gap (points, worst)": 5.0, "CLIP object colour": 0.95,
          "CLIP object shape": 0.95, "CLIP background colour": 0.95,
          "CLIP binding background": 0.90, "CLIP binding two objects": 0.90}
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of images in [-1, 1], measured on the [0, 1] scale."""
-    mse = ((a - b) / 2).square().flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
 
 
 def segment_by_colour(img: torch.Tensor, scenes: SceneBatch) -> torch.Tensor:

@@ -8,7 +8,8 @@ import random
 import torch
 
 from coral_core.world.captions import CaptionSpec, caption_for, full_caption
-from coral_core.world.check import object_ious, psnr, segment_by_colour
+from coral_core.metrics import psnr
+from coral_core.world.check import object_ious, segment_by_colour
 from coral_core.world.clip_train import _truth, with_twins
 from coral_core.world.render import palette_rgb, render
 from coral_core.world.scene import (COLOUR_NAMES, SHAPES, normalised_z, random_scenes,
