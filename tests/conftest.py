@@ -29,6 +29,22 @@ def clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_clip_files(tmp_path_factory.mktemp("clip"))
 
 
+@pytest.fixture(scope="module")
+def G():
+    """A tiny random generator (no conv clamp), the unit tests' default model."""
+    from fabricate import random_generator, tiny_config
+
+    return random_generator(tiny_config(conv_clamp=None))
+
+
+@pytest.fixture(scope="module")
+def clip(clip_files):
+    """The tiny fabricated CLIP, loaded from its open_clip local-dir folder."""
+    from coral_core.clip_model import load_clip
+
+    return load_clip(clip_files["local_dir"])
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """A real ComfyUI 0.3.75 server with this pack mounted (started once per session)."""

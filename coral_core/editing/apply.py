@@ -47,8 +47,6 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         else [float(s) for s in strength]
     if len(strengths) != len(edits):
         raise InputError(f"{len(strengths)} strengths for {len(edits)} edits")
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise InputError(f"mask threshold must be in [0, 1], got {threshold}")
     transferred = []
     for e in edits:
         e.check_generator(G)

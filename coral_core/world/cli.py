@@ -55,8 +55,8 @@ def cmd_world(args: argparse.Namespace) -> int:
 
         G = load_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
         clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
-        result = check_world(G.to(args.device), load_judge(assets.require(assets.DEMO_JUDGE)),
-                             clip, n=args.samples)
+        judge = load_judge(Path(args.judge) if args.judge else assets.require(assets.DEMO_JUDGE))
+        result = check_world(G.to(args.device), judge, clip, n=args.samples)
         print(format_check(result))
     else:  # render
         from ..images import save_tensor_images
@@ -108,6 +108,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
                         "that a time budget cut short)")
     s.add_argument("--generator", default=None, help="check: generator to check")
     s.add_argument("--clip", default=None, help="check: CLIP to check")
+    s.add_argument("--judge", default=None, help="check: judge to read samples with")
     s.add_argument("--samples", type=int, default=500, help="check: samples to score")
 
     s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")

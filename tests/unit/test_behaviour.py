@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coral_core.clip_model import load_clip
 from coral_core.editing.apply import apply_edits
 from coral_core.editing.blend import blended_synthesis, stacked_synthesis
 from coral_core.editing.catalogue import build_catalogue, resize_segments
@@ -15,17 +14,6 @@ from coral_core.editing.losses import LossWeights, area_loss, clip_loss, tv_loss
 from coral_core.editing.trainer import TrainConfig, train_edit
 from coral_core.editing.visualize import effective_mask
 from coral_core.errors import ModelFormatError
-from fabricate import random_generator, tiny_config
-
-
-@pytest.fixture(scope="module")
-def G():
-    return random_generator(tiny_config(conv_clamp=None))
-
-
-@pytest.fixture(scope="module")
-def clip(clip_files):
-    return load_clip(clip_files["local_dir"])
 
 
 def test_reused_original_features_stop_before_the_first_selected_layer(G) -> None:

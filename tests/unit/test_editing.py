@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from coral_core.clip_model import load_clip
 from coral_core.editing.apply import apply_edits, strength_sweep
 from coral_core.editing.catalogue import build_catalogue, catalogue_for
 from coral_core.editing.edit import Edit
@@ -17,16 +16,6 @@ from coral_core.editing.visualize import effective_mask, mask_grid, overlay
 from coral_core.errors import EditMismatchError, InputError, ModelFormatError
 from coral_core.progress import Reporter
 from fabricate import random_generator, tiny_config
-
-
-@pytest.fixture(scope="module")
-def G():
-    return random_generator(tiny_config(conv_clamp=None))
-
-
-@pytest.fixture(scope="module")
-def clip(clip_files):
-    return load_clip(clip_files["local_dir"])
 
 
 def _cfg(**kw) -> TrainConfig:
