@@ -7,15 +7,19 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export HF_HUB_OFFLINE=1
 PY=.venv/bin/python
+# importlib mode: the repository root is itself a package (ComfyUI's entry __init__.py), and
+# pytest's default mode imports it when the checkout's folder name is not an identifier
+# (a clone in /tmp/tmp.XXXX failed every test that way).
+PYTEST=("$PY" -m pytest --import-mode=importlib --rootdir tests tests)
 tier="${1:-all}"
 if [ "$tier" = "all" ] || [ "$tier" = "unit" ]; then
   echo "== lint (ruff, rules in pyproject.toml)"
   .venv/bin/ruff check coral_core nodes tests scripts __init__.py
   echo "== unit tier"
-  "$PY" -m pytest --rootdir tests tests -m "not e2e and not gpu" \
+  "${PYTEST[@]}" -m "not e2e and not gpu" \
     --cov=coral_core --cov-report=term:skip-covered
 fi
 if [ "$tier" = "all" ] || [ "$tier" = "e2e" ]; then
   echo "== end-to-end tier (real ComfyUI server)"
-  "$PY" -m pytest --rootdir tests tests -m e2e
+  "${PYTEST[@]}" -m e2e
 fi
