@@ -1,4 +1,6 @@
-"""Resident models: each file is loaded once per device and kept there between runs.
+"""Resident models for the library and the ``coral`` command: each file is loaded once per
+device and kept there between runs. (Inside ComfyUI the host is the one residency layer: the
+nodes load files directly, its executor keeps their outputs and its ModelPatcher moves them.)
 
 Entries are keyed by (kind, resolved path, content fingerprint, device, options), so editing or
 replacing a file on disk loads it anew while an unchanged file is served from memory. Least-

@@ -133,7 +133,7 @@ def _load_command_modules() -> None:
     """Sub-commands of later subsystems register themselves on import."""
     import importlib
 
-    for name in ("coral_core.editing.cli", "coral_core.world.cli"):
+    for name in ("coral_core.commands.edit", "coral_core.commands.world"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -211,7 +211,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     clip = get_clip(args.clip, None, args.device) if args.clip else None
     init = None
     if args.e4e:
-        from .e4e import load_e4e
+        from .inversion.e4e import load_e4e
 
         init = load_e4e(args.e4e).encode(target)
     res = invert(G, target, InvertConfig(space=args.space, steps=args.steps,

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,8 @@ DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 class CoralClip:
     """A frozen CLIP plus what the losses need: preprocessing constants and a text cache."""
 
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any        # an open_clip CLIP (encode_image / encode_text), called by name
+    tokenizer: Callable[[list[str]], torch.Tensor]
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]

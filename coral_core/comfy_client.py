@@ -224,7 +224,7 @@ def queue_across_servers(servers: list[str], workflow: dict, sets: list[str],
     todo = [(seed, QueuedPrompt("prompt" if seed is None else f"seed{seed}"))
             for seed in (seeds if seeds is not None else [None])]
     results = [job for _, job in todo]
-    alive = {s.rstrip("/"): [] for s in servers}  # server -> [(seed, job)] in flight
+    alive: dict[str, list] = {s.rstrip("/"): [] for s in servers}  # server -> [(seed, job)] in flight
     where: dict[str, str] = {}
     deadline = time.time() + timeout
     client_id = uuid.uuid4().hex

@@ -187,6 +187,10 @@ class CoralLoadEdit:
         return {"required": {"edit_name": (host.edit_choices() or [""], {
             "tooltip": "An edit file from models/coral_edits."})}}
 
+    @classmethod
+    def IS_CHANGED(cls, edit_name: str):
+        return host.file_changed_token(host.EDIT_FOLDER, edit_name)
+
     def load(self, edit_name: str):
         import json
 

@@ -109,6 +109,18 @@ def resolve(folder: str, name: str) -> Path:
     return Path(path)
 
 
+def file_changed_token(folder: str, name: str) -> str:
+    """ComfyUI's IS_CHANGED for nodes that read a file: re-run when the file's content changes
+    (a replaced generator or edit under the same name), stay cached otherwise. A name that
+    does not resolve returns itself, so the node runs and reports the missing file."""
+    from ..coral_core.cache import file_fingerprint
+
+    try:
+        return file_fingerprint(resolve(folder, name))
+    except (OSError, ValueError):
+        return f"unresolved:{name}"
+
+
 def edits_dir() -> Path:
     return Path(folder_paths.get_folder_paths(EDIT_FOLDER)[0])
 
@@ -177,7 +189,7 @@ class Progress:
             from ..coral_core.images import image_to_uint8
 
             pil = Image.fromarray(image_to_uint8(preview[:1])[0]).resize((256, 256),
-                                                                          Image.NEAREST)
+                                                                          Image.Resampling.NEAREST)
         self.bar.update_absolute(step, total, ("JPEG", pil, 256) if pil is not None else None)
         payload = {"node": self.node_id, "step": step, "total": total,
                    "losses": info.get("losses", {}), "mask_area": info.get("mask_area", [])}

@@ -130,6 +130,16 @@ class CoralLoadLatents:
             "optional": {"model": (STYLEGAN_MODEL, {
                 "tooltip": "Optional: check the latents fit this generator."})}}
 
+    @classmethod
+    def IS_CHANGED(cls, latent_file: str, model: StyleGANModel | None = None):
+        from ..coral_core.cache import file_fingerprint
+
+        try:
+            return file_fingerprint(host.contained(host.output_dir() / LATENT_SUBFOLDER,
+                                                   latent_file))
+        except (OSError, ValueError):
+            return f"unresolved:{latent_file}"
+
     def load(self, latent_file: str, model: StyleGANModel | None = None):
         if not latent_file:
             raise FileNotFoundError("no latent file chosen (output/coral_latents is empty)")
@@ -202,7 +212,7 @@ class CoralInvert:
                             every=max(1, (steps + pti_steps) // 100))
         init = None
         if e4e_encoder and e4e_encoder != "none":
-            from ..coral_core.e4e import load_e4e
+            from ..coral_core.inversion.e4e import load_e4e
 
             init = load_e4e(host.resolve(host.ENCODER_FOLDER, e4e_encoder)).encode(target)
         res = invert(G, target, InvertConfig(space=space, steps=steps, pti_steps=pti_steps),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..coral_core.cache import get_clip, get_generator
-from ..coral_core.formats import describe
+from ..coral_core.clip_model import load_clip
+from ..coral_core.formats import describe, load_generator
 from . import host
 from .types import CORAL_CLIP, STYLEGAN_MODEL, ClipModel, StyleGANModel
 
@@ -36,10 +36,16 @@ class CoralLoadStyleGAN:
         return {"required": {"generator": (host.generator_choices(), {
             "tooltip": "A generator file from models/stylegan, or the built-in demo model."})}}
 
+    @classmethod
+    def IS_CHANGED(cls, generator: str):
+        return host.file_changed_token(host.STYLEGAN_FOLDER, generator)
+
     def load(self, generator: str):
         path = host.resolve(host.STYLEGAN_FOLDER, generator)
+        # One residency layer in ComfyUI: the executor keeps this node's output while the
+        # file is unchanged (IS_CHANGED), and the ModelPatcher moves it to and from the device.
         with host.autograd_enabled():  # normal (not inference) tensors, so edits can train
-            loaded = get_generator(path, "cpu")
+            loaded = load_generator(path)
         info = describe(loaded)
         model = StyleGANModel(path, loaded, _resident(loaded.generator))
         return {"ui": {"text": [f"{info['format']}, {info['resolution']}px, "
@@ -65,10 +71,14 @@ class CoralLoadCLIP:
                     "default": "", "tooltip": "open_clip model name (e.g. ViT-B-32-quickgelu) "
                                               "for a bare state dict; leave empty otherwise."})}}
 
+    @classmethod
+    def IS_CHANGED(cls, clip_name: str, model_name: str = ""):
+        return host.file_changed_token(host.CLIP_FOLDER, clip_name) + model_name
+
     def load(self, clip_name: str, model_name: str = ""):
         path = host.resolve(host.CLIP_FOLDER, clip_name)
         with host.autograd_enabled():
-            clip = get_clip(path, model_name or None, "cpu")
+            clip = load_clip(path, model_name or None, "cpu")
         return (ClipModel(path, clip, _resident(clip.model)),)
 
 

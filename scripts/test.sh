@@ -15,6 +15,8 @@ tier="${1:-all}"
 if [ "$tier" = "all" ] || [ "$tier" = "unit" ]; then
   echo "== lint (ruff, rules in pyproject.toml)"
   .venv/bin/ruff check coral_core nodes tests scripts __init__.py
+  echo "== types (mypy, settings in pyproject.toml)"
+  .venv/bin/mypy
   echo "== unit tier"
   "${PYTEST[@]}" -m "not e2e and not gpu" \
     --cov=coral_core --cov-report=term:skip-covered

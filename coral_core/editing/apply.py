@@ -57,7 +57,7 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     noise = G.make_noise(ws.shape[0], noise_mode)
     original = None
     if return_original:
-        original, feats = G.synthesize(ws, noise=noise, return_features=True)
+        original, feats = G.synthesize_with_features(ws, noise=noise)
     else:
         feats = G.features_up_to(ws, noise, max(e.feature_layers_needed(G) for e in edits))
     pairs, all_masks = [], []

@@ -12,7 +12,7 @@ original branch, which then equals the plain generator's computation exactly.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypeGuard
 
 import torch
 
@@ -22,7 +22,7 @@ from ..stylegan.layers import SynthesisLayer, ToRGBLayer
 MaskList = Sequence[torch.Tensor | None]
 
 
-def _active(mask: torch.Tensor | None) -> bool:
+def _active(mask: torch.Tensor | None) -> TypeGuard[torch.Tensor]:
     if mask is None:
         return False
     if mask.requires_grad:
@@ -84,6 +84,23 @@ def limit_layers(masks: MaskList, max_layer: int | None) -> list[torch.Tensor | 
     """``max_layer`` option: layers above k refuse new style changes (mask None)."""
     return [m if max_layer is None or i + 1 <= max_layer else None
             for i, m in enumerate(masks)]
+
+
+def mask_policy(masks: MaskList, *, no_masks: bool = False,
+                only_layers: Sequence[int] | None = None, max_layer: int | None = None,
+                threshold: float | None = None) -> list[torch.Tensor | None]:
+    """An edit's layer options applied to its selector's masks, in one order for training and
+    for applying (so a trained edit applies as it trained): ``no_masks`` (the StyleCLIP-style
+    baseline: 1 everywhere), ``only_layers`` (FEAT-style), an optional hard ``threshold``,
+    then ``max_layer``."""
+    out = list(masks)
+    if no_masks:
+        out = [None if m is None else torch.ones_like(m) for m in out]
+    if only_layers is not None:
+        out = [m if i + 1 in only_layers else None for i, m in enumerate(out)]
+    if threshold is not None:
+        out = [None if m is None else (m >= threshold).to(m.dtype) for m in out]
+    return limit_layers(out, max_layer)
 
 
 def blended_synthesis(G: Generator, ws: torch.Tensor, delta: torch.Tensor, masks: MaskList,

@@ -73,7 +73,7 @@ def build_catalogue(G: Generator, k: int = 6, samples: int = 64, layer: int | No
     z = torch.randn(samples, G.z_dim, generator=g).to(device)
     feats = []
     for chunk in z.split(16):
-        _, f = G.synthesize(G.mapping_ws(chunk, truncation), return_features=True)
+        _, f = G.synthesize_with_features(G.mapping_ws(chunk, truncation))
         feats.append(f[layer - 1].permute(0, 2, 3, 1).reshape(-1, f[layer - 1].shape[1]))
     x = F.normalize(torch.cat(feats).to(torch.float32), dim=1)
     if x.shape[0] > 50_000:

@@ -16,6 +16,8 @@ class GlobalDirection(nn.Module):
     masks' gradient is exactly 0.
     """
 
+    scale: torch.Tensor
+
     def __init__(self, num_ws: int, w_dim: int, rows: int = 1, init_std: float = 0.01,
                  seed: int = 0, scale: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -68,16 +70,19 @@ def mapper_groups(num_ws: int) -> list[tuple[int, int]]:
 class LatentMapper(nn.Module):
     """Image-specific d = 0.1 * g(w), one BiEqual network per W+ group."""
 
+    spread: torch.Tensor
+
     def __init__(self, num_ws: int, w_dim: int, scale: float = 0.1,
                  spread: torch.Tensor | None = None) -> None:
         super().__init__()
         self.groups = mapper_groups(num_ws)
-        self.blocks = nn.ModuleList(MapperBlock(w_dim) for _ in self.groups)
+        blocks = [MapperBlock(w_dim) for _ in self.groups]
+        self.blocks = nn.ModuleList(blocks)
         self.scale = scale
         # Output in units of the generator's w spread, as for GlobalDirection.
         self.register_buffer("spread", torch.ones(w_dim) if spread is None
                              else spread.detach().to(torch.float32).clone())
-        for block in self.blocks:  # start near d = 0 but not exactly (masks need a gradient)
+        for block in blocks:  # start near d = 0 but not exactly (masks need a gradient)
             nn.init.normal_(block.out.weight, std=1e-3)
             nn.init.zeros_(block.out.bias)
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..errors import EditMismatchError, ModelFormatError
 from ..formats.integrity import HASH_KEY, read_safetensors, write_safetensors
 from ..stylegan import Generator
-from .blend import limit_layers
+from .blend import mask_policy
 from .catalogue import SegmentCatalogue
 from .directions import GlobalDirection, LatentMapper
 from .selectors import AttentionSelector, SegmentSelector
@@ -38,8 +38,8 @@ class Edit:
     mode: str
     prompt: str
     neutral: str
-    direction: nn.Module
-    selector: nn.Module
+    direction: GlobalDirection | LatentMapper
+    selector: SegmentSelector | AttentionSelector
     generator_fingerprint: str
     resolution: int
     num_ws: int
@@ -130,13 +130,8 @@ class Edit:
         else:
             segs = self.segments_for(features)
             masks = list(self.selector.masks(G, segs))
-        if self.no_masks:
-            masks = [None if m is None else torch.ones_like(m) for m in masks]
-        if self.only_layers is not None:
-            masks = [m if i + 1 in self.only_layers else None for i, m in enumerate(masks)]
-        if threshold is not None:
-            masks = [None if m is None else (m >= threshold).to(m.dtype) for m in masks]
-        return limit_layers(masks, self.max_layer)
+        return mask_policy(masks, no_masks=self.no_masks, only_layers=self.only_layers,
+                           max_layer=self.max_layer, threshold=threshold)
 
     def feature_layers_needed(self, G: Generator) -> int:
         """How far the original pass must run for this edit's masks."""
@@ -227,7 +222,7 @@ class Edit:
         sub = {k[len("direction."):]: v for k, v in tensors.items()
                if k.startswith("direction.")}
         if meta["direction"] == "global":
-            direction: nn.Module = GlobalDirection(num_ws, w_dim, rows=sub["delta"].shape[0])
+            direction: GlobalDirection | LatentMapper = GlobalDirection(num_ws, w_dim, rows=sub["delta"].shape[0])
             sub.setdefault("scale", torch.ones(w_dim))  # edits before w-spread units
         else:
             direction = LatentMapper(num_ws, w_dim)
@@ -240,7 +235,7 @@ class Edit:
         sel = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
         if meta["variant"] == "ss":
             rows, layers, k = sel["logits"].shape
-            selector: nn.Module = SegmentSelector(layers, k, rows)
+            selector: SegmentSelector | AttentionSelector = SegmentSelector(layers, k, rows)
         else:
             selector = AttentionSelector(json.loads(meta["can_channels"]))
         selector.load_state_dict(sel)

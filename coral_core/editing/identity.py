@@ -32,6 +32,7 @@ class BottleneckIRSE(nn.Module):
     def __init__(self, in_ch: int, depth: int, stride: int) -> None:
         super().__init__()
         self.stride = stride
+        self.shortcut_layer: nn.Module
         if in_ch == depth:
             self.shortcut_layer = nn.MaxPool2d(1, stride)
         else:

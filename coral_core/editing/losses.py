@@ -28,6 +28,8 @@ class LossWeights:
     tv: float = 0.01
     identity: float = 0.0
     clip_on_edit: float = 0.5         # share of the CLIP term computed on G(w + d)
+    directional_share: float = 1.0    # with a neutral prompt: directional share of the CLIP term
+    leak: float = 0.0                 # share of the change outside the edit's own finest mask
     area_weighting: str = "spread"
     area_layer_weights: list[float] | None = field(default=None)
 
@@ -76,13 +78,17 @@ def area_betas(G: Generator, weights: LossWeights) -> list[float]:
 
 def clip_loss(clip: CoralClip, img: torch.Tensor, target: torch.Tensor,
               source_img_emb: torch.Tensor | None = None,
-              text_direction: torch.Tensor | None = None) -> torch.Tensor:
-    """1 - cos(E_I(x), E_T(t)); directional: 1 - cos(E_I(x) - E_I(x0), E_T(t) - E_T(n))."""
+              text_direction: torch.Tensor | None = None,
+              directional_share: float = 1.0) -> torch.Tensor:
+    """1 - cos(E_I(x), E_T(t)); directional: 1 - cos(E_I(x) - E_I(x0), E_T(t) - E_T(n)),
+    mixed with the global term by ``directional_share``."""
     emb = clip.encode_image(img)
+    plain = (1 - (emb * target).sum(-1)).mean()
     if text_direction is not None and source_img_emb is not None:
         d_img = torch.nn.functional.normalize(emb - source_img_emb, dim=-1)
-        return (1 - (d_img * text_direction).sum(-1)).mean()
-    return (1 - (emb * target).sum(-1)).mean()
+        directional = (1 - (d_img * text_direction).sum(-1)).mean()
+        return directional_share * directional + (1 - directional_share) * plain
+    return plain
 
 
 def area_loss(masks: Sequence[torch.Tensor | None], betas: list[float]) -> torch.Tensor:
@@ -98,6 +104,29 @@ def tv_loss(masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
         terms.append((m[..., 1:, :] - m[..., :-1, :]).square().mean()
                      + (m[..., :, 1:] - m[..., :, :-1]).square().mean())
     return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def leak_loss(edited: torch.Tensor, original: torch.Tensor,
+              masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Share of the pixel change that falls outside the edit's own footprint (its masks at the
+    finest selected resolution, upsampled to the image).
+
+    Why: the blend carries a change made at a coarse layer on into every later layer, so a
+    background mask at 4-16 px repaints the objects too, although the fine masks leave them
+    out. This term asks the edit to stay inside the region it declares at full resolution; it
+    needs no outside segmentation, and is scale-free (a share of the change energy, 0..1).
+    """
+    active = [m for m in masks if m is not None]
+    if not active:
+        return torch.zeros((), device=edited.device)
+    finest = max(m.shape[-1] for m in active)
+    footprint = torch.stack([m.expand(-1, 1, -1, -1) for m in active
+                             if m.shape[-1] == finest]).amax(0)
+    footprint = torch.nn.functional.interpolate(footprint.float(), size=edited.shape[-2:],
+                                                mode="bilinear", align_corners=False)
+    change = (edited.float() - original.float()).square().sum(1, keepdim=True)
+    outside = ((1 - footprint) * change).flatten(1).sum(1)
+    return (outside / (change.flatten(1).sum(1) + 1e-8)).mean()
 
 
 def mask_areas(masks: Sequence[torch.Tensor | None]) -> list[float]:

@@ -45,9 +45,10 @@ def _logit(p: float) -> float:
 class AttentionHead(nn.Module):
     def __init__(self, channels: int, hidden: int = 32, init: float = 0.5) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(),
-                                 nn.Conv2d(hidden, 1, 1), nn.Sigmoid())
-        nn.init.constant_(self.net[2].bias, _logit(init))  # masks start near ``init``
+        last = nn.Conv2d(hidden, 1, 1)
+        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), last, nn.Sigmoid())
+        assert last.bias is not None
+        nn.init.constant_(last.bias, _logit(init))  # masks start near ``init``
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)

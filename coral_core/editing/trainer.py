@@ -24,11 +24,13 @@ from ..validate import MAX_STEPS, finite, whole
 from ..errors import CancelledError, InputError
 from ..progress import Reporter
 from ..stylegan import Generator
-from .blend import blended_synthesis, limit_layers
+from .blend import blended_synthesis, mask_policy
 from .catalogue import SegmentCatalogue, catalogue_for
 from .directions import GlobalDirection, LatentMapper
 from .edit import DIRECTIONS, MODES, VARIANTS, Edit
-from .losses import LossWeights, area_betas, area_loss, clip_loss, mask_areas, tv_loss
+from .selectors import AttentionSelector, SegmentSelector
+from .losses import (LossWeights, area_betas, area_loss, clip_loss, leak_loss, mask_areas,
+                     tv_loss)
 
 
 GLOBAL_LR = 0.05      # global W+ offset, in w-spread units
@@ -158,7 +160,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                          "for per-image edits")
     if segments is not None:
         segments = _check_segments(segments, latents, cfg)
-    rows = latents.shape[0] if cfg.mode == "per_image" else 1
+    rows = 1
+    if cfg.mode == "per_image":
+        assert latents is not None  # per image: given, or made from the seeds above
+        rows = latents.shape[0]
     direction = _make_direction(G, cfg, rows).to(device)
     selector = _make_selector(G, cfg, rows, segments).to(device)
     if cfg.variant == "ss" and segments is None and catalogue is None:
@@ -212,20 +217,22 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                                       original_cache["segs"])
             else:
                 with torch.no_grad():
-                    img_o, feats = G.synthesize(ws, noise=noise, return_features=True)
+                    img_o, feats = G.synthesize_with_features(ws, noise=noise)
                     segs = None
                     if cfg.variant == "ss":
-                        segs = segments.expand(b, -1, -1, -1) if segments is not None \
-                            else catalogue.segments(feats)
+                        if segments is not None:
+                            segs = segments.expand(b, -1, -1, -1)
+                        else:
+                            assert catalogue is not None  # made above when none was supplied
+                            segs = catalogue.segments(feats)
                 if cfg.mode == "per_image":
                     original_cache.update(img=img_o, feats=feats, segs=segs)
             with autocast:
                 delta = direction(ws)
-                if cfg.variant == "ss":
-                    masks = selector.masks(G, segs)
-                else:
-                    masks = selector.masks(feats)
-                masks = _restrict(limit_layers(masks, cfg.max_layer), cfg)
+                raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
+                    else selector.masks(feats)
+                masks = mask_policy(raw, no_masks=cfg.no_masks, only_layers=cfg.only_layers,
+                                    max_layer=cfg.max_layer)
                 img_b = blended_synthesis(G, ws, delta, masks, noise)
                 src = None
                 if cfg.directional:  # the original images' embedding: once per batch
@@ -233,25 +240,28 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                         with torch.no_grad():
                             original_cache["src"] = clip.encode_image(img_o)
                     src = original_cache["src"]
-                l_clip = clip_loss(clip, img_b, target, src, text_dir)
+                mix = cfg.weights.directional_share
+                l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit
                 if share > 0:
                     img_e = G.synthesize(ws + delta, noise=noise)
                     l_clip = (1 - share) * l_clip + share * clip_loss(clip, img_e, target, src,
-                                                                      text_dir)
+                                                                      text_dir, mix)
                 l_l2 = direction.l2() if isinstance(direction, GlobalDirection) \
                     else direction.l2(delta)
                 l_area = area_loss(masks, betas)
                 l_tv = tv_loss(masks) if cfg.variant == "can" else torch.zeros((), device=device)
                 l_id = identity(img_b, img_o) if identity is not None else \
                     torch.zeros((), device=device)
+                l_leak = leak_loss(img_b, img_o, masks) if cfg.weights.leak > 0 else \
+                    torch.zeros((), device=device)
                 total = (cfg.weights.clip * l_clip + l2_weight * l_l2
                          + cfg.weights.area * l_area + cfg.weights.tv * l_tv
-                         + cfg.weights.identity * l_id)
+                         + cfg.weights.identity * l_id + cfg.weights.leak * l_leak)
             record = {"step": step, "total": float(total.detach()),
                       "clip": float(l_clip.detach()), "l2": float(l_l2.detach()),
                       "area": float(l_area.detach()), "tv": float(l_tv.detach()),
-                      "identity": float(l_id.detach())}
+                      "identity": float(l_id.detach()), "leak": float(l_leak.detach())}
             if not math.isfinite(record["total"]):
                 partial, reason = True, f"loss became {record['total']} at step {step}"
                 break
@@ -305,14 +315,6 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     return TrainResult(edit, partial, history, reason)
 
 
-def _restrict(masks: list, cfg: TrainConfig) -> list:
-    if cfg.no_masks:
-        return [torch.ones_like(m) if m is not None else None for m in masks]
-    if cfg.only_layers is not None:
-        return [m if i + 1 in cfg.only_layers else None for i, m in enumerate(masks)]
-    return masks
-
-
 def _check_segments(segments: torch.Tensor, latents: torch.Tensor | None,
                     cfg: TrainConfig) -> torch.Tensor:
     if segments.ndim == 3:
@@ -330,7 +332,8 @@ def _check_segments(segments: torch.Tensor, latents: torch.Tensor | None,
     return segments.to(torch.float32).clamp(0, 1)
 
 
-def _make_direction(G: Generator, cfg: TrainConfig, rows: int) -> nn.Module:
+def _make_direction(G: Generator, cfg: TrainConfig, rows: int
+                    ) -> GlobalDirection | LatentMapper:
     spread = G.w_spread()
     if cfg.direction == "global":
         return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed, scale=spread)
@@ -338,9 +341,7 @@ def _make_direction(G: Generator, cfg: TrainConfig, rows: int) -> nn.Module:
 
 
 def _make_selector(G: Generator, cfg: TrainConfig, rows: int,
-                   segments: torch.Tensor | None) -> nn.Module:
-    from .selectors import AttentionSelector, SegmentSelector
-
+                   segments: torch.Tensor | None) -> SegmentSelector | AttentionSelector:
     if cfg.variant == "can":
         return AttentionSelector.for_generator(G, init=cfg.mask_init)
     k = segments.shape[1] if segments is not None else cfg.num_segments

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..stylegan import Generator
+from .selectors import SegmentSelector
 
 if TYPE_CHECKING:
     from .edit import Edit
@@ -17,13 +18,13 @@ if TYPE_CHECKING:
 def selection_summary(G: Generator, edit: "Edit", threshold: float = 0.5) -> dict[str, Any]:
     """Which layers (and, for SS, which segments) the edit selects."""
     out: dict[str, Any] = {}
-    if edit.variant == "ss":
-        pairs = edit.selector.selection(threshold)  # type: ignore[attr-defined]
+    if isinstance(edit.selector, SegmentSelector):
+        pairs = edit.selector.selection(threshold)
         out["selection"] = {"pairs": pairs,
                             "layers": sorted({layer for layer, _ in pairs}),
                             "segments": sorted({k for _, k in pairs})}
         out["segment_weights"] = torch.sigmoid(edit.selector.logits[0]).detach().round(
-            decimals=3).tolist()  # type: ignore[attr-defined]
+            decimals=3).tolist()
     return out
 
 

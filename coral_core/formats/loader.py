@@ -105,7 +105,7 @@ def _classify_dict(obj: Any, path: Path) -> LoadedGenerator:
     if isinstance(obj.get("g_ema"), dict):
         fmt = "rosinality-train" if "args" in obj or "g_optim" in obj else "rosinality"
         return _from_rosinality(obj["g_ema"], obj.get("latent_avg"), path, fmt)
-    sd = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else obj
+    sd: dict = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
     sd_keys = [str(k) for k in sd]
     if any(k.startswith("decoder.") for k in sd_keys) and any(k.startswith("encoder.")
                                                                for k in sd_keys):

@@ -71,10 +71,10 @@ def _num(value: Any, default: Any = None) -> Any:
 
 def _pick_generator(top: Any, path: Path) -> tuple[PersistentRecord, list[str]]:
     notes: list[str] = []
+    rec: PersistentRecord | None = None
     if isinstance(top, PersistentRecord):
         rec = top  # torch.save(G) as PTI writes it
     elif isinstance(top, dict):
-        rec = None
         for key in ("G_ema", "G"):
             if isinstance(top.get(key), PersistentRecord):
                 rec = top[key]
@@ -90,6 +90,7 @@ def _pick_generator(top: Any, path: Path) -> tuple[PersistentRecord, list[str]]:
             raise ModelFormatError(f"{path}: NVlabs pickle without a generator: keys {found}")
     else:
         raise ModelFormatError(f"{path}: unexpected top-level object {type(top).__name__}")
+    assert rec is not None  # every branch above found one or raised
     if rec.class_name != "Generator":
         raise ModelFormatError(
             f"{path}: expected an NVlabs Generator, found a {rec.class_name!r} object")

@@ -57,13 +57,13 @@ def nvlabs_to_rosinality(G: Generator) -> dict[str, Any]:
         if info.name.endswith("conv0"):
             out[f"{name}.conv.blur.kernel"] = kernel.clone()
         out[f"noises.noise_{noise_idx}"] = sd[src + "noise_const"][None, None].clone()
-    for info in G.torgb_layers:
-        name, src = _ros_torgb_name(info.resolution), f"synthesis.b{info.resolution}.torgb."
+    for rgb in G.torgb_layers:
+        name, src = _ros_torgb_name(rgb.resolution), f"synthesis.b{rgb.resolution}.torgb."
         out[f"{name}.conv.weight"] = sd[src + "weight"][None].clone()
         out[f"{name}.conv.modulation.weight"] = sd[src + "affine.weight"].clone()
         out[f"{name}.conv.modulation.bias"] = sd[src + "affine.bias"].clone()
         out[f"{name}.bias"] = sd[src + "bias"].reshape(1, -1, 1, 1).clone()
-        if info.resolution > 4:
+        if rgb.resolution > 4:
             out[f"{name}.upsample.kernel"] = kernel.clone()
     return {"g_ema": out, "latent_avg": sd["mapping.w_avg"].clone()}
 
@@ -122,8 +122,8 @@ def rosinality_to_nvlabs_state(g: dict[str, torch.Tensor], cfg: GeneratorConfig,
         noise_key = f"noises.noise_{noise_idx}"
         sd[dst + "noise_const"] = (g[noise_key][0, 0] if noise_key in g
                                    else template.state_dict()[dst + "noise_const"])
-    for info in template.torgb_layers:
-        name, dst = _ros_torgb_name(info.resolution), f"synthesis.b{info.resolution}.torgb."
+    for rgb in template.torgb_layers:
+        name, dst = _ros_torgb_name(rgb.resolution), f"synthesis.b{rgb.resolution}.torgb."
         sd[dst + "weight"] = g[f"{name}.conv.weight"][0]
         sd[dst + "affine.weight"] = g[f"{name}.conv.modulation.weight"]
         sd[dst + "affine.bias"] = g[f"{name}.conv.modulation.bias"]

@@ -213,20 +213,29 @@ class Generator(nn.Module):
         return ws.to(torch.float32)
 
     def synthesize(self, ws: torch.Tensor, noise_mode: str = "const",
-                   noise: Sequence[torch.Tensor | None] | None = None,
-                   return_features: bool = False
-                   ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+                   noise: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """W+ [B, num_ws, w_dim] -> image [B, C, H, W] in about [-1, 1].
 
         ``noise`` (one entry per conv layer, from ``make_noise``) overrides ``noise_mode``.
-        With ``return_features`` also returns every conv layer's output feature map.
         """
+        return self._synthesize(ws, noise_mode, noise, capture=False)[0]
+
+    def synthesize_with_features(self, ws: torch.Tensor, noise_mode: str = "const",
+                                 noise: Sequence[torch.Tensor | None] | None = None
+                                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The image and every conv layer's output feature map (segments and CAN masks are
+        read from the original pass, so both come from one run)."""
+        return self._synthesize(ws, noise_mode, noise, capture=True)
+
+    def _synthesize(self, ws: torch.Tensor, noise_mode: str,
+                    noise: Sequence[torch.Tensor | None] | None, capture: bool
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         ws = self.check_ws(ws)
         if noise is None:
             noise = self.make_noise(ws.shape[0], noise_mode)
-        runner = PlainRunner(ws, noise, capture=return_features)
+        runner = PlainRunner(ws, noise, capture=capture)
         img = self.synthesis.run(ws.shape[0], runner)
-        return (img, runner.features) if return_features else img
+        return img, runner.features
 
     def features_up_to(self, ws: torch.Tensor, noise: Sequence[torch.Tensor | None],
                        last_layer: int) -> list[torch.Tensor]:

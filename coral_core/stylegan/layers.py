@@ -40,6 +40,8 @@ class FullyConnectedLayer(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> w. Truncation happens here, around the tracked ``w_avg`` buffer."""
 
+    w_avg: torch.Tensor
+
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int,
                  lr_multiplier: float, w_avg_beta: float) -> None:
         super().__init__()
@@ -73,6 +75,9 @@ class MappingNetwork(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv + noise + bias + lrelu (+ clamp), optionally upsampling by 2."""
+
+    noise_const: torch.Tensor
+    resample_filter: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, *,
                  up: int = 1, use_noise: bool = True, conv_clamp: float | None = None) -> None:
@@ -136,6 +141,8 @@ class ToRGBLayer(nn.Module):
 class ResnetSkip(nn.Module):
     """The resnet architecture's 1x1 upsampling shortcut (no bias, no clamp)."""
 
+    resample_filter: torch.Tensor
+
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
@@ -149,6 +156,8 @@ class ResnetSkip(nn.Module):
 
 class SynthesisBlock(nn.Module):
     """One resolution: (const | conv0) + conv1, then toRGB / skip depending on architecture."""
+
+    resample_filter: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
                  img_channels: int, *, is_last: bool, architecture: str, use_noise: bool,

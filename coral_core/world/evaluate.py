@@ -88,10 +88,12 @@ def build_cases(G: Generator, seeds: list[int], prompt_set: list[dict[str, str]]
             else:
                 colour, shape, k = objs[int(rng.randint(len(objs)))]
                 bg_name = BG_NAMES[int(scenes.background[i])]
-                new = str(rng.choice([c for c in OBJ_NAMES if c not in (colour, bg_name)]))
-                text = spec["template"].format(article=_article(new), colour=new, shape=shape)
+                new_colour = str(rng.choice([c for c in OBJ_NAMES
+                                             if c not in (colour, bg_name)]))
+                text = spec["template"].format(article=_article(new_colour), colour=new_colour,
+                                               shape=shape)
                 keep = {(c, s) for c, s, kk in objs if kk != k}
-                cases.append(EvalCase(seed, "object colour", text, (new, shape),
+                cases.append(EvalCase(seed, "object colour", text, (new_colour, shape),
                                       masks[i, 1 + k], keep,
                                       spec["template"].format(article=_article(colour),
                                                               colour=colour, shape=shape)))

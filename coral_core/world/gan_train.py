@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_path, write_text_atomic
 from ..progress import Reporter
 from ..stylegan import Generator, GeneratorConfig
+from ..stylegan.layers import FullyConnectedLayer
 from .clip_train import StepBudget, warmup_cosine
 from .render import render
 from .scene import DEMO_RESOLUTION, DISCRETE_DIMS, GRADIENT_DIM, scenes_from_z
@@ -61,6 +62,7 @@ def init_scene_mapping(G: Generator) -> None:
     whatever z is. Unused rows are zero, so fc1's output holds nothing else.
     """
     fc0, fc1 = G.mapping.fc0, G.mapping.fc1
+    assert isinstance(fc0, FullyConnectedLayer) and isinstance(fc1, FullyConnectedLayer)
     thresholds = scene_thresholds()
     if 2 * len(thresholds) + 1 > fc0.weight.shape[0]:
         raise ValueError("w_dim too small for the scene's step features")

@@ -22,7 +22,7 @@ def test_reused_original_features_stop_before_the_first_selected_layer(G) -> Non
     noise = G.make_noise(1, "const")
     delta = torch.randn_like(ws) * 0.5
     with torch.no_grad():
-        _, feats = G.synthesize(ws, noise=noise, return_features=True)
+        _, feats = G.synthesize_with_features(ws, noise=noise)
         for first in range(1, len(G.conv_layers) + 1):
             masks = [None] * (first - 1) + [torch.ones(1, 1, c.resolution, c.resolution)
                                             for c in G.conv_layers[first - 1:]]
@@ -77,7 +77,7 @@ def test_the_l2_weight_shrinks_the_direction(G, clip) -> None:
 def test_catalogue_segments_are_area_averages_at_every_layer(G) -> None:
     cat = build_catalogue(G, k=4, samples=8)
     with torch.no_grad():
-        _, feats = G.synthesize(G.mapping_ws(G.z_from_seeds([5])), return_features=True)
+        _, feats = G.synthesize_with_features(G.mapping_ws(G.z_from_seeds([5])))
     seg = cat.segments(feats)
     full = seg.shape[-1]
     for c in G.conv_layers:
@@ -93,7 +93,7 @@ def test_cluster_assignment_ignores_feature_magnitude(G) -> None:
     image's features must not change its segments."""
     cat = build_catalogue(G, k=4, samples=8)
     with torch.no_grad():
-        _, feats = G.synthesize(G.mapping_ws(G.z_from_seeds([6])), return_features=True)
+        _, feats = G.synthesize_with_features(G.mapping_ws(G.z_from_seeds([6])))
     scaled = [f * torch.linspace(0.1, 10, f.shape[-1]).view(1, 1, 1, -1) for f in feats]
     assert torch.equal(cat.segments(feats), cat.segments(scaled))
 

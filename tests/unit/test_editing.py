@@ -95,7 +95,7 @@ def test_catalogue_is_cached_and_consistent(G, tmp_path):
     b = catalogue_for(G, 4, tmp_path)
     assert torch.equal(a.centres, b.centres)
     with torch.no_grad():
-        _, feats = G.synthesize(G.mapping_ws(G.z_from_seeds([1, 2])), return_features=True)
+        _, feats = G.synthesize_with_features(G.mapping_ws(G.z_from_seeds([1, 2])))
     seg = a.segments(feats)
     assert seg.shape[1] == 4 and torch.all(seg.sum(1) == 1)
     c = build_catalogue(G, k=4)

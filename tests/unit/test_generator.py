@@ -59,7 +59,7 @@ def test_num_ws_and_layer_table(res: int, num_ws: int) -> None:
 def test_features_and_layer_by_layer_runner() -> None:
     G = random_generator()
     ws = G.mapping_ws(G.z_from_seeds([5, 6]))
-    img, feats = G.synthesize(ws, return_features=True)
+    img, feats = G.synthesize_with_features(ws)
     assert [f.shape[-1] for f in feats] == [c.resolution for c in G.conv_layers]
     assert [f.shape[1] for f in feats] == [c.out_channels for c in G.conv_layers]
     runner = PlainRunner(ws, G.make_noise(2, "const"))

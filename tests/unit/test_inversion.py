@@ -48,7 +48,7 @@ def test_pti_tunes_a_copy_and_improves_the_fit() -> None:
 
 
 def test_e4e_initialiser_from_a_fabricated_checkpoint(tmp_path) -> None:
-    from coral_core.e4e import Encoder4Editing, load_e4e
+    from coral_core.inversion.e4e import Encoder4Editing, load_e4e
     from coral_core.formats import load_generator, nvlabs_to_rosinality
 
     G = random_generator(tiny_config(conv_clamp=None))

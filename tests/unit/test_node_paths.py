@@ -67,3 +67,19 @@ def test_train_node_seed_is_fixed_so_requeue_reuses_the_edit() -> None:
 
     seed = NODE_CLASS_MAPPINGS["CoralTrainEdit"].INPUT_TYPES()["required"]["seed"][1]
     assert not seed.get("control_after_generate")
+
+
+def test_file_nodes_rerun_when_the_file_changes(tmp_path: Path, monkeypatch) -> None:
+    """IS_CHANGED: an unchanged file keeps ComfyUI's cached output (no reload on re-queue);
+    a file replaced under the same name is read again; a missing one lets the node report."""
+    host = _host()
+    from coralpack.nodes.editing import CoralLoadEdit  # type: ignore[import-not-found]
+
+    monkeypatch.setattr(host, "DEMO_EDITS", tmp_path)
+    f = tmp_path / "e.safetensors"
+    f.write_bytes(b"one version")
+    first = CoralLoadEdit.IS_CHANGED("[demo] e.safetensors")
+    assert CoralLoadEdit.IS_CHANGED("[demo] e.safetensors") == first
+    f.write_bytes(b"another version, longer")
+    assert CoralLoadEdit.IS_CHANGED("[demo] e.safetensors") != first
+    assert CoralLoadEdit.IS_CHANGED("[demo] gone.safetensors").startswith("unresolved:")

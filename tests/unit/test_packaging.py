@@ -55,3 +55,44 @@ def test_ui_workflows_are_twins_of_the_api_ones() -> None:
                                                                  for n in api.values())
         api_links = sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
         assert len(ui["links"]) == api_links and ui["version"] == 0.4
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of the coral_core modules a file imports (relative imports resolved)."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[:len(base) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {n for n in out if n.startswith("coral_core")}
+
+
+def _within(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def test_engine_layers_never_import_upwards() -> None:
+    """The engine (generator, formats, editing, inversion) never imports the demo world or
+    the commands: a user's FFHQ edit must not depend on the demo assets."""
+    engine = [p for sub in ("stylegan", "formats", "editing", "inversion")
+              for p in (ROOT / "coral_core" / sub).rglob("*.py")]
+    assert len(engine) > 20
+    for path in engine:
+        upward = {m for m in _imported_modules(path)
+                  if _within(m, "coral_core.world", "coral_core.commands", "coral_core.cli")}
+        assert not upward, f"{path.relative_to(ROOT)} imports {sorted(upward)}"
+    world = [p for p in (ROOT / "coral_core" / "world").rglob("*.py")]
+    for path in world:
+        assert not {m for m in _imported_modules(path)
+                    if _within(m, "coral_core.commands", "coral_core.cli")}, path

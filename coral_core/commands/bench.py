@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import resource
 import time
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -10,9 +11,9 @@ import torch
 
 from ..devices import pick_device
 from ..stylegan import Generator, GeneratorConfig
-from .directions import GlobalDirection
-from .edit import Edit
-from .selectors import SegmentSelector
+from ..editing.directions import GlobalDirection
+from ..editing.edit import Edit
+from ..editing.selectors import SegmentSelector
 
 
 def _time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
@@ -30,7 +31,7 @@ def _time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
 
 
 def _edit_selecting(G: Generator, layers: list[int], k: int = 6) -> Edit:
-    from .catalogue import build_catalogue
+    from ..editing.catalogue import build_catalogue
 
     sel = SegmentSelector(len(G.conv_layers), k)
     with torch.no_grad():
@@ -86,7 +87,7 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     Masks are thresholded at 0.5 so unselected layers are exactly zero (their edited branch is
     skipped). Three halves are measured, because the cost depends on which layers are chosen.
     """
-    from .apply import apply_edits
+    from ..editing.apply import apply_edits
 
     dev = pick_device(device)
     G = config_f_generator(resolution, dev)
@@ -104,9 +105,9 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     out = {"plain_s": plain}
     for name, layers in choices.items():
         edit = _edit_selecting(G, layers).to(dev)
-        t_edit = _time(lambda e=edit: apply_edits(G, ws, [e], 1.0, 0.5, return_original=False),
+        t_edit = _time(partial(apply_edits, G, ws, [edit], 1.0, 0.5, return_original=False),
                        repeats, dev)
-        t_both = _time(lambda e=edit: apply_edits(G, ws, [e], 1.0, 0.5), repeats, dev)
+        t_both = _time(partial(apply_edits, G, ws, [edit], 1.0, 0.5), repeats, dev)
         print(f"{name:>17} (layers {layers[0]}..{layers[-1]}, {len(layers)} of {n}): "
               f"edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain; "
               f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x")
@@ -142,7 +143,7 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
     """
     from ..cache import get_clip, get_generator
     from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
-    from .trainer import TrainConfig, train_edit
+    from ..editing.trainer import TrainConfig, train_edit
 
     dev = pick_device(device)
     if config is not None:
@@ -159,7 +160,7 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
     results = {}
     print(f"device {dev}, generator {G.img_resolution}px ({G.parameter_count():,} params), "
           f"CLIP {C.model_id}, {steps} steps each, batch {list(batches)}")
-    from .catalogue import catalogue_for
+    from ..editing.catalogue import catalogue_for
 
     catalogue_for(G, TrainConfig(prompt="-").num_segments)  # built once, cached: not timed
     for batch in batches:

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .editing.identity import BottleneckIRSE
-from .errors import ModelFormatError
+from ..editing.identity import BottleneckIRSE
+from ..errors import ModelFormatError
 
 COARSE, MIDDLE = 3, 7
 STAGE_UNITS = (3, 4, 14, 3)
@@ -103,7 +103,7 @@ class E4E:
 
 
 def load_e4e(path: str | Path) -> E4E:
-    from .formats.weights import load_weights_file
+    from ..formats.weights import load_weights_file
 
     path = Path(path)
     ckpt: Any = load_weights_file(path, "e4e checkpoint")

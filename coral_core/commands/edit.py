@@ -12,8 +12,8 @@ import torch
 
 from ..atomic import ensure_writable
 from ..cli import add_parser, command
-from .losses import AREA_WEIGHTINGS, LossWeights
-from .trainer import TrainConfig
+from ..editing.losses import AREA_WEIGHTINGS, LossWeights
+from ..editing.trainer import TrainConfig
 
 # The engine's defaults, read once: the CLI keeps no numbers of its own.
 _TRAIN = TrainConfig(prompt="-")
@@ -61,8 +61,8 @@ def _common(s: argparse.ArgumentParser, clip: bool = False) -> None:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from ..progress import Reporter, print_progress
-    from .losses import LossWeights
-    from .trainer import TrainConfig, train_edit
+    from ..editing.losses import LossWeights
+    from ..editing.trainer import TrainConfig, train_edit
 
     ensure_writable(args.out)
     G, clip = _generator(args), _clip(args)
@@ -94,9 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command("apply")
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..images import save_png, save_tensor_images
-    from .apply import apply_edits
-    from .edit import Edit
-    from .visualize import effective_mask, mask_grid
+    from ..editing.apply import apply_edits
+    from ..editing.edit import Edit
+    from ..editing.visualize import effective_mask, mask_grid
 
     ensure_writable(args.out, is_folder=True)
     G = _generator(args)
@@ -133,9 +133,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_masks(args: argparse.Namespace) -> int:
     from ..images import image_to_uint8, save_png
     from ..atomic import write_text_atomic
-    from .apply import apply_edits
-    from .edit import Edit
-    from .visualize import effective_mask, mask_grid, overlay
+    from ..editing.apply import apply_edits
+    from ..editing.edit import Edit
+    from ..editing.visualize import effective_mask, mask_grid, overlay
 
     G = _generator(args)
     edit = Edit.load(args.edit)

@@ -14,26 +14,26 @@ from ..cli import add_parser, command
 @command("world")
 def cmd_world(args: argparse.Namespace) -> int:
     from ..progress import Reporter, print_progress
-    from . import assets
+    from ..world import assets
 
     rep = Reporter(print_progress(args.action), every=50)
     t0 = time.perf_counter()
     if args.action == "train-clip":
-        from .clip_train import train_clip
+        from ..world.clip_train import train_clip
 
         out = Path(args.out or assets.DEMO_CLIP)
         result = train_clip(out, steps=args.steps or 6000, seed=args.seed, reporter=rep,
                             device=args.device, max_minutes=args.max_minutes,
                             stop_at=args.stop_at)
     elif args.action == "train-gan":
-        from .gan_train import train_gan
+        from ..world.gan_train import train_gan
 
         out = Path(args.out or assets.DEMO_GENERATOR)
         result = train_gan(out, steps=args.steps or 20000, seed=args.seed, reporter=rep,
                            device=args.device, max_minutes=args.max_minutes,
                            stop_at=args.stop_at)
     elif args.action == "train-judge":
-        from .judge import train_judge
+        from ..world.judge import train_judge
 
         out = Path(args.out or assets.DEMO_JUDGE)
         result = train_judge(out, steps=args.steps or 800, seed=args.seed + 1, reporter=rep,
@@ -50,8 +50,8 @@ def cmd_world(args: argparse.Namespace) -> int:
     elif args.action == "check":
         from ..cache import get_clip
         from ..formats import load_generator
-        from .check import check_world, format_check
-        from .judge import load_judge
+        from ..world.check import check_world, format_check
+        from ..world.judge import load_judge
 
         G = load_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
         clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
@@ -61,9 +61,9 @@ def cmd_world(args: argparse.Namespace) -> int:
     else:  # render
         from ..images import save_tensor_images
         from ..seeds import parse_seeds
-        from .captions import full_caption
-        from .render import render
-        from .scene import random_scenes
+        from ..world.captions import full_caption
+        from ..world.render import render
+        from ..world.scene import random_scenes
 
         out = Path(args.out or "out/renders")
         seeds = parse_seeds(args.seeds)
@@ -85,7 +85,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..world.demo import run_demo
 
     report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps)
     print(report["summary_text"])
@@ -125,9 +125,9 @@ add_parser(_register)
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..cache import get_clip, get_generator
     from ..seeds import parse_seeds
-    from . import assets
-    from .evaluate import METHODS, format_table, run_eval
-    from .judge import load_judge
+    from ..world import assets
+    from ..world.evaluate import METHODS, format_table, run_eval
+    from ..world.judge import load_judge
 
     G = get_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
     clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))

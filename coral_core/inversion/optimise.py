@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import isolated_rng
-from .errors import InputError
-from .metrics import psnr, ssim
-from .progress import Reporter
-from .stylegan import Generator
+from ..devices import isolated_rng
+from ..errors import InputError
+from ..metrics import psnr, ssim
+from ..progress import Reporter
+from ..stylegan import Generator
 
 SPACES = ("w", "w+", "w_then_w+")
 MIN_SIDE = 8
@@ -99,6 +99,7 @@ class Perceptual:
         b = self.features(img)
         if self.vgg is not None:
             return (a_feat - b).square().sum(1).mean()
+        assert b is not None  # CLIP features, when there is no VGG
         return (1 - F.cosine_similarity(a_feat, b, dim=-1)).mean()
 
 
@@ -162,8 +163,8 @@ def _invert(G: Generator, target: torch.Tensor, cfg: InvertConfig, clip: Any,
     def loss_of(img: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(img, target) + cfg.perceptual_weight * perc.distance(target_feat, img)
 
-    w_steps = {"w": cfg.steps, "w+": 0, "w_then_w+": int(cfg.steps * cfg.w_steps_fraction)}
-    w_steps = w_steps[cfg.space] if init_ws is None else 0
+    steps_in_w = {"w": cfg.steps, "w+": 0, "w_then_w+": int(cfg.steps * cfg.w_steps_fraction)}
+    w_steps = steps_in_w[cfg.space] if init_ws is None else 0
     if w_steps:
         w.requires_grad_(True)
         _optimise([w], lambda: G.synthesize(w.expand(-1, G.num_ws, -1), noise=noise), loss_of,
