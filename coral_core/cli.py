@@ -156,7 +156,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise CoralError(f"{args.workflow}: not a readable API-format workflow ({exc})") from exc
     if not isinstance(workflow, dict) or "nodes" in workflow:
         raise CoralError(f"{args.workflow}: this is a UI-format workflow; export it with "
-                         "'Save (API)' or use the copy under workflows/")
+                         "'Save (API)' or use the copy under workflows/api/")
     seeds = parse_seeds(args.seeds) if args.seeds else None
     servers = args.server or ["http://127.0.0.1:8188"]
     out = Path(args.out) if args.out else None

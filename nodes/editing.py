@@ -66,7 +66,10 @@ class CoralTrainEdit:
                               "tooltip": "Optimisation steps."}),
             # no "randomize after queue": an unchanged Train node is cached by ComfyUI, so
             # changing only the Apply strength and queueing again does not retrain
+            # control_after_generate False: the front end otherwise adds a "randomize" control
+            # to every INT named seed (frontend 1.32 useIntWidget)
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
+                             "control_after_generate": False,
                              "tooltip": "Seed for initialisation and sampling (fixed, so "
                                         "re-queueing reuses the trained edit)."}),
         }, "optional": {

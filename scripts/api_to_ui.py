@@ -3,7 +3,7 @@
 
 The node schemas come from a running server's /object_info, so widget order and defaults are
 exactly what the front end expects. Usage:
-    python scripts/api_to_ui.py --server URL workflows/x.json example_workflows/x.json
+    python scripts/api_to_ui.py --server URL workflows/api/x.json example_workflows/x.json
 """
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 def is_widget(spec: list) -> bool:
     kind = spec[0]
     return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def has_control_widget(name: str, spec: list) -> bool:
+    """The front end's rule (1.32, useIntWidget): an INT gets a "control after generate"
+    widget when its spec says so, or, if the spec is silent, when it is named seed/noise_seed.
+    Its value sits right after the INT's in widgets_values."""
+    if spec[0] != "INT":
+        return False
+    opts = spec[1] if len(spec) > 1 else {}
+    return bool(opts.get("control_after_generate", name in ("seed", "noise_seed")))
 
 
 def convert(api: dict, object_info: dict, title: str = "") -> dict:
@@ -64,18 +74,21 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
                     opts = spec[1] if len(spec) > 1 else {}
                     value = opts.get("default", spec[0][0] if isinstance(spec[0], list) else "")
                 widgets.append(value)
-                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                if has_control_widget(name, spec):
                     widgets.append("fixed")
             else:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         outputs = [{"name": n, "type": t, "links": out_links.get((key, i), []), "slot_index": i}
                    for i, (t, n) in enumerate(zip(schema["output"], schema["output_name"]))]
         col = node_depth(key)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
-        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [40 + 360 * col,
-                                                                           60 + 300 * row],
-                      "size": [320, 120 + 26 * len(widgets)], "flags": {}, "order": 0,
+        # stacked down each column by real heights, so no node overlaps the one below it;
+        # the Train node also holds the front end's live-training panel (web/js)
+        height = 60 + 26 * (len(widgets) + max(len(inputs), len(outputs)))
+        height += EXTRA_HEIGHT.get(node["class_type"], 0)
+        y = rows.get(col, 60)
+        rows[col] = y + height + 60
+        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [40 + 360 * col, y],
+                      "size": [320, height], "flags": {}, "order": 0,
                       "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": node["class_type"]},
                       "widgets_values": widgets,
@@ -87,6 +100,10 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes,
             "links": links, "groups": [], "config": {},
             "extra": {"info": {"name": title}} if title else {}, "version": 0.4}
+
+
+# Height of what the pack's front end adds inside a node (web/js/coral_live_training.js).
+EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralSaveEdit": 30, "CoralSaveLatents": 30}
 
 
 def main() -> int:

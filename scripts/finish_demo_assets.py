@@ -4,6 +4,7 @@
 Exports the rosinality copy, trains the shipped per-prompt demo edit, renders the README sample
 grid and the template thumbnails. Run from the repository root:
     python scripts/finish_demo_assets.py
+(``--thumbnails`` rewrites only the template thumbnails from docs/images.)
 """
 from __future__ import annotations
 
@@ -56,13 +57,33 @@ def main() -> int:
     shutil.copy(demo / "before_after.png", out / "demo_before_after.png")
     shutil.copy(demo / "mask_grid.png", out / "demo_mask_grid.png")
     shutil.copy(demo / "overlay.png", out / "demo_overlay.png")
-    thumb = Image.open(demo / "before_after.png").convert("RGB").resize((256, 128),
-                                                                       Image.NEAREST)
-    for wf in (ROOT / "workflows").glob("*.json"):
-        thumb.save(ROOT / "example_workflows" / f"{wf.stem}.jpg", quality=90)
+    write_thumbnails()
     print("done")
     return 0
 
 
+# Each template's thumbnail shows what that template makes (the template browser lists them
+# side by side, so identical pictures tell a user nothing).
+THUMBNAIL_SOURCES = {
+    "train_apply_visualise": "demo_before_after.png",
+    "apply_saved_edit": "demo_overlay.png",
+    "invert_photo_and_edit": "demo_samples.png",
+    "segments_from_masks": "demo_mask_grid.png",
+}
+
+
+def write_thumbnails() -> None:
+    images = ROOT / "docs" / "images"
+    for wf in sorted((ROOT / "workflows" / "api").glob("*.json")):
+        src = Image.open(images / THUMBNAIL_SOURCES[wf.stem]).convert("RGB")
+        src.thumbnail((256, 256), Image.Resampling.NEAREST)
+        canvas = Image.new("RGB", (256, 256), (24, 24, 24))
+        canvas.paste(src, ((256 - src.width) // 2, (256 - src.height) // 2))
+        canvas.save(ROOT / "example_workflows" / f"{wf.stem}.jpg", quality=90)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--thumbnails"]:
+        write_thumbnails()
+        sys.exit(0)
     sys.exit(main())

@@ -1,6 +1,7 @@
 """Seed realistic one-line bugs into the engine, one at a time, and check the unit tests catch
 each (the review's 26-bug probe found 14 survivors; these are they, less one equivalent mutant
-explained below, plus a few it caught and the new content-hash check).
+explained below, plus the ones it caught, kept here so they stay caught, and the content-hash
+check added since).
 
 Each mutation is applied to a throw-away copy of the repository (never to the working tree),
 then the named unit tests run there. Prints one line per bug and "caught N of M".
@@ -75,6 +76,32 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     "apply ignores the strength": (
         "coral_core/editing/apply.py", "pairs.append((e.delta(ws) * s, masks))",
         "pairs.append((e.delta(ws), masks))", "tests/unit/test_editing.py"),
+    "toRGB output not blended": (
+        "coral_core/editing/blend.py", "out = mask * rgb_e + (1 - mask) * out", "out = rgb_e",
+        "tests/unit/test_blend.py"),
+    "noise re-drawn in the edited branch only": (
+        "coral_core/editing/blend.py", "f_e = layer(x, w + delta[:, info.w_index], noise, gain)",
+        "f_e = layer(x, w + delta[:, info.w_index], None, gain)", "tests/unit/test_blend.py"),
+    "noise strength ignored": (
+        "coral_core/stylegan/layers.py", "x = x + noise * self.noise_strength", "x = x + noise",
+        "tests/unit/test_generator.py"),
+    "area weightings swapped (coarse layers cheaper)": (
+        "coral_core/editing/losses.py", "raw = [1.0 / r for r in res]", "raw = [r for r in res]",
+        B),
+    "generator fingerprint not checked on apply": (
+        "coral_core/editing/edit.py", "if G.fingerprint() != self.generator_fingerprint:",
+        "if False:", "tests/unit/test_editing.py"),
+    "mask threshold ignored on apply": (
+        "coral_core/editing/apply.py", "masks = e.masks(G, feats, threshold)",
+        "masks = e.masks(G, feats)", "tests/unit/test_editing.py"),
+    "seeds drawn by torch instead of NVIDIA's numpy RandomState": (
+        "coral_core/stylegan/generator.py",
+        "rows = [np.random.RandomState(int(s)).randn(1, self.z_dim) for s in seeds]",
+        "rows = [torch.randn(1, self.z_dim, generator=torch.Generator().manual_seed(int(s)))"
+        ".numpy() for s in seeds]", "tests/unit/test_generator.py tests/unit/test_cli.py"),
+    "per-image selector uses its first row for every image": (
+        "coral_core/editing/selectors.py", "if weights.shape[0] == 1 else",
+        "if True else", "tests/unit/test_editing.py tests/unit/test_behaviour.py"),
     "content hash not checked on load": (
         "coral_core/formats/integrity.py", "elif stored != tensor_digest(tensors, meta):",
         "elif False:", "tests/unit/test_corrupt_files.py"),
@@ -94,7 +121,8 @@ def run(name: str) -> bool:
             raise SystemExit(f"{name}: the original text is not found exactly once in {rel}")
         target.write_text(text.replace(old, new))
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p",
-                               "no:cacheprovider", "--rootdir", "tests", tests], cwd=copy,
+                               "no:cacheprovider", "--import-mode=importlib", "--rootdir",
+                               "tests", *tests.split()], cwd=copy,
                               capture_output=True, text=True)
         return proc.returncode != 0
 

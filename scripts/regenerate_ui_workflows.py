@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rebuild example_workflows/*.json (UI format) from workflows/*.json (API format) against a
+"""Rebuild example_workflows/*.json (UI format) from workflows/api/*.json (API format) against a
 real ComfyUI server started here with this pack, so widget order and defaults always match the
 nodes as they are now. Run after changing any node's inputs:
     .venv/bin/python scripts/regenerate_ui_workflows.py
@@ -25,7 +25,7 @@ def main() -> int:
             info = server.get("/object_info")
         finally:
             server.stop()
-    for src in sorted((ROOT / "workflows").glob("*.json")):
+    for src in sorted((ROOT / "workflows" / "api").glob("*.json")):
         out = ROOT / "example_workflows" / src.name
         out.write_text(json.dumps(convert(json.loads(src.read_text()), info, src.stem),
                                   indent=2) + "\n")

@@ -163,4 +163,4 @@ def output_images(server: "ComfyServer", outputs: dict, node: str) -> list:
 
 
 def load_workflow(name: str) -> dict:
-    return json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())

@@ -177,10 +177,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.what == "apply":
         bench_apply(args.resolution, args.batch, args.repeats, args.device)
     elif args.what == "invert":
-        bench_invert(args.steps if args.steps != 10 else 300, device=args.device,
+        bench_invert(args.steps or 300, args.pti_steps, args.images, device=args.device,
                      generator=args.generator, clip=args.clip)
     else:
-        bench_train(args.steps, args.device, args.generator, args.clip, args.config,
+        bench_train(args.steps or 10, args.device, args.generator, args.clip, args.config,
                     tuple(int(b) for b in args.batches.split(",")))
     return 0
 
@@ -244,8 +244,10 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="generate/apply: random config-f generator at this size")
     s.add_argument("--batch", type=int, default=4, help="generate/apply: images per batch")
     s.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
-    s.add_argument("--steps", type=int, default=10,
-                   help="train: steps per form; invert: default 300")
+    s.add_argument("--steps", type=int, default=None,
+                   help="train: steps per form (default 10); invert: projector steps (300)")
+    s.add_argument("--pti-steps", type=int, default=200, help="invert: pivotal-tuning steps")
+    s.add_argument("--images", type=int, default=4, help="invert: images per set")
     s.add_argument("--config", default=None, choices=["ffhq256", "ffhq512", "ffhq1024"],
                    help="train: real architectures with random weights (config-f StyleGAN2 "
                         "+ ViT-B/32), nothing downloaded")

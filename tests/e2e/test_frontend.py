@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -29,3 +30,93 @@ def test_front_end_loads_extension_without_errors(server, tmp_path) -> None:
     bad = [ln for ln in console if "Error loading extension" in ln
            or ("coral" in ln.lower() and ("error" in ln.lower() or "uncaught" in ln.lower()))]
     assert not bad, "\n".join(bad)
+
+
+LOAD_AND_QUEUE = """(async () => {
+  const app = window.comfyAPI.app.app;
+  await app.loadGraphData(%s);
+  const node = app.graph.nodes.find(n => n.type === "CoralTrainEdit");
+  node.widgets.find(w => w.name === "steps").value = %d;
+  await app.queuePrompt(0, 1);
+  return node.id;
+})()"""
+
+MEASURE = """(() => {
+  const app = window.comfyAPI.app.app;
+  const node = app.graph.getNodeById(%d);
+  const el = document.querySelector('.coral-live-training[data-node="%d"]');
+  const r = el.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
+  const mine = box(node);
+  const overlaps = app.graph.nodes.filter(n => n !== node).filter(n => {
+    const o = box(n);
+    return o[0] < mine[0] + mine[2] - 1 && mine[0] < o[0] + o[2] - 1 &&
+           o[1] < mine[1] + mine[3] - 1 && mine[1] < o[1] + o[3] - 1;
+  }).map(n => n.type);
+  const vueNode = document.querySelector(`[data-node-id="${node.id}"]`);
+  // classic: the panel's own canvas is hit; Nodes 2.0: its node is (no other node covers it)
+  return {width: r.width, height: r.height, onTop: vueNode ? vueNode.contains(hit) : el.contains(hit),
+          insideVueNode: vueNode ? vueNode.contains(el) : null,
+          step: +el.dataset.step, total: +el.dataset.total, points: +el.dataset.points,
+          masks: el.dataset.masks, done: el.dataset.done, overlaps};
+})()"""
+
+
+FOCUS = """(() => {
+  const app = window.comfyAPI.app.app;
+  const node = app.graph.getNodeById(%d);
+  app.canvas.ds.scale = 1;
+  app.canvas.ds.offset = [-node.pos[0] + 420, -node.pos[1] + 60];
+  app.canvas.setDirty(true, true);
+})()"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (scripts/setup.sh "
+                                              "installs it when run as root)")
+@pytest.mark.parametrize("nodes2", [False, True], ids=["classic canvas", "Nodes 2.0"])
+def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2) -> None:
+    """Queue the train template from the real front end: the live view (curves, masks, step)
+    fills in while the node runs, is drawn on top (nothing covers its centre), stays inside
+    its node, and its node overlaps no other node, in both front ends. Screenshots are kept
+    (set CORAL_SCREENSHOTS=folder to collect them, e.g. for the README)."""
+    import json
+    import os
+    import shutil as sh
+    from pathlib import Path
+
+    from browser import Browser
+
+    from comfy_server import ROOT
+
+    for key, value in (("Comfy.VueNodes.Enabled", nodes2), ("Comfy.TutorialCompleted", True)):
+        status, _ = server.post(f"/settings/{key}", value)
+        assert status == 200
+    ui = json.loads((ROOT / "example_workflows" / "train_apply_visualise.json").read_text())
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.goto(server.url + "/")
+        # the graph exists before the node definitions arrive: wait for ours
+        browser.wait_for("!!(window.comfyAPI?.app?.app?.graph && "
+                         "window.LiteGraph?.registered_node_types?.CoralTrainEdit)", timeout=180)
+        steps = 41 if nodes2 else 40  # a new run each time (an unchanged one is cached)
+        node_id = browser.evaluate(LOAD_AND_QUEUE % (json.dumps(ui), steps))
+        browser.wait_for(f"document.querySelector('.coral-live-training[data-node=\"{node_id}\"]')"
+                         "?.dataset.done === '1'", timeout=300)
+        time.sleep(1.0)  # the last mask image decodes
+        seen = browser.evaluate(MEASURE % (node_id, node_id))
+        browser.evaluate(FOCUS % node_id)
+        time.sleep(1.0)
+        shot = browser.screenshot(tmp_path / f"live_view_{'nodes2' if nodes2 else 'classic'}.png")
+    finally:
+        browser.close()
+        server.post("/settings/Comfy.VueNodes.Enabled", False)
+    if os.environ.get("CORAL_SCREENSHOTS"):
+        sh.copy(shot, Path(os.environ["CORAL_SCREENSHOTS"]) / shot.name)
+    assert seen["width"] >= 150 and seen["height"] >= 60, seen  # on screen, at the zoom used
+    assert seen["onTop"], f"something covers the live view: {seen}"
+    assert seen["step"] == seen["total"] == steps and seen["points"] >= 2, seen
+    assert seen["masks"] == "1", seen
+    assert not seen["overlaps"], f"the Train node overlaps {seen['overlaps']}"
+    if nodes2:
+        assert seen["insideVueNode"], seen

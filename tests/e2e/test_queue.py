@@ -10,7 +10,7 @@ from comfy_server import ROOT
 
 
 def test_queue_seeds_and_collect_outputs(server, tmp_path) -> None:
-    wf = json.loads((ROOT / "workflows" / "apply_saved_edit.json").read_text())
+    wf = json.loads((ROOT / "workflows" / "api" / "apply_saved_edit.json").read_text())
     results = queue_workflows(server.url, wf, ["CoralSampleLatents.batch_size=2"], [0, 1, 2],
                               tmp_path, timeout=600)
     assert [r.status for r in results] == ["success"] * 3
@@ -20,13 +20,13 @@ def test_queue_seeds_and_collect_outputs(server, tmp_path) -> None:
 
 
 def test_failed_prompts_are_reported_without_stopping_the_rest(server, tmp_path) -> None:
-    wf = json.loads((ROOT / "workflows" / "apply_saved_edit.json").read_text())
+    wf = json.loads((ROOT / "workflows" / "api" / "apply_saved_edit.json").read_text())
     bad = dict(wf)
     bad["4"] = {"class_type": "CoralLoadEdit", "inputs": {"edit_name": "missing.safetensors"}}
     rejected = queue_workflows(server.url, bad, [], [0], None, timeout=300)
     assert rejected[0].status == "rejected" and "value_not_in_list" in rejected[0].error
     # empty prompt: accepted, fails while running; the next seeds still run
-    train = json.loads((ROOT / "workflows" / "train_apply_visualise.json").read_text())
+    train = json.loads((ROOT / "workflows" / "api" / "train_apply_visualise.json").read_text())
     results = queue_workflows(server.url, train, ["CoralTrainEdit.prompt= ",
                                                   "CoralTrainEdit.steps=2"], [0, 1], None,
                               timeout=600)
@@ -37,7 +37,7 @@ def test_failed_prompts_are_reported_without_stopping_the_rest(server, tmp_path)
 
 
 def test_queue_cli_exit_codes(server, tmp_path, capsys) -> None:
-    path = ROOT / "workflows" / "apply_saved_edit.json"
+    path = ROOT / "workflows" / "api" / "apply_saved_edit.json"
     assert main(["queue", "--server", server.url, "--workflow", str(path), "--seeds", "4",
                  "--out", str(tmp_path)]) == 0
     assert "1 of 1 prompts succeeded" in capsys.readouterr().out
@@ -57,7 +57,7 @@ def test_batch_spread_over_two_servers_survives_one_dying(server, tmp_path) -> N
     from comfy_server import ComfyServer
 
     second = ComfyServer(tmp_path / "second").start()
-    wf = json.loads((ROOT / "workflows" / "apply_saved_edit.json").read_text())
+    wf = json.loads((ROOT / "workflows" / "api" / "apply_saved_edit.json").read_text())
     seeds = list(range(10, 18))
     out = tmp_path / "out"
     box: dict = {}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 EXPECTED_NODES = {"CoralLoadStyleGAN", "CoralLoadCLIP", "CoralSampleLatents", "CoralGenerate",
                   "CoralSaveLatents", "CoralLoadLatents", "CoralTrainEdit", "CoralSaveEdit",
-                  "CoralLoadEdit", "CoralApplyEdit", "CoralVisualizeMasks"}
+                  "CoralLoadEdit", "CoralApplyEdit", "CoralVisualizeMasks", "CoralInvert",
+                  "CoralDemoPhoto"}
 
 
 def test_pack_imports_without_failure(server) -> None:

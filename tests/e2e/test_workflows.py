@@ -7,6 +7,7 @@ import io
 import threading
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -60,19 +61,31 @@ def test_apply_saved_edit_to_a_batch(server) -> None:
                     for e, o in zip(edited, original)]) > 1
 
 
-def test_invert_photo_and_edit(server) -> None:
+def test_invert_template_runs_as_shipped_and_on_an_uploaded_photo(server) -> None:
     from coral_core.images import image_to_uint8
+    from coral_core.metrics import psnr
     from coral_core.world.render import render
     from coral_core.world.scene import random_scenes
 
-    img, _ = render(random_scenes(1, 99), 48)  # a size the generator does not draw
-    buf = io.BytesIO()
-    Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
-    upload_image(server, "coral_photo.png", buf.getvalue())
-    outputs = _ok(server.run(load_workflow("invert_photo_and_edit")))
+    # as shipped: the Demo Photo node's scene, nothing to upload first
+    wf = load_workflow("invert_photo_and_edit")
+    assert wf["3"]["class_type"] == "CoralDemoPhoto"
+    outputs = _ok(server.run(wf))
     rec = output_images(server, outputs, "7")[0]
     assert rec.shape == (64, 64, 3)
     assert output_images(server, outputs, "8")[0].shape == (64, 64, 3)
+    truth, _ = render(random_scenes(1, wf["3"]["inputs"]["seed"]))
+    as_tensor = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert float(psnr(as_tensor, truth)[0]) > 15  # the reconstruction is of that scene
+
+    # a user's photo through Load Image, at a size the generator does not draw
+    img, _ = render(random_scenes(1, 99), 48)
+    buf = io.BytesIO()
+    Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
+    upload_image(server, "coral_photo.png", buf.getvalue())
+    wf["3"] = {"class_type": "LoadImage", "inputs": {"image": "coral_photo.png"}}
+    outputs = _ok(server.run(wf))
+    assert output_images(server, outputs, "7")[0].shape == (64, 64, 3)
 
 
 def test_segments_from_any_mask_node(server) -> None:
@@ -192,7 +205,7 @@ def test_invert_with_pivotal_tuning_returns_a_usable_tuned_model(server) -> None
     Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
     upload_image(server, "coral_photo_pti.png", buf.getvalue())
     wf = load_workflow("invert_photo_and_edit")
-    wf["3"]["inputs"]["image"] = "coral_photo_pti.png"
+    wf["3"] = {"class_type": "LoadImage", "inputs": {"image": "coral_photo_pti.png"}}
     wf["4"]["inputs"].update(steps=5, pti_steps=3)
     del wf["5"], wf["6"], wf["8"]  # the demo edit belongs to the untuned generator
     wf["9"] = {"class_type": "CoralGenerate",

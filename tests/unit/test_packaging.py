@@ -45,7 +45,7 @@ def test_no_unsafe_loading_calls() -> None:
 def test_ui_workflows_are_twins_of_the_api_ones() -> None:
     import json
 
-    api_files = sorted((ROOT / "workflows").glob("*.json"))
+    api_files = sorted((ROOT / "workflows" / "api").glob("*.json"))
     assert len(api_files) >= 4
     for api_path in api_files:
         api = json.loads(api_path.read_text())
@@ -96,3 +96,13 @@ def test_engine_layers_never_import_upwards() -> None:
     for path in world:
         assert not {m for m in _imported_modules(path)
                     if _within(m, "coral_core.commands", "coral_core.cli")}, path
+
+
+def test_each_template_is_listed_once_with_its_own_thumbnail() -> None:
+    """ComfyUI 0.3.75 lists */{example_workflows,example,examples,workflow,workflows}/*.json as
+    templates: only example_workflows/ may hold JSON there (the API twins live one level down),
+    and no two templates share a thumbnail."""
+    for folder in ("example", "examples", "workflow", "workflows"):
+        assert not list((ROOT / folder).glob("*.json")), f"{folder}/ would list templates twice"
+    thumbs = [p.read_bytes() for p in sorted((ROOT / "example_workflows").glob("*.jpg"))]
+    assert len(thumbs) >= 4 and len(set(thumbs)) == len(thumbs)

@@ -1,10 +1,14 @@
-// CoralStyleCLIP: shows training live inside the "Train Edit (Coral)" node — the loss curve and
-// the current per-layer masks — from events the server streams while the node runs.
+// CoralStyleCLIP front end: the live training view of "Train Edit (Coral)" (loss curves, current
+// per-layer masks, step), and the file names written by the Save nodes.
+//
+// The live view is a DOM widget, not a drawing on the canvas: the node's layout reserves its
+// height (so ComfyUI's own progress preview goes below it and nothing below is overdrawn), and
+// both the classic canvas and the "Nodes 2.0" (Vue) front end show DOM widgets.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const PANEL_HEIGHT = 130;
-const runs = new Map(); // node id -> { losses: [], areas: [], masks: Image, step, total }
+const runs = new Map(); // node id -> { losses, clip, masks, step, total, done, warnings }
 
 function runFor(nodeId) {
   const key = String(nodeId);
@@ -12,51 +16,120 @@ function runFor(nodeId) {
   return runs.get(key);
 }
 
-function drawPanel(node, ctx, run) {
-  const w = node.size[0];
-  const top = node.size[1] - PANEL_HEIGHT;
-  ctx.save();
+function drawCurves(ctx, plot, run) {
+  const series = [[run.losses, "#ffcc00"], [run.clip, "#44aaff"]];
+  const all = run.losses.concat(run.clip);
+  if (all.length < 2) return;
+  const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
+  for (const [values, colour] of series) {
+    if (values.length < 2) continue;
+    ctx.strokeStyle = colour;
+    ctx.beginPath();
+    values.forEach((v, i) => {
+      const x = plot.x + (plot.w * i) / (values.length - 1);
+      const y = plot.y + plot.h - (plot.h * (v - lo)) / span;
+      i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+    });
+    ctx.stroke();
+  }
+}
+
+function drawPanel(node, panel, run) {
+  const { canvas, element } = panel;
+  element.dataset.node = String(node.id); // ids are given after onNodeCreated
+  const width = Math.max(200, Math.round(element.clientWidth || 280));
+  if (canvas.width !== width) canvas.width = width;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.fillStyle = "rgba(0,0,0,0.35)";
-  ctx.fillRect(6, top, w - 12, PANEL_HEIGHT - 6);
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
   const last = run.losses[run.losses.length - 1];
-  ctx.fillText(`step ${run.step}/${run.total}` + (last !== undefined ? `  loss ${last.toFixed(4)}` : ""), 12, top + 14);
-  const plot = { x: 12, y: top + 20, w: w - 24, h: 50 };
-  const series = [[run.losses, "#ffcc00"], [run.clip, "#44aaff"]];
-  const all = run.losses.concat(run.clip);
-  if (all.length > 1) {
-    const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
-    for (const [values, colour] of series) {
-      if (values.length < 2) continue;
-      ctx.strokeStyle = colour;
-      ctx.beginPath();
-      values.forEach((v, i) => {
-        const x = plot.x + (plot.w * i) / (values.length - 1);
-        const y = plot.y + plot.h - (plot.h * (v - lo)) / span;
-        i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
-      });
-      ctx.stroke();
-    }
-  }
+  let status = run.total ? `step ${run.step}/${run.total}` : "live training view: waiting for a run";
+  if (last !== undefined) status += `  loss ${last.toFixed(4)}`;
+  if (run.done) status += run.warnings?.length ? "  done (see warning)" : "  done";
+  ctx.fillText(status, 6, 14);
+  drawCurves(ctx, { x: 6, y: 20, w: canvas.width - 12, h: 50 }, run);
   if (run.masks && run.masks.complete && run.masks.naturalWidth) {
     const h = 44, scale = h / run.masks.naturalHeight;
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(run.masks, 12, top + 76, Math.min(w - 24, run.masks.naturalWidth * scale), h);
+    ctx.drawImage(run.masks, 6, 76, Math.min(canvas.width - 12, run.masks.naturalWidth * scale), h);
   }
-  ctx.restore();
+  if (run.warnings?.length) {
+    ctx.fillStyle = "#ff9966";
+    ctx.fillText(run.warnings[0].slice(0, 60), 6, 126);
+  }
+  // state for tests and for users inspecting the page
+  element.dataset.step = String(run.step);
+  element.dataset.total = String(run.total);
+  element.dataset.points = String(run.losses.length);
+  element.dataset.masks = run.masks ? "1" : "0";
+  element.dataset.done = run.done ? "1" : "0";
+}
+
+function addPanel(node) {
+  if (node.__coralPanel) return node.__coralPanel;
+  const element = document.createElement("div");
+  element.className = "coral-live-training";
+  element.style.cssText = `width:100%;height:${PANEL_HEIGHT}px;overflow:hidden;`;
+  const canvas = document.createElement("canvas");
+  canvas.width = 280;
+  canvas.height = PANEL_HEIGHT;
+  canvas.style.cssText = `width:100%;height:${PANEL_HEIGHT}px;display:block;`;
+  element.appendChild(canvas);
+  const widget = node.addDOMWidget("coral_live_training", "coral_live_training", element, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => PANEL_HEIGHT,
+    getMaxHeight: () => PANEL_HEIGHT,
+    getHeight: () => PANEL_HEIGHT,
+  });
+  node.__coralPanel = { widget, element, canvas };
+  node.setSize([Math.max(node.size[0], 280), node.computeSize()[1]]);
+  drawPanel(node, node.__coralPanel, runFor(node.id));
+  return node.__coralPanel;
+}
+
+function redraw(nodeId) {
+  const node = app.graph?.getNodeById(Number(nodeId));
+  if (!node) return;
+  drawPanel(node, addPanel(node), runFor(nodeId));
+}
+
+function addSavedName(node, names) {
+  if (!node.__coralSaved) {
+    const element = document.createElement("div");
+    element.className = "coral-saved-name";
+    element.style.cssText = "font:11px monospace;color:#ccc;padding:2px 4px;white-space:pre;";
+    node.__coralSaved = node.addDOMWidget("coral_saved", "coral_saved", element, {
+      serialize: false, hideOnZoom: false, getMinHeight: () => 22, getMaxHeight: () => 44,
+    });
+    node.__coralSaved.element = element;
+  }
+  node.__coralSaved.element.textContent = `saved: ${names.join(", ")}`;
 }
 
 app.registerExtension({
   name: "CoralStyleCLIP.LiveTraining",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "CoralTrainEdit") return;
-    const onDraw = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      onDraw?.apply(this, arguments);
-      const run = runs.get(String(this.id));
-      if (run && !this.flags?.collapsed) drawPanel(this, ctx, run);
-    };
+    if (nodeData.name === "CoralTrainEdit") {
+      const onCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onCreated?.apply(this, arguments);
+        addPanel(this);
+        return result;
+      };
+    }
+    if (nodeData.name === "CoralSaveEdit" || nodeData.name === "CoralSaveLatents") {
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        if (message?.text?.length) addSavedName(this, message.text);
+        // a new edit or latent file: refresh the loaders' lists without a page reload
+        app.refreshComboInNodes?.();
+      };
+    }
   },
   async setup() {
     try {
@@ -69,33 +142,28 @@ app.registerExtension({
     api.addEventListener("coralstyleclip.train", ({ detail }) => {
       if (!detail || detail.node == null) return;
       const run = runFor(detail.node);
-      if (detail.step <= 1) { run.losses = []; run.clip = []; }
+      if (detail.step <= 1) { run.losses = []; run.clip = []; run.done = false; run.warnings = []; }
       run.step = detail.step;
       run.total = detail.total;
       if (detail.losses?.total !== undefined) run.losses.push(detail.losses.total);
       if (detail.losses?.clip !== undefined) run.clip.push(detail.losses.clip);
       if (detail.masks_png) {
         const img = new Image();
-        img.onload = () => app.graph?.setDirtyCanvas(true, false);
+        img.onload = () => redraw(detail.node);
         img.src = detail.masks_png;
         run.masks = img;
       }
-      const node = app.graph?.getNodeById(Number(detail.node));
-      if (node && !node.__coralPanel) {
-        node.__coralPanel = true;
-        node.setSize([Math.max(node.size[0], 280), node.size[1] + PANEL_HEIGHT]);
-      }
-      app.graph?.setDirtyCanvas(true, false);
+      redraw(detail.node);
     });
-    // The end of a run: keep the summary (and any "empty edit" warning) on the run, so the
-    // panel can show it, and so the front end has a handler (no "Unhandled message" log).
+    // The end of a run: keep the summary (and any "empty edit" warning) on the panel, and give
+    // the front end a handler (no "Unhandled message" log).
     api.addEventListener("coralstyleclip.done", ({ detail }) => {
       if (!detail || detail.node == null) return;
       const run = runFor(detail.node);
       run.done = true;
       run.warnings = detail.summary?.warnings || [];
       for (const w of run.warnings) console.warn(`CoralStyleCLIP: ${w}`);
-      app.graph?.setDirtyCanvas(true, false);
+      redraw(detail.node);
     });
   },
 });
