@@ -18,19 +18,25 @@ ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 
 @dataclass
 class Reporter:
+    """``poll`` runs at every step boundary, even between reports: a host's own interrupt check
+    (it raises the host's exception), so Cancel stops a run within one step however rarely the
+    progress is drawn."""
+
     callback: ProgressCallback | None = None
     every: int = 1
     cancelled: bool = False
     started: float = field(default_factory=time.perf_counter)
+    poll: Callable[[], None] | None = None
 
     def update(self, step: int, total: int, force: bool = False, **info: Any) -> None:
-        if self.cancelled:
-            raise CancelledError("cancelled")
+        self.check()
         if self.callback is not None and (force or step % self.every == 0 or step == total):
             self.callback(step, total, info)
 
     def check(self) -> None:
         """Raise ``CancelledError`` if a cancel was requested (call at step boundaries)."""
+        if self.poll is not None:
+            self.poll()
         if self.cancelled:
             raise CancelledError("cancelled")
 

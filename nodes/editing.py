@@ -143,7 +143,8 @@ class CoralTrainEdit:
                               l2=None if l2_weight < 0 else l2_weight,
                               area_weighting=area_weighting or _WEIGHTS.area_weighting),
                           progress_every=max(1, steps // 20))
-        reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100))
+        reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100),
+                            poll=host.raise_if_interrupted)
         result = train_edit(G, C, cfg, latents=ws, segments=seg, reporter=reporter)
         preview_ws = result.edit.latents if result.edit.latents is not None else \
             G.mapping_ws(G.z_from_seeds(range(seed, seed + min(batch, 4))).to(G.w_avg.device),

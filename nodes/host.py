@@ -171,6 +171,11 @@ class ResidentModel:
         return None  # a deep copy of a model is a new, not-yet-resident model
 
 
+def raise_if_interrupted() -> None:
+    """ComfyUI's Cancel, checked at every training / inversion step (Reporter.poll)."""
+    mm.throw_exception_if_processing_interrupted()
+
+
 class Progress:
     """coral_core progress callback -> ComfyUI ProgressBar (whose hook also raises on
     Cancel) plus a websocket event for the pack's front-end extension."""

@@ -209,7 +209,8 @@ class CoralInvert:
         G = model.generator()
         target = prepare_images(images, G.img_resolution).to(G.w_avg.device)
         reporter = Reporter(host.Progress(steps + pti_steps, unique_id, "invert"),
-                            every=max(1, (steps + pti_steps) // 100))
+                            every=max(1, (steps + pti_steps) // 100),
+                            poll=host.raise_if_interrupted)
         init = None
         if e4e_encoder and e4e_encoder != "none":
             from ..coral_core.inversion.e4e import load_e4e

@@ -48,8 +48,9 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     # can tell the two apart, so it is not listed; test_cluster_assignment_ignores_feature_
     # magnitude pins the behaviour that matters.
     "demodulation epsilon 1e-8 -> 1e-4": (
-        "coral_core/stylegan/ops.py", "d = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()",
-        "d = (w.square().sum(dim=[2, 3, 4]) + 1e-4).rsqrt()", B),
+        "coral_core/stylegan/ops.py",
+        "d = (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8).rsqrt()",
+        "d = (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-4).rsqrt()", B),
     "unpickler allowlist loosened to any torch.* global": (
         "coral_core/formats/safe_pickle.py", "        if key in _ALLOWED:\n",
         "        if module.split('.')[0] == 'torch' and key not in _ALLOWED:\n"

@@ -79,6 +79,49 @@ def bench_generate(generator: str | None = None, batch: int = 4, repeats: int = 
     return {"ms_per_image": t * 1000 / batch, "peak_mib": peak}
 
 
+def bench_hotpath(resolution: int = 256, batch: int = 4, repeats: int = 5,
+                  device: str | None = None) -> dict[str, dict[str, float]]:
+    """The two forms of the modulated convolution side by side, interleaved run by run (so a
+    busy machine slows both alike): generator forward, and forward + backward w.r.t. W+ (the
+    cost of every edit and inversion step). Ratios are to the fused form, NVlabs' path."""
+    from ..stylegan import ops
+
+    dev = pick_device(device)
+    G = config_f_generator(resolution, dev)
+    ws = G.mapping_ws(torch.randn(batch, G.z_dim, generator=torch.Generator().manual_seed(0))
+                      .to(dev))
+    noise = G.make_noise(batch, "const")
+
+    def forward() -> None:
+        with torch.no_grad():
+            G.synthesize(ws, noise=noise)
+
+    def forward_backward() -> None:
+        w = ws.clone().requires_grad_(True)
+        G.synthesize(w, noise=noise).square().mean().backward()
+
+    default = ops.FUSED_MODCONV
+    times: dict[str, dict[bool, list[float]]] = {"forward": {True: [], False: []},
+                                                 "forward + backward": {True: [], False: []}}
+    try:
+        for _ in range(repeats):
+            for path, fn in (("forward", forward), ("forward + backward", forward_backward)):
+                for fused in (True, False):
+                    ops.FUSED_MODCONV = fused
+                    times[path][fused].append(_time(fn, 1, dev))
+    finally:
+        ops.FUSED_MODCONV = default
+    print(f"device {dev}, random config-f {resolution}px, batch {batch}, median of {repeats} "
+          f"interleaved runs; library default: {'fused' if default else 'unfused'}")
+    out = {}
+    for path, by in times.items():
+        fused_s, unfused_s = (float(np.median(by[f])) for f in (True, False))
+        out[path] = {"fused_s": fused_s, "unfused_s": unfused_s}
+        print(f"{path:>20}: fused (NVlabs' path) {fused_s * 1000:.0f} ms = 1.00, "
+              f"unfused {unfused_s * 1000:.0f} ms = {unfused_s / fused_s:.2f}")
+    return out
+
+
 @torch.no_grad()
 def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
                 device: str | None = None) -> dict[str, float]:

@@ -170,9 +170,11 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_apply, bench_generate, bench_invert, bench_train
+    from .bench import bench_apply, bench_generate, bench_hotpath, bench_invert, bench_train
 
-    if args.what == "generate":
+    if args.what == "hotpath":
+        bench_hotpath(args.resolution, args.batch, args.repeats, args.device)
+    elif args.what == "generate":
         bench_generate(args.generator, args.batch, args.repeats, args.device, args.resolution)
     elif args.what == "apply":
         bench_apply(args.resolution, args.batch, args.repeats, args.device)
@@ -238,10 +240,10 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("bench", help="print speed / memory figures")
-    s.add_argument("what", choices=["generate", "apply", "train", "invert"],
+    s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath"],
                    help="which path to time")
     s.add_argument("--resolution", type=int, default=256,
-                   help="generate/apply: random config-f generator at this size")
+                   help="generate/apply/hotpath: random config-f generator at this size")
     s.add_argument("--batch", type=int, default=4, help="generate/apply: images per batch")
     s.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     s.add_argument("--steps", type=int, default=None,

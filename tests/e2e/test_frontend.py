@@ -102,7 +102,7 @@ def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2
         steps = 41 if nodes2 else 40  # a new run each time (an unchanged one is cached)
         node_id = browser.evaluate(LOAD_AND_QUEUE % (json.dumps(ui), steps))
         browser.wait_for(f"document.querySelector('.coral-live-training[data-node=\"{node_id}\"]')"
-                         "?.dataset.done === '1'", timeout=300)
+                         "?.dataset.done === '1'", timeout=600)
         time.sleep(1.0)  # the last mask image decodes
         seen = browser.evaluate(MEASURE % (node_id, node_id))
         browser.evaluate(FOCUS % node_id)

@@ -251,3 +251,28 @@ def test_hostile_and_corrupt_model_files_give_node_errors(server, tmp_path) -> N
         assert result["status"] == "execution_error" and result["data"]["node_id"] == "1"
         assert "nests objects" in result["data"]["exception_message"]
     _next_prompt_still_runs(server)
+
+
+def test_requeue_with_only_downstream_changes_does_not_retrain(server) -> None:
+    """Training events are counted over the websocket: queueing the train template again with
+    only Apply's strength changed trains nothing (ComfyUI's cache keeps the edit) and still
+    gives a different picture; changing the Train node's seed trains again."""
+    def train_events(result: dict) -> int:
+        return sum(m["type"] == "coralstyleclip.train" for m in result["messages"])
+
+    wf = load_workflow("train_apply_visualise")
+    train = next(k for k, n in wf.items() if n["class_type"] == "CoralTrainEdit")
+    apply = next(k for k, n in wf.items() if n["class_type"] == "CoralApplyEdit")
+    wf[train]["inputs"].update(steps=7, prompt="a yellow background")  # a run no test shares
+    first = server.run(wf)
+    before = output_images(server, _ok(first), "7")
+    assert train_events(first) >= 1
+    wf[apply]["inputs"]["strength"] = 0.5
+    second = server.run(wf)
+    after = output_images(server, _ok(second), "7")
+    assert train_events(second) == 0
+    assert not np.array_equal(before[0], after[0])  # the new strength did apply
+    wf[train]["inputs"]["seed"] = 1
+    third = server.run(wf)
+    _ok(third)
+    assert train_events(third) >= 1

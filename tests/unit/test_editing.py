@@ -137,6 +137,27 @@ def test_cancel_returns_best_edit_marked_partial(G, clip):
     assert len(res.history) == 3 and res.edit.info["partial"]
 
 
+def test_a_host_interrupt_stops_training_within_a_step_between_reports(G, clip):
+    """The host's interrupt check (Reporter.poll) runs every step, although the progress is
+    reported only every 20 steps: the host's exception stops the run at once."""
+    class HostInterrupt(Exception):
+        pass
+
+    polls = []
+
+    def poll():
+        polls.append(1)
+        if len(polls) == 5:
+            raise HostInterrupt()
+
+    reported = []
+    reporter = Reporter(lambda s, t, info: reported.append(s), every=20, poll=poll)
+    with pytest.raises(HostInterrupt):
+        train_edit(G, clip, _cfg(steps=60), reporter=reporter)
+    assert reported == []  # no report was drawn before the stop
+    assert len(polls) == 5  # polled at the step boundaries, and nothing ran after
+
+
 def test_progress_reports_losses_areas_and_previews(G, clip):
     got = []
     train_edit(G, clip, _cfg(steps=4, progress_every=2),

@@ -87,6 +87,8 @@ def test_world_check_prints_its_table(capsys) -> None:
      "plain generation:"),
     (["bench", "train", "--steps", "1", "--batches", "1"], "s/step"),
     (["bench", "invert", "--steps", "2", "--pti-steps", "1", "--images", "1"], "PSNR"),
+    (["bench", "hotpath", "--resolution", "32", "--batch", "1", "--repeats", "1"],
+     "forward + backward"),
 ])
 def test_bench_commands_print_figures(argv: list[str], expect: str, capsys) -> None:
     assert main(argv + ["--device", "cpu"]) == 0
