@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README.md): set up if needed, then both tiers: the unit tier (no host,
-# coverage of coral_core printed) and the end-to-end tier against a real ComfyUI server.
+# coverage of coral_core printed) and the end-to-end tier against a real ComfyUI server (then
+# the coverage of both tiers together is printed).
 # Run one tier alone with: scripts/test.sh unit | scripts/test.sh e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +24,9 @@ if [ "$tier" = "all" ] || [ "$tier" = "unit" ]; then
 fi
 if [ "$tier" = "all" ] || [ "$tier" = "e2e" ]; then
   echo "== end-to-end tier (real ComfyUI server)"
-  "${PYTEST[@]}" -m e2e
+  # In-process code (the coral queue client, the browser driver's callers) adds to the unit
+  # tier's coverage; after both tiers the report is for the whole suite.
+  append=()
+  [ "$tier" = "all" ] && append=(--cov-append) && echo "   (coverage below: both tiers)"
+  "${PYTEST[@]}" -m e2e --cov=coral_core "${append[@]}" --cov-report=term:skip-covered
 fi
