@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..cli import add_parser, command
+from ..errors import InputError
 
 
 @command("world")
@@ -126,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..cache import get_clip, get_generator
     from ..seeds import parse_seeds
     from ..world import assets
-    from ..world.evaluate import METHODS, format_table, run_eval
+    from ..world.evaluate import BOUNDS, METHODS, format_table, run_eval
     from ..world.judge import load_judge
 
     G = get_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
@@ -134,6 +135,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     judge = load_judge(assets.require(assets.DEMO_JUDGE))
     prompt_set = json.loads(Path(args.prompts).read_text()) if args.prompts else None
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    unknown = set(methods) - set(METHODS) - set(BOUNDS)
+    if unknown:
+        raise InputError(f"--methods: unknown {sorted(unknown)}; choose from "
+                         f"{', '.join(METHODS + BOUNDS)}")
     result = run_eval(G, clip, judge, parse_seeds(args.seeds), args.steps, methods,
                       prompt_set, Path(args.out), can_steps=args.can_steps)
     print(format_table(result["summary"]))
@@ -148,8 +153,9 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seeds", default="0-7", help="scenes")
     s.add_argument("--steps", type=int, default=None, help="default: the library's")
     s.add_argument("--can-steps", type=int, default=None, help="per-prompt CAN training steps")
-    s.add_argument("--methods", default=None, help="comma list of " + ",".join(
-        ["styleclip", "feat", "coral_ss", "coral_can"]))
+    s.add_argument("--methods", default=None, help="comma list of styleclip, feat, coral_ss, "
+                   "coral_can (the default set) and true_region (CORAL-SS given the true "
+                   "region: the bound a perfect region choice reaches)")
     s.add_argument("--prompts", default=None, help="JSON prompt set (see evaluate.py)")
     s.add_argument("--out", default="out/eval")
 

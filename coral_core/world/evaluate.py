@@ -39,6 +39,9 @@ from .render import render
 from .scene import BG_NAMES, OBJ_NAMES, SHAPES, scenes_from_z
 
 METHODS = ("styleclip", "feat", "coral_ss", "coral_can")
+# Not run by default: CORAL-SS given the world's true region as its only segment (the selector
+# may scale it but not add anything else): the bound that a perfect region choice would reach.
+BOUNDS = ("true_region",)
 
 
 @dataclass
@@ -193,7 +196,8 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
                                   only_layers=[feat_layer] if method == "feat" else None,
                                   no_masks=method == "styleclip", lr=lr, weights=weights,
                                   **(train_overrides or {}))
-                edit = train_edit(G, clip, cfg, latents=ws).edit
+                region = case.region[None, None].float() if method == "true_region" else None
+                edit = train_edit(G, clip, cfg, latents=ws, segments=region).edit
             t_edit = time.perf_counter() - t0
             t1 = time.perf_counter()
             res = apply_edits(G, ws, [edit])

@@ -75,7 +75,7 @@ def test_invert_template_runs_as_shipped_and_on_an_uploaded_photo(server) -> Non
     assert rec.shape == (64, 64, 3)
     assert output_images(server, outputs, "8")[0].shape == (64, 64, 3)
     truth, _ = render(random_scenes(1, wf["3"]["inputs"]["seed"]))
-    as_tensor = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 127.5 - 1
+    as_tensor = torch.from_numpy(rec.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     assert float(psnr(as_tensor, truth)[0]) > 15  # the reconstruction is of that scene
 
     # a user's photo through Load Image, at a size the generator does not draw
@@ -142,7 +142,7 @@ def test_image_too_small_to_invert(server) -> None:
     Image.new("RGB", (5, 3), (200, 10, 10)).save(buf, format="PNG")
     upload_image(server, "tiny.png", buf.getvalue())
     wf = load_workflow("invert_photo_and_edit")
-    wf["3"]["inputs"]["image"] = "tiny.png"
+    wf["3"] = {"class_type": "LoadImage", "inputs": {"image": "tiny.png"}}
     result = server.run(wf)
     assert result["status"] == "execution_error" and result["data"]["node_id"] == "4"
     assert "too small" in result["data"]["exception_message"]

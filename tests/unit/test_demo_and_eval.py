@@ -53,6 +53,18 @@ def test_eval_runs_every_method_and_scores(tmp_path) -> None:
     assert "| coral_ss |" in format_table(result["summary"])
 
 
+def test_the_true_region_bound_edits_inside_the_true_region() -> None:
+    """The 'true_region' bound gives CORAL-SS the world's region as its only segment: its mask
+    can only be that region, so where it selects anything the IoU is the region's own."""
+    G = get_generator(assets.DEMO_GENERATOR).generator
+    result = run_eval(G, get_clip(assets.DEMO_CLIP), load_judge(assets.DEMO_JUDGE), [1],
+                      steps=20, methods=("true_region",), log=lambda *a: None)
+    rows = result["rows"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["iou"] == 0 or row["iou"] > 0.9, row
+
+
 def test_shipped_world_models_meet_their_goals_on_a_sample() -> None:
     """The truth is true: the shipped generator draws the scene its z names, the judge reads
     it, and the CLIP reads colours, shapes and where a colour is (small samples of
