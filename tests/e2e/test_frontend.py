@@ -59,7 +59,9 @@ MEASURE = """(() => {
   return {width: r.width, height: r.height, onTop: vueNode ? vueNode.contains(hit) : el.contains(hit),
           insideVueNode: vueNode ? vueNode.contains(el) : null,
           step: +el.dataset.step, total: +el.dataset.total, points: +el.dataset.points,
-          masks: el.dataset.masks, done: el.dataset.done, overlaps};
+          masks: el.dataset.masks, done: el.dataset.done, overlaps,
+          saved: document.querySelector('.coral-saved-name')?.textContent || "",
+          loadEditChoices: LiteGraph.createNode("CoralLoadEdit").widgets[0].options.values};
 })()"""
 
 
@@ -104,6 +106,12 @@ def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2
         browser.wait_for(f"document.querySelector('.coral-live-training[data-node=\"{node_id}\"]')"
                          "?.dataset.done === '1'", timeout=600)
         time.sleep(1.0)  # the last mask image decodes
+        # Save Edit runs after the training: its name appears, then the loader lists refresh
+        browser.wait_for("(document.querySelector('.coral-saved-name')?.textContent || '')"
+                         ".startsWith('saved: ')", timeout=300)
+        browser.wait_for("(() => { const t = document.querySelector('.coral-saved-name')"
+                         ".textContent.slice(7); return LiteGraph.createNode('CoralLoadEdit')"
+                         ".widgets[0].options.values.includes(t); })()", timeout=60)
         seen = browser.evaluate(MEASURE % (node_id, node_id))
         browser.evaluate(FOCUS % node_id)
         time.sleep(1.0)
@@ -118,5 +126,8 @@ def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2
     assert seen["step"] == seen["total"] == steps and seen["points"] >= 2, seen
     assert seen["masks"] == "1", seen
     assert not seen["overlaps"], f"the Train node overlaps {seen['overlaps']}"
+    # Save Edit shows the file it wrote, and Load Edit lists it without a page reload
+    assert seen["saved"].startswith("saved: my_edit_"), seen["saved"]
+    assert seen["saved"].split(": ")[1] in seen["loadEditChoices"], seen["loadEditChoices"]
     if nodes2:
         assert seen["insideVueNode"], seen
