@@ -109,18 +109,24 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def run(name: str) -> bool:
-    """True if the tests fail with the bug in place (caught)."""
-    rel, old, new, tests = MUTATIONS[name]
+def run(name: str | None) -> bool:
+    """True if the tests fail with the bug in place (caught). ``None`` is the control run: no
+    bug, every listed test file; it must pass, or "caught" would mean nothing."""
+    if name is None:
+        rel, old, new = "", "", ""
+        tests = " ".join(sorted({t for m in MUTATIONS.values() for t in m[3].split()}))
+    else:
+        rel, old, new, tests = MUTATIONS[name]
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "repo"
         shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
             ".venv", ".host", ".git", "out", "__pycache__", ".whl"))
-        target = copy / rel
-        text = target.read_text()
-        if text.count(old) != 1:
-            raise SystemExit(f"{name}: the original text is not found exactly once in {rel}")
-        target.write_text(text.replace(old, new))
+        if name is not None:
+            target = copy / rel
+            text = target.read_text()
+            if text.count(old) != 1:
+                raise SystemExit(f"{name}: the original text is not found exactly once in {rel}")
+            target.write_text(text.replace(old, new))
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p",
                                "no:cacheprovider", "--import-mode=importlib", "--rootdir",
                                "tests", *tests.split()], cwd=copy,
@@ -130,6 +136,9 @@ def run(name: str) -> bool:
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(MUTATIONS)
+    if run(None):
+        raise SystemExit("control run: the tests fail with no bug seeded; fix them first")
+    print("control  the unmutated copy passes", flush=True)
     caught = 0
     for name in names:
         ok = run(name)

@@ -182,3 +182,20 @@ def test_per_image_edits_refuse_other_latents_unless_transferred(G, clip) -> Non
     moved = apply_edits(G, other, [res.edit], transfer=True)
     assert moved.transferred == ["a red circle"]
     assert apply_edits(G, res.edit.latents, [res.edit]).transferred == []
+
+
+def test_default_area_weights_make_coarse_layers_cost_more_by_their_spread(G) -> None:
+    """'spread' (the default): a layer's area cost is proportional to how far a change there
+    spreads (image side / layer resolution), normalised to mean 1; the 1/r^2 variant too."""
+    from coral_core.editing.losses import LossWeights, area_betas
+
+    res = [c.resolution for c in G.conv_layers]
+    betas = area_betas(G, LossWeights())
+    assert LossWeights().area_weighting == "spread"
+    assert abs(sum(betas) / len(betas) - 1) < 1e-9
+    for b, r in zip(betas, res):
+        assert abs(b * r - betas[0] * res[0]) < 1e-9  # beta_l * r_l is one constant
+    assert betas[0] > betas[-1]  # the coarsest layer costs the most
+    squared = area_betas(G, LossWeights(area_weighting="spread_area"))
+    for b, r in zip(squared, res):
+        assert abs(b * r * r - squared[0] * res[0] ** 2) < 1e-9
