@@ -73,8 +73,11 @@ def build_catalogue(G: Generator, k: int = 6, samples: int = 64, layer: int | No
     z = torch.randn(samples, G.z_dim, generator=g).to(device)
     feats = []
     for chunk in z.split(16):
-        _, f = G.synthesize_with_features(G.mapping_ws(chunk, truncation))
-        feats.append(f[layer - 1].permute(0, 2, 3, 1).reshape(-1, f[layer - 1].shape[1]))
+        # only up to the clustered layer: at 1024 px the full pass's features of 16 samples
+        # would take gigabytes, the first layers up to 32 px a few megabytes
+        ws = G.mapping_ws(chunk, truncation)
+        f = G.features_up_to(ws, G.make_noise(ws.shape[0], "const"), layer)[layer - 1]
+        feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
     x = F.normalize(torch.cat(feats).to(torch.float32), dim=1)
     if x.shape[0] > 50_000:
         x = x[torch.randperm(x.shape[0], generator=g)[:50_000].to(device)]
