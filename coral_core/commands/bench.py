@@ -176,7 +176,8 @@ def random_vit_b32(device: torch.device) -> Any:
 
 def bench_train(steps: int = 10, device: str | None = None, generator: str | None = None,
                 clip: str | None = None, config: str | None = None,
-                batches: tuple[int, ...] = (4,)) -> dict[str, dict[str, float]]:
+                batches: tuple[int, ...] = (4,), recompute: bool | None = None,
+                forms: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """Seconds per training step and peak memory for each (variant, direction, mode).
 
     ``config`` (ffhq256 / ffhq512 / ffhq1024) builds the real architectures with random
@@ -194,12 +195,14 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
             raise ValueError(f"config must be one of {sorted(REAL_SCALE)}")
         G = config_f_generator(REAL_SCALE[config], dev)
         C = random_vit_b32(dev)
-        forms = [("ss", "global", "per_image"), ("can", "global", "per_prompt")]
+        chosen = [("ss", "global", "per_image"), ("can", "global", "per_prompt")]
     else:
         G = get_generator(generator or require(DEMO_GENERATOR), dev).generator
         C = get_clip(clip or require(DEMO_CLIP), None, dev)
-        forms = [(v, d, m) for v in ("ss", "can") for d in ("global", "mapper")
-                 for m in ("per_image", "per_prompt")]
+        chosen = [(v, d, m) for v in ("ss", "can") for d in ("global", "mapper")
+                  for m in ("per_image", "per_prompt")]
+    if forms:  # e.g. ("ss+global per_image",)
+        chosen = [f for f in chosen if f"{f[0]}+{f[1]} {f[2]}" in forms]
     results = {}
     print(f"device {dev}, generator {G.img_resolution}px ({G.parameter_count():,} params), "
           f"CLIP {C.model_id}, {steps} steps each, batch {list(batches)}")
@@ -207,22 +210,24 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
 
     catalogue_for(G, TrainConfig(prompt="-").num_segments)  # built once, cached: not timed
     for batch in batches:
-        for variant, direction, mode in forms:
+        for variant, direction, mode in chosen:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t0 = time.perf_counter()
-            train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
-                                         direction=direction, mode=mode, steps=steps,
-                                         batch=batch))
+            result = train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
+                                                  direction=direction, mode=mode, steps=steps,
+                                                  batch=batch, recompute=recompute))
             per_step = (time.perf_counter() - t0) / steps
             peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
             key = f"{variant}+{direction} {mode} batch {batch}"
             results[key] = {"s_per_step": per_step, "peak_mib": peak}
+            used = result.edit.info["memory_options"]
             print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "
-                  f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'})")
+                  f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'}); "
+                  + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in used.items()))
     return results
 
 

@@ -76,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       direction=args.direction, mode=mode, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, truncation=args.truncation,
                       num_segments=args.segments, max_layer=args.max_layer,
-                      directional=args.directional, weights=weights,
+                      directional=args.directional, weights=weights, bf16=args.bf16,
+                      recompute={"auto": None, "on": True, "off": False}[args.recompute],
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
                       identity_model=Path(args.identity_model) if args.identity_model else None)
@@ -84,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         reporter=Reporter(print_progress("train"), every=args.progress_every))
     result.edit.save(args.out)
     print(json.dumps(result.edit.summary(), indent=2, default=str))
+    used = result.edit.info.get("memory_options", {})
+    print("memory options: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in used.items()))
     for warning in result.edit.info.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out}" + (" (partial: " + result.stopped_reason + ")"
@@ -183,7 +186,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      generator=args.generator, clip=args.clip)
     else:
         bench_train(args.steps or 10, args.device, args.generator, args.clip, args.config,
-                    tuple(int(b) for b in args.batches.split(",")))
+                    tuple(int(b) for b in args.batches.split(",")),
+                    {"auto": None, "on": True, "off": False}[args.recompute],
+                    tuple(args.forms.split(",")) if args.forms else None)
     return 0
 
 
@@ -214,6 +219,11 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--segments", type=int, default=_TRAIN.num_segments,
                    help="catalogue size K (SS)")
     s.add_argument("--max-layer", type=int, default=None)
+    s.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast on CUDA (losses and mask maths stay in float32)")
+    s.add_argument("--recompute", choices=["auto", "on", "off"], default="auto",
+                   help="recompute activations in backward to save memory (auto: on for "
+                        "512 px and up on a GPU with less than 16 GiB free)")
     s.add_argument("--progress-every", type=int, default=10)
     s.add_argument("--out", required=True)
 
@@ -256,6 +266,10 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batches", default="4", help="train: batch sizes, e.g. 1,2,4")
     s.add_argument("--generator", default=None, help="a generator file instead")
     s.add_argument("--clip", default=None, help="a CLIP file or folder instead")
+    s.add_argument("--recompute", choices=["auto", "on", "off"], default="auto",
+                   help="train: activation recomputation (auto: the library's rule)")
+    s.add_argument("--forms", default=None,
+                   help="train: only these forms, e.g. 'ss+global per_image'")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best)")
 
 

@@ -41,9 +41,12 @@ class BlendRunner:
 
     def __init__(self, ws: torch.Tensor, edits: Sequence[tuple[torch.Tensor, MaskList]],
                  noise: Sequence[torch.Tensor | None], capture: bool = False,
-                 reuse: Sequence[torch.Tensor] = ()) -> None:
+                 reuse: Sequence[torch.Tensor] = (), recompute: bool = False) -> None:
         self.ws, self.edits, self.noise = ws, edits, noise
         self.capture = capture
+        # activation recomputation: keep only each layer's input for the backward pass and
+        # run the layer again there (memory for time; the results are the same)
+        self.recompute = recompute
         self.reuse = reuse
         self.features: list[torch.Tensor] = []
         self.edited_layers: list[int] = []
@@ -56,6 +59,18 @@ class BlendRunner:
             if self.capture:
                 self.features.append(out)
             return out
+        if self.recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            out = checkpoint(self._blend_layer, info, layer, x, gain, use_reentrant=False)
+        else:
+            out = self._blend_layer(info, layer, x, gain)
+        if self.capture:
+            self.features.append(out)
+        return out
+
+    def _blend_layer(self, info: ConvLayerInfo, layer: SynthesisLayer, x: torch.Tensor,
+                     gain: float) -> torch.Tensor:
         w = self.ws[:, info.w_index]
         noise = self.noise[info.index - 1]
         out = layer(x, w, noise, gain)
@@ -64,9 +79,8 @@ class BlendRunner:
             if _active(mask):
                 f_e = layer(x, w + delta[:, info.w_index], noise, gain)
                 out = mask * f_e + (1 - mask) * out
-                self.edited_layers.append(info.index)
-        if self.capture:
-            self.features.append(out)
+                if info.index not in self.edited_layers:  # recomputation runs this again
+                    self.edited_layers.append(info.index)
         return out
 
     def torgb(self, info: ToRGBInfo, layer: ToRGBLayer, x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +119,10 @@ def mask_policy(masks: MaskList, *, no_masks: bool = False,
 
 def blended_synthesis(G: Generator, ws: torch.Tensor, delta: torch.Tensor, masks: MaskList,
                       noise: Sequence[torch.Tensor | None] | None = None,
-                      max_layer: int | None = None) -> torch.Tensor:
+                      max_layer: int | None = None, recompute: bool = False) -> torch.Tensor:
     """The blended image x* for W+ codes ``ws`` [B, N, D] and offsets ``delta`` ([B|1, N, D])."""
-    return stacked_synthesis(G, ws, [(delta, limit_layers(masks, max_layer))], noise)
+    return stacked_synthesis(G, ws, [(delta, limit_layers(masks, max_layer))], noise,
+                             recompute=recompute)
 
 
 def first_active_layer(edits: Sequence[tuple[torch.Tensor, MaskList]]) -> int | None:
@@ -118,7 +133,8 @@ def first_active_layer(edits: Sequence[tuple[torch.Tensor, MaskList]]) -> int | 
 def stacked_synthesis(G: Generator, ws: torch.Tensor,
                       edits: Sequence[tuple[torch.Tensor, MaskList]],
                       noise: Sequence[torch.Tensor | None] | None = None,
-                      original_features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                      original_features: Sequence[torch.Tensor] = (),
+                      recompute: bool = False) -> torch.Tensor:
     """Several (delta, masks) edits applied one after another in a single blended pass.
 
     ``original_features`` (from a plain pass with the same ``noise``) are reused for the layers
@@ -138,4 +154,5 @@ def stacked_synthesis(G: Generator, ws: torch.Tensor,
     first = first_active_layer(prepared)
     keep = len(G.conv_layers) if first is None else first - 1
     reuse = list(original_features[:keep])
-    return G.run_synthesis(ws.shape[0], BlendRunner(ws, prepared, noise, reuse=reuse))
+    return G.run_synthesis(ws.shape[0], BlendRunner(ws, prepared, noise, reuse=reuse,
+                                                    recompute=recompute))

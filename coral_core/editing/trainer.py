@@ -62,6 +62,9 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     bf16: bool = False
+    # activation recomputation in the blended pass: None = automatic (on for CUDA generators of
+    # 512 px and up when less than 16 GiB of the device is free), or forced on / off
+    recompute: bool | None = None
     checkpoint: Path | None = None
     checkpoint_every: int = 100
     catalogue_dir: Path | None = None
@@ -197,6 +200,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     last_good: dict[str, Any] | None = None
     partial, reason = False, ""
     t0 = time.perf_counter()
+    recompute = cfg.recompute if cfg.recompute is not None else auto_recompute(G, device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.bf16 and device.type == "cuda" else contextlib.nullcontext())
 
@@ -233,7 +237,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                     else selector.masks(feats)
                 masks = mask_policy(raw, no_masks=cfg.no_masks, only_layers=cfg.only_layers,
                                     max_layer=cfg.max_layer)
-                img_b = blended_synthesis(G, ws, delta, masks, noise)
+                img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
                 src = None
                 if cfg.directional:  # the original images' embedding: once per batch
                     if "src" not in original_cache or cfg.mode != "per_image":
@@ -301,6 +305,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 segments=segments, latents=latents if cfg.mode == "per_image" else None,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
+    edit.info["memory_options"] = {"recompute_activations": recompute,
+                                   "bf16": cfg.bf16 and device.type == "cuda"}
     if start_step:
         edit.info["resumed_from_step"] = start_step
         edit.info["steps"] = start_step + len(history)
@@ -313,6 +319,15 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         if warnings:
             edit.info["warnings"] = warnings
     return TrainResult(edit, partial, history, reason)
+
+
+def auto_recompute(G: Generator, device: torch.device) -> bool:
+    """Recompute activations when a large generator meets a small GPU: the blended pass's
+    activations dominate a training step's memory at 512 px and up."""
+    if device.type != "cuda" or G.img_resolution < 512:
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return free < 16 * 2**30
 
 
 def _check_segments(segments: torch.Tensor, latents: torch.Tensor | None,
