@@ -222,8 +222,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on CUDA (losses and mask maths stay in float32)")
     s.add_argument("--recompute", choices=["auto", "on", "off"], default="auto",
-                   help="recompute activations in backward to save memory (auto: on for "
-                        "512 px and up on a GPU with less than 16 GiB free)")
+                   help="recompute activations in backward to save memory (auto: CPU at 256 "
+                        "px and up; GPU at 512 px and up with less than 16 GiB free)")
     s.add_argument("--progress-every", type=int, default=10)
     s.add_argument("--out", required=True)
 
