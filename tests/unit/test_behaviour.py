@@ -237,3 +237,36 @@ def test_recomputed_activations_give_the_same_edit_gradients(G, clip, monkeypatc
     assert torch.allclose(a_d, b_d, atol=1e-7) and a_d.abs().max() > 0
     for x, y in zip(a_m, b_m):
         assert torch.allclose(x, y, atol=1e-7)
+
+
+def test_leak_term_is_the_share_of_the_change_outside_the_finest_mask() -> None:
+    from coral_core.editing.losses import leak_loss
+
+    original = torch.zeros(1, 3, 8, 8)
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :4] = 1
+    coarse = torch.ones(1, 1, 2, 2)  # coarser masks do not define the footprint
+    inside = original.clone()
+    inside[..., :4] = 0.5
+    outside = original.clone()
+    outside[..., 4:] = 0.5
+    assert float(leak_loss(inside, original, [coarse, left])) < 1e-6
+    assert abs(float(leak_loss(outside, original, [coarse, left])) - 1) < 1e-6
+    half = original + 0.5
+    assert abs(float(leak_loss(half, original, [None, left])) - 0.5) < 1e-6
+    assert float(leak_loss(half, original, [None, None])) == 0
+
+
+def test_directional_share_mixes_the_two_clip_terms(clip) -> None:
+    from coral_core.editing.losses import clip_loss
+
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    target = clip.encode_text(["a red circle"])
+    src = clip.encode_image(torch.zeros(2, 3, 32, 32))
+    direction = torch.nn.functional.normalize(target - clip.encode_text(["a blue circle"]), dim=-1)
+    plain = clip_loss(clip, img, target)
+    only_dir = clip_loss(clip, img, target, src, direction, 1.0)
+    assert torch.allclose(clip_loss(clip, img, target, src, direction, 0.0), plain)
+    mixed = clip_loss(clip, img, target, src, direction, 0.25)
+    assert torch.allclose(mixed, 0.25 * only_dir + 0.75 * plain, atol=1e-6)
+    assert not torch.allclose(only_dir, plain)
