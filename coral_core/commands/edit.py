@@ -86,7 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result.edit.save(args.out)
     print(json.dumps(result.edit.summary(), indent=2, default=str))
     used = result.edit.info.get("memory_options", {})
-    print("memory options: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in used.items()))
+    print("memory options: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in used.items()),
+          file=sys.stderr)  # stdout stays the edit's JSON summary
     for warning in result.edit.info.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out}" + (" (partial: " + result.stopped_reason + ")"
