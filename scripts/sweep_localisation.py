@@ -23,7 +23,7 @@ def parse_setting(text: str) -> tuple[LossWeights, dict]:
     weights, extra = LossWeights(), {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=")
-        if key in ("steps", "lr", "methods", "mask_init", "directional"):
+        if key in ("steps", "lr", "methods", "mask_init", "directional", "select_then_edit"):
             extra[key] = value
         else:
             current = getattr(weights, key)
@@ -45,7 +45,10 @@ if __name__ == "__main__":
                           train_overrides={**({"mask_init": float(extra["mask_init"])}
                                               if "mask_init" in extra else {}),
                                            **({"directional": True}
-                                              if "directional" in extra else {})},
+                                              if "directional" in extra else {}),
+                                           **({"select_then_edit":
+                                               float(extra["select_then_edit"])}
+                                              if "select_then_edit" in extra else {})},
                           log=lambda *a: None)
         print(f"## setting: {setting or 'library defaults'}")
         print(format_table(result["summary"]))

@@ -59,6 +59,10 @@ class TrainConfig:
     only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
     no_masks: bool = False                # StyleCLIP-style baseline: d everywhere, no masks
     directional: bool = False
+    # Two phases (needs ``directional``): for this share of the steps the selector learns the
+    # region under the directional CLIP loss (which keeps the other regions out); then the
+    # selector is frozen and the direction alone continues under the global CLIP loss.
+    select_then_edit: float | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     bf16: bool = False
@@ -91,6 +95,11 @@ class TrainConfig:
                 finite(f"loss weight {name}", value, 0.0, 1e6)
         if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
             raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
+        if self.select_then_edit is not None:
+            finite("select_then_edit", self.select_then_edit, 0.0, 1.0)
+            if not self.directional:
+                raise InputError("select_then_edit learns the region under the directional "
+                                 "CLIP loss: give a neutral prompt and switch directional on")
         if self.directional and not self.neutral.strip():
             raise InputError("the directional CLIP loss needs a neutral prompt")
 
@@ -231,6 +240,11 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                             segs = catalogue.segments(feats)
                 if cfg.mode == "per_image":
                     original_cache.update(img=img_o, feats=feats, segs=segs)
+            phase_two = cfg.select_then_edit is not None and \
+                step > cfg.select_then_edit * cfg.steps
+            if phase_two:
+                for p in selector.parameters():
+                    p.requires_grad_(False)
             with autocast:
                 delta = direction(ws)
                 raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
@@ -244,7 +258,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                         with torch.no_grad():
                             original_cache["src"] = clip.encode_image(img_o)
                     src = original_cache["src"]
-                mix = cfg.weights.directional_share
+                mix = 0.0 if phase_two else cfg.weights.directional_share
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit
                 if share > 0:

@@ -290,3 +290,17 @@ def test_identity_loss_optional_and_loaded_from_a_real_layout_file(G, clip, tmp_
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ModelFormatError, match="IR-SE50"):
         load_irse50(tmp_path / "bad.pth")
+
+
+def test_select_then_edit_freezes_the_region_after_its_share_of_the_steps(G, clip):
+    """Phase one learns the region under the directional loss; phase two moves only the
+    direction: the selector's weights at the end are those at the split."""
+    cfg = _cfg(steps=8, neutral="a blue circle", directional=True, select_then_edit=0.5)
+    res = train_edit(G, clip, cfg)
+    split = _cfg(steps=4, neutral="a blue circle", directional=True)
+    half = train_edit(G, clip, split)
+    # the first four steps are the same run (same seed, same losses), then the selector stops
+    assert torch.allclose(res.edit.selector.logits, half.edit.selector.logits, atol=1e-6)
+    assert not torch.allclose(res.edit.direction.delta, half.edit.direction.delta)
+    with pytest.raises(InputError, match="directional"):
+        train_edit(G, clip, _cfg(steps=2, select_then_edit=0.5))
