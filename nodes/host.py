@@ -9,7 +9,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -110,13 +110,18 @@ def resolve(folder: str, name: str) -> Path:
 
 
 def file_changed_token(folder: str, name: str) -> str:
-    """ComfyUI's IS_CHANGED for nodes that read a file: re-run when the file's content changes
-    (a replaced generator or edit under the same name), stay cached otherwise. A name that
-    does not resolve returns itself, so the node runs and reports the missing file."""
+    """ComfyUI's IS_CHANGED for nodes that read a model file (see ``content_token``)."""
+    return content_token(lambda: resolve(folder, name), name)
+
+
+def content_token(locate: Callable[[], Path], name: str) -> str:
+    """IS_CHANGED for nodes that read a file: re-run when the file's content changes (a
+    replaced generator or edit under the same name), stay cached otherwise. A name that does
+    not resolve returns itself, so the node runs and reports the missing file."""
     from ..coral_core.cache import file_fingerprint
 
     try:
-        return file_fingerprint(resolve(folder, name))
+        return file_fingerprint(locate())
     except (OSError, ValueError):
         return f"unresolved:{name}"
 

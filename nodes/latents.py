@@ -132,13 +132,9 @@ class CoralLoadLatents:
 
     @classmethod
     def IS_CHANGED(cls, latent_file: str, model: StyleGANModel | None = None):
-        from ..coral_core.cache import file_fingerprint
-
-        try:
-            return file_fingerprint(host.contained(host.output_dir() / LATENT_SUBFOLDER,
-                                                   latent_file))
-        except (OSError, ValueError):
-            return f"unresolved:{latent_file}"
+        return host.content_token(
+            lambda: host.contained(host.output_dir() / LATENT_SUBFOLDER, latent_file),
+            latent_file)
 
     def load(self, latent_file: str, model: StyleGANModel | None = None):
         if not latent_file:

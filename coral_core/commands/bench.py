@@ -187,7 +187,7 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
     """
     from ..cache import get_clip, get_generator
     from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
-    from ..editing.trainer import TrainConfig, train_edit
+    from ..editing.trainer import TrainConfig, describe_memory_options, train_edit
 
     dev = pick_device(device)
     if config is not None:
@@ -219,15 +219,13 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
                                                   direction=direction, mode=mode, steps=steps,
                                                   batch=batch, recompute=recompute))
             per_step = (time.perf_counter() - t0) / steps
-            peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            peak, kind = _peak_memory(dev)
             grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
             key = f"{variant}+{direction} {mode} batch {batch}"
             results[key] = {"s_per_step": per_step, "peak_mib": peak}
-            used = result.edit.info["memory_options"]
             print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "
-                  f"({'GPU' if dev.type == 'cuda' else f'process RSS, +{grew:.0f}'}); "
-                  + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in used.items()))
+                  f"({kind}{'' if dev.type == 'cuda' else f', +{grew:.0f}'}); "
+                  + describe_memory_options(result.edit.info["memory_options"]))
     return results
 
 

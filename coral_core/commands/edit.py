@@ -15,6 +15,9 @@ from ..cli import add_parser, command
 from ..editing.losses import AREA_WEIGHTINGS, LossWeights
 from ..editing.trainer import TrainConfig
 
+# --recompute auto|on|off -> TrainConfig.recompute
+RECOMPUTE_CHOICES = {"auto": None, "on": True, "off": False}
+
 # The engine's defaults, read once: the CLI keeps no numbers of its own.
 _TRAIN = TrainConfig(prompt="-")
 _WEIGHTS = LossWeights()
@@ -61,8 +64,7 @@ def _common(s: argparse.ArgumentParser, clip: bool = False) -> None:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from ..progress import Reporter, print_progress
-    from ..editing.losses import LossWeights
-    from ..editing.trainer import TrainConfig, train_edit
+    from ..editing.trainer import describe_memory_options, train_edit
 
     ensure_writable(args.out)
     G, clip = _generator(args), _clip(args)
@@ -77,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch=args.batch, seed=args.seed, truncation=args.truncation,
                       num_segments=args.segments, max_layer=args.max_layer,
                       directional=args.directional, weights=weights, bf16=args.bf16,
-                      recompute={"auto": None, "on": True, "off": False}[args.recompute],
+                      recompute=RECOMPUTE_CHOICES[args.recompute],
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
                       identity_model=Path(args.identity_model) if args.identity_model else None)
@@ -85,8 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         reporter=Reporter(print_progress("train"), every=args.progress_every))
     result.edit.save(args.out)
     print(json.dumps(result.edit.summary(), indent=2, default=str))
-    used = result.edit.info.get("memory_options", {})
-    print("memory options: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in used.items()),
+    print("memory options: " + describe_memory_options(result.edit.info["memory_options"]),
           file=sys.stderr)  # stdout stays the edit's JSON summary
     for warning in result.edit.info.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
@@ -188,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         bench_train(args.steps or 10, args.device, args.generator, args.clip, args.config,
                     tuple(int(b) for b in args.batches.split(",")),
-                    {"auto": None, "on": True, "off": False}[args.recompute],
+                    RECOMPUTE_CHOICES[args.recompute],
                     tuple(args.forms.split(",")) if args.forms else None)
     return 0
 
@@ -222,7 +223,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-layer", type=int, default=None)
     s.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on CUDA (losses and mask maths stay in float32)")
-    s.add_argument("--recompute", choices=["auto", "on", "off"], default="auto",
+    s.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="auto",
                    help="recompute activations in backward to save memory (auto: CPU at 256 "
                         "px and up; GPU at 512 px and up with less than 16 GiB free)")
     s.add_argument("--progress-every", type=int, default=10)
@@ -267,7 +268,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batches", default="4", help="train: batch sizes, e.g. 1,2,4")
     s.add_argument("--generator", default=None, help="a generator file instead")
     s.add_argument("--clip", default=None, help="a CLIP file or folder instead")
-    s.add_argument("--recompute", choices=["auto", "on", "off"], default="auto",
+    s.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="auto",
                    help="train: activation recomputation (auto: the library's rule)")
     s.add_argument("--forms", default=None,
                    help="train: only these forms, e.g. 'ss+global per_image'")

@@ -335,6 +335,11 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     return TrainResult(edit, partial, history, reason)
 
 
+def describe_memory_options(options: dict[str, bool]) -> str:
+    """One line for the CLI and the benchmark: which memory options a run used."""
+    return ", ".join(f"{name} {'on' if used else 'off'}" for name, used in options.items())
+
+
 def auto_recompute(G: Generator, device: torch.device) -> bool:
     """Recompute activations where the blended pass's activations dominate a step's memory.
 
