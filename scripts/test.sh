@@ -17,7 +17,14 @@ if [ "$tier" = "all" ] || [ "$tier" = "unit" ]; then
   echo "== lint (ruff, rules in pyproject.toml)"
   .venv/bin/ruff check coral_core nodes tests scripts __init__.py
   echo "== types (mypy, settings in pyproject.toml)"
-  .venv/bin/mypy
+  # The repository root is itself a package (ComfyUI's entry __init__.py), so mypy names the
+  # modules after the checkout's folder, which may not be an identifier (a clone in
+  # /tmp/tmp.XXXX): check them through a link with a valid package name instead.
+  types_dir="$(mktemp -d)"
+  ln -s "$PWD" "$types_dir/coralpack"
+  (cd "$types_dir" && "$OLDPWD/.venv/bin/mypy" --config-file "$OLDPWD/pyproject.toml" \
+     --cache-dir "$OLDPWD/.mypy_cache" coralpack/coral_core coralpack/nodes)
+  rm -rf "$types_dir"
   echo "== unit tier"
   "${PYTEST[@]}" -m "not e2e and not gpu" \
     --cov=coral_core --cov-report=term:skip-covered
