@@ -102,6 +102,11 @@ class CoralTrainEdit:
                                              "protect colour in fine layers."}),
             "segments_k": ("INT", {"default": _TRAIN.num_segments, "min": 2, "max": 32,
                                    "tooltip": "Clusters in the automatic segment catalogue."}),
+            "region_pruning": ("FLOAT", {
+                "default": _TRAIN.prune_tolerance, "min": 0.0, "max": 0.99, "step": 0.05,
+                "tooltip": "Segment selection: part-way through, drop the segments the edit "
+                           "can do without, as long as it keeps 1 - this share of its CLIP "
+                           "gain (keeps edits off what the prompt does not name; 0 = off)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,
@@ -110,16 +115,16 @@ class CoralTrainEdit:
               directional: bool = False, batch: int = 4, lr: float = 0.0,
               area_weight: float = -1.0, tv_weight: float = -1.0, l2_weight: float = -1.0,
               area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
-              unique_id: str | None = None):
+              region_pruning: float = -1.0, unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
                                latents, segments, neutral_prompt, directional, batch, lr,
                                area_weight, tv_weight, l2_weight, area_weighting, max_layer,
-                               segments_k, unique_id)
+                               segments_k, region_pruning, unique_id)
 
     def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
                segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
-               l2_weight, area_weighting, max_layer, segments_k, unique_id):
+               l2_weight, area_weighting, max_layer, segments_k, region_pruning, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
@@ -137,6 +142,8 @@ class CoralTrainEdit:
                           batch=ws.shape[0] if ws is not None else batch, seed=seed,
                           num_segments=segments_k or _TRAIN.num_segments,
                           max_layer=max_layer or None, directional=directional,
+                          prune_tolerance=_TRAIN.prune_tolerance if region_pruning < 0
+                          else region_pruning,
                           weights=LossWeights(
                               area=_WEIGHTS.area if area_weight < 0 else area_weight,
                               tv=_WEIGHTS.tv if tv_weight < 0 else tv_weight,

@@ -4,31 +4,41 @@ the eval table per setting; every setting is scored against the world's true reg
 independent judge.
 
 Usage: python scripts/sweep_localisation.py GENERATOR CLIP_DIR JUDGE SEEDS "area=0.01" ...
-(each setting is a comma list of LossWeights fields, optionally with steps=N or lr=X)
+(each setting is a comma list of LossWeights or TrainConfig fields, e.g.
+"area=0.05,steps=200,select_then_edit=0.5,directional=1", and methods=coral_ss+true_region)
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from coral_core.cache import get_clip
 from coral_core.editing.losses import LossWeights
+from coral_core.editing.trainer import TrainConfig
 from coral_core.formats import load_generator
 from coral_core.seeds import parse_seeds
 from coral_core.world.evaluate import format_table, run_eval
 from coral_core.world.judge import load_judge
 
 
-def parse_setting(text: str) -> tuple[LossWeights, dict]:
-    weights, extra = LossWeights(), {}
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def parse_setting(text: str) -> tuple[LossWeights, dict, dict]:
+    """LossWeights, run options (steps, lr, methods) and TrainConfig overrides of a setting."""
+    weights, extra, overrides = LossWeights(), {}, {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=")
-        if key in ("steps", "lr", "methods", "mask_init", "directional", "select_then_edit"):
+        if key in ("steps", "lr", "methods"):
             extra[key] = value
+        elif key in TRAIN_FIELDS and not hasattr(weights, key):
+            kind = type(getattr(TrainConfig(prompt="-"), key))
+            overrides[key] = bool(int(value)) if kind is bool else float(value)
         else:
             current = getattr(weights, key)
             setattr(weights, key, value if isinstance(current, str) else float(value))
-    return weights, extra
+    return weights, extra, overrides
 
 
 if __name__ == "__main__":
@@ -36,20 +46,13 @@ if __name__ == "__main__":
     G = load_generator(gen).generator
     clip, judge = get_clip(clip_dir), load_judge(Path(judge_path))
     for setting in sys.argv[5:] or [""]:
-        weights, extra = parse_setting(setting)
+        weights, extra, overrides = parse_setting(setting)
         methods = tuple(extra.get("methods", "coral_ss").split("+"))
         result = run_eval(G, clip, judge, parse_seeds(seeds),
                           steps=int(extra["steps"]) if "steps" in extra else None,
                           methods=methods, weights=weights,
                           lr=float(extra["lr"]) if "lr" in extra else None,
-                          train_overrides={**({"mask_init": float(extra["mask_init"])}
-                                              if "mask_init" in extra else {}),
-                                           **({"directional": True}
-                                              if "directional" in extra else {}),
-                                           **({"select_then_edit":
-                                               float(extra["select_then_edit"])}
-                                              if "select_then_edit" in extra else {})},
-                          log=lambda *a: None)
+                          train_overrides=overrides, log=lambda *a: None)
         print(f"## setting: {setting or 'library defaults'}")
         print(format_table(result["summary"]))
         for kind in ("background", "object colour"):

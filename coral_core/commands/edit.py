@@ -79,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch=args.batch, seed=args.seed, truncation=args.truncation,
                       num_segments=args.segments, max_layer=args.max_layer,
                       directional=args.directional, weights=weights, bf16=args.bf16,
+                      prune_tolerance=args.prune_tolerance, prune_at=args.prune_at,
                       recompute=RECOMPUTE_CHOICES[args.recompute],
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
@@ -221,6 +222,11 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--segments", type=int, default=_TRAIN.num_segments,
                    help="catalogue size K (SS)")
     s.add_argument("--max-layer", type=int, default=None)
+    s.add_argument("--prune-tolerance", type=float, default=_TRAIN.prune_tolerance,
+                   help="region pruning (SS): drop the segments the edit can do without while "
+                        "it keeps 1 - this share of its CLIP gain (0 = off, the paper's method)")
+    s.add_argument("--prune-at", type=float, default=_TRAIN.prune_at,
+                   help="region pruning: at this share of the steps")
     s.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on CUDA (losses and mask maths stay in float32)")
     s.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="auto",

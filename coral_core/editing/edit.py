@@ -197,6 +197,8 @@ class Edit:
             "no_masks": "1" if self.no_masks else "",
             "catalogue_id": self.catalogue.id() if self.catalogue is not None else "",
             "catalogue_layer": str(self.catalogue.layer) if self.catalogue is not None else "",
+            "catalogue_instances": str(self.catalogue.instances)
+            if self.catalogue is not None else "",
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
             "info": json.dumps(self.info, default=str),
         }
@@ -243,7 +245,8 @@ class Edit:
         if "catalogue.centres" in tensors:
             catalogue = SegmentCatalogue(tensors["catalogue.centres"],
                                          int(meta["catalogue_layer"]),
-                                         meta["generator_fingerprint"])
+                                         meta["generator_fingerprint"],
+                                         int(meta.get("catalogue_instances") or 0))
         return cls(variant=meta["variant"], direction_form=meta["direction"],
                    mode=meta["mode"], prompt=meta["prompt"], neutral=meta["neutral_prompt"],
                    direction=direction.train(False).requires_grad_(False),
@@ -290,6 +293,17 @@ def _check_edit_meta(meta: dict[str, str], tensors: dict[str, torch.Tensor], pat
             "segments" not in tensors:
         raise ModelFormatError(f"{path}: segment-selection edit with neither a catalogue nor "
                                "segments")
+    if "catalogue.centres" in tensors and "selector.logits" in tensors:
+        try:
+            pieces = int(meta.get("catalogue_instances") or 0)
+        except ValueError as exc:
+            raise ModelFormatError(f"{path}: edit metadata catalogue_instances is not an "
+                                   f"integer ({exc})") from exc
+        count = pieces or int(tensors["catalogue.centres"].shape[0])
+        if not 0 <= pieces <= 4096 or tensors["selector.logits"].shape[-1] != count:
+            raise ModelFormatError(f"{path}: the edit's selector has "
+                                   f"{tensors['selector.logits'].shape[-1]} segments but its "
+                                   f"catalogue gives {count} per image")
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelFormatError(f"{path}: tensor {name!r} holds NaN or infinite values")

@@ -20,9 +20,13 @@ class SegmentSelector(nn.Module):
     def __init__(self, num_layers: int, k: int, rows: int = 1, init: float = 0.5) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.full((rows, num_layers, k), _logit(init)))
+        # [P, L, K]: 1 where a (layer, segment) may be used (None: all); set by region pruning
+        self.gate: torch.Tensor | None = None
 
     def masks(self, G: Generator, segments: torch.Tensor) -> list[torch.Tensor]:
         weights = torch.sigmoid(self.logits)  # [P, L, K]
+        if self.gate is not None:
+            weights = weights * self.gate
         out = []
         for info in G.conv_layers:
             seg = resize_segments(segments, info.resolution)  # [B, K, r, r]
@@ -30,6 +34,22 @@ class SegmentSelector(nn.Module):
                        if weights.shape[0] == 1 else
                        torch.einsum("bk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None])
         return out
+
+    def active(self, threshold: float = 0.5) -> torch.Tensor:
+        """[P, L, K]: the (layer, segment) weights above ``threshold``."""
+        weights = torch.sigmoid(self.logits.detach())
+        if self.gate is not None:
+            weights = weights * self.gate
+        return weights > threshold
+
+    def bake_gate(self) -> None:
+        """Write the gate into the logits (a removed segment's weight becomes ~1e-13), so a
+        saved edit needs no extra tensor and applies exactly as it trained."""
+        if self.gate is not None:
+            with torch.no_grad():
+                self.logits.copy_(torch.where(self.gate > 0, self.logits,
+                                              torch.full_like(self.logits, -30.0)))
+            self.gate = None
 
     def selection(self, threshold: float = 0.5) -> list[tuple[int, int]]:
         """(layer, segment) pairs whose weight exceeds ``threshold`` in the first row."""

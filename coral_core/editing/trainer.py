@@ -9,6 +9,7 @@ good edit is returned; cancelling returns the best edit so far, marked partial.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ from .catalogue import SegmentCatalogue, catalogue_for
 from .directions import GlobalDirection, LatentMapper
 from .edit import DIRECTIONS, MODES, VARIANTS, Edit
 from .selectors import AttentionSelector, SegmentSelector
-from .losses import (LossWeights, area_betas, area_loss, clip_loss, leak_loss, mask_areas,
-                     tv_loss)
+from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_per_image,
+                     leak_loss, mask_areas, tv_loss)
+from .pruning import prune_selection
 
 
 GLOBAL_LR = 0.05      # global W+ offset, in w-spread units
@@ -54,6 +56,9 @@ class TrainConfig:
     # every entry point, and the demo generator draws exactly the scene its z names.
     truncation: float = 1.0
     num_segments: int = 6
+    # Per image: split the catalogue's clusters into connected pieces, up to this many per
+    # image (0: the clusters as they are), so one of two similar objects can be chosen.
+    segment_pieces: int = 12
     mask_init: float = 0.5    # every mask's starting value (the paper: logits 0, so 0.5)
     max_layer: int | None = None
     only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
@@ -63,6 +68,12 @@ class TrainConfig:
     # region under the directional CLIP loss (which keeps the other regions out); then the
     # selector is frozen and the direction alone continues under the global CLIP loss.
     select_then_edit: float | None = None
+    # Region pruning (segment selection, see pruning.py): at this share of the steps, drop the
+    # segments the edit can do without while keeping >= 1 - prune_tolerance of its CLIP gain.
+    # Tolerance 0 switches it off (the paper's method).
+    prune_tolerance: float = 0.3
+    prune_at: float = 0.6
+    prune_layers: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     bf16: bool = False
@@ -86,6 +97,8 @@ class TrainConfig:
         whole("steps", self.steps, 1, MAX_STEPS)
         whole("batch", self.batch, 1, 4096)
         whole("segments", self.num_segments, 2, 256)
+        if self.segment_pieces:
+            whole("segment_pieces", self.segment_pieces, 2, 256)
         finite("truncation", self.truncation, 0.0, 2.0)
         finite("mask_init", self.mask_init, 0.0001, 0.9999)
         if self.lr is not None:
@@ -95,6 +108,8 @@ class TrainConfig:
                 finite(f"loss weight {name}", value, 0.0, 1e6)
         if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
             raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
+        finite("prune_at", self.prune_at, 0.0, 1.0)
+        finite("prune_tolerance", self.prune_tolerance, 0.0, 0.99)
         if self.select_then_edit is not None:
             finite("select_then_edit", self.select_then_edit, 0.0, 1.0)
             if not self.directional:
@@ -177,9 +192,12 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         assert latents is not None  # per image: given, or made from the seeds above
         rows = latents.shape[0]
     direction = _make_direction(G, cfg, rows).to(device)
-    selector = _make_selector(G, cfg, rows, segments).to(device)
-    if cfg.variant == "ss" and segments is None and catalogue is None:
-        catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
+    if cfg.variant == "ss" and segments is None:
+        if catalogue is None:
+            catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
+        if cfg.mode == "per_image":  # pieces are per image; per prompt needs shared ids
+            catalogue = catalogue.with_instances(cfg.segment_pieces)
+    selector = _make_selector(G, cfg, rows, segments, catalogue).to(device)
     opt = torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
                             {"params": list(selector.parameters()), "lr": cfg.selector_lr()}])
     sched = _cosine_rampdown(opt, cfg.steps) if cfg.mode == "per_image" else None
@@ -218,6 +236,9 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 "selector": {k: v.detach().clone() for k, v in selector.state_dict().items()}}
 
     step = start_step
+    prunes = cfg.prune_tolerance > 0 and cfg.variant == "ss" and not cfg.no_masks
+    prune_step = max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1
+    pruned: dict[str, list[list[int]]] | None = None
     try:
         for step in range(start_step + 1, cfg.steps + 1):
             if reporter is not None:
@@ -245,6 +266,19 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
             if phase_two:
                 for p in selector.parameters():
                     p.requires_grad_(False)
+            src = None
+            if cfg.directional:  # the original images' embedding: once per batch
+                if "src" not in original_cache or cfg.mode != "per_image":
+                    with torch.no_grad():
+                        original_cache["src"] = clip.encode_image(img_o)
+                src = original_cache["src"]
+            mix = 0.0 if phase_two else cfg.weights.directional_share
+            if step == prune_step and isinstance(selector, SegmentSelector):
+                image_loss = functools.partial(clip_loss_per_image, clip, target=target,
+                                               source_img_emb=src, text_direction=text_dir,
+                                               directional_share=mix)
+                pruned = _prune_region(G, cfg, selector, direction, ws, noise, segs,
+                                       image_loss, autocast)
             with autocast:
                 delta = direction(ws)
                 raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
@@ -252,13 +286,6 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 masks = mask_policy(raw, no_masks=cfg.no_masks, only_layers=cfg.only_layers,
                                     max_layer=cfg.max_layer)
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
-                src = None
-                if cfg.directional:  # the original images' embedding: once per batch
-                    if "src" not in original_cache or cfg.mode != "per_image":
-                        with torch.no_grad():
-                            original_cache["src"] = clip.encode_image(img_o)
-                    src = original_cache["src"]
-                mix = 0.0 if phase_two else cfg.weights.directional_share
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit
                 if share > 0:
@@ -309,6 +336,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         selector.load_state_dict(state["selector"])
     elif partial and best is None:
         raise InputError(f"training stopped before any step completed ({reason})")
+    if isinstance(selector, SegmentSelector):
+        selector.bake_gate()
     edit = Edit(variant=cfg.variant, direction_form=cfg.direction, mode=cfg.mode,
                 prompt=cfg.prompt, neutral=cfg.neutral,
                 direction=direction.train(False).requires_grad_(False),
@@ -321,6 +350,9 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
     edit.info["memory_options"] = {"recompute_activations": recompute,
                                    "bf16": cfg.bf16 and device.type == "cuda"}
+    if pruned is not None:  # [row, segment] and [row, layer] switched off by region pruning
+        edit.info["region_pruning"] = {"at_step": prune_step, "tolerance": cfg.prune_tolerance,
+                                       "removed": pruned}
     if start_step:
         edit.info["resumed_from_step"] = start_step
         edit.info["steps"] = start_step + len(history)
@@ -333,6 +365,33 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         if warnings:
             edit.info["warnings"] = warnings
     return TrainResult(edit, partial, history, reason)
+
+
+def _prune_region(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
+                  direction: nn.Module, ws: torch.Tensor, noise: list, segs: torch.Tensor,
+                  image_loss: Callable[[torch.Tensor], torch.Tensor],
+                  autocast: Any) -> dict[str, list[list[int]]]:
+    """Take region pruning's decision (pruning.py) on this step's images, set it as the
+    selector's gate, and return what was removed: [row, segment] and [row, layer] pairs."""
+    rows = selector.logits.shape[0]
+
+    def gate_score(gate: torch.Tensor) -> torch.Tensor:
+        selector.gate = gate
+        with torch.no_grad(), autocast:
+            masks = mask_policy(selector.masks(G, segs), only_layers=cfg.only_layers,
+                                max_layer=cfg.max_layer)
+            loss = image_loss(blended_synthesis(G, ws, direction(ws), masks, noise)).float()
+        return loss.mean(0, keepdim=True) if rows == 1 else loss
+
+    # a segment selected at some layer may go on being used at every layer; a row that
+    # selected nothing yet keeps every segment (there is nothing to measure)
+    chosen = selector.active().any(1, keepdim=True)
+    chosen = chosen | ~chosen.any(2, keepdim=True)
+    allowed = chosen.expand_as(selector.logits)
+    selector.gate = prune_selection(allowed, gate_score, cfg.prune_tolerance,
+                                    layers=cfg.prune_layers)
+    return {"segments": (allowed.any(1) & (selector.gate.amax(1) == 0)).nonzero().tolist(),
+            "layers": (allowed.any(2) & (selector.gate.amax(2) == 0)).nonzero().tolist()}
 
 
 def describe_memory_options(options: dict[str, bool]) -> str:
@@ -379,11 +438,12 @@ def _make_direction(G: Generator, cfg: TrainConfig, rows: int
     return LatentMapper(G.num_ws, G.w_dim, spread=spread)
 
 
-def _make_selector(G: Generator, cfg: TrainConfig, rows: int,
-                   segments: torch.Tensor | None) -> SegmentSelector | AttentionSelector:
+def _make_selector(G: Generator, cfg: TrainConfig, rows: int, segments: torch.Tensor | None,
+                   catalogue: SegmentCatalogue | None) -> SegmentSelector | AttentionSelector:
     if cfg.variant == "can":
         return AttentionSelector.for_generator(G, init=cfg.mask_init)
-    k = segments.shape[1] if segments is not None else cfg.num_segments
+    assert segments is not None or catalogue is not None
+    k = segments.shape[1] if segments is not None else catalogue.count  # type: ignore[union-attr]
     return SegmentSelector(len(G.conv_layers), k, rows, init=cfg.mask_init)
 
 
@@ -402,6 +462,7 @@ def _run_identity(cfg: TrainConfig, G: Generator, clip: CoralClip) -> str:
     generator's and the CLIP's identity (a same-shaped other generator must not resume)."""
     return repr((cfg.prompt, cfg.neutral, cfg.variant, cfg.direction, cfg.mode, cfg.seed,
                  cfg.batch, cfg.steps, cfg.num_segments, cfg.max_layer, cfg.truncation,
+                 cfg.prune_at, cfg.prune_tolerance, cfg.segment_pieces,
                  cfg.weights.to_dict(), G.fingerprint(), clip.model_id))
 
 
@@ -411,8 +472,10 @@ def _save_checkpoint(cfg: TrainConfig, run: str, direction: nn.Module, selector:
 
     assert cfg.checkpoint is not None
     with atomic_path(cfg.checkpoint) as tmp:
+        gate = getattr(selector, "gate", None)  # region pruning's decision, if taken yet
         torch.save({"direction": direction.state_dict(), "selector": selector.state_dict(),
-                    "opt": opt.state_dict(), "step": step, "run": run}, tmp)
+                    "opt": opt.state_dict(), "step": step, "run": run,
+                    **({"gate": gate} if gate is not None else {})}, tmp)
 
 
 def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Module,
@@ -428,6 +491,8 @@ def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Modul
         direction.load_state_dict(state["direction"])
         selector.load_state_dict(state["selector"])
         opt.load_state_dict(state["opt"])
+        if "gate" in state and isinstance(selector, SegmentSelector):
+            selector.gate = state["gate"].to(selector.logits.device)
         return int(state["step"])
     except Exception:  # noqa: BLE001 - truncated or corrupt: start afresh (replaced later)
         Path(cfg.checkpoint).unlink(missing_ok=True)

@@ -1,0 +1,184 @@
+"""Region pruning: the greedy removal rule, and how the trainer applies its decision."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coral_core.editing import trainer as trainer_module
+from coral_core.editing.apply import apply_edits
+from coral_core.editing.edit import Edit
+from coral_core.editing.losses import clip_loss_per_image
+from coral_core.editing.pruning import prune_selection
+from coral_core.editing.trainer import TrainConfig, train_edit
+
+
+def additive_score(gains: torch.Tensor):
+    """CLIP loss per row = 1 - sum of the kept (layer, segment) gains (gains [P, L, K])."""
+    def score(gate: torch.Tensor) -> torch.Tensor:
+        return 1 - (gate * gains).flatten(1).sum(1)
+    return score
+
+
+def by_segment(gains: list[list[float]], layers: int = 2) -> torch.Tensor:
+    """[P, L, K] gains, each segment's gain spread evenly over the layers."""
+    return torch.tensor(gains)[:, None, :].expand(-1, layers, -1) / layers
+
+
+def test_removes_the_least_useful_segments_while_the_gain_stays_within_tolerance() -> None:
+    gains = by_segment([[0.50, 0.05, 0.00, 0.10],    # one region carries the edit
+                        [0.20, 0.20, 0.20, 0.00]])   # three equal parts: all needed
+    allowed = torch.ones(2, 2, 4, dtype=torch.bool)
+    gate = prune_selection(allowed, additive_score(gains), tolerance=0.3)
+    assert gate.shape == (2, 2, 4)
+    assert gate[0].amax(0).tolist() == [1, 0, 0, 0]  # 0.50 of 0.65 kept: 77 % >= 70 %
+    assert gate[1].amax(0).tolist() == [1, 1, 1, 0]  # dropping a third would keep only 67 %
+    assert bool((gate == gate[:, :1]).all())          # whole segments: every layer alike
+    # a tighter tolerance keeps more
+    tight = prune_selection(allowed, additive_score(gains), tolerance=0.1)
+    assert tight[0].amax(0).tolist() == [1, 0, 0, 1]
+
+
+def test_layers_are_units_too_when_asked() -> None:
+    gains = torch.tensor([[[0.02, 0.01], [0.60, 0.00]]])  # layer 0 adds little
+    allowed = torch.ones(1, 2, 2, dtype=torch.bool)
+    seg_only = prune_selection(allowed, additive_score(gains), tolerance=0.2)
+    assert seg_only[0].tolist() == [[1, 0], [1, 0]]
+    with_layers = prune_selection(allowed, additive_score(gains), tolerance=0.2, layers=True)
+    assert with_layers[0].tolist() == [[0, 0], [1, 0]]
+
+
+def test_of_two_redundant_segments_one_is_kept() -> None:
+    """Either segment alone makes the whole edit (the gain is a max, not a sum)."""
+    def score(gate: torch.Tensor) -> torch.Tensor:
+        seg = gate.amax(1)
+        return 1 - 0.5 * seg[:, :2].amax(1) - 0.01 * seg[:, 2]
+
+    gate = prune_selection(torch.ones(1, 3, 3, dtype=torch.bool), score, tolerance=0.3)
+    assert gate[0].amax(0)[:2].sum() == 1 and gate[0].amax(0)[2] == 0
+
+
+def test_what_was_not_allowed_stays_off_and_gainless_rows_are_left_alone() -> None:
+    gains = by_segment([[0.4, 0.1, 0.3], [-0.2, -0.1, 0.0]])
+    allowed = torch.tensor([[True, True, False], [True, True, False]])[:, None].expand(-1, 2, -1)
+    gate = prune_selection(allowed, additive_score(gains), tolerance=0.5)
+    assert gate[0].amax(0).tolist() == [1, 0, 0]   # segment 2 was never selected
+    assert gate[1].amax(0).tolist() == [1, 1, 0]   # no gain yet: nothing to measure, kept
+
+
+def _halves(b: int, res: int) -> torch.Tensor:
+    seg = torch.zeros(b, 3, res, res)
+    seg[:, 0, :, : res // 2] = 1
+    seg[:, 1, :, res // 2:] = 1
+    return seg  # segment 2 is empty
+
+
+def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp_path) -> None:
+    calls = []
+
+    def remove_segment_one(allowed, score, tolerance, layers):
+        full = score(torch.ones_like(allowed, dtype=torch.float32))
+        none = score(torch.zeros_like(allowed, dtype=torch.float32))
+        calls.append((allowed.clone(), tolerance, full, none))
+        gate = allowed.float()
+        gate[:, :, 1] = 0
+        return gate
+
+    monkeypatch.setattr(trainer_module, "prune_selection", remove_segment_one)
+    cfg = TrainConfig(prompt="a red circle", steps=6, batch=2, seed=3, prune_at=0.5,
+                      prune_tolerance=0.25, mask_init=0.9)
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]))
+    res = train_edit(G, clip, cfg, latents=ws, segments=_halves(2, G.img_resolution))
+    assert len(calls) == 1 and calls[0][1] == 0.25
+    allowed, _, full, none = calls[0]
+    # the two non-empty halves were selected (masks start at 0.9); all layers stay allowed
+    assert allowed.shape == (2, len(G.conv_layers), 3) and bool(allowed[:, :, :2].all())
+    assert full.shape == none.shape == (2,)  # one CLIP loss per image row
+    # with every segment off the blend is G(w) bit for bit: the score is the original's loss
+    img_o = G.synthesize(ws, noise=G.make_noise(2, "const"))
+    expected = clip_loss_per_image(clip, img_o, clip.encode_text([cfg.prompt]))
+    assert torch.allclose(none, expected, atol=1e-5)
+    removed = res.edit.info["region_pruning"]
+    assert removed["at_step"] == 3 and removed["tolerance"] == 0.25
+    assert removed["removed"] == {"segments": [[0, 1], [1, 1]], "layers": []}
+    weights = torch.sigmoid(res.edit.selector.logits)
+    assert float(weights[..., 1].max()) < 1e-9          # off at every layer, in every row
+    assert float(weights[..., 0].max()) > 0.5           # the kept half still selected
+    # the saved edit applies the same way: every layer's mask is empty over the pruned half
+    loaded = Edit.load(res.edit.save(tmp_path / "pruned.safetensors"))
+    masks = [m for m in apply_edits(G, ws, [loaded]).masks[0] if m is not None]
+    assert masks and all(float(m[..., m.shape[-1] // 2:].max()) < 1e-9 for m in masks)
+    assert max(float(m[..., : m.shape[-1] // 2].max()) for m in masks) > 0.5
+
+
+def test_pruning_off_keeps_the_papers_selection(G, clip) -> None:
+    res = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=3, batch=1, seed=2,
+                                          prune_tolerance=0))
+    assert "region_pruning" not in res.edit.info
+
+
+def test_checkpoint_keeps_the_pruning_decision(G, clip, tmp_path) -> None:
+    from coral_core.editing.selectors import SegmentSelector
+
+    cfg = TrainConfig(prompt="a red circle", mode="per_prompt", checkpoint=tmp_path / "c.pt")
+    direction = trainer_module._make_direction(G, cfg, 1)
+    selector = SegmentSelector(len(G.conv_layers), 4)
+    selector.gate = torch.tensor([[[1.0, 0.0, 1.0, 0.0]]]).expand(1, len(G.conv_layers), 4)
+    opt = torch.optim.Adam(list(direction.parameters()) + list(selector.parameters()))
+    trainer_module._save_checkpoint(cfg, "run", direction, selector, opt, 7)
+    fresh = SegmentSelector(len(G.conv_layers), 4)
+    assert trainer_module._resume(cfg, "run", direction, fresh, opt) == 7
+    assert fresh.gate is not None and torch.equal(fresh.gate, selector.gate)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_bad_pruning_settings_are_refused(G, clip, bad) -> None:
+    from coral_core.errors import InputError
+
+    with pytest.raises(InputError, match="prune"):
+        train_edit(G, clip, TrainConfig(prompt="x", steps=1, prune_tolerance=bad))
+
+
+def test_connected_pieces_split_one_cluster_into_its_objects() -> None:
+    from coral_core.editing.catalogue import connected_pieces
+
+    seg = torch.zeros(1, 2, 8, 8)
+    seg[0, 0] = 1
+    seg[0, 0, 1:3, 1:3] = 0       # object A, 4 pixels
+    seg[0, 0, 4:7, 4:7] = 0       # object B, 9 pixels, same cluster as A
+    seg[0, 0, 0, 7] = 0           # a one-pixel speck
+    seg[0, 1] = 1 - seg[0, 0]
+    pieces = connected_pieces(seg, 5)
+    sizes = pieces.flatten(2).sum(2)[0].tolist()
+    assert sizes == [50, 9, 4, 1, 0]          # background, B, A, speck: largest first
+    assert torch.equal(pieces.sum(1), torch.ones(1, 8, 8))  # every pixel in exactly one
+    assert bool(pieces[0, 1, 4:7, 4:7].all()) and bool(pieces[0, 2, 1:3, 1:3].all())
+    # beyond the limit the smallest pieces share the last slot
+    capped = connected_pieces(seg, 3)
+    assert capped.flatten(2).sum(2)[0].tolist() == [50, 9, 5]
+    assert torch.equal(connected_pieces(seg, 5), pieces)  # deterministic
+
+
+def test_per_image_edits_use_pieces_and_their_files_say_so(G, clip, tmp_path) -> None:
+    from coral_core.errors import ModelFormatError
+    from coral_core.formats.integrity import read_safetensors, write_safetensors
+
+    cfg = TrainConfig(prompt="a red circle", steps=2, batch=2, seed=1, segment_pieces=7,
+                      catalogue_dir=tmp_path)
+    edit = train_edit(G, clip, cfg).edit
+    assert edit.catalogue is not None and edit.catalogue.instances == 7
+    assert edit.selector.logits.shape[-1] == 7
+    path = edit.save(tmp_path / "pieces.safetensors")
+    loaded = Edit.load(path)
+    assert loaded.catalogue is not None and loaded.catalogue.instances == 7
+    a, b = apply_edits(G, edit.latents, [edit]), apply_edits(G, loaded.latents, [loaded])
+    assert torch.equal(a.edited, b.edited)
+    meta, tensors = read_safetensors(path, "edit", require_hash=False)
+    meta = dict(meta, catalogue_instances="5")
+    meta.pop("content_sha256", None)
+    write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(ModelFormatError, match="bad.safetensors.*7 segments.*gives 5"):
+        Edit.load(tmp_path / "bad.safetensors")
+    # per prompt: one segment id must mean the same part on every image, so no pieces
+    per_prompt = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=1, batch=2,
+                                                 mode="per_prompt", catalogue_dir=tmp_path))
+    assert per_prompt.edit.catalogue is not None and per_prompt.edit.catalogue.instances == 0
