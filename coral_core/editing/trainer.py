@@ -383,15 +383,20 @@ def _prune_region(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
             loss = image_loss(blended_synthesis(G, ws, direction(ws), masks, noise)).float()
         return loss.mean(0, keepdim=True) if rows == 1 else loss
 
+    # Only segments present in these images can be judged: one absent here (a per-prompt
+    # edit's cluster that none of this batch shows) is left exactly as training leaves it.
+    present = segs.flatten(2).sum(2) > 0  # [B, K]
+    if rows == 1:
+        present = present.any(0, keepdim=True)
     # a segment selected at some layer may go on being used at every layer; a row that
     # selected nothing yet keeps every segment (there is nothing to measure)
-    chosen = selector.active().any(1, keepdim=True)
-    chosen = chosen | ~chosen.any(2, keepdim=True)
+    chosen = selector.active().any(1, keepdim=True) & present[:, None]
+    chosen = chosen | (~chosen.any(2, keepdim=True) & present[:, None])
     allowed = chosen.expand_as(selector.logits)
-    selector.gate = prune_selection(allowed, gate_score, cfg.prune_tolerance,
-                                    layers=cfg.prune_layers)
+    gate = prune_selection(allowed, gate_score, cfg.prune_tolerance, layers=cfg.prune_layers)
+    selector.gate = torch.maximum(gate, (~present).float()[:, None].expand_as(gate))
     return {"segments": (allowed.any(1) & (selector.gate.amax(1) == 0)).nonzero().tolist(),
-            "layers": (allowed.any(2) & (selector.gate.amax(2) == 0)).nonzero().tolist()}
+            "layers": (allowed.any(2) & (gate.amax(2) == 0)).nonzero().tolist()}
 
 
 def describe_memory_options(options: dict[str, bool]) -> str:

@@ -80,7 +80,7 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
         none = score(torch.zeros_like(allowed, dtype=torch.float32))
         calls.append((allowed.clone(), tolerance, full, none))
         gate = allowed.float()
-        gate[:, :, 1] = 0
+        gate[:, :, 1:] = 0  # also "removes" segment 2, which no image shows
         return gate
 
     monkeypatch.setattr(trainer_module, "prune_selection", remove_segment_one)
@@ -90,8 +90,10 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
     res = train_edit(G, clip, cfg, latents=ws, segments=_halves(2, G.img_resolution))
     assert len(calls) == 1 and calls[0][1] == 0.25
     allowed, _, full, none = calls[0]
-    # the two non-empty halves were selected (masks start at 0.9); all layers stay allowed
+    # the two non-empty halves were selected (masks start at 0.9); all layers stay allowed;
+    # the empty segment cannot be judged on these images, so it is not a candidate
     assert allowed.shape == (2, len(G.conv_layers), 3) and bool(allowed[:, :, :2].all())
+    assert not bool(allowed[:, :, 2].any())
     assert full.shape == none.shape == (2,)  # one CLIP loss per image row
     # with every segment off the blend is G(w) bit for bit: the score is the original's loss
     img_o = G.synthesize(ws, noise=G.make_noise(2, "const"))
@@ -103,6 +105,8 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
     weights = torch.sigmoid(res.edit.selector.logits)
     assert float(weights[..., 1].max()) < 1e-9          # off at every layer, in every row
     assert float(weights[..., 0].max()) > 0.5           # the kept half still selected
+    # a segment absent from the images judged is left as training left it (here untouched)
+    assert torch.allclose(weights[..., 2], torch.full_like(weights[..., 2], 0.9), atol=1e-4)
     # the saved edit applies the same way: every layer's mask is empty over the pruned half
     loaded = Edit.load(res.edit.save(tmp_path / "pruned.safetensors"))
     masks = [m for m in apply_edits(G, ws, [loaded]).masks[0] if m is not None]
