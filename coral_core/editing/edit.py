@@ -126,7 +126,9 @@ class Edit:
               threshold: float | None = None) -> list[torch.Tensor | None]:
         """Per-layer masks for images whose original-pass features are given."""
         if isinstance(self.selector, AttentionSelector):
-            masks: list[torch.Tensor | None] = list(self.selector.masks(features))
+            clusters = self.catalogue.segments(features) \
+                if self.selector.cluster_gate is not None and self.catalogue is not None else None
+            masks: list[torch.Tensor | None] = list(self.selector.masks(features, clusters))
         else:
             segs = self.segments_for(features)
             masks = list(self.selector.masks(G, segs))
@@ -136,7 +138,10 @@ class Edit:
     def feature_layers_needed(self, G: Generator) -> int:
         """How far the original pass must run for this edit's masks."""
         if isinstance(self.selector, AttentionSelector):
-            return self.max_layer or len(G.conv_layers)
+            needed = self.max_layer or len(G.conv_layers)
+            if self.selector.cluster_gate is not None and self.catalogue is not None:
+                needed = max(needed, self.catalogue.layer)
+            return needed
         if self.segments is not None:
             return 0
         assert self.catalogue is not None
@@ -175,6 +180,8 @@ class Edit:
             tensors[f"selector.{k}"] = v
         if self.catalogue is not None:
             tensors["catalogue.centres"] = self.catalogue.centres
+        if isinstance(self.selector, AttentionSelector) and self.selector.cluster_gate is not None:
+            tensors["cluster_gate"] = self.selector.cluster_gate
         if self.segments is not None:
             tensors["segments"] = self.segments
         if self.latents is not None:
@@ -240,6 +247,7 @@ class Edit:
             selector: SegmentSelector | AttentionSelector = SegmentSelector(layers, k, rows)
         else:
             selector = AttentionSelector(json.loads(meta["can_channels"]))
+            selector.cluster_gate = tensors.get("cluster_gate")
         selector.load_state_dict(sel)
         catalogue = None
         if "catalogue.centres" in tensors:
@@ -304,6 +312,11 @@ def _check_edit_meta(meta: dict[str, str], tensors: dict[str, torch.Tensor], pat
             raise ModelFormatError(f"{path}: the edit's selector has "
                                    f"{tensors['selector.logits'].shape[-1]} segments but its "
                                    f"catalogue gives {count} per image")
+    gate = tensors.get("cluster_gate")
+    if gate is not None and ("catalogue.centres" not in tensors or tuple(gate.shape) != (
+            1, tensors["catalogue.centres"].shape[0])):
+        raise ModelFormatError(f"{path}: the edit's cluster gate does not fit its catalogue "
+                               "([1, K] with the catalogue's K clusters expected)")
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelFormatError(f"{path}: tensor {name!r} holds NaN or infinite values")

@@ -81,14 +81,27 @@ class AttentionSelector(nn.Module):
         super().__init__()
         self.channels = list(channels)
         self.heads = nn.ModuleList(AttentionHead(c, hidden, init) for c in channels)
+        # [1, K]: region pruning's decision over the catalogue's clusters (None: no gate);
+        # the masks are then limited to the kept clusters
+        self.cluster_gate: torch.Tensor | None = None
 
     @classmethod
     def for_generator(cls, G: Generator, hidden: int = 32, init: float = 0.5
                       ) -> "AttentionSelector":
         return cls([c.out_channels for c in G.conv_layers], hidden, init)
 
-    def masks(self, features: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """One mask per layer; None for layers whose features were not computed."""
+    def masks(self, features: list[torch.Tensor], segments: torch.Tensor | None = None
+              ) -> list[torch.Tensor | None]:
+        """One mask per layer; None for layers whose features were not computed. With a
+        cluster gate, ``segments`` [B, K, r, r] (the catalogue's clusters) limit each mask to
+        the kept clusters."""
         out: list[torch.Tensor | None] = [head(f.detach()) for head, f in
                                           zip(self.heads, features)]
+        if self.cluster_gate is not None:
+            if segments is None:
+                raise ValueError("this attention selector is limited to some clusters: give "
+                                 "the catalogue's segments")
+            region = torch.einsum("pk,bkhw->bhw", self.cluster_gate.to(segments), segments)
+            out = [m * resize_segments(region[:, None], m.shape[-1]) if m is not None else None
+                   for m in out]
         return out + [None] * (len(self.heads) - len(out))

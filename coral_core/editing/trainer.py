@@ -192,11 +192,15 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         assert latents is not None  # per image: given, or made from the seeds above
         rows = latents.shape[0]
     direction = _make_direction(G, cfg, rows).to(device)
+    prunes = cfg.prune_tolerance > 0 and not cfg.no_masks and (
+        cfg.variant == "can" or segments is None or segments.shape[1] > 1)
     if cfg.variant == "ss" and segments is None:
         if catalogue is None:
             catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
         if cfg.mode == "per_image":  # pieces are per image; per prompt needs shared ids
             catalogue = catalogue.with_instances(cfg.segment_pieces)
+    elif cfg.variant == "can" and prunes:  # CAN prunes over the catalogue's clusters
+        catalogue = catalogue or catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
     selector = _make_selector(G, cfg, rows, segments, catalogue).to(device)
     opt = torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
                             {"params": list(selector.parameters()), "lr": cfg.selector_lr()}])
@@ -236,7 +240,6 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 "selector": {k: v.detach().clone() for k, v in selector.state_dict().items()}}
 
     step = start_step
-    prunes = cfg.prune_tolerance > 0 and cfg.variant == "ss" and not cfg.no_masks
     prune_step = max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1
     pruned: dict[str, list[list[int]]] | None = None
     try:
@@ -253,12 +256,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 with torch.no_grad():
                     img_o, feats = G.synthesize_with_features(ws, noise=noise)
                     segs = None
-                    if cfg.variant == "ss":
-                        if segments is not None:
-                            segs = segments.expand(b, -1, -1, -1)
-                        else:
-                            assert catalogue is not None  # made above when none was supplied
-                            segs = catalogue.segments(feats)
+                    if segments is not None:
+                        segs = segments.expand(b, -1, -1, -1)
+                    elif catalogue is not None:  # SS always, CAN when it prunes
+                        segs = catalogue.segments(feats)
                 if cfg.mode == "per_image":
                     original_cache.update(img=img_o, feats=feats, segs=segs)
             phase_two = cfg.select_then_edit is not None and \
@@ -273,16 +274,16 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                         original_cache["src"] = clip.encode_image(img_o)
                 src = original_cache["src"]
             mix = 0.0 if phase_two else cfg.weights.directional_share
-            if step == prune_step and isinstance(selector, SegmentSelector):
+            if step == prune_step and segs is not None:
                 image_loss = functools.partial(clip_loss_per_image, clip, target=target,
                                                source_img_emb=src, text_direction=text_dir,
                                                directional_share=mix)
-                pruned = _prune_region(G, cfg, selector, direction, ws, noise, segs,
+                pruned = _prune_region(G, cfg, selector, direction, ws, noise, feats, segs,
                                        image_loss, autocast)
             with autocast:
                 delta = direction(ws)
                 raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
-                    else selector.masks(feats)
+                    else selector.masks(feats, segs)
                 masks = mask_policy(raw, no_masks=cfg.no_masks, only_layers=cfg.only_layers,
                                     max_layer=cfg.max_layer)
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
@@ -344,7 +345,9 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 selector=selector.train(False).requires_grad_(False),
                 generator_fingerprint=G.fingerprint(), resolution=G.img_resolution,
                 num_ws=G.num_ws, w_dim=G.w_dim, clip_model_id=clip.model_id,
-                catalogue=catalogue if segments is None and cfg.variant == "ss" else None,
+                catalogue=catalogue if segments is None and (
+                    cfg.variant == "ss" or getattr(selector, "cluster_gate", None) is not None)
+                else None,
                 segments=segments, latents=latents if cfg.mode == "per_image" else None,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
@@ -367,19 +370,29 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     return TrainResult(edit, partial, history, reason)
 
 
-def _prune_region(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
-                  direction: nn.Module, ws: torch.Tensor, noise: list, segs: torch.Tensor,
+def _prune_region(G: Generator, cfg: TrainConfig,
+                  selector: SegmentSelector | AttentionSelector, direction: nn.Module,
+                  ws: torch.Tensor, noise: list, feats: list[torch.Tensor], segs: torch.Tensor,
                   image_loss: Callable[[torch.Tensor], torch.Tensor],
                   autocast: Any) -> dict[str, list[list[int]]]:
     """Take region pruning's decision (pruning.py) on this step's images, set it as the
-    selector's gate, and return what was removed: [row, segment] and [row, layer] pairs."""
-    rows = selector.logits.shape[0]
+    selector's gate (SS: per row, layer and segment; CAN: over the catalogue's clusters), and
+    return what was removed: [row, segment] and [row, layer] pairs."""
+    can = isinstance(selector, AttentionSelector)
+    rows = 1 if isinstance(selector, AttentionSelector) else int(selector.logits.shape[0])
+
+    def set_gate(gate: torch.Tensor) -> None:
+        if isinstance(selector, AttentionSelector):
+            selector.cluster_gate = gate[:, 0]
+        else:
+            selector.gate = gate
 
     def gate_score(gate: torch.Tensor) -> torch.Tensor:
-        selector.gate = gate
+        set_gate(gate)
         with torch.no_grad(), autocast:
-            masks = mask_policy(selector.masks(G, segs), only_layers=cfg.only_layers,
-                                max_layer=cfg.max_layer)
+            raw = selector.masks(feats, segs) if isinstance(selector, AttentionSelector) \
+                else selector.masks(G, segs)
+            masks = mask_policy(raw, only_layers=cfg.only_layers, max_layer=cfg.max_layer)
             loss = image_loss(blended_synthesis(G, ws, direction(ws), masks, noise)).float()
         return loss.mean(0, keepdim=True) if rows == 1 else loss
 
@@ -388,14 +401,19 @@ def _prune_region(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
     present = segs.flatten(2).sum(2) > 0  # [B, K]
     if rows == 1:
         present = present.any(0, keepdim=True)
-    # a segment selected at some layer may go on being used at every layer; a row that
-    # selected nothing yet keeps every segment (there is nothing to measure)
-    chosen = selector.active().any(1, keepdim=True) & present[:, None]
-    chosen = chosen | (~chosen.any(2, keepdim=True) & present[:, None])
-    allowed = chosen.expand_as(selector.logits)
-    gate = prune_selection(allowed, gate_score, cfg.prune_tolerance, layers=cfg.prune_layers)
-    selector.gate = torch.maximum(gate, (~present).float()[:, None].expand_as(gate))
-    return {"segments": (allowed.any(1) & (selector.gate.amax(1) == 0)).nonzero().tolist(),
+    if isinstance(selector, AttentionSelector):  # every cluster the images show is a unit
+        allowed = present[:, None]
+    else:
+        # a segment selected at some layer may go on being used at every layer; a row that
+        # selected nothing yet keeps every segment (there is nothing to measure)
+        chosen = selector.active().any(1, keepdim=True) & present[:, None]
+        chosen = chosen | (~chosen.any(2, keepdim=True) & present[:, None])
+        allowed = chosen.expand_as(selector.logits)
+    gate = prune_selection(allowed, gate_score, cfg.prune_tolerance,
+                           layers=cfg.prune_layers and not can)
+    final = torch.maximum(gate, (~present).float()[:, None].expand_as(gate))
+    set_gate(final)
+    return {"segments": (allowed.any(1) & (final.amax(1) == 0)).nonzero().tolist(),
             "layers": (allowed.any(2) & (gate.amax(2) == 0)).nonzero().tolist()}
 
 
@@ -477,7 +495,9 @@ def _save_checkpoint(cfg: TrainConfig, run: str, direction: nn.Module, selector:
 
     assert cfg.checkpoint is not None
     with atomic_path(cfg.checkpoint) as tmp:
-        gate = getattr(selector, "gate", None)  # region pruning's decision, if taken yet
+        # region pruning's decision, if taken yet
+        gate = getattr(selector, "gate", None) if isinstance(selector, SegmentSelector) \
+            else getattr(selector, "cluster_gate", None)
         torch.save({"direction": direction.state_dict(), "selector": selector.state_dict(),
                     "opt": opt.state_dict(), "step": step, "run": run,
                     **({"gate": gate} if gate is not None else {})}, tmp)
@@ -498,6 +518,8 @@ def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Modul
         opt.load_state_dict(state["opt"])
         if "gate" in state and isinstance(selector, SegmentSelector):
             selector.gate = state["gate"].to(selector.logits.device)
+        elif "gate" in state and isinstance(selector, AttentionSelector):
+            selector.cluster_gate = state["gate"]
         return int(state["step"])
     except Exception:  # noqa: BLE001 - truncated or corrupt: start afresh (replaced later)
         Path(cfg.checkpoint).unlink(missing_ok=True)

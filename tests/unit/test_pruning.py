@@ -6,6 +6,7 @@ import torch
 
 from coral_core.editing import trainer as trainer_module
 from coral_core.editing.apply import apply_edits
+from coral_core.editing.catalogue import resize_segments
 from coral_core.editing.edit import Edit
 from coral_core.editing.losses import clip_loss_per_image
 from coral_core.editing.pruning import prune_selection
@@ -186,3 +187,47 @@ def test_per_image_edits_use_pieces_and_their_files_say_so(G, clip, tmp_path) ->
     per_prompt = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=1, batch=2,
                                                  mode="per_prompt", catalogue_dir=tmp_path))
     assert per_prompt.edit.catalogue is not None and per_prompt.edit.catalogue.instances == 0
+
+
+def test_attention_edits_prune_over_the_catalogue_clusters(G, clip, monkeypatch, tmp_path):
+    """CAN has no segments of its own: pruning limits its masks to kept catalogue clusters,
+    and the edit file carries the gate and the catalogue, so applying does the same."""
+    from coral_core.errors import ModelFormatError
+    from coral_core.formats.integrity import read_safetensors, write_safetensors
+
+    def keep_first_present(allowed, score, tolerance, layers):
+        assert allowed.shape[:2] == (1, 1) and not layers  # clusters are CAN's only units
+        gate = torch.zeros_like(allowed, dtype=torch.float32)
+        gate[0, 0, int(allowed[0, 0].float().argmax())] = 1
+        return gate
+
+    monkeypatch.setattr(trainer_module, "prune_selection", keep_first_present)
+    cfg = TrainConfig(prompt="a red circle", variant="can", mode="per_prompt", steps=4,
+                      batch=2, seed=5, catalogue_dir=tmp_path)
+    edit = train_edit(G, clip, cfg).edit
+    gate = edit.selector.cluster_gate
+    assert gate is not None and edit.catalogue is not None and gate.shape == (1, edit.catalogue.k)
+    loaded = Edit.load(edit.save(tmp_path / "can.safetensors"))
+    assert loaded.selector.cluster_gate is not None
+    assert torch.equal(loaded.selector.cluster_gate, gate)
+    ws = G.mapping_ws(G.z_from_seeds([11, 12]))
+    a, b = apply_edits(G, ws, [edit]), apply_edits(G, ws, [loaded])
+    assert torch.equal(a.edited, b.edited)
+    # every mask is zero wherever a removed cluster lies
+    with torch.no_grad():
+        _, feats = G.synthesize_with_features(ws, noise=G.make_noise(2, "const"))
+    clusters = edit.catalogue.segments(feats)
+    removed = (clusters * (1 - gate)[:, :, None, None]).sum(1, keepdim=True)
+    checked = 0
+    for m in a.masks[0]:
+        if m is not None:
+            off = resize_segments(removed, m.shape[-1]) >= 1
+            assert float((m * off).abs().max()) == 0
+            checked += int(off.sum())
+    assert checked > 0  # some removed cluster is on these images
+    meta, tensors = read_safetensors(tmp_path / "can.safetensors", "edit", require_hash=False)
+    meta.pop("content_sha256", None)
+    tensors["cluster_gate"] = torch.ones(1, edit.catalogue.k + 1)
+    write_safetensors(tmp_path / "bad_can.safetensors", tensors, meta)
+    with pytest.raises(ModelFormatError, match="bad_can.safetensors.*cluster gate"):
+        Edit.load(tmp_path / "bad_can.safetensors")
