@@ -16,7 +16,7 @@ from ..editing.losses import AREA_WEIGHTINGS, LossWeights
 from ..editing.trainer import TrainConfig
 
 # --recompute auto|on|off -> TrainConfig.recompute
-RECOMPUTE_CHOICES = {"auto": None, "on": True, "off": False}
+MEMORY_OPTION_CHOICES = {"auto": None, "on": True, "off": False}
 
 # The engine's defaults, read once: the CLI keeps no numbers of its own.
 _TRAIN = TrainConfig(prompt="-")
@@ -78,9 +78,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                       direction=args.direction, mode=mode, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, truncation=args.truncation,
                       num_segments=args.segments, max_layer=args.max_layer,
-                      directional=args.directional, weights=weights, bf16=args.bf16,
+                      directional=args.directional, weights=weights,
+                      bf16=MEMORY_OPTION_CHOICES[args.bf16],
                       prune_tolerance=args.prune_tolerance, prune_at=args.prune_at,
-                      recompute=RECOMPUTE_CHOICES[args.recompute],
+                      recompute=MEMORY_OPTION_CHOICES[args.recompute],
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
                       identity_model=Path(args.identity_model) if args.identity_model else None)
@@ -190,7 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         bench_train(args.steps or 10, args.device, args.generator, args.clip, args.config,
                     tuple(int(b) for b in args.batches.split(",")),
-                    RECOMPUTE_CHOICES[args.recompute],
+                    MEMORY_OPTION_CHOICES[args.recompute],
                     tuple(args.forms.split(",")) if args.forms else None)
     return 0
 
@@ -227,9 +228,11 @@ def _register(sub: argparse._SubParsersAction) -> None:
                         "it keeps 1 - this share of its CLIP gain (0 = off, the paper's method)")
     s.add_argument("--prune-at", type=float, default=_TRAIN.prune_at,
                    help="region pruning: at this share of the steps")
-    s.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast on CUDA (losses and mask maths stay in float32)")
-    s.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="auto",
+    s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",
+                   default="auto",
+                   help="bf16 autocast on CUDA, losses and mask maths stay in float32 (auto: "
+                        "at 512 px and up with less than 16 GiB free; --bf16 alone: on)")
+    s.add_argument("--recompute", choices=list(MEMORY_OPTION_CHOICES), default="auto",
                    help="recompute activations in backward to save memory (auto: CPU at 256 "
                         "px and up; GPU at 512 px and up with less than 16 GiB free)")
     s.add_argument("--progress-every", type=int, default=10)
@@ -274,7 +277,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batches", default="4", help="train: batch sizes, e.g. 1,2,4")
     s.add_argument("--generator", default=None, help="a generator file instead")
     s.add_argument("--clip", default=None, help="a CLIP file or folder instead")
-    s.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="auto",
+    s.add_argument("--recompute", choices=list(MEMORY_OPTION_CHOICES), default="auto",
                    help="train: activation recomputation (auto: the library's rule)")
     s.add_argument("--forms", default=None,
                    help="train: only these forms, e.g. 'ss+global per_image'")

@@ -76,7 +76,8 @@ class TrainConfig:
     prune_layers: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
-    bf16: bool = False
+    # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
+    bf16: bool | None = None
     # activation recomputation in the blended pass: None = automatic (auto_recompute: CPU at
     # 256 px and up; CUDA at 512 px and up with less than 16 GiB free), or forced on / off
     recompute: bool | None = None
@@ -232,8 +233,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     partial, reason = False, ""
     t0 = time.perf_counter()
     recompute = cfg.recompute if cfg.recompute is not None else auto_recompute(G, device)
+    bf16 = (cfg.bf16 if cfg.bf16 is not None else auto_bf16(G, device)) and \
+        device.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if cfg.bf16 and device.type == "cuda" else contextlib.nullcontext())
+                if bf16 else contextlib.nullcontext())
 
     def snapshot() -> dict[str, Any]:
         return {"direction": {k: v.detach().clone() for k, v in direction.state_dict().items()},
@@ -352,7 +355,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
     edit.info["memory_options"] = {"recompute_activations": recompute,
-                                   "bf16": cfg.bf16 and device.type == "cuda"}
+                                   "bf16": bf16}
     if pruned is not None:  # [row, segment] and [row, layer] switched off by region pruning
         edit.info["region_pruning"] = {"at_step": prune_step, "tolerance": cfg.prune_tolerance,
                                        "removed": pruned}
@@ -430,6 +433,17 @@ def auto_recompute(G: Generator, device: torch.device) -> bool:
     px and up when less than 16 GiB is free (not yet measured: no GPU has been lent)."""
     if device.type == "cpu":
         return G.img_resolution >= 256
+    return _cuda_memory_is_tight(G, device)
+
+
+def auto_bf16(G: Generator, device: torch.device) -> bool:
+    """bf16 autocast where memory is tight: CUDA, 512 px and up, less than 16 GiB free (the
+    8 GB-card goal at 1024 px). Off on the CPU (no memory gain there measured). Not yet
+    measured on a GPU: none has been lent."""
+    return _cuda_memory_is_tight(G, device)
+
+
+def _cuda_memory_is_tight(G: Generator, device: torch.device) -> bool:
     if device.type != "cuda" or G.img_resolution < 512:
         return False
     free, _total = torch.cuda.mem_get_info(device)

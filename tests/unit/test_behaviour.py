@@ -270,3 +270,35 @@ def test_directional_share_mixes_the_two_clip_terms(clip) -> None:
     mixed = clip_loss(clip, img, target, src, direction, 0.25)
     assert torch.allclose(mixed, 0.25 * only_dir + 0.75 * plain, atol=1e-6)
     assert not torch.allclose(only_dir, plain)
+
+
+def test_memory_options_are_picked_from_the_free_cuda_memory(monkeypatch) -> None:
+    """bf16 and recomputation switch on by themselves where a small card needs them (CUDA,
+    512 px and up, under 16 GiB free), never on a large card or at small sizes; recomputation
+    is also on for the CPU from 256 px (measured there: less memory and faster)."""
+    from types import SimpleNamespace
+
+    from coral_core.editing.trainer import auto_bf16, auto_recompute
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    free = {"bytes": 6 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"],
+                                                                          80 * 2**30))
+    big, small = SimpleNamespace(img_resolution=1024), SimpleNamespace(img_resolution=256)
+    assert auto_bf16(big, cuda) and auto_recompute(big, cuda)
+    assert not auto_bf16(small, cuda) and not auto_recompute(small, cuda)
+    assert not auto_bf16(big, cpu) and auto_recompute(big, cpu) and auto_recompute(small, cpu)
+    free["bytes"] = 40 * 2**30
+    assert not auto_bf16(big, cuda) and not auto_recompute(big, cuda)
+
+
+def test_bf16_flag_alone_means_on_and_defaults_to_automatic() -> None:
+    from coral_core.cli import _load_command_modules, build_parser
+
+    _load_command_modules()  # the engine's commands register their sub-commands
+
+    def parsed(*extra: str) -> str:
+        return build_parser().parse_args(["train", "--prompt", "x", "--out", "e.safetensors",
+                                          *extra]).bf16
+
+    assert parsed() == "auto" and parsed("--bf16") == "on" and parsed("--bf16", "off") == "off"
