@@ -43,12 +43,13 @@ class SegmentSelector(nn.Module):
         return weights > threshold
 
     def bake_gate(self) -> None:
-        """Write the gate into the logits (a removed segment's weight becomes ~1e-13), so a
-        saved edit needs no extra tensor and applies exactly as it trained."""
+        """Write the gate into the logits, so a saved edit needs no extra tensor and applies
+        exactly as it trained: a removed weight becomes exactly 0 (sigmoid(-200) underflows),
+        so a layer left with no segment is skipped by the blend, bit for bit."""
         if self.gate is not None:
             with torch.no_grad():
                 self.logits.copy_(torch.where(self.gate > 0, self.logits,
-                                              torch.full_like(self.logits, -30.0)))
+                                              torch.full_like(self.logits, -200.0)))
             self.gate = None
 
     def selection(self, threshold: float = 0.5) -> list[tuple[int, int]]:

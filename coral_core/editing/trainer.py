@@ -68,9 +68,10 @@ class TrainConfig:
     # region under the directional CLIP loss (which keeps the other regions out); then the
     # selector is frozen and the direction alone continues under the global CLIP loss.
     select_then_edit: float | None = None
-    # Region pruning (segment selection, see pruning.py): at this share of the steps, drop the
-    # segments the edit can do without while keeping >= 1 - prune_tolerance of its CLIP gain.
-    # Tolerance 0 switches it off (the paper's method).
+    # Region pruning (see pruning.py): at this share of the steps, drop the segments (CAN: the
+    # catalogue's clusters) the edit can do without while keeping >= 1 - prune_tolerance of its
+    # CLIP gain; prune_layers makes whole layers units too (SS). Tolerance 0 switches it off
+    # (the paper's method).
     prune_tolerance: float = 0.3
     prune_at: float = 0.6
     prune_layers: bool = False
@@ -381,7 +382,6 @@ def _prune_region(G: Generator, cfg: TrainConfig,
     """Take region pruning's decision (pruning.py) on this step's images, set it as the
     selector's gate (SS: per row, layer and segment; CAN: over the catalogue's clusters), and
     return what was removed: [row, segment] and [row, layer] pairs."""
-    can = isinstance(selector, AttentionSelector)
     rows = 1 if isinstance(selector, AttentionSelector) else int(selector.logits.shape[0])
 
     def set_gate(gate: torch.Tensor) -> None:
@@ -413,7 +413,7 @@ def _prune_region(G: Generator, cfg: TrainConfig,
         chosen = chosen | (~chosen.any(2, keepdim=True) & present[:, None])
         allowed = chosen.expand_as(selector.logits)
     gate = prune_selection(allowed, gate_score, cfg.prune_tolerance,
-                           layers=cfg.prune_layers and not can)
+                           layers=cfg.prune_layers and isinstance(selector, SegmentSelector))
     final = torch.maximum(gate, (~present).float()[:, None].expand_as(gate))
     set_gate(final)
     return {"segments": (allowed.any(1) & (final.amax(1) == 0)).nonzero().tolist(),
