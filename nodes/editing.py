@@ -104,9 +104,10 @@ class CoralTrainEdit:
                                    "tooltip": "Clusters in the automatic segment catalogue."}),
             "region_pruning": ("FLOAT", {
                 "default": _TRAIN.prune_tolerance, "min": 0.0, "max": 0.99, "step": 0.05,
-                "tooltip": "Segment selection: part-way through, drop the segments the edit "
-                           "can do without, as long as it keeps 1 - this share of its CLIP "
-                           "gain (keeps edits off what the prompt does not name; 0 = off)."}),
+                "tooltip": "Part-way through, drop the segments (attention network: the "
+                           "generator's feature clusters) the edit can do without, as long as "
+                           "it keeps 1 - this share of its CLIP gain (keeps edits off what the "
+                           "prompt does not name; 0 = off)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,

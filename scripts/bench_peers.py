@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coral_core.commands.bench import _time, config_f_generator  # noqa: E402
+from coral_core.commands.bench import config_f_generator, median_time  # noqa: E402
 from coral_core.devices import pick_device  # noqa: E402
 from coral_core.stylegan import ops  # noqa: E402
 
@@ -108,7 +108,7 @@ def main() -> int:
     try:
         for _ in range(args.repeats):
             for name, step in paths.items():
-                times[name].append(_time(step, 1, dev))
+                times[name].append(median_time(step, 1, dev))
     finally:
         ops.FUSED_MODCONV = default
     base = float(np.median(times["this project (default, unfused)"]))

@@ -22,7 +22,7 @@ from coral_core.world.evaluate import format_table, run_eval
 from coral_core.world.judge import load_judge
 
 
-TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
 def parse_setting(text: str) -> tuple[LossWeights, dict, dict]:
@@ -33,8 +33,9 @@ def parse_setting(text: str) -> tuple[LossWeights, dict, dict]:
         if key in ("steps", "lr", "methods"):
             extra[key] = value
         elif key in TRAIN_FIELDS and not hasattr(weights, key):
-            kind = type(getattr(TrainConfig(prompt="-"), key))
-            overrides[key] = bool(int(value)) if kind is bool else float(value)
+            kind = type(getattr(TrainConfig(prompt="-"), key))  # None defaults take floats
+            overrides[key] = bool(int(value)) if kind is bool else \
+                int(value) if kind is int else float(value)
         else:
             current = getattr(weights, key)
             setattr(weights, key, value if isinstance(current, str) else float(value))

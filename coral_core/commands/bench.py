@@ -16,7 +16,7 @@ from ..editing.edit import Edit
 from ..editing.selectors import SegmentSelector
 
 
-def _time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+def median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -70,7 +70,7 @@ def bench_generate(generator: str | None = None, batch: int = 4, repeats: int = 
     G = get_generator(generator, dev).generator if generator else \
         config_f_generator(resolution, dev)
     z = torch.randn(batch, G.z_dim, device=dev)
-    t = _time(lambda: G.synthesize(G.mapping_ws(z, 0.7), noise_mode="const"), repeats, dev)
+    t = median_time(lambda: G.synthesize(G.mapping_ws(z, 0.7), noise_mode="const"), repeats, dev)
     peak, kind = _peak_memory(dev)
     name = generator or f"random config-f {resolution}px"
     print(f"{name}: {G.parameter_count():,} params, device {dev}, batch {batch}: "
@@ -108,7 +108,7 @@ def bench_hotpath(resolution: int = 256, batch: int = 4, repeats: int = 5,
             for path, fn in (("forward", forward), ("forward + backward", forward_backward)):
                 for fused in (True, False):
                     ops.FUSED_MODCONV = fused
-                    times[path][fused].append(_time(fn, 1, dev))
+                    times[path][fused].append(median_time(fn, 1, dev))
     finally:
         ops.FUSED_MODCONV = default
     print(f"device {dev}, random config-f {resolution}px, batch {batch}, median of {repeats} "
@@ -136,7 +136,7 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     G = config_f_generator(resolution, dev)
     ws = G.mapping_ws(torch.randn(batch, G.z_dim, device=dev), 0.7)
     noise = G.make_noise(batch, "const")
-    plain = _time(lambda: G.synthesize(ws, noise=noise), repeats, dev)
+    plain = median_time(lambda: G.synthesize(ws, noise=noise), repeats, dev)
     n = len(G.conv_layers)
     half = n // 2
     choices = {"coarse half": list(range(1, half + 1)),
@@ -148,9 +148,9 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     out = {"plain_s": plain}
     for name, layers in choices.items():
         edit = _edit_selecting(G, layers).to(dev)
-        t_edit = _time(partial(apply_edits, G, ws, [edit], 1.0, 0.5, return_original=False),
+        t_edit = median_time(partial(apply_edits, G, ws, [edit], 1.0, 0.5, return_original=False),
                        repeats, dev)
-        t_both = _time(partial(apply_edits, G, ws, [edit], 1.0, 0.5), repeats, dev)
+        t_both = median_time(partial(apply_edits, G, ws, [edit], 1.0, 0.5), repeats, dev)
         print(f"{name:>17} (layers {layers[0]}..{layers[-1]}, {len(layers)} of {n}): "
               f"edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain; "
               f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x")

@@ -224,8 +224,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="catalogue size K (SS)")
     s.add_argument("--max-layer", type=int, default=None)
     s.add_argument("--prune-tolerance", type=float, default=_TRAIN.prune_tolerance,
-                   help="region pruning (SS): drop the segments the edit can do without while "
-                        "it keeps 1 - this share of its CLIP gain (0 = off, the paper's method)")
+                   help="region pruning: drop the segments (CAN: the catalogue's clusters) "
+                        "the edit can do without while it keeps 1 - this share of its CLIP "
+                        "gain (0 = off, the paper's method)")
     s.add_argument("--prune-at", type=float, default=_TRAIN.prune_at,
                    help="region pruning: at this share of the steps")
     s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",

@@ -33,7 +33,7 @@ class SegmentCatalogue:
     # image edits): clusters group by appearance, so two objects of one kind share a cluster
     # (on the demo world the target object's cluster covered the other object in 12 of 24
     # recolouring cases), and an edit could not name one object without the other.
-    instances: int = 0
+    pieces: int = 0
 
     @property
     def k(self) -> int:
@@ -42,16 +42,16 @@ class SegmentCatalogue:
     @property
     def count(self) -> int:
         """Segments per image: the clusters, or the kept pieces."""
-        return self.instances or self.k
+        return self.pieces or self.k
 
-    def with_instances(self, instances: int) -> "SegmentCatalogue":
-        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, instances)
+    def with_pieces(self, pieces: int) -> "SegmentCatalogue":
+        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, pieces)
 
     def id(self) -> str:
         import hashlib
 
         h = hashlib.sha256(self.centres.detach().cpu().numpy().tobytes()).hexdigest()[:12]
-        pieces = f"-I{self.instances}" if self.instances else ""
+        pieces = f"-P{self.pieces}" if self.pieces else ""
         return f"{self.fingerprint}-L{self.layer}-K{self.k}-{h}{pieces}"
 
     def segments(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -59,7 +59,7 @@ class SegmentCatalogue:
         f = F.normalize(features[self.layer - 1].detach().to(torch.float32), dim=1)
         sim = torch.einsum("bchw,kc->bkhw", f, self.centres.to(f.device))
         clusters = F.one_hot(sim.argmax(1), self.k).permute(0, 3, 1, 2).to(torch.float32)
-        return connected_pieces(clusters, self.instances) if self.instances else clusters
+        return connected_pieces(clusters, self.pieces) if self.pieces else clusters
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:

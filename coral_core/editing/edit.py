@@ -204,7 +204,7 @@ class Edit:
             "no_masks": "1" if self.no_masks else "",
             "catalogue_id": self.catalogue.id() if self.catalogue is not None else "",
             "catalogue_layer": str(self.catalogue.layer) if self.catalogue is not None else "",
-            "catalogue_instances": str(self.catalogue.instances)
+            "catalogue_pieces": str(self.catalogue.pieces)
             if self.catalogue is not None else "",
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
             "info": json.dumps(self.info, default=str),
@@ -254,7 +254,7 @@ class Edit:
             catalogue = SegmentCatalogue(tensors["catalogue.centres"],
                                          int(meta["catalogue_layer"]),
                                          meta["generator_fingerprint"],
-                                         int(meta.get("catalogue_instances") or 0))
+                                         int(meta.get("catalogue_pieces") or 0))
         return cls(variant=meta["variant"], direction_form=meta["direction"],
                    mode=meta["mode"], prompt=meta["prompt"], neutral=meta["neutral_prompt"],
                    direction=direction.train(False).requires_grad_(False),
@@ -303,9 +303,9 @@ def _check_edit_meta(meta: dict[str, str], tensors: dict[str, torch.Tensor], pat
                                "segments")
     if "catalogue.centres" in tensors and "selector.logits" in tensors:
         try:
-            pieces = int(meta.get("catalogue_instances") or 0)
+            pieces = int(meta.get("catalogue_pieces") or 0)
         except ValueError as exc:
-            raise ModelFormatError(f"{path}: edit metadata catalogue_instances is not an "
+            raise ModelFormatError(f"{path}: edit metadata catalogue_pieces is not an "
                                    f"integer ({exc})") from exc
         count = pieces or int(tensors["catalogue.centres"].shape[0])
         if not 0 <= pieces <= 4096 or tensors["selector.logits"].shape[-1] != count:

@@ -54,8 +54,7 @@ class SegmentSelector(nn.Module):
 
     def selection(self, threshold: float = 0.5) -> list[tuple[int, int]]:
         """(layer, segment) pairs whose weight exceeds ``threshold`` in the first row."""
-        w = torch.sigmoid(self.logits[0]).detach()
-        return [(int(i) + 1, int(k)) for i, k in (w > threshold).nonzero().tolist()]
+        return [(int(i) + 1, int(k)) for i, k in self.active(threshold)[0].nonzero().tolist()]
 
 
 def _logit(p: float) -> float:

@@ -200,7 +200,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         if catalogue is None:
             catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
         if cfg.mode == "per_image":  # pieces are per image; per prompt needs shared ids
-            catalogue = catalogue.with_instances(cfg.segment_pieces)
+            catalogue = catalogue.with_pieces(cfg.segment_pieces)
     elif cfg.variant == "can" and prunes:  # CAN prunes over the catalogue's clusters
         catalogue = catalogue or catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
     selector = _make_selector(G, cfg, rows, segments, catalogue).to(device)
@@ -479,8 +479,11 @@ def _make_selector(G: Generator, cfg: TrainConfig, rows: int, segments: torch.Te
                    catalogue: SegmentCatalogue | None) -> SegmentSelector | AttentionSelector:
     if cfg.variant == "can":
         return AttentionSelector.for_generator(G, init=cfg.mask_init)
-    assert segments is not None or catalogue is not None
-    k = segments.shape[1] if segments is not None else catalogue.count  # type: ignore[union-attr]
+    if segments is not None:
+        k = int(segments.shape[1])
+    else:
+        assert catalogue is not None  # made by the trainer whenever no segments are given
+        k = catalogue.count
     return SegmentSelector(len(G.conv_layers), k, rows, init=cfg.mask_init)
 
 

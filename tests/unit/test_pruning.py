@@ -170,15 +170,15 @@ def test_per_image_edits_use_pieces_and_their_files_say_so(G, clip, tmp_path) ->
     cfg = TrainConfig(prompt="a red circle", steps=2, batch=2, seed=1, segment_pieces=7,
                       catalogue_dir=tmp_path)
     edit = train_edit(G, clip, cfg).edit
-    assert edit.catalogue is not None and edit.catalogue.instances == 7
+    assert edit.catalogue is not None and edit.catalogue.pieces == 7
     assert edit.selector.logits.shape[-1] == 7
     path = edit.save(tmp_path / "pieces.safetensors")
     loaded = Edit.load(path)
-    assert loaded.catalogue is not None and loaded.catalogue.instances == 7
+    assert loaded.catalogue is not None and loaded.catalogue.pieces == 7
     a, b = apply_edits(G, edit.latents, [edit]), apply_edits(G, loaded.latents, [loaded])
     assert torch.equal(a.edited, b.edited)
     meta, tensors = read_safetensors(path, "edit", require_hash=False)
-    meta = dict(meta, catalogue_instances="5")
+    meta = dict(meta, catalogue_pieces="5")
     meta.pop("content_sha256", None)
     write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(ModelFormatError, match="bad.safetensors.*7 segments.*gives 5"):
@@ -186,7 +186,7 @@ def test_per_image_edits_use_pieces_and_their_files_say_so(G, clip, tmp_path) ->
     # per prompt: one segment id must mean the same part on every image, so no pieces
     per_prompt = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=1, batch=2,
                                                  mode="per_prompt", catalogue_dir=tmp_path))
-    assert per_prompt.edit.catalogue is not None and per_prompt.edit.catalogue.instances == 0
+    assert per_prompt.edit.catalogue is not None and per_prompt.edit.catalogue.pieces == 0
 
 
 def test_attention_edits_prune_over_the_catalogue_clusters(G, clip, monkeypatch, tmp_path):
