@@ -122,15 +122,32 @@ def bench_hotpath(resolution: int = 256, batch: int = 4, repeats: int = 5,
     return out
 
 
+def square_masks(G: Generator, coverage: float) -> list[torch.Tensor]:
+    """Per-layer masks that are 1 on one square covering ``coverage`` of the image (an object,
+    off centre) and exactly 0 elsewhere."""
+    out = []
+    for info in G.conv_layers:
+        r = info.resolution
+        side = max(1, round(r * coverage ** 0.5))
+        top = min(r - side, r // 5)
+        mask = torch.zeros(1, 1, r, r, device=G.w_avg.device)
+        mask[..., top:top + side, top:top + side] = 1.0
+        out.append(mask)
+    return out
+
+
 @torch.no_grad()
 def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
                 device: str | None = None) -> dict[str, float]:
     """Apply time / plain generation time for edits selecting half of the layers.
 
-    Masks are thresholded at 0.5 so unselected layers are exactly zero (their edited branch is
-    skipped). Three halves are measured, because the cost depends on which layers are chosen.
+    Two kinds of region: a segment selection (a random catalogue, half its segments, masks
+    thresholded so unselected layers are exactly zero: scattered over the image), and a square
+    covering 25 % of the image (an object), where the edited branch runs on the mask's box
+    only. Three halves are measured, because the cost depends on which layers are chosen.
     """
     from ..editing.apply import apply_edits
+    from ..editing.blend import stacked_synthesis
 
     dev = pick_device(device)
     G = config_f_generator(resolution, dev)
@@ -142,6 +159,8 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     choices = {"coarse half": list(range(1, half + 1)),
                "alternate layers": list(range(1, n + 1, 2)),
                "fine half": list(range(n - half + 1, n + 1))}
+    delta = torch.randn(1, G.num_ws, G.w_dim, device=dev)
+    square = square_masks(G, 0.25)
     print(f"device {dev}, {resolution}px config-f-shaped generator ({G.parameter_count():,} "
           f"params), batch {batch}, {n} conv layers; median of {repeats}")
     print(f"plain generation: {plain * 1000:.1f} ms")
@@ -151,11 +170,16 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
         t_edit = median_time(partial(apply_edits, G, ws, [edit], 1.0, 0.5, return_original=False),
                        repeats, dev)
         t_both = median_time(partial(apply_edits, G, ws, [edit], 1.0, 0.5), repeats, dev)
+        masks = [m if i + 1 in layers else None for i, m in enumerate(square)]
+        t_square = median_time(partial(stacked_synthesis, G, ws, [(delta, masks)], noise),
+                               repeats, dev)
         print(f"{name:>17} (layers {layers[0]}..{layers[-1]}, {len(layers)} of {n}): "
-              f"edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain; "
-              f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x")
+              f"segments: edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain, "
+              f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x; "
+              f"25 % square: {t_square * 1000:.1f} ms = {t_square / plain:.2f}x")
         out[f"{name} ratio"] = t_edit / plain
         out[f"{name} ratio with original"] = t_both / plain
+        out[f"{name} ratio 25% square"] = t_square / plain
     return out
 
 

@@ -90,3 +90,72 @@ def test_stacking_two_edits(setup) -> None:
     both = stacked_synthesis(G, ws, [(delta, _masks(G, 1.0)), (other, _masks(G, 1.0))], noise)
     # the second edit fully replaces: its branch reads w + other on top of the first's features
     assert (both - one).abs().max() > 1e-3
+
+
+def _box_masks(G, top: float, left: float, size: float, batch: int = 1):
+    """Masks that are 1 on a square (fractions of the side) and exactly 0 elsewhere."""
+    out = []
+    for c in G.conv_layers:
+        r = c.resolution
+        m = torch.zeros(batch, 1, r, r)
+        y0, x0 = int(top * r), int(left * r)
+        side = max(1, int(size * r))
+        m[..., y0:y0 + side, x0:x0 + side] = torch.rand(batch, 1, min(side, r - y0),
+                                                         min(side, r - x0)) * 0.5 + 0.5
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("place", [(0.0, 0.0), (0.3, 0.55), (0.6, 0.6), (0.75, 0.0)])
+def test_edited_branch_on_the_mask_box_equals_the_whole_map(setup, place,
+                                                            monkeypatch) -> None:
+    """Cropping the edited branch to the mask's box (plus the receptive field) changes nothing
+    but convolution rounding, at the image border and inside, for plain and upsampling convs."""
+    import coral_core.editing.blend as blend
+
+    G, ws, delta, noise = setup
+    torch.manual_seed(1)
+    masks = _box_masks(G, *place, size=0.35)
+    boxed = blended_synthesis(G, ws, delta, masks, noise)
+    assert any(blend.mask_box(m) is not None for m in masks)  # the crop path really ran
+    monkeypatch.setattr(blend, "BOX_MAX_FRACTION", 0.0)  # never crop
+    whole = blended_synthesis(G, ws, delta, masks, noise)
+    assert torch.allclose(boxed, whole, atol=1e-5), (boxed - whole).abs().max()
+    # and the edit really changed the picture inside the box
+    assert (whole - G.synthesize(ws, noise=noise)).abs().max() > 1e-2
+
+
+def test_gradients_through_the_box_equal_the_whole_map(setup, monkeypatch) -> None:
+    import coral_core.editing.blend as blend
+
+    G, ws, delta, noise = setup
+    torch.manual_seed(2)
+    base = _box_masks(G, 0.2, 0.4, 0.4, batch=2)
+
+    def grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        d = delta.clone().requires_grad_()
+        masks = [m.clone().requires_grad_() for m in base]
+        blended_synthesis(G, ws, d, masks, noise).square().sum().backward()
+        return d.grad, [m.grad for m in masks]
+
+    d_box, m_box = grads()
+    monkeypatch.setattr(blend, "BOX_MAX_FRACTION", 0.0)
+    d_whole, m_whole = grads()
+    assert torch.allclose(d_box, d_whole, rtol=1e-4, atol=1e-5)
+    for a, b, m in zip(m_box, m_whole, base):
+        # outside the box the mask is exactly 0 and its gradient (f_e - f_o) is not computed
+        # there: a selector's parameters get none from such pixels either way (an SS weight
+        # reaches only its segment's pixels; sigmoid(x) underflows to 0 with derivative 0)
+        inside = m.ne(0)
+        assert torch.allclose(a[inside], b[inside], rtol=1e-4, atol=1e-5)
+
+
+def test_mask_box_is_the_union_over_the_batch_and_skips_large_boxes() -> None:
+    from coral_core.editing.blend import mask_box
+
+    m = torch.zeros(2, 1, 16, 16)
+    m[0, :, 2:5, 3:6] = 0.7
+    m[1, :, 6:8, 1:2] = 0.1
+    assert mask_box(m) == (2, 8, 1, 6)
+    assert mask_box(torch.zeros(1, 1, 8, 8)) is None
+    assert mask_box(torch.ones(1, 1, 8, 8)) is None  # the whole map: not worth a crop
