@@ -63,4 +63,9 @@ if __name__ == "__main__":
                       f"median PSNR outside "
                       f"{sorted(r['psnr_outside'] for r in rows)[len(rows) // 2]:.1f} dB, "
                       f"layers {[r['selected_layers'] for r in rows]}")
+        for r in result["rows"]:  # every case, to see which ones a setting moves
+            print(f"    {r['method']:>11} seed {r['seed']:>3} {r['prompt']!r:<26} "
+                  f"{'ok  ' if r['success'] else 'FAIL'} "
+                  f"{'kept' if r['others_preserved'] else 'LOST'} IoU {r['iou']:.2f} "
+                  f"{r['psnr_outside']:.1f} dB layers {r['selected_layers']}")
         print(flush=True)
