@@ -20,7 +20,12 @@ from ..atomic import atomic_path
 from ..errors import EditMismatchError
 from ..stylegan import Generator
 
-CATALOGUE_RESOLUTION = 32
+# Segments are clustered at min(image, this) px. 64 rather than 32: a segment's edge is then
+# at most one 64-px pixel off the object's, and a background edit no longer repaints the
+# objects' rims. Measured on the demo world v2 (64 px, 48 cases, SS per image, defaults):
+# median PSNR outside the true region 29.2 dB at 32 px, 31.5 dB at 64 px, success 0.75 both.
+CATALOGUE_RESOLUTION = 64
+MAX_CLUSTER_POINTS = 50_000  # feature vectors k-means sees, drawn evenly from the samples
 
 
 @dataclass
@@ -74,7 +79,7 @@ class SegmentCatalogue:
 
 
 def default_layer(G: Generator) -> int:
-    """The last conv layer at resolution min(R, 32): fine enough for parts, cheap to cluster."""
+    """The last conv layer at resolution min(R, CATALOGUE_RESOLUTION)."""
     target = min(G.img_resolution, CATALOGUE_RESOLUTION)
     return max(c.index for c in G.conv_layers if c.resolution == target)
 
@@ -88,15 +93,18 @@ def build_catalogue(G: Generator, k: int = 6, samples: int = 64, layer: int | No
     device = G.w_avg.device
     z = torch.randn(samples, G.z_dim, generator=g).to(device)
     feats = []
-    for chunk in z.split(16):
+    chunks = z.split(16)
+    per_chunk = MAX_CLUSTER_POINTS // len(chunks)
+    for chunk in chunks:
         # only up to the clustered layer: at 1024 px the full pass's features of 16 samples
-        # would take gigabytes, the first layers up to 32 px a few megabytes
+        # would take gigabytes, the first layers up to 64 px some 130 MB, subsampled at once
         ws = G.mapping_ws(chunk, truncation)
         f = G.features_up_to(ws, G.make_noise(ws.shape[0], "const"), layer)[layer - 1]
-        feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        if f.shape[0] > per_chunk:
+            f = f[torch.randperm(f.shape[0], generator=g)[:per_chunk].to(device)]
+        feats.append(f)
     x = F.normalize(torch.cat(feats).to(torch.float32), dim=1)
-    if x.shape[0] > 50_000:
-        x = x[torch.randperm(x.shape[0], generator=g)[:50_000].to(device)]
     centres = x[torch.randperm(x.shape[0], generator=g)[:k].to(device)].clone()
     for _ in range(iterations):
         assign = (x @ centres.T).argmax(1)
