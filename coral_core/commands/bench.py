@@ -122,16 +122,19 @@ def bench_hotpath(resolution: int = 256, batch: int = 4, repeats: int = 5,
     return out
 
 
-def square_masks(G: Generator, coverage: float) -> list[torch.Tensor]:
-    """Per-layer masks that are 1 on one square covering ``coverage`` of the image (an object,
-    off centre) and exactly 0 elsewhere."""
+def square_masks(G: Generator, coverage: float, batch: int = 1) -> list[torch.Tensor]:
+    """Per-layer masks that are 1 on one square covering ``coverage`` of the image and exactly
+    0 elsewhere: with ``batch`` 1 the same square (off centre) for every image, otherwise a
+    different corner per image (objects in different places)."""
     out = []
     for info in G.conv_layers:
         r = info.resolution
         side = max(1, round(r * coverage ** 0.5))
-        top = min(r - side, r // 5)
-        mask = torch.zeros(1, 1, r, r, device=G.w_avg.device)
-        mask[..., top:top + side, top:top + side] = 1.0
+        mask = torch.zeros(batch, 1, r, r, device=G.w_avg.device)
+        for i in range(batch):
+            top, left = ((min(r - side, r // 5),) * 2 if batch == 1 else
+                         ((r - side) * (i // 2 % 2), (r - side) * (i % 2)))
+            mask[i, :, top:top + side, left:left + side] = 1.0
         out.append(mask)
     return out
 
@@ -144,7 +147,7 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
     Two kinds of region: a segment selection (a random catalogue, half its segments, masks
     thresholded so unselected layers are exactly zero: scattered over the image), and a square
     covering 25 % of the image (an object), where the edited branch runs on the mask's box
-    only. Three halves are measured, because the cost depends on which layers are chosen.
+    only: the same square in every image, or one in a different corner per image. Three halves are measured, because the cost depends on which layers are chosen.
     """
     from ..editing.apply import apply_edits
     from ..editing.blend import stacked_synthesis
@@ -160,7 +163,7 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
                "alternate layers": list(range(1, n + 1, 2)),
                "fine half": list(range(n - half + 1, n + 1))}
     delta = torch.randn(1, G.num_ws, G.w_dim, device=dev)
-    square = square_masks(G, 0.25)
+    square, corners = square_masks(G, 0.25), square_masks(G, 0.25, batch)
     print(f"device {dev}, {resolution}px config-f-shaped generator ({G.parameter_count():,} "
           f"params), batch {batch}, {n} conv layers; median of {repeats}")
     print(f"plain generation: {plain * 1000:.1f} ms")
@@ -173,13 +176,18 @@ def bench_apply(resolution: int = 256, batch: int = 4, repeats: int = 5,
         masks = [m if i + 1 in layers else None for i, m in enumerate(square)]
         t_square = median_time(partial(stacked_synthesis, G, ws, [(delta, masks)], noise),
                                repeats, dev)
+        masks = [m if i + 1 in layers else None for i, m in enumerate(corners)]
+        t_corners = median_time(partial(stacked_synthesis, G, ws, [(delta, masks)], noise),
+                                repeats, dev)
         print(f"{name:>17} (layers {layers[0]}..{layers[-1]}, {len(layers)} of {n}): "
               f"segments: edited only {t_edit * 1000:.1f} ms = {t_edit / plain:.2f}x plain, "
               f"edited + original {t_both * 1000:.1f} ms = {t_both / plain:.2f}x; "
-              f"25 % square: {t_square * 1000:.1f} ms = {t_square / plain:.2f}x")
+              f"25 % square: {t_square * 1000:.1f} ms = {t_square / plain:.2f}x, "
+              f"in a different corner per image {t_corners / plain:.2f}x")
         out[f"{name} ratio"] = t_edit / plain
         out[f"{name} ratio with original"] = t_both / plain
         out[f"{name} ratio 25% square"] = t_square / plain
+        out[f"{name} ratio 25% square per image"] = t_corners / plain
     return out
 
 

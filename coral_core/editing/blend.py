@@ -18,7 +18,7 @@ exactly 0, so the blend is the original branch there bit for bit, as before.
 """
 from __future__ import annotations
 
-from typing import Sequence, TypeGuard
+from typing import Callable, Sequence, TypeGuard
 
 import math
 
@@ -38,26 +38,46 @@ def _active(mask: torch.Tensor | None) -> TypeGuard[torch.Tensor]:
     return bool(mask.detach().abs().amax() > 0)
 
 
-# A box covering more than this fraction of the feature map is not worth cropping to: the
+# Boxes covering more than this fraction of the feature map are not worth cropping to: the
 # saving is small and the crop and paste have a cost (measured with `coral bench apply`).
 BOX_MAX_FRACTION = 0.6
 
 Box = tuple[int, int, int, int]  # rows y0:y1, columns x0:x1 of a feature map
+Parts = list[tuple[slice, Box]]   # (samples, box) pairs whose edited branch is computed
 
 
-def mask_box(mask: torch.Tensor) -> Box | None:
-    """The bounding box of the mask's nonzero pixels over the whole batch, or None where
-    cropping would not pay (box larger than :data:`BOX_MAX_FRACTION` of the map, or empty)."""
-    support = mask.detach().abs().amax(dim=(0, 1)) > 0  # [r, r]
+def _support_box(support: torch.Tensor) -> Box | None:
+    """The bounding box of a [r, r] boolean map, None if it is empty."""
     rows = support.any(dim=1).nonzero()
-    cols = support.any(dim=0).nonzero()
     if rows.numel() == 0:
         return None
-    y0, y1 = int(rows[0]), int(rows[-1]) + 1
-    x0, x1 = int(cols[0]), int(cols[-1]) + 1
-    if (y1 - y0) * (x1 - x0) > BOX_MAX_FRACTION * support.numel():
+    cols = support.any(dim=0).nonzero()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _area(box: Box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def mask_parts(mask: torch.Tensor) -> Parts | None:
+    """Where the edited branch is needed: the bounding box of the mask's nonzero pixels over
+    the whole batch, or, when that is too large (objects in different places), one box per
+    sample; None (compute the whole map) where neither pays, i.e. the boxes would cover more
+    than :data:`BOX_MAX_FRACTION` of the maps."""
+    support = mask.detach().abs().amax(dim=1) > 0  # [B or 1, r, r]
+    limit = BOX_MAX_FRACTION * support[0].numel()
+    union = _support_box(support.any(dim=0))
+    if union is None:
         return None
-    return y0, y1, x0, x1
+    if _area(union) <= limit:
+        return [(slice(None), union)]
+    if support.shape[0] == 1:
+        return None
+    boxes = [(i, _support_box(support[i])) for i in range(support.shape[0])]
+    parts = [(slice(i, i + 1), box) for i, box in boxes if box is not None]
+    if sum(_area(box) for _, box in parts) > limit * support.shape[0]:
+        return None
+    return parts
 
 
 def _input_span(start: int, stop: int, up: int, margin: int, size: int) -> tuple[int, int]:
@@ -86,18 +106,23 @@ def conv_on_box(layer: SynthesisLayer, x: torch.Tensor, w: torch.Tensor,
     return out[..., y0 - ay * up:y1 - ay * up, x0 - ax * up:x1 - ax * up]
 
 
-def blend_on_box(out: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor,
-                 box: Box | None) -> torch.Tensor:
-    """``mask * edited + (1 - mask) * out``, where ``edited`` covers only ``box`` (None: all)."""
-    if box is None:
-        return mask * edited + (1 - mask) * out
-    y0, y1, x0, x1 = box
-    m = mask[..., y0:y1, x0:x1]
-    inside = m * edited + (1 - m) * out[..., y0:y1, x0:x1]
-    if torch.is_grad_enabled():
-        out = out.clone()  # the crop of ``out`` above is saved for the backward pass
-    out[..., y0:y1, x0:x1] = inside
-    return out
+def blend_parts(out: torch.Tensor, mask: torch.Tensor, parts: Parts,
+                edited: Callable[[slice, Box], torch.Tensor]) -> torch.Tensor:
+    """``mask * f_e + (1 - mask) * out`` where ``edited(samples, box)`` gives f_e on each part
+    only; everywhere else the mask is exactly 0 and ``out`` is kept bit for bit."""
+    # with gradients, the crops of ``out`` read below are saved for the backward pass: write
+    # into a copy (parts never overlap, so reading ``out`` itself stays right)
+    result = out.clone() if torch.is_grad_enabled() else out
+    for samples, (y0, y1, x0, x1) in parts:
+        m = (mask if mask.shape[0] == 1 else mask[samples])[..., y0:y1, x0:x1]
+        kept = out[samples, :, y0:y1, x0:x1]
+        result[samples, :, y0:y1, x0:x1] = m * edited(samples, (y0, y1, x0, x1)) + (1 - m) * kept
+    return result
+
+
+def _rows(t: torch.Tensor | None, samples: slice) -> torch.Tensor | None:
+    """The samples' rows of a per-sample tensor; a shared one (batch 1) as it is."""
+    return t if t is None or t.shape[0] == 1 else t[samples]
 
 
 class BlendRunner:
@@ -147,11 +172,14 @@ class BlendRunner:
         for delta, masks in self.edits:
             mask = masks[info.index - 1]
             if _active(mask):
-                box = mask_box(mask)
                 w_e = w + delta[:, info.w_index]
-                f_e = layer(x, w_e, noise, gain) if box is None else \
-                    conv_on_box(layer, x, w_e, noise, gain, box)
-                out = blend_on_box(out, f_e, mask, box)
+                parts = mask_parts(mask)
+                if parts is None:
+                    f_e = layer(x, w_e, noise, gain)
+                    out = mask * f_e + (1 - mask) * out
+                else:
+                    out = blend_parts(out, mask, parts, lambda sl, box, w_e=w_e: conv_on_box(
+                        layer, x[sl], w_e[sl], _rows(noise, sl), gain, box))
                 if info.index not in self.edited_layers:  # recomputation runs this again
                     self.edited_layers.append(info.index)
         return out
@@ -162,9 +190,13 @@ class BlendRunner:
         for delta, masks in self.edits:
             mask = masks[info.reads_layer - 1]
             if _active(mask):
-                box = mask_box(mask)
-                x_e = x if box is None else x[..., box[0]:box[1], box[2]:box[3]]
-                out = blend_on_box(out, layer(x_e, w + delta[:, info.w_index]), mask, box)
+                w_e = w + delta[:, info.w_index]
+                parts = mask_parts(mask)
+                if parts is None:
+                    out = mask * layer(x, w_e) + (1 - mask) * out
+                else:
+                    out = blend_parts(out, mask, parts, lambda sl, box, w_e=w_e: layer(
+                        x[sl, :, box[0]:box[1], box[2]:box[3]], w_e[sl]))
         return out
 
 

@@ -92,45 +92,57 @@ def test_stacking_two_edits(setup) -> None:
     assert (both - one).abs().max() > 1e-3
 
 
-def _box_masks(G, top: float, left: float, size: float, batch: int = 1):
-    """Masks that are 1 on a square (fractions of the side) and exactly 0 elsewhere."""
+def _box_masks(G, places: list[tuple[float, float]], size: float):
+    """Masks that are soft on one square per sample (top-left corners and side as fractions of
+    the side) and exactly 0 elsewhere."""
     out = []
     for c in G.conv_layers:
         r = c.resolution
-        m = torch.zeros(batch, 1, r, r)
-        y0, x0 = int(top * r), int(left * r)
+        m = torch.zeros(len(places), 1, r, r)
         side = max(1, int(size * r))
-        m[..., y0:y0 + side, x0:x0 + side] = torch.rand(batch, 1, min(side, r - y0),
-                                                         min(side, r - x0)) * 0.5 + 0.5
+        for i, (top, left) in enumerate(places):
+            y0, x0 = int(top * r), int(left * r)
+            m[i, :, y0:y0 + side, x0:x0 + side] = torch.rand(
+                1, min(side, r - y0), min(side, r - x0)) * 0.5 + 0.5
         out.append(m)
     return out
 
 
-@pytest.mark.parametrize("place", [(0.0, 0.0), (0.3, 0.55), (0.6, 0.6), (0.75, 0.0)])
-def test_edited_branch_on_the_mask_box_equals_the_whole_map(setup, place,
-                                                            monkeypatch) -> None:
-    """Cropping the edited branch to the mask's box (plus the receptive field) changes nothing
-    but convolution rounding, at the image border and inside, for plain and upsampling convs."""
+# one box at the image border or inside (batch 1 and a shared box), and two samples with
+# objects in opposite corners (the union is most of the map: one box per sample)
+PLACES = [[(0.0, 0.0)], [(0.3, 0.55)], [(0.6, 0.6), (0.6, 0.6)], [(0.75, 0.0)],
+          [(0.0, 0.0), (0.6, 0.62)]]
+
+
+@pytest.mark.parametrize("places", PLACES)
+def test_edited_branch_on_mask_boxes_equals_the_whole_map(setup, places, monkeypatch) -> None:
+    """Cropping the edited branch to the masks' boxes (plus the receptive field) changes
+    nothing but convolution rounding, at the image border and inside, for plain and
+    upsampling convs, with one box for the batch or one per sample."""
     import coral_core.editing.blend as blend
 
     G, ws, delta, noise = setup
     torch.manual_seed(1)
-    masks = _box_masks(G, *place, size=0.35)
-    boxed = blended_synthesis(G, ws, delta, masks, noise)
-    assert any(blend.mask_box(m) is not None for m in masks)  # the crop path really ran
+    masks = _box_masks(G, places, size=0.35)
+    ws_b = ws[: len(places)]
+    noise_b = [None if n is None else n[: len(places)] for n in noise]
+    boxed = blended_synthesis(G, ws_b, delta, masks, noise_b)
+    parts = [blend.mask_parts(m) for m in masks]
+    assert any(p is not None and len(p) == len(set(places)) for p in parts)  # crops ran
     monkeypatch.setattr(blend, "BOX_MAX_FRACTION", 0.0)  # never crop
-    whole = blended_synthesis(G, ws, delta, masks, noise)
+    whole = blended_synthesis(G, ws_b, delta, masks, noise_b)
     assert torch.allclose(boxed, whole, atol=1e-5), (boxed - whole).abs().max()
     # and the edit really changed the picture inside the box
-    assert (whole - G.synthesize(ws, noise=noise)).abs().max() > 1e-2
+    assert (whole - G.synthesize(ws_b, noise=noise_b)).abs().max() > 1e-2
 
 
-def test_gradients_through_the_box_equal_the_whole_map(setup, monkeypatch) -> None:
+@pytest.mark.parametrize("places", [[(0.2, 0.4), (0.2, 0.4)], [(0.0, 0.0), (0.6, 0.62)]])
+def test_gradients_through_mask_boxes_equal_the_whole_map(setup, places, monkeypatch) -> None:
     import coral_core.editing.blend as blend
 
     G, ws, delta, noise = setup
     torch.manual_seed(2)
-    base = _box_masks(G, 0.2, 0.4, 0.4, batch=2)
+    base = _box_masks(G, places, 0.35)
 
     def grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
         d = delta.clone().requires_grad_()
@@ -143,19 +155,24 @@ def test_gradients_through_the_box_equal_the_whole_map(setup, monkeypatch) -> No
     d_whole, m_whole = grads()
     assert torch.allclose(d_box, d_whole, rtol=1e-4, atol=1e-5)
     for a, b, m in zip(m_box, m_whole, base):
-        # outside the box the mask is exactly 0 and its gradient (f_e - f_o) is not computed
-        # there: a selector's parameters get none from such pixels either way (an SS weight
-        # reaches only its segment's pixels; sigmoid(x) underflows to 0 with derivative 0)
+        # outside the boxes the mask is exactly 0 and its gradient (f_e - f_o) is not
+        # computed there: a selector's parameters get none from such pixels either way (an SS
+        # weight reaches only its segment's pixels; sigmoid(x) underflows to 0 with derivative 0)
         inside = m.ne(0)
         assert torch.allclose(a[inside], b[inside], rtol=1e-4, atol=1e-5)
 
 
-def test_mask_box_is_the_union_over_the_batch_and_skips_large_boxes() -> None:
-    from coral_core.editing.blend import mask_box
+def test_mask_parts_union_per_sample_or_whole_map() -> None:
+    from coral_core.editing.blend import mask_parts
 
     m = torch.zeros(2, 1, 16, 16)
     m[0, :, 2:5, 3:6] = 0.7
     m[1, :, 6:8, 1:2] = 0.1
-    assert mask_box(m) == (2, 8, 1, 6)
-    assert mask_box(torch.zeros(1, 1, 8, 8)) is None
-    assert mask_box(torch.ones(1, 1, 8, 8)) is None  # the whole map: not worth a crop
+    assert mask_parts(m) == [(slice(None), (2, 8, 1, 6))]  # one box for both
+    far = torch.zeros(3, 1, 16, 16)
+    far[0, :, 0:4, 0:4] = 1.0
+    far[2, :, 12:16, 12:16] = 1.0
+    # the union is the whole map; sample 1 has nothing to edit
+    assert mask_parts(far) == [(slice(0, 1), (0, 4, 0, 4)), (slice(2, 3), (12, 16, 12, 16))]
+    assert mask_parts(torch.zeros(1, 1, 8, 8)) is None
+    assert mask_parts(torch.ones(2, 1, 8, 8)) is None  # the whole map: not worth a crop
