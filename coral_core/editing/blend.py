@@ -18,6 +18,7 @@ exactly 0, so the blend is the original branch there bit for bit, as before.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Sequence, TypeGuard
 
 import math
@@ -125,6 +126,19 @@ def _rows(t: torch.Tensor | None, samples: slice) -> torch.Tensor | None:
     return t if t is None or t.shape[0] == 1 else t[samples]
 
 
+def _conv_part(layer: SynthesisLayer, x: torch.Tensor, w: torch.Tensor,
+               noise: torch.Tensor | None, gain: float, samples: slice, box: Box
+               ) -> torch.Tensor:
+    """The edited conv branch for ``samples`` on ``box`` (see :func:`conv_on_box`)."""
+    return conv_on_box(layer, x[samples], w[samples], _rows(noise, samples), gain, box)
+
+
+def _torgb_part(layer: ToRGBLayer, x: torch.Tensor, w: torch.Tensor, samples: slice,
+                box: Box) -> torch.Tensor:
+    """The edited toRGB branch for ``samples`` on ``box`` (a 1x1 conv: no margin needed)."""
+    return layer(x[samples, :, box[0]:box[1], box[2]:box[3]], w[samples])
+
+
 class BlendRunner:
     """Layer runner for ``Generator.run_synthesis`` that computes the CORAL blend.
 
@@ -178,8 +192,8 @@ class BlendRunner:
                     f_e = layer(x, w_e, noise, gain)
                     out = mask * f_e + (1 - mask) * out
                 else:
-                    out = blend_parts(out, mask, parts, lambda sl, box, w_e=w_e: conv_on_box(
-                        layer, x[sl], w_e[sl], _rows(noise, sl), gain, box))
+                    out = blend_parts(out, mask, parts, partial(
+                        _conv_part, layer, x, w_e, noise, gain))
                 if info.index not in self.edited_layers:  # recomputation runs this again
                     self.edited_layers.append(info.index)
         return out
@@ -195,8 +209,7 @@ class BlendRunner:
                 if parts is None:
                     out = mask * layer(x, w_e) + (1 - mask) * out
                 else:
-                    out = blend_parts(out, mask, parts, lambda sl, box, w_e=w_e: layer(
-                        x[sl, :, box[0]:box[1], box[2]:box[3]], w_e[sl]))
+                    out = blend_parts(out, mask, parts, partial(_torgb_part, layer, x, w_e))
         return out
 
 
