@@ -77,8 +77,10 @@ class CoralTrainEdit:
                                                      "(default: seeds seed..seed+batch-1)."}),
             "segments": ("MASK", {"tooltip": "Segment selection: masks from any segmentation "
                                              "node, used as the candidate regions."}),
-            "neutral_prompt": ("STRING", {"default": "", "tooltip": "Neutral description for "
-                                                                    "the directional loss."}),
+            "neutral_prompt": ("STRING", {"default": "", "tooltip": (
+                "What the region shows now, e.g. 'a green background'. Region pruning then "
+                "keeps the parts whose change points from it to the prompt (others kept more "
+                "often); also the directional loss's neutral text.")}),
             "directional": ("BOOLEAN", {"default": False,
                                         "tooltip": "Use the directional CLIP loss."}),
             "batch": ("INT", {"default": _TRAIN.batch, "min": 1, "max": 64,

@@ -200,7 +200,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("train", help="learn a CORAL edit for a prompt")
     _common(s, clip=True)
     s.add_argument("--prompt", required=True)
-    s.add_argument("--neutral", default="", help="neutral prompt (directional CLIP loss)")
+    s.add_argument("--neutral", default="", help="what the region shows now, e.g. 'a green background': region pruning "
+                   "keeps the parts whose change points from it to the prompt; also the "
+                   "directional CLIP loss's neutral text")
     s.add_argument("--directional", action="store_true")
     s.add_argument("--variant", choices=["ss", "can"], default="ss")
     s.add_argument("--direction", choices=["global", "mapper"], default="global")

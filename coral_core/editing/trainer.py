@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..clip_model import CoralClip
 from ..devices import isolated_rng
@@ -75,6 +76,13 @@ class TrainConfig:
     prune_tolerance: float = 0.3
     prune_at: float = 0.6
     prune_layers: bool = False
+    # With a neutral prompt, region pruning judges the candidate regions by the directional
+    # CLIP loss (the change must point from the neutral text to the prompt), whatever loss
+    # trains the edit (see pruning.py for why and what it measured).
+    prune_directional: bool = True
+    # The share of the CLIP term on G(w + d) once the region is pruned (None: unchanged,
+    # ``weights.clip_on_edit``); see pruning.py for what it measured.
+    clip_on_edit_after_prune: float | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
@@ -279,9 +287,17 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 src = original_cache["src"]
             mix = 0.0 if phase_two else cfg.weights.directional_share
             if step == prune_step and segs is not None:
+                judge_src, judge_dir, judge_mix = src, text_dir, mix
+                if cfg.prune_directional and cfg.neutral.strip():
+                    with torch.no_grad():
+                        judge_src = src if src is not None else clip.encode_image(img_o)
+                    judge_dir = text_dir if text_dir is not None else F.normalize(
+                        target - clip.encode_text([cfg.neutral]), dim=-1)
+                    judge_mix = 1.0
                 image_loss = functools.partial(clip_loss_per_image, clip, target=target,
-                                               source_img_emb=src, text_direction=text_dir,
-                                               directional_share=mix)
+                                               source_img_emb=judge_src,
+                                               text_direction=judge_dir,
+                                               directional_share=judge_mix)
                 pruned = _prune_region(G, cfg, selector, direction, ws, noise, feats, segs,
                                        image_loss, autocast)
             with autocast:
@@ -293,6 +309,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit
+                if pruned is not None and cfg.clip_on_edit_after_prune is not None:
+                    share = cfg.clip_on_edit_after_prune
                 if share > 0:
                     img_e = G.synthesize(ws + delta, noise=noise)
                     l_clip = (1 - share) * l_clip + share * clip_loss(clip, img_e, target, src,
@@ -502,7 +520,7 @@ def _run_identity(cfg: TrainConfig, G: Generator, clip: CoralClip) -> str:
     generator's and the CLIP's identity (a same-shaped other generator must not resume)."""
     return repr((cfg.prompt, cfg.neutral, cfg.variant, cfg.direction, cfg.mode, cfg.seed,
                  cfg.batch, cfg.steps, cfg.num_segments, cfg.max_layer, cfg.truncation,
-                 cfg.prune_at, cfg.prune_tolerance, cfg.segment_pieces,
+                 cfg.prune_at, cfg.prune_tolerance, cfg.prune_directional, cfg.segment_pieces,
                  cfg.weights.to_dict(), G.fingerprint(), clip.model_id))
 
 

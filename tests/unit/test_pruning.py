@@ -231,3 +231,31 @@ def test_attention_edits_prune_over_the_catalogue_clusters(G, clip, monkeypatch,
     write_safetensors(tmp_path / "bad_can.safetensors", tensors, meta)
     with pytest.raises(ModelFormatError, match="bad_can.safetensors.*cluster gate"):
         Edit.load(tmp_path / "bad_can.safetensors")
+
+
+@pytest.mark.parametrize("directional", [True, False])
+def test_a_neutral_prompt_makes_pruning_judge_by_the_directional_loss(G, clip, monkeypatch,
+                                                                       directional) -> None:
+    """With a neutral prompt, candidate regions are scored by where the change points (from
+    the neutral text to the prompt), not by how well the picture matches the prompt: with
+    nothing switched on nothing changes, so the directional loss is exactly 1."""
+    seen = {}
+
+    def record(allowed, score, tolerance, layers):
+        seen["none"] = score(torch.zeros_like(allowed, dtype=torch.float32))
+        seen["full"] = score(allowed.float())
+        return allowed.float()
+
+    monkeypatch.setattr(trainer_module, "prune_selection", record)
+    ws = G.mapping_ws(G.z_from_seeds([5, 6]))
+    cfg = TrainConfig(prompt="a red circle", neutral="a blue circle", steps=4, batch=2,
+                      seed=5, prune_at=0.5, mask_init=0.9, prune_directional=directional)
+    train_edit(G, clip, cfg, latents=ws, segments=_halves(2, G.img_resolution))
+    img_o = G.synthesize(ws, noise=G.make_noise(2, "const"))
+    plain = clip_loss_per_image(clip, img_o, clip.encode_text([cfg.prompt]))
+    if directional:
+        assert torch.allclose(seen["none"], torch.ones(2), atol=1e-6)
+        assert not torch.allclose(seen["none"], plain, atol=1e-3)
+        assert not torch.allclose(seen["full"], seen["none"], atol=1e-4)  # it did move
+    else:
+        assert torch.allclose(seen["none"], plain, atol=1e-5)
