@@ -80,9 +80,6 @@ class TrainConfig:
     # CLIP loss (the change must point from the neutral text to the prompt), whatever loss
     # trains the edit (see pruning.py for why and what it measured).
     prune_directional: bool = True
-    # The share of the CLIP term on G(w + d) once the region is pruned (None: unchanged,
-    # ``weights.clip_on_edit``); see pruning.py for what it measured.
-    clip_on_edit_after_prune: float | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
@@ -309,8 +306,6 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit
-                if pruned is not None and cfg.clip_on_edit_after_prune is not None:
-                    share = cfg.clip_on_edit_after_prune
                 if share > 0:
                     img_e = G.synthesize(ws + delta, noise=noise)
                     l_clip = (1 - share) * l_clip + share * clip_loss(clip, img_e, target, src,
