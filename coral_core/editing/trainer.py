@@ -36,13 +36,9 @@ from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_pe
 from .pruning import prune_selection
 
 
-# Global offsets and segment logits: 0.1 (was 0.05). Measured on the demo world (48 cases, SS
-# per image, pruning judged by the directional loss): success 0.73 -> 0.75 at the same
-# preservation (33.3 dB outside): recolours that need a long move in W+ (cyan -> orange)
-# stalled on a muddy blend at 0.05.
-GLOBAL_LR = 0.1       # global W+ offset, in w-spread units
+GLOBAL_LR = 0.05      # global W+ offset, in w-spread units
 NETWORK_LR = 2e-3     # latent mapper weights
-SEGMENT_LR = 0.1      # segment-selection logits
+SEGMENT_LR = 0.05     # segment-selection logits
 ATTENTION_LR = 5e-3   # attention-network heads
 
 
@@ -76,10 +72,8 @@ class TrainConfig:
     # Region pruning (see pruning.py): at this share of the steps, drop the segments (CAN: the
     # catalogue's clusters) the edit can do without while keeping >= 1 - prune_tolerance of its
     # CLIP gain; prune_layers makes whole layers units too (SS). Tolerance 0 switches it off
-    # (the paper's method). 0.2 (was 0.3), measured on 48 demo cases with the directional
-    # judgement and lr 0.1: success 0.75 -> 0.79 at the same preservation (a background in
-    # two lighting pieces was kept whole more often); 0.15 gave the same 0.79.
-    prune_tolerance: float = 0.2
+    # (the paper's method).
+    prune_tolerance: float = 0.3
     prune_at: float = 0.6
     prune_layers: bool = False
     # With a neutral prompt, region pruning judges the candidate regions by the directional
