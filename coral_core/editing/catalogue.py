@@ -20,11 +20,12 @@ from ..atomic import atomic_path
 from ..errors import EditMismatchError
 from ..stylegan import Generator
 
-# Segments are clustered at min(image, this) px. 64 rather than 32: a segment's edge is then
-# at most one 64-px pixel off the object's, and a background edit no longer repaints the
-# objects' rims. Measured on the demo world v2 (64 px, 48 cases, SS per image, defaults):
-# median PSNR outside the true region 29.2 dB at 32 px, 31.5 dB at 64 px, success 0.75 both.
-CATALOGUE_RESOLUTION = 64
+# Segments are clustered at min(image, this) px. 32, back from 64: at 64 px the 48 SS eval
+# cases scored 31.5 dB outside the true region (29.2 at 32 px, success 0.75 both), but the
+# per-image batch of `coral demo` / the Train node with its defaults kept the objects and
+# recoloured the background in only 2 of 4 scenes (end-to-end test), and CAN per prompt fell
+# from 0.71 to 0.62 success (IoU 0.81 -> 0.38). Session 5 measured both; see the README.
+CATALOGUE_RESOLUTION = 32
 MAX_CLUSTER_POINTS = 50_000  # feature vectors k-means sees, drawn evenly from the samples
 
 
