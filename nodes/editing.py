@@ -93,8 +93,12 @@ class CoralTrainEdit:
             "tv_weight": ("FLOAT", {"default": _WEIGHTS.tv, "min": 0.0, "max": 10.0,
                                     "step": 0.001,
                                     "tooltip": "Mask smoothness (attention network)."}),
-            "l2_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.001,
-                                    "tooltip": "Direction size penalty (-1 = default)."}),
+            # the default is of the order 1e-4 (w-spread units): a coarser step rounds it away
+            "l2_weight": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.00001,
+                                    "round": False,
+                                    "tooltip": "Direction size penalty (-1 = the default: "
+                                               f"{_WEIGHTS.l2_for('global'):g} for global "
+                                               "directions)."}),
             "area_weighting": (list(AREA_WEIGHTINGS), {
                 "default": _WEIGHTS.area_weighting,
                 "tooltip": "Per-layer area weights: which layers edits prefer (spread: in "

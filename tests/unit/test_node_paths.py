@@ -61,6 +61,23 @@ def test_every_node_declares_its_inputs_with_the_engines_defaults() -> None:
     assert train["optional"]["area_weighting"][1]["default"] == LossWeights().area_weighting
 
 
+def test_every_train_weight_widget_can_hold_the_engines_default() -> None:
+    """The UI rounds a FLOAT widget to its step unless told not to: a weight whose default is
+    finer than the step (the global L2, 1e-4) could not be typed in."""
+    _host()
+    from coralpack import NODE_CLASS_MAPPINGS  # type: ignore
+    from coral_core.editing.losses import LossWeights
+
+    optional = NODE_CLASS_MAPPINGS["CoralTrainEdit"].INPUT_TYPES()["optional"]
+    defaults = {"area_weight": LossWeights().area, "tv_weight": LossWeights().tv,
+                "l2_weight": LossWeights().l2_for("global")}
+    for name, value in defaults.items():
+        opts = optional[name][1]
+        steps = value / opts["step"]
+        assert opts.get("round") is False or abs(steps - round(steps)) < 1e-6, name
+        assert opts["step"] <= value, name
+
+
 def test_train_node_seed_is_fixed_so_requeue_reuses_the_edit() -> None:
     _host()
     from coralpack import NODE_CLASS_MAPPINGS  # type: ignore
