@@ -25,7 +25,10 @@ def cmd_world(args: argparse.Namespace) -> int:
         out = Path(args.out or assets.DEMO_CLIP)
         result = train_clip(out, steps=args.steps or 6000, seed=args.seed, reporter=rep,
                             device=args.device, max_minutes=args.max_minutes,
-                            stop_at=args.stop_at)
+                            stop_at=args.stop_at, batch=args.batch or 128,
+                            lr=args.lr or 1e-3,
+                            init_from=Path(args.init_from) if args.init_from else None,
+                            blends=args.blend_twins)
     elif args.action == "train-gan":
         from ..world.gan_train import train_gan
 
@@ -107,6 +110,14 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--stop-at", type=int, default=None,
                    help="train: stop after this step of a --steps schedule (reproduces a run "
                         "that a time budget cut short)")
+    s.add_argument("--batch", type=int, default=None, help="train-clip: scenes per step "
+                   "(each with its twin; default 128)")
+    s.add_argument("--lr", type=float, default=None, help="train-clip: peak learning rate "
+                   "(default 1e-3)")
+    s.add_argument("--from", dest="init_from", default=None,
+                   help="train-clip: continue from this CLIP folder (fine-tuning)")
+    s.add_argument("--blend-twins", action="store_true",
+                   help="train-clip: add a part-way-colour negative of every scene")
     s.add_argument("--generator", default=None, help="check: generator to check")
     s.add_argument("--clip", default=None, help="check: CLIP to check")
     s.add_argument("--judge", default=None, help="check: judge to read samples with")

@@ -14,11 +14,12 @@ from coral_core.cli import main
 from coral_core.clip_model import load_clip
 from coral_core.formats import load_generator
 from coral_core.world import assets
-from coral_core.world.clip_train import train_clip
+from coral_core.world.captions import CaptionSpec
+from coral_core.world.clip_train import _truth, blend_twins, train_clip
 from coral_core.world.gan_train import _checkpoint_path, train_gan
 from coral_core.world.judge import load_judge, train_judge
 from coral_core.world.render import render
-from coral_core.world.scene import random_scenes
+from coral_core.world.scene import COLOUR_NAMES, random_scenes
 
 
 def test_gan_training_stops_where_told_and_resumes_there(tmp_path: Path) -> None:
@@ -42,6 +43,57 @@ def test_clip_training_writes_a_clip_the_loader_reads(tmp_path: Path) -> None:
     img, _ = render(random_scenes(2, 0))
     image = clip.encode_image(img)
     assert text.shape == image.shape and torch.allclose(text.norm(dim=-1), torch.ones(2))
+
+
+def test_clip_fine_tuning_with_blend_twins_continues_from_the_given_clip(tmp_path: Path
+                                                                        ) -> None:
+    with pytest.raises(Exception, match="open_clip_model.safetensors"):
+        train_clip(tmp_path / "c", steps=1, batch=4, init_from=tmp_path / "missing")
+    shipped = assets.require(assets.DEMO_CLIP)
+    report = train_clip(tmp_path / "b", steps=1, batch=4, lr=1e-9, init_from=shipped,
+                        blends=True)
+    assert report["blend_twins"] and report["continued_from"] == str(shipped)
+    # the shipped CLIP reads pure colours: its pure-over-blend scores are far above chance
+    assert report["zero_shot"]["pure over blend, background"] > 0.8
+    # a learning rate of 1e-9 leaves the weights where the shipped CLIP has them
+    a, b = load_clip(shipped), load_clip(tmp_path / "b")
+    assert torch.allclose(a.encode_text(["a red circle"]), b.encode_text(["a red circle"]),
+                          atol=1e-3)
+
+
+def test_blend_twins_recolour_one_region_part_way_and_keep_the_rest() -> None:
+    scenes = random_scenes(64, 5)
+    img, masks = render(scenes)
+    blend, ends_a, ends_b, region = blend_twins(scenes, img, masks,
+                                                torch.Generator().manual_seed(0), t=0.5)
+    img_b, _ = render(ends_b)
+    for i, r in enumerate(region.tolist()):
+        m = masks[i, r] > 0.999
+        outside = masks[i, r] < 1e-3
+        # inside the region: halfway between the two renders; elsewhere: untouched
+        assert torch.allclose(blend[i][:, m], (img[i][:, m] + img_b[i][:, m]) / 2, atol=1e-5)
+        assert torch.allclose(blend[i][:, outside], img[i][:, outside], atol=1e-5)
+        if r == 0:  # the other colour is a valid background: no object takes it
+            new = int(ends_b.background[i])
+            assert new != int(scenes.background[i])
+            assert not ((ends_b.colour[i] == new) & ends_b.present[i]).any()
+        else:
+            new = int(ends_b.colour[i, r - 1])
+            assert new not in (int(scenes.colour[i, r - 1]), int(scenes.background[i]))
+    assert {0, 1} <= set(region.tolist())
+    # a caption naming the blended region's colour is false of the blend; one that does not
+    # speak of it stays true
+    i = int((region == 0).nonzero()[0])
+    own = CaptionSpec(background=COLOUR_NAMES[int(scenes.background[i])])
+    shape_only = (CaptionSpec(shape="circle")
+                  if bool(((scenes.shape[i] == 0) & scenes.present[i]).any()) else None)
+    truth = _truth([own], ends_a.select(slice(i, i + 1))) * \
+        _truth([own], ends_b.select(slice(i, i + 1)))
+    assert float(truth[0, 0]) == 0.0
+    if shape_only is not None:
+        kept = _truth([shape_only], ends_a.select(slice(i, i + 1))) * \
+            _truth([shape_only], ends_b.select(slice(i, i + 1)))
+        assert float(kept[0, 0]) == 1.0
 
 
 def test_judge_training_writes_a_judge_that_reads_scenes(tmp_path: Path) -> None:
