@@ -30,7 +30,14 @@ class LossWeights:
     # fine layers alone needs a longer move through W+ than at all layers (the straight path
     # to the target colour's mean w reaches it at 1.5-2x the distance, through other colours on
     # the way), and at 0.0002 the L2 held the direction short of it.
-    area: float = 0.02
+    # Session 7 (same 48 cases, L2 0.0001): area 0.02 / 0.01 / 0.0075 / 0.005 gave success
+    # 0.77 / 0.79 / 0.79 / 0.81, PSNR outside 32.6 / 31.8 / 31.4 / 30.5 dB (past the 1-px edge
+    # 52.7 / 48.8 / 47.5 / 43.8), others kept 0.94 / 0.94 / 0.94 / 0.92, IoU 0.94 / 0.93 / 0.94
+    # / 0.93. Why: region pruning now does most of the work of keeping the edit out of other
+    # regions, and a lighter area term lets large regions (backgrounds) keep a 16-px layer,
+    # where a recolour needs a shorter move than at the 32/64-px layers alone. The largest
+    # area that reaches 0.80 was chosen; held-out figures (seeds 24-47) are in the README.
+    area: float = 0.005
     tv: float = 0.01
     identity: float = 0.0
     clip_on_edit: float = 0.5         # share of the CLIP term computed on G(w + d)
