@@ -25,10 +25,11 @@ def cmd_world(args: argparse.Namespace) -> int:
         out = Path(args.out or assets.DEMO_CLIP)
         result = train_clip(out, steps=args.steps or 6000, seed=args.seed, reporter=rep,
                             device=args.device, max_minutes=args.max_minutes,
-                            stop_at=args.stop_at, batch=args.batch or 128,
-                            lr=args.lr or 1e-3,
+                            stop_at=args.stop_at,
                             init_from=Path(args.init_from) if args.init_from else None,
-                            blends=args.blend_twins)
+                            blends=args.blend_twins,
+                            **{k: v for k, v in (("batch", args.batch), ("lr", args.lr))
+                               if v is not None})  # unset: the trainer's own defaults
     elif args.action == "train-gan":
         from ..world.gan_train import train_gan
 

@@ -7,10 +7,10 @@ objects (``scene.swap_*``): the same words are then false of a near-identical pi
 what teaches the CLIP *where* a colour is (binding). Optionally (``blend_twins``, used to
 fine-tune the shipped CLIP) every batch also holds a *blend* of each scene: one region's colour
 mixed part-way towards another palette colour, a negative for every caption that names that
-region's colour. Why: an edit is driven up the CLIP's score for "a red circle", and a CLIP
-trained on pure palette colours only scored a circle 30 % of the way from orange to red above
-the pure orange one in 18 % of object cases, so edits stopped at colours the judge reads as
-neither. Saved as an open_clip ``local-dir`` folder, so it loads through exactly the path real
+region's colour. Why: an edit is driven up the CLIP's score for "a red circle", and the CLIP
+trained on pure palette colours alone scored an object 30 % of the way to another colour above
+the pure one in 13 % of cases (``blend_accuracy``), so edits could stop at colours the judge
+reads as neither. Saved as an open_clip ``local-dir`` folder, so it loads through exactly the path real
 CLIP files take.
 """
 from __future__ import annotations
@@ -84,15 +84,15 @@ BLEND_RANGE = (0.3, 0.7)  # how far a blend twin's region moves towards the othe
 
 def blend_twins(scenes: SceneBatch, img: torch.Tensor, masks: torch.Tensor,
                 g: torch.Generator, t: float | None = None
-                ) -> tuple[torch.Tensor, SceneBatch, SceneBatch, torch.Tensor]:
-    """One part-way recolour per scene: (images, the scenes, the fully recoloured scenes).
+                ) -> tuple[torch.Tensor, SceneBatch, torch.Tensor]:
+    """One part-way recolour per scene: (images, the fully recoloured scenes, regions).
 
     The background (half the time) or one present object takes a mix of its colour and another
     valid palette colour. Rendering is linear in a region's colour, so mixing the two renders
     inside the region's mask is exactly the render of the mixed colour. A caption is true of a
     blend only if it is true of both ends (it does not speak of that region's colour). ``t``
-    fixes the mix (else drawn from BLEND_RANGE); the last item is each blend's region
-    (0 = background, 1 + k = object k)."""
+    fixes the mix (else drawn from BLEND_RANGE); a region is 0 for the background, 1 + k for
+    object k."""
     b, n_col = len(scenes), len(COLOUR_NAMES)
     dev = scenes.background.device
     use_bg = (torch.rand(b, generator=g) < 0.5).to(dev)
@@ -119,21 +119,20 @@ def blend_twins(scenes: SceneBatch, img: torch.Tensor, masks: torch.Tensor,
     m = masks[rows, region][:, None]
     mix = (torch.full((b, 1, 1, 1), t) if t is not None else
            torch.empty(b, 1, 1, 1).uniform_(*BLEND_RANGE, generator=g)).to(dev)
-    return img * (1 - mix * m) + img_alt * (mix * m), scenes, alt, region
+    return img * (1 - mix * m) + img_alt * (mix * m), alt, region
 
 
 def load_clip_weights(model: torch.nn.Module, folder: Path) -> None:
     """Start from a CLIP folder this module wrote (to fine-tune the shipped CLIP)."""
-    from safetensors.torch import load_file
-
     from ..errors import InputError
+    from ..formats.weights import load_weights_file
 
     path = Path(folder) / "open_clip_model.safetensors"
     if not path.is_file():
         raise InputError(f"{path}: no open_clip_model.safetensors to continue from (expected "
                          "a folder written by `coral world train-clip`)")
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    state = load_weights_file(path, "demo CLIP weights")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1e-3,
@@ -179,9 +178,9 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
         truth = _truth(specs, scenes)
         n_real = len(scenes)
         if blends:  # negatives only: they join the text->image softmax, not image->text
-            blend_img, ends_a, ends_b, _ = blend_twins(scenes, img, masks, g)
-            img = torch.cat([img, blend_img])
-            truth = torch.cat([truth, _truth(specs, ends_a) * _truth(specs, ends_b)])
+            blend_img, recoloured, _ = blend_twins(scenes, img, masks, g)
+            img = torch.cat([img, blend_img])  # true of a blend: true of both its ends
+            truth = torch.cat([truth, truth * _truth(specs, recoloured)])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             img_f = F.normalize(model.encode_image(augment(img, g)).float(), dim=-1)
             txt_f = F.normalize(model.encode_text(tokens).float(), dim=-1)
@@ -327,16 +326,13 @@ def blend_accuracy(model: Any, tokenizer: Any, scenes: SceneBatch, img: torch.Te
     """How often the caption of a region's colour ("a red circle", "a cyan background") scores
     the pure render above the same scene with that region 30 % of the way to another colour:
     an edit climbs this score, so where a blend wins the edit can stop part-way."""
-    blend, _, _, region = blend_twins(scenes, img, masks, torch.Generator().manual_seed(7), t)
+    blend, _, region = blend_twins(scenes, img, masks, torch.Generator().manual_seed(7), t)
     blend_emb = _encode_images(model, blend)
-    texts = []
-    for i, r in enumerate(region.tolist()):
-        if r == 0:
-            texts.append(with_article(f"{COLOUR_NAMES[int(scenes.background[i])]} background"))
-        else:
-            texts.append(with_article(f"{COLOUR_NAMES[int(scenes.colour[i, r - 1])]} "
-                                      f"{SHAPES[int(scenes.shape[i, r - 1])]}"))
-    txt = _text_embeddings(model, tokenizer, texts)
+    specs = [CaptionSpec(background=COLOUR_NAMES[int(scenes.background[i])]) if r == 0 else
+             CaptionSpec(COLOUR_NAMES[int(scenes.colour[i, r - 1])],
+                         SHAPES[int(scenes.shape[i, r - 1])])
+             for i, r in enumerate(region.tolist())]
+    txt = _text_embeddings(model, tokenizer, [spec.text() for spec in specs])
     wins = (emb * txt).sum(1) > (blend_emb * txt).sum(1)
     on_bg = region == 0
     return {"pure over blend, background": float(wins[on_bg].float().mean()),
