@@ -35,7 +35,7 @@ def parse_setting(text: str) -> tuple[LossWeights, dict, dict]:
         elif key in TRAIN_FIELDS and not hasattr(weights, key):
             kind = type(getattr(TrainConfig(prompt="-"), key))  # None defaults take floats
             overrides[key] = bool(int(value)) if kind is bool else \
-                int(value) if kind is int else float(value)
+                int(value) if kind is int else value if kind is str else float(value)
         else:
             current = getattr(weights, key)
             setattr(weights, key, value if isinstance(current, str) else float(value))

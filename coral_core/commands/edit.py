@@ -81,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       directional=args.directional, weights=weights,
                       bf16=MEMORY_OPTION_CHOICES[args.bf16],
                       prune_tolerance=args.prune_tolerance, prune_at=args.prune_at,
+                      contest_steps=args.contest_steps,
                       recompute=MEMORY_OPTION_CHOICES[args.recompute],
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
@@ -231,6 +232,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
                         "gain (0 = off, the paper's method)")
     s.add_argument("--prune-at", type=float, default=_TRAIN.prune_at,
                    help="region pruning: at this share of the steps")
+    s.add_argument("--contest-steps", type=int, default=_TRAIN.contest_steps,
+                   help="region pruning (SS): each large region first gets this many steps "
+                        "of its own direction and the best one wins (0 = off)")
     s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",
                    default="auto",
                    help="bf16 autocast on CUDA, losses and mask maths stay in float32 (auto: "

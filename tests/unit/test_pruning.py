@@ -85,8 +85,9 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
         return gate
 
     monkeypatch.setattr(trainer_module, "prune_selection", remove_segment_one)
+    # the region contest off: this test is about the greedy removal (contest: see below)
     cfg = TrainConfig(prompt="a red circle", steps=6, batch=2, seed=3, prune_at=0.5,
-                      prune_tolerance=0.25, mask_init=0.9)
+                      prune_tolerance=0.25, mask_init=0.9, contest_steps=0)
     ws = G.mapping_ws(G.z_from_seeds([3, 4]))
     res = train_edit(G, clip, cfg, latents=ws, segments=_halves(2, G.img_resolution))
     assert len(calls) == 1 and calls[0][1] == 0.25
@@ -259,3 +260,49 @@ def test_a_neutral_prompt_makes_pruning_judge_by_the_directional_loss(G, clip, m
         assert not torch.allclose(seen["full"], seen["none"], atol=1e-4)  # it did move
     else:
         assert torch.allclose(seen["none"], plain, atol=1e-5)
+
+
+def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
+    """A region wins by what it can do alone after its own short re-optimisation, not by how
+    it scores under the direction trained with every region on: the loss asks for a brighter
+    left half only, so of the two halves the left one wins, the right one is switched off, the
+    edit carries on with the winner's direction, and the selector's gate is as it was."""
+    import contextlib
+
+    from coral_core.editing.selectors import SegmentSelector
+
+    ws = G.mapping_ws(G.z_from_seeds([3]))
+    noise = G.make_noise(1, "const")
+    res = G.img_resolution
+    target = G.synthesize(ws, noise=noise).detach().clone()
+    target[..., : res // 2] += 0.5
+
+    def image_loss(img: torch.Tensor) -> torch.Tensor:
+        return (img - target).square().mean((1, 2, 3))
+
+    layers = len(G.conv_layers)
+    cfg = TrainConfig(prompt="x", contest_steps=6)
+    direction = trainer_module._make_direction(G, cfg, 1)
+    start = direction.delta.detach().clone()
+    selector = SegmentSelector(layers, 3, rows=1, init=0.9)
+    allowed = torch.zeros(1, layers, 3, dtype=torch.bool)
+    allowed[:, :, :2] = True
+    kept, report = trainer_module._contest_regions(
+        G, cfg, selector, direction, ws, noise, _halves(1, res), image_loss,
+        contextlib.nullcontext(), allowed)
+    assert report is not None and len(report) == 1
+    assert sorted(report[0]["pieces"]) == [0, 1] and report[0]["winner"] == 0
+    left, right = (report[0]["losses"][report[0]["pieces"].index(k)] for k in (0, 1))
+    assert left < right
+    assert bool(kept[0, :, 0].all()) and not bool(kept[0, :, 1:].any())
+    assert not torch.equal(direction.delta.detach(), start)  # the winner's direction
+    assert selector.gate is None
+
+    # a region under 2 % of the picture does not contest: nothing is decided here
+    tiny = _halves(1, res)
+    tiny[:, 1] = 0
+    tiny[:, 1, 0, -1] = 1
+    same, none = trainer_module._contest_regions(
+        G, cfg, selector, direction, ws, noise, tiny, image_loss, contextlib.nullcontext(),
+        allowed)
+    assert none is None and torch.equal(same, allowed)
