@@ -301,7 +301,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                                                text_direction=judge_dir,
                                                directional_share=judge_mix)
                 pruned = _prune_region(G, cfg, selector, direction, ws, noise, feats, segs,
-                                       image_loss, autocast)
+                                       image_loss, autocast,
+                                       reporter.check if reporter is not None else None)
             with autocast:
                 delta = direction(ws)
                 raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
@@ -396,7 +397,7 @@ def _prune_region(G: Generator, cfg: TrainConfig,
                   selector: SegmentSelector | AttentionSelector, direction: nn.Module,
                   ws: torch.Tensor, noise: list, feats: list[torch.Tensor], segs: torch.Tensor,
                   image_loss: Callable[[torch.Tensor], torch.Tensor],
-                  autocast: Any) -> dict[str, Any]:
+                  autocast: Any, check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Take region pruning's decision (pruning.py) on this step's images, set it as the
     selector's gate (SS: per row, layer and segment; CAN: over the catalogue's clusters), and
     return what was removed: [row, segment] and [row, layer] pairs."""
@@ -434,7 +435,7 @@ def _prune_region(G: Generator, cfg: TrainConfig,
         before = allowed
         if cfg.contest_steps > 0 and isinstance(direction, GlobalDirection):
             allowed, contest = _contest_regions(G, cfg, selector, direction, ws, noise, segs,
-                                                image_loss, autocast, allowed)
+                                                image_loss, autocast, allowed, check)
     gate = prune_selection(allowed, gate_score, cfg.prune_tolerance,
                            layers=cfg.prune_layers and isinstance(selector, SegmentSelector))
     final = torch.maximum(gate, (~present).float()[:, None].expand_as(gate))
@@ -453,7 +454,8 @@ CONTEST_MIN_SHARE = 0.02  # of the picture: a region smaller than this never con
 def _contest_regions(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
                      direction: GlobalDirection, ws: torch.Tensor, noise: list,
                      segs: torch.Tensor, image_loss: Callable[[torch.Tensor], torch.Tensor],
-                     autocast: Any, allowed: torch.Tensor
+                     autocast: Any, allowed: torch.Tensor,
+                     check: Callable[[], None] | None = None
                      ) -> tuple[torch.Tensor, list[dict[str, Any]] | None]:
     """Let the large regions contest the edit; return what pruning may still keep.
 
@@ -466,6 +468,8 @@ def _contest_regions(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
     ``contest_steps`` steps of its own copy of the direction under the pruning loss; the
     region that then does best wins, the other large regions are switched off, and the
     winner's direction carries on. Small pieces (edges, fragments) stay for greedy pruning.
+    ``check`` (the reporter's) is called every step, so a cancel is honoured here too; the
+    steps use the training's memory options (activation recomputation).
     """
     rows = int(selector.logits.shape[0])
     share = segs.flatten(2).float().mean(2)  # [B, K]
@@ -482,40 +486,46 @@ def _contest_regions(G: Generator, cfg: TrainConfig, selector: SegmentSelector,
     best_delta = direction.delta.detach().clone()
     losses: list[list[float]] = [[] for _ in range(rows)]
     previous_gate = selector.gate
+    recompute = cfg.recompute if cfg.recompute is not None else auto_recompute(G, ws.device)
 
     def row_loss(img: torch.Tensor) -> torch.Tensor:
         loss = image_loss(img).float()
         return loss.mean(0, keepdim=True) if rows == 1 else loss
 
-    for j in range(int(counts.max())):
-        has = counts > j
-        piece = ranked[:, j]
-        gate = torch.zeros_like(allowed)
-        for p in has.nonzero().flatten().tolist():
-            gate[p, :, piece[p]] = allowed[p, :, piece[p]]
-        selector.gate = gate.float()
-        with torch.no_grad():
-            masks = mask_policy(selector.masks(G, segs), only_layers=cfg.only_layers,
-                                max_layer=cfg.max_layer)
-        rival = GlobalDirection(G.num_ws, G.w_dim, rows, scale=direction.scale).to(ws.device)
-        with torch.no_grad():
-            rival.delta.copy_(direction.delta)
-        opt = torch.optim.Adam(rival.parameters(), lr=cfg.direction_lr())
-        for _ in range(cfg.contest_steps):
-            with autocast:
-                loss = row_loss(blended_synthesis(G, ws, rival(ws), masks, noise))
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
-        with torch.no_grad(), autocast:
-            final = row_loss(blended_synthesis(G, ws, rival(ws), masks, noise))
-        for p in has.nonzero().flatten().tolist():
-            losses[p].append(round(float(final[p]), 4))
-        better = has & (final < best_loss)
-        best_loss = torch.where(better, final, best_loss)
-        best_piece = torch.where(better, piece, best_piece)
-        best_delta[better] = rival.delta.detach()[better]
-    selector.gate = previous_gate
+    try:  # a cancel mid-contest must leave the selector's gate as training left it
+        for j in range(int(counts.max())):
+            has = counts > j
+            piece = ranked[:, j]
+            gate = torch.zeros_like(allowed)
+            for p in has.nonzero().flatten().tolist():
+                gate[p, :, piece[p]] = allowed[p, :, piece[p]]
+            selector.gate = gate.float()
+            with torch.no_grad():
+                masks = mask_policy(selector.masks(G, segs), only_layers=cfg.only_layers,
+                                    max_layer=cfg.max_layer)
+            rival = GlobalDirection(G.num_ws, G.w_dim, rows, scale=direction.scale).to(ws.device)
+            with torch.no_grad():
+                rival.delta.copy_(direction.delta)
+            opt = torch.optim.Adam(rival.parameters(), lr=cfg.direction_lr())
+            for _ in range(cfg.contest_steps):
+                if check is not None:
+                    check()
+                with autocast:
+                    loss = row_loss(blended_synthesis(G, ws, rival(ws), masks, noise,
+                                                      recompute=recompute))
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+            with torch.no_grad(), autocast:
+                final = row_loss(blended_synthesis(G, ws, rival(ws), masks, noise))
+            for p in has.nonzero().flatten().tolist():
+                losses[p].append(round(float(final[p]), 4))
+            better = has & (final < best_loss)
+            best_loss = torch.where(better, final, best_loss)
+            best_piece = torch.where(better, piece, best_piece)
+            best_delta[better] = rival.delta.detach()[better]
+    finally:
+        selector.gate = previous_gate
     contested = counts >= 2
     with torch.no_grad():
         direction.delta[contested] = best_delta[contested]

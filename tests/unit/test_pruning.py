@@ -306,3 +306,15 @@ def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
         G, cfg, selector, direction, ws, noise, tiny, image_loss, contextlib.nullcontext(),
         allowed)
     assert none is None and torch.equal(same, allowed)
+
+    # a cancel during the contest propagates and leaves the selector's gate as it was
+    from coral_core.errors import CancelledError
+
+    def cancel() -> None:
+        raise CancelledError("cancelled")
+
+    with pytest.raises(CancelledError):
+        trainer_module._contest_regions(G, cfg, selector, direction, ws, noise,
+                                        _halves(1, res), image_loss,
+                                        contextlib.nullcontext(), allowed, cancel)
+    assert selector.gate is None
