@@ -114,6 +114,13 @@ class CoralTrainEdit:
                            "generator's feature clusters) the edit can do without, as long as "
                            "it keeps 1 - this share of its CLIP gain (keeps edits off what the "
                            "prompt does not name; 0 = off)."}),
+            "prior_samples": ("INT", {
+                "default": _TRAIN.prior_samples, "min": 0, "max": 65536, "step": 64,
+                "tooltip": "Global direction: start from where the CLIP's favourite "
+                           "pictures of the prompt lie (the mean latent of the best-ranked of "
+                           "this many generator samples, minus the mean of all; computed once "
+                           "per generator and CLIP, then cached). Lets far-apart changes "
+                           "(e.g. cyan to orange) be found at all. 0 = start at ~0."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,
@@ -122,16 +129,18 @@ class CoralTrainEdit:
               directional: bool = False, batch: int = 4, lr: float = 0.0,
               area_weight: float = -1.0, tv_weight: float = -1.0, l2_weight: float = -1.0,
               area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
-              region_pruning: float = -1.0, unique_id: str | None = None):
+              region_pruning: float = -1.0, prior_samples: int = -1,
+              unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
                                latents, segments, neutral_prompt, directional, batch, lr,
                                area_weight, tv_weight, l2_weight, area_weighting, max_layer,
-                               segments_k, region_pruning, unique_id)
+                               segments_k, region_pruning, prior_samples, unique_id)
 
     def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
                segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
-               l2_weight, area_weighting, max_layer, segments_k, region_pruning, unique_id):
+               l2_weight, area_weighting, max_layer, segments_k, region_pruning,
+               prior_samples, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
@@ -151,6 +160,8 @@ class CoralTrainEdit:
                           max_layer=max_layer or None, directional=directional,
                           prune_tolerance=_TRAIN.prune_tolerance if region_pruning < 0
                           else region_pruning,
+                          prior_samples=_TRAIN.prior_samples if prior_samples < 0
+                          else prior_samples,
                           weights=LossWeights(
                               area=_WEIGHTS.area if area_weight < 0 else area_weight,
                               tv=_WEIGHTS.tv if tv_weight < 0 else tv_weight,

@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       directional=args.directional, weights=weights,
                       bf16=MEMORY_OPTION_CHOICES[args.bf16],
                       prune_tolerance=args.prune_tolerance, prune_at=args.prune_at,
-                      contest_steps=args.contest_steps,
+                      contest_steps=args.contest_steps, prior_samples=args.prior_samples,
                       recompute=MEMORY_OPTION_CHOICES[args.recompute],
                       checkpoint=Path(args.out).with_suffix(".ckpt.pt")
                       if mode == "per_prompt" else None,
@@ -235,6 +235,10 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--contest-steps", type=int, default=_TRAIN.contest_steps,
                    help="region pruning (SS): each large region first gets this many steps "
                         "of its own direction and the best one wins (0 = off)")
+    s.add_argument("--prior-samples", type=int, default=_TRAIN.prior_samples,
+                   help="global direction: start from the mean w of the generator samples "
+                        "(of this many, cached per generator and CLIP) that the CLIP ranks "
+                        "highest for the prompt, minus the mean of all (0 = start at ~0)")
     s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",
                    default="auto",
                    help="bf16 autocast on CUDA, losses and mask maths stay in float32 (auto: "

@@ -33,6 +33,7 @@ from .edit import DIRECTIONS, MODES, VARIANTS, Edit
 from .selectors import AttentionSelector, SegmentSelector
 from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_per_image,
                      leak_loss, mask_areas, tv_loss)
+from .prior import retrieval_prior, sample_bank_for
 from .pruning import prune_selection
 
 
@@ -84,6 +85,14 @@ class TrainConfig:
     # alone gets a short re-optimisation of the direction, and the best by the pruning loss
     # wins (see _contest_regions). 0 switches it off.
     contest_steps: int = 15
+    # Global direction: start from ``prior_scale`` times the CLIP-retrieval prior (prior.py):
+    # the mean w of the ``prior_top`` of ``prior_samples`` generator samples the CLIP ranks
+    # highest for the prompt, minus the mean of all. 0 samples switches it off (start near 0,
+    # the paper's). Scale 2: a masked recolour at the fine layers needs about twice the move
+    # that reaches the target's mean w with every layer (measured; see prior.py).
+    prior_samples: int = 1024
+    prior_top: int = 64
+    prior_scale: float = 2.0
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
@@ -111,6 +120,10 @@ class TrainConfig:
         if self.segment_pieces:
             whole("segment_pieces", self.segment_pieces, 2, 256)
         whole("contest_steps", self.contest_steps, 0, MAX_STEPS)
+        if self.prior_samples:
+            whole("prior_samples", self.prior_samples, 2, 1_000_000)
+            whole("prior_top", self.prior_top, 1, self.prior_samples)
+            finite("prior_scale", self.prior_scale, 0.0, 100.0)
         finite("truncation", self.truncation, 0.0, 2.0)
         finite("mask_init", self.mask_init, 0.0001, 0.9999)
         if self.lr is not None:
@@ -220,6 +233,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     run_id = _run_identity(cfg, G, clip)
     start_step = _resume(cfg, run_id, direction, selector, opt)
     target = clip.encode_text([cfg.prompt])
+    prior = None
+    if isinstance(direction, GlobalDirection) and cfg.prior_samples > 0 and start_step == 0:
+        prior = _start_from_prior(G, clip, cfg, direction, target,
+                                  reporter.check if reporter is not None else None)
     text_dir = None
     if cfg.directional:
         neutral = clip.encode_text([cfg.neutral])
@@ -379,6 +396,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if pruned is not None:  # [row, segment] and [row, layer] switched off by region pruning
         edit.info["region_pruning"] = {"at_step": prune_step, "tolerance": cfg.prune_tolerance,
                                        "removed": pruned}
+    if prior is not None:
+        edit.info["prior"] = prior
     if start_step:
         edit.info["resumed_from_step"] = start_step
         edit.info["steps"] = start_step + len(history)
@@ -592,6 +611,20 @@ def _make_direction(G: Generator, cfg: TrainConfig, rows: int
     return LatentMapper(G.num_ws, G.w_dim, spread=spread)
 
 
+def _start_from_prior(G: Generator, clip: CoralClip, cfg: TrainConfig,
+                      direction: GlobalDirection, target: torch.Tensor,
+                      check: Callable[[], None] | None) -> dict[str, Any]:
+    """Add the prompt's CLIP-retrieval prior (prior.py) to every row and W+ entry of the
+    direction, in its w-spread units; return what the edit's summary records."""
+    bank = sample_bank_for(G, clip, cfg.prior_samples, cfg.catalogue_dir, check)
+    offset = retrieval_prior(bank, target, cfg.prior_top).to(direction.delta.device)
+    units = cfg.prior_scale * offset / direction.scale
+    with torch.no_grad():
+        direction.delta.add_(units)
+    return {"samples": cfg.prior_samples, "top": cfg.prior_top, "scale": cfg.prior_scale,
+            "norm_w_spread": round(float(units.norm()), 3)}
+
+
 def _make_selector(G: Generator, cfg: TrainConfig, rows: int, segments: torch.Tensor | None,
                    catalogue: SegmentCatalogue | None) -> SegmentSelector | AttentionSelector:
     if cfg.variant == "can":
@@ -620,6 +653,7 @@ def _run_identity(cfg: TrainConfig, G: Generator, clip: CoralClip) -> str:
     return repr((cfg.prompt, cfg.neutral, cfg.variant, cfg.direction, cfg.mode, cfg.seed,
                  cfg.batch, cfg.steps, cfg.num_segments, cfg.max_layer, cfg.truncation,
                  cfg.prune_at, cfg.prune_tolerance, cfg.prune_directional, cfg.contest_steps,
+                 cfg.prior_samples, cfg.prior_top, cfg.prior_scale,
                  cfg.segment_pieces,
                  cfg.weights.to_dict(), G.fingerprint(), clip.model_id))
 

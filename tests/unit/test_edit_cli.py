@@ -22,6 +22,13 @@ def test_train_apply_masks_invert(tmp_path, clip_files, capsys) -> None:
     summary = json.loads(capsys.readouterr().out.split("wrote")[0])
     assert summary["prompt"] == "a red circle" and summary["variant"] == "ss"
     assert Edit.load(edit).latents.shape[0] == 2
+    assert Edit.load(edit).info["prior"]["samples"] == 1024  # the library's default start
+    no_prior = tmp_path / "no_prior.safetensors"
+    assert main(["train", *common, "--clip", str(clip_files["local_dir"]), "--prompt",
+                 "a red circle", "--seeds", "0", "--steps", "1", "--prior-samples", "0",
+                 "--out", str(no_prior)]) == 0
+    capsys.readouterr()
+    assert "prior" not in Edit.load(no_prior).info
     assert main(["apply", *common, "--edit", str(edit), "--strength", "0,1",
                  "--out", str(tmp_path / "applied")]) == 0
     files = {p.name for p in (tmp_path / "applied").iterdir()}
