@@ -63,17 +63,17 @@ def test_another_clip_gets_its_own_bank(G, clip, tmp_path) -> None:
 
 def test_training_starts_from_the_prior(G, clip, tmp_path) -> None:
     """With a vanishing learning rate the trained direction is where training started: the
-    prior (in w-spread units, on every W+ entry) plus the usual tiny random start."""
+    scaled prior (in w-spread units, on every W+ entry) plus the usual tiny random start."""
     common = dict(prompt="a red circle", steps=1, batch=1, seed=4, lr=1e-8,
-                  catalogue_dir=tmp_path, prior_samples=16, prior_top=4)
+                  catalogue_dir=tmp_path, prior_samples=16, prior_top=4, prior_scale=3.0)
     with_prior = train_edit(G, clip, TrainConfig(**common)).edit
     without = train_edit(G, clip, TrainConfig(**{**common, "prior_samples": 0})).edit
     bank = sample_bank_for(G, clip, 16, tmp_path)
-    expected = retrieval_prior(bank, clip.encode_text(["a red circle"]), 4) / G.w_spread()
+    expected = 3.0 * retrieval_prior(bank, clip.encode_text(["a red circle"]), 4) / G.w_spread()
     moved = with_prior.direction.delta - without.direction.delta
     assert torch.allclose(moved, expected.expand_as(moved), atol=1e-5)
     assert float(expected.norm()) > 0
-    assert with_prior.info["prior"]["samples"] == 16
+    assert with_prior.info["prior"]["samples"] == 16 and with_prior.info["prior"]["scale"] == 3
     assert with_prior.info["prior"]["norm_w_spread"] == pytest.approx(
         float(expected.norm()), rel=1e-3)
     assert "prior" not in without.info
