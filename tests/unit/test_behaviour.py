@@ -69,11 +69,15 @@ def test_tv_loss_sees_both_directions() -> None:
 
 
 def test_the_l2_weight_shrinks_the_direction(G, clip) -> None:
-    def norm(l2: float) -> float:
+    def norm(l2: float, prior: int = 0) -> float:
         res = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=20, batch=1,
-                                              seed=2, weights=LossWeights(l2=l2)))
+                                              seed=2, weights=LossWeights(l2=l2),
+                                              prior_samples=prior))
         return float(res.edit.direction.delta.norm())
+    # from the paper's start near 0 (the prior's own start is tested in test_prior.py)
     assert norm(50.0) < 0.5 * norm(0.0)
+    # from the prior's start too, the L2 pulls the direction in
+    assert norm(50.0, 1024) < norm(0.0, 1024)
 
 
 def test_catalogue_segments_are_area_averages_at_every_layer(G) -> None:
