@@ -51,6 +51,7 @@ class CoralClip:
     std: tuple[float, ...]
     model_id: str
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -87,6 +88,19 @@ class CoralClip:
         """Unit-norm image embeddings of generator output; gradients flow to ``img``."""
         feats = self.model.encode_image(self.preprocess(img).to(self.device))
         return F.normalize(feats.to(torch.float32), dim=-1)
+
+    def fingerprint(self) -> str:
+        """Hash of the parameters, cached: caches keyed by it (the direction prior's sample
+        bank) tell two CLIPs apart even when their files share a name."""
+        if self._fingerprint is None:
+            import hashlib
+
+            h = hashlib.sha256(self.model_id.encode())
+            for name, p in sorted(self.model.named_parameters()):
+                h.update(name.encode())
+                h.update(p.detach().float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:

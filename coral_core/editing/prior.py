@@ -19,7 +19,6 @@ encoding and a top-k.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,19 +59,6 @@ class SampleBank:
                        meta.get("generator", ""), meta.get("clip", ""))
 
 
-def clip_fingerprint(clip: CoralClip) -> str:
-    """Hash of the CLIP's parameters (its file name alone would not tell two models apart)."""
-    cached = getattr(clip, "_fingerprint", None)
-    if cached is None:
-        h = hashlib.sha256(clip.model_id.encode())
-        for name, p in sorted(clip.model.named_parameters()):
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().numpy().tobytes())
-        cached = h.hexdigest()[:16]
-        clip._fingerprint = cached  # type: ignore[attr-defined]
-    return cached
-
-
 def bank_chunk(resolution: int) -> int:
     """Images synthesised at once: per-call overhead dominates small generators (16 at a time
     took 26 s for a 32-px test model's bank, 64 took 5 s), memory dominates large ones."""
@@ -84,19 +70,17 @@ def build_sample_bank(G: Generator, clip: CoralClip, samples: int,
                       check: Callable[[], None] | None = None) -> SampleBank:
     """Draw ``samples`` seeded latents (no truncation: the generator's own distribution),
     render them and embed them with the CLIP. ``check`` is called per chunk (cancel)."""
-    device = G.w_avg.device
     g = torch.Generator().manual_seed(BANK_SEED)
     z = torch.randn(samples, G.z_dim, generator=g)
     ws, embs = [], []
     for chunk in z.split(bank_chunk(G.img_resolution)):
         if check is not None:
             check()
-        w = G.mapping(chunk.to(device))[:, 0]
-        img = G.synthesize(w[:, None].expand(-1, G.num_ws, -1),
-                           noise=G.make_noise(w.shape[0], "const"))
-        ws.append(w.float().cpu())
+        w_plus = G.mapping_ws(chunk)
+        img = G.synthesize(w_plus, noise=G.make_noise(w_plus.shape[0], "const"))
+        ws.append(w_plus[:, 0].float().cpu())
         embs.append(clip.encode_image(img).float().cpu())
-    return SampleBank(torch.cat(ws), torch.cat(embs), G.fingerprint(), clip_fingerprint(clip))
+    return SampleBank(torch.cat(ws), torch.cat(embs), G.fingerprint(), clip.fingerprint())
 
 
 def sample_bank_for(G: Generator, clip: CoralClip, samples: int,
@@ -104,7 +88,7 @@ def sample_bank_for(G: Generator, clip: CoralClip, samples: int,
                     check: Callable[[], None] | None = None) -> SampleBank:
     """The cached bank for this generator and CLIP, or build (and cache) it."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    key = f"bank-{G.fingerprint()}-{clip_fingerprint(clip)}-N{samples}.safetensors"
+    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}.safetensors"
     path = Path(cache_dir) / key
     cached = _load_if_valid(path, G, clip, samples)
     if cached is not None:
@@ -128,7 +112,7 @@ def _load_if_valid(path: Path, G: Generator, clip: CoralClip, samples: int
     except Exception:  # noqa: BLE001 - any unreadable file: rebuild instead
         return None
     if (bank.generator_fingerprint == G.fingerprint()
-            and bank.clip_fingerprint == clip_fingerprint(clip)
+            and bank.clip_fingerprint == clip.fingerprint()
             and bank.ws.shape == (samples, G.w_dim)):
         return bank
     return None

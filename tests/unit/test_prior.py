@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from coral_core.editing import prior as prior_module
-from coral_core.editing.prior import (SampleBank, clip_fingerprint, retrieval_prior,
-                                      sample_bank_for)
+from coral_core.editing.prior import SampleBank, retrieval_prior, sample_bank_for
 from coral_core.editing.trainer import TrainConfig, train_edit
 from coral_core.errors import InputError
 
@@ -29,7 +28,7 @@ def test_bank_is_cached_per_generator_and_clip(G, clip, tmp_path, monkeypatch) -
     first = sample_bank_for(G, clip, 8, tmp_path)
     assert first.ws.shape == (8, G.w_dim) and first.embeddings.shape[0] == 8
     files = list(tmp_path.glob("bank-*.safetensors"))
-    assert len(files) == 1 and clip_fingerprint(clip) in files[0].name
+    assert len(files) == 1 and clip.fingerprint() in files[0].name
     # embeddings are the CLIP's of the generator's own pictures of those w
     with torch.no_grad():
         img = G.synthesize(first.ws[:2, None].expand(-1, G.num_ws, -1),
@@ -54,8 +53,8 @@ def test_another_clip_gets_its_own_bank(G, clip, tmp_path) -> None:
     other = copy.deepcopy(clip)
     with torch.no_grad():
         next(other.model.parameters()).add_(0.5)
-    other._fingerprint = None  # type: ignore[attr-defined]
-    assert clip_fingerprint(other) != clip_fingerprint(clip)
+    other._fingerprint = None  # the copy's parameters changed: hash them anew
+    assert other.fingerprint() != clip.fingerprint()
     sample_bank_for(G, clip, 4, tmp_path)
     sample_bank_for(G, other, 4, tmp_path)
     assert len(list(tmp_path.glob("bank-*.safetensors"))) == 2
