@@ -22,27 +22,33 @@ def cmd_world(args: argparse.Namespace) -> int:
     if args.action == "train-clip":
         from ..world.clip_train import train_clip
 
-        out = Path(args.out or assets.DEMO_CLIP)
+        out = Path(args.out or assets.world_assets(args.world).clip)
         result = train_clip(out, steps=args.steps or 6000, seed=args.seed, reporter=rep,
                             device=args.device, max_minutes=args.max_minutes,
                             stop_at=args.stop_at,
                             init_from=Path(args.init_from) if args.init_from else None,
-                            blends=args.blend_twins,
+                            blends=args.blend_twins, world=args.world,
                             **{k: v for k, v in (("batch", args.batch), ("lr", args.lr))
                                if v is not None})  # unset: the trainer's own defaults
     elif args.action == "train-gan":
         from ..world.gan_train import train_gan
 
-        out = Path(args.out or assets.DEMO_GENERATOR)
+        out = Path(args.out or assets.world_assets(args.world).generator)
         result = train_gan(out, steps=args.steps or 20000, seed=args.seed, reporter=rep,
                            device=args.device, max_minutes=args.max_minutes,
-                           stop_at=args.stop_at)
+                           stop_at=args.stop_at, world=args.world)
     elif args.action == "train-judge":
-        from ..world.judge import train_judge
+        out = Path(args.out or assets.world_assets(args.world).judge)
+        if args.world == "faces":
+            from ..world.faces.judge import train_face_judge
 
-        out = Path(args.out or assets.DEMO_JUDGE)
-        result = train_judge(out, steps=args.steps or 800, seed=args.seed + 1, reporter=rep,
-                             device=args.device)
+            result = train_face_judge(out, steps=args.steps or 1200, seed=args.seed + 1,
+                                      reporter=rep, device=args.device)
+        else:
+            from ..world.judge import train_judge
+
+            result = train_judge(out, steps=args.steps or 800, seed=args.seed + 1,
+                                 reporter=rep, device=args.device)
     elif args.action == "export-rosinality":
         from ..atomic import atomic_path
         from ..formats import load_generator, nvlabs_to_rosinality
@@ -101,6 +107,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("world", help="demo world: train / export / check / render")
     s.add_argument("action", choices=["train-clip", "train-gan", "train-judge",
                                       "export-rosinality", "check", "render"])
+    s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
+                   help="which demo world (default shapes)")
     s.add_argument("--out", default=None, help="output path (default: the shipped asset)")
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,7 @@
 """Where the shipped demo models live (inside the package, so pip installs carry them)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelFormatError
@@ -10,6 +11,23 @@ DEMO_GENERATOR = ASSETS / "generator.safetensors"
 DEMO_CLIP = ASSETS / "clip"
 DEMO_JUDGE = ASSETS / "judge.safetensors"
 DEMO_EDITS = ASSETS / "edits"
+FACES = ASSETS.parent / "faces"
+
+
+@dataclass(frozen=True)
+class WorldAssets:
+    """Where one world's shipped models live."""
+
+    generator: Path
+    clip: Path
+    judge: Path
+    edits: Path
+
+
+def world_assets(world: str) -> WorldAssets:
+    folder = {"shapes": ASSETS, "faces": FACES}[world]
+    return WorldAssets(folder / "generator.safetensors", folder / "clip",
+                       folder / "judge.safetensors", folder / "edits")
 
 
 def require(path: Path) -> Path:

@@ -138,7 +138,8 @@ def load_clip_weights(model: torch.nn.Module, folder: Path) -> None:
 def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1e-3,
                seed: int = 0, reporter: Reporter | None = None, device: str = "cpu",
                max_minutes: float | None = None, stop_at: int | None = None,
-               init_from: Path | None = None, blends: bool = False) -> dict[str, Any]:
+               init_from: Path | None = None, blends: bool = False,
+               world: str = "shapes") -> dict[str, Any]:
     """Train (from scratch, or on from the CLIP folder ``init_from``) and write the local-dir
     folder ``out_dir``; returns the report. ``blends`` adds a blend twin per scene (see the
     module docstring).
@@ -167,17 +168,23 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
         step += 1
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(lr, step, steps)
-        scenes = with_twins(random_scenes(batch, 10_000_000 + seed * 100_000 + step, device), g)
-        img, masks = render(scenes)
-        specs = [caption_for(scenes, i, rng) for i in range(len(scenes))]
-        texts = [s.text() for s in specs]
+        batch_seed = 10_000_000 + seed * 100_000 + step
+        if world == "faces":
+            from .faces.clip_data import training_batch
+
+            img, texts, truth = training_batch(batch, batch_seed, rng, g, device)
+        else:
+            scenes = with_twins(random_scenes(batch, batch_seed, device), g)
+            img, masks = render(scenes)
+            specs = [caption_for(scenes, i, rng) for i in range(len(scenes))]
+            texts = [s.text() for s in specs]
+            truth = _truth(specs, scenes)
         for t in texts:
             if t not in token_cache:
                 token_cache[t] = tokenizer([t])[0].to(device)
         tokens = torch.stack([token_cache[t] for t in texts])
-        truth = _truth(specs, scenes)
-        n_real = len(scenes)
-        if blends:  # negatives only: they join the text->image softmax, not image->text
+        n_real = len(img)
+        if blends and world == "shapes":  # negatives only: they join the text->image softmax, not image->text
             blend_img, recoloured, _ = blend_twins(scenes, img, masks, g)
             img = torch.cat([img, blend_img])  # true of a blend: true of both its ends
             truth = torch.cat([truth, truth * _truth(specs, recoloured)])
@@ -202,8 +209,13 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
             break
     loss_value = float(loss.detach())
     model.train(False)
-    acc = zero_shot_accuracy(model, tokenizer)
-    report = {"steps": done, "planned_steps": steps, "batch": batch, "seed": seed, "lr": lr,
+    if world == "faces":
+        from .faces.clip_data import zero_shot_accuracy as faces_zero_shot
+
+        acc = faces_zero_shot(model, tokenizer)
+    else:
+        acc = zero_shot_accuracy(model, tokenizer)
+    report = {"world": world, "steps": done, "planned_steps": steps, "batch": batch, "seed": seed, "lr": lr,
               "continued_from": None if init_from is None else str(init_from),
               "blend_twins": blends, "final_loss": loss_value, "zero_shot": acc,
               "wall_seconds": round(time.perf_counter() - t0), "device": device}

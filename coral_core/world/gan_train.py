@@ -34,28 +34,25 @@ from ..progress import Reporter
 from ..stylegan import Generator, GeneratorConfig
 from ..stylegan.layers import FullyConnectedLayer
 from .clip_train import StepBudget, warmup_cosine
-from .render import render
-from .scene import DEMO_RESOLUTION, DISCRETE_DIMS, GRADIENT_DIM, scenes_from_z
+from .spec import WorldSpec, get_world
 
-DEMO_GENERATOR_CFG = GeneratorConfig(img_resolution=DEMO_RESOLUTION, z_dim=32, w_dim=128,
-                                     mapping_layers=4, mapping_lr_multiplier=1.0,
-                                     channel_base=2048, channel_max=128, conv_clamp=256.0)
-# channel_base 2048 (64-px layers at 32 channels): measured 0.20 s per batch-16 training step on
-# 2 CPU cores against 0.32 s for 4096, and 4x cheaper fine layers for every edit a user runs.
+DEMO_GENERATOR_CFG = get_world("shapes").generator_cfg
 SHARPNESS = 100.0  # step width in normalised-z units is 1 / SHARPNESS
 FROZEN_MAPPING_LAYERS = ("fc0", "fc1")
 
 
-def scene_thresholds() -> list[tuple[int, float]]:
+def scene_thresholds(world: WorldSpec | None = None) -> list[tuple[int, float]]:
     """(z dim, threshold on the normalised z) for every discrete scene choice."""
+    world = world or get_world("shapes")
     normal = torch.distributions.Normal(0.0, 1.0)
     return [(dim, float(normal.icdf(torch.tensor(j / n))))
-            for dim, n in DISCRETE_DIMS for j in range(1, n)]
+            for dim, n in world.discrete_dims for j in range(1, n)]
 
 
 @torch.no_grad()
-def init_scene_mapping(G: Generator) -> None:
-    """Set fc0/fc1 so that fc1 emits one step feature per scene threshold and the gradient.
+def init_scene_mapping(G: Generator, world: WorldSpec | None = None) -> None:
+    """Set fc0/fc1 so that fc1 emits one step feature per scene threshold and one linear
+    feature per continuous parameter.
 
     fc0 row pairs compute lrelu(a (z_d - t)) and lrelu(a (z_d - t) - 1); fc1 takes their
     difference, which is 0.2 below the threshold and 1 above it (times lrelu's gain), bounded
@@ -63,8 +60,9 @@ def init_scene_mapping(G: Generator) -> None:
     """
     fc0, fc1 = G.mapping.fc0, G.mapping.fc1
     assert isinstance(fc0, FullyConnectedLayer) and isinstance(fc1, FullyConnectedLayer)
-    thresholds = scene_thresholds()
-    if 2 * len(thresholds) + 1 > fc0.weight.shape[0]:
+    world = world or get_world("shapes")
+    thresholds = scene_thresholds(world)
+    if 2 * len(thresholds) + len(world.continuous_dims) > fc0.weight.shape[0]:
         raise ValueError("w_dim too small for the scene's step features")
     w0 = torch.zeros_like(fc0.weight)
     b0 = torch.zeros_like(fc0.bias)
@@ -78,10 +76,11 @@ def init_scene_mapping(G: Generator) -> None:
         # fc0's outputs carry lrelu's sqrt(2) gain; divide it out so steps are 0.2 .. 1.
         w1[s, 2 * s] = (1 / math.sqrt(2)) / fc1.weight_gain
         w1[s, 2 * s + 1] = (-1 / math.sqrt(2)) / fc1.weight_gain
-    g_row = 2 * len(thresholds)
-    w0[g_row, GRADIENT_DIM] = 1.0 / fc0.weight_gain
-    b0[g_row] = 4.0 / fc0.bias_gain  # z + 4 > 0 for any plausible z: lrelu passes it linearly
-    w1[len(thresholds), g_row] = (0.25 / math.sqrt(2)) / fc1.weight_gain
+    for j, dim in enumerate(world.continuous_dims):
+        g_row = 2 * len(thresholds) + j
+        w0[g_row, dim] = 1.0 / fc0.weight_gain
+        b0[g_row] = 4.0 / fc0.bias_gain  # z + 4 > 0 for any plausible z: lrelu passes it
+        w1[len(thresholds) + j, g_row] = (0.25 / math.sqrt(2)) / fc1.weight_gain
     fc0.weight.copy_(w0)
     fc0.bias.copy_(b0)
     fc1.weight.copy_(w1)
@@ -92,9 +91,11 @@ def _checkpoint_path(out: Path) -> Path:
     return out.with_suffix(".ckpt.pt")
 
 
-def build_demo_generator(cfg: GeneratorConfig = DEMO_GENERATOR_CFG) -> Generator:
-    G = Generator(cfg)
-    init_scene_mapping(G)
+def build_demo_generator(cfg: GeneratorConfig | None = None, world: WorldSpec | None = None
+                         ) -> Generator:
+    world = world or get_world("shapes")
+    G = Generator(cfg or world.generator_cfg)
+    init_scene_mapping(G, world)
     for name in FROZEN_MAPPING_LAYERS:
         getattr(G.mapping, name).requires_grad_(False)
     return G
@@ -103,9 +104,9 @@ def build_demo_generator(cfg: GeneratorConfig = DEMO_GENERATOR_CFG) -> Generator
 def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, seed: int = 0,
               reporter: Reporter | None = None, resume: bool = True,
               checkpoint_every: int = 500, device: str = "cpu",
-              cfg: GeneratorConfig = DEMO_GENERATOR_CFG,
-              max_minutes: float | None = None, stop_at: int | None = None
-              ) -> dict[str, Any]:
+              cfg: GeneratorConfig | None = None,
+              max_minutes: float | None = None, stop_at: int | None = None,
+              world: str = "shapes") -> dict[str, Any]:
     """Train (or resume) and write ``out`` (.safetensors); returns a small report.
 
     Adam with a cosine learning-rate decay over ``steps``; ``max_minutes`` stops early with a
@@ -113,8 +114,10 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
     """
     from ..formats import save_generator
 
+    spec = get_world(world)
+    cfg = cfg or spec.generator_cfg
     torch.manual_seed(seed)
-    G = build_demo_generator(cfg).to(device).train()
+    G = build_demo_generator(cfg, spec).to(device).train()
     params = [p for p in G.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
     start, elapsed = 0, 0.0
@@ -135,7 +138,7 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
             group["lr"] = warmup_cosine(lr, step, steps, warmup=0.02)
         z = torch.randn(batch, G.z_dim, generator=g).to(device)
         with torch.no_grad():
-            target, _ = render(scenes_from_z(z), cfg.img_resolution)
+            target, _ = spec.render(spec.scenes_from_z(z), cfg.img_resolution)
         ws = G.mapping(z, update_w_avg=True)
         img = G.synthesize(ws, noise_mode="const")
         loss = F.l1_loss(img, target) + F.mse_loss(img, target)
@@ -157,9 +160,10 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
     loss_value = float(loss.detach())
     G.train(False).requires_grad_(False)
     wall = elapsed + time.perf_counter() - t0
-    save_generator(G.to("cpu"), out, {"trained_on": "coral demo world v2 (supervised route)",
+    save_generator(G.to("cpu"), out, {"trained_on": f"coral demo world: {world} (supervised route)",
                                       "steps": str(step), "wall_seconds": f"{wall:.0f}"})
     report = {"steps": step, "planned_steps": steps, "batch": batch, "final_loss": loss_value,
-              "wall_seconds": round(wall), "device": device, "config": cfg.to_dict()}
+              "wall_seconds": round(wall), "device": device, "config": cfg.to_dict(),
+              "world": world}
     write_text_atomic(out.with_suffix(".report.json"), json.dumps(report, indent=2))
     return report
