@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, ModelFormatError
+from .formats.clip_checks import (check_clip_config, check_finite, check_fits_weights,
+                                  openai_state_config)
 
 
 
@@ -159,7 +162,9 @@ def _tokenizer_for(model: torch.nn.Module, name: str | None) -> object:
 def load_clip(source: str | Path, model_name: str | None = None,
               device: torch.device | str = "cpu") -> CoralClip:
     """Load a CLIP from a local file or folder; see the module docstring for what is accepted."""
-    with _offline():
+    from .formats.loader import file_fields_checked
+
+    with _offline(), file_fields_checked(Path(str(source)), "CLIP"):
         return _load_clip(source, model_name, device)
 
 
@@ -172,15 +177,18 @@ def _load_clip(source: str | Path, model_name: str | None,
     if not path.exists():
         raise ModelFormatError(f"{path}: no such CLIP file or folder (weights are never "
                                "downloaded; put the file in the CLIP models folder)")
+    preprocess: dict[str, Any] = {}
     if path.is_dir():
-        if not (path / "open_clip_config.json").is_file():
+        config = path / "open_clip_config.json"
+        if not config.is_file():
             raise ModelFormatError(f"{path}: folder without open_clip_config.json; expected an "
                                    "open_clip local-dir folder (config + weights)")
-        name = f"local-dir:{path}"
-        try:
-            model = open_clip.create_model(name, device="cpu")
-        except (RuntimeError, FileNotFoundError, ValueError, KeyError) as exc:
-            raise ModelFormatError(f"{path}: could not load the open_clip folder: {exc}") from exc
+        weights = next((path / n for n in LOCAL_DIR_WEIGHTS if (path / n).is_file()), None)
+        if weights is None:
+            raise ModelFormatError(f"{path}: no weights in the folder (expected one of "
+                                   f"{', '.join(LOCAL_DIR_WEIGHTS)})")
+        model_cfg, preprocess = _read_config(config)
+        model, name = _build_from_config(model_cfg, _read_weights(weights), weights)
         tokenizer = open_clip.get_tokenizer(name)
         model_id = f"local-dir:{path.name}"
     else:
@@ -197,51 +205,127 @@ def _load_clip(source: str | Path, model_name: str | None,
             model_id = f"openai-jit:{path.name}"
         else:
             beside = path.parent / "open_clip_config.json"
+            sd = _read_weights(path)
             if model_name is None and beside.is_file():
-                model_name = _register_config_beside(beside, path)
-            try:
-                if model_name:
-                    model = open_clip.create_model(model_name, pretrained=str(path),
-                                                   device="cpu")
-                    model_id = f"{model_name}:{path.name}"
-                    tokenizer = open_clip.get_tokenizer(model_name)
-                else:
-                    sd = _read_state_dict(path)
-                    model = _from_openai_state(sd, str(path))
-                    tokenizer = _tokenizer_for(model, None)
-                    model_id = f"openai-state:{path.name}"
-            except ModelFormatError:
-                raise
-            except (RuntimeError, ValueError, KeyError, FileNotFoundError) as exc:
-                raise ModelFormatError(
-                    f"{path}: could not load as open_clip model {model_name!r}: "
-                    f"{str(exc)[:400]}") from exc
+                model_cfg, preprocess = _read_config(beside)
+                model, name = _build_from_config(model_cfg, sd, path)
+                tokenizer = open_clip.get_tokenizer(name)
+                model_id = f"coral-config:{path.name}"
+            elif model_name:
+                model_cfg = open_clip.get_model_config(model_name)
+                if model_cfg is None:
+                    raise ModelFormatError(f"{path}: unknown open_clip model name "
+                                           f"{model_name!r}; see open_clip.list_models()")
+                model, _ = _build_from_config(model_cfg, sd, path, model_name)
+                tokenizer = open_clip.get_tokenizer(model_name)
+                model_id = f"{model_name}:{path.name}"
+            else:
+                if "visual.conv1.weight" not in sd:
+                    raise ModelFormatError(f"{path}: not a CLIP state dict (no "
+                                           "visual.conv1.weight); pass --clip-model NAME for "
+                                           "non-ViT open_clip models")
+                check_fits_weights(openai_state_config(sd, str(path)), sd, str(path))
+                model = _from_openai_state(sd, str(path))
+                tokenizer = _tokenizer_for(model, None)
+                model_id = f"openai-state:{path.name}"
     model = _freeze(model).to(device)
     size, mean, std = _preprocess_cfg(model)
+    mean, std = preprocess.get("mean", mean), preprocess.get("std", std)
     return CoralClip(model, tokenizer, size, mean, std, model_id)
 
 
-def _register_config_beside(config_file: Path, weights: Path) -> str:
-    """Register ``open_clip_config.json``'s model config under a name open_clip can build."""
+LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+                     "open_clip_model.bin", "open_clip_pytorch_model.pt")
+
+
+def _read_config(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model_cfg, checked preprocess mean/std) of an ``open_clip_config.json``, bounded."""
+    from .formats.bounded_json import read_json_file
+
+    data = read_json_file(config_file, "open_clip config")
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{config_file}: the open_clip config is a "
+                               f"{type(data).__name__}, not a table")
+    model_cfg = check_clip_config(data.get("model_cfg", data), str(config_file))
+    pre = data.get("preprocess_cfg") or {}
+    out: dict[str, Any] = {}
+    if isinstance(pre, dict):
+        for key in ("mean", "std"):
+            value = pre.get(key)
+            if value is None:
+                continue
+            if not (isinstance(value, list) and len(value) == 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and
+                    math.isfinite(v) and (key == "mean" or v > 0) for v in value)):
+                raise ModelFormatError(f"{config_file}: preprocess_cfg.{key} = {value!r}; "
+                                       "expected three finite numbers")
+            out[key] = tuple(float(v) for v in value)
+    return model_cfg, out
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The CLIP state dict, read by the project's own bounded reader (never by open_clip,
+    whose ``torch.load`` has no depth scan: a deeply nested file crashes the process)."""
+    from .formats.weights import load_weights_file, unwrap_state_dict
+
+    sd = unwrap_state_dict(load_weights_file(path, "CLIP weights"))
+    if not isinstance(sd, dict) or not sd or not all(
+            isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelFormatError(f"{path}: not a CLIP state dict (expected a table of tensors)")
+    check_finite(sd, str(path), "CLIP")
+    return sd
+
+
+def _build_from_config(model_cfg: dict[str, Any], sd: dict[str, torch.Tensor], path: Path,
+                       name: str | None = None) -> tuple[torch.nn.Module, str]:
+    """Build the model a checked config describes and load the weights in hand into it."""
+    import open_clip
+
+    check_clip_config(model_cfg, str(path))
+    check_fits_weights(model_cfg, sd, str(path))
+    if name is None:
+        name = _register_config(model_cfg)
+    try:
+        with _quiet_open_clip():
+            model = open_clip.create_model(name, pretrained=None, device="cpu")
+        model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ModelFormatError(f"{path}: the CLIP weights do not fit their config "
+                               f"({str(exc)[:400]})") from exc
+    return model, name
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Hide open_clip's "no pretrained weights loaded" warning: the weights are loaded right
+    after, from the file the project's own reader has checked."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    drop = _Drop()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _register_config(model_cfg: dict[str, Any]) -> str:
+    """Register a model config under a name derived from its content, so open_clip can build
+    it and find its tokenizer settings."""
+    import hashlib
     import tempfile
 
     import open_clip
 
-    data = json.loads(config_file.read_text())
-    model_cfg = data.get("model_cfg", data)
-    name = f"coral-{weights.stem}"
+    blob = json.dumps(model_cfg, sort_keys=True)
+    name = "coral-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / f"{name}.json"
-        cfg_path.write_text(json.dumps(model_cfg))
+        cfg_path.write_text(blob)
         open_clip.add_model_config(cfg_path)
     return name
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from .formats.weights import load_weights_file, unwrap_state_dict
-
-    sd = unwrap_state_dict(load_weights_file(path, "CLIP weights"))
-    if not isinstance(sd, dict) or "visual.conv1.weight" not in sd:
-        raise ModelFormatError(f"{path}: not a CLIP state dict (no visual.conv1.weight); pass "
-                               "--clip-model NAME for non-ViT open_clip models")
-    return sd

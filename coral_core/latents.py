@@ -37,6 +37,13 @@ def _npz_w(path: Path) -> torch.Tensor:
                 shape, _fortran, dtype = read(f)
         if dtype.hasobject:
             raise ModelFormatError(f"{path}: 'w' holds Python objects, not numbers")
+        if dtype.kind not in "fiu":
+            raise ModelFormatError(f"{path}: 'w' holds {dtype} values; W+ latents are real "
+                                   "numbers (float)")
+        held = path.stat().st_size
+        if info.file_size > 64 * held + 2 ** 20:
+            raise ModelFormatError(f"{path}: 'w' declares {info.file_size} bytes inside a "
+                                   f"{held}-byte file: a compression bomb, not latents")
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if count > MAX_LATENT_FLOATS or count * dtype.itemsize > info.file_size:
             raise ModelFormatError(f"{path}: 'w' declares shape {list(shape)} "

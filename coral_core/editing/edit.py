@@ -214,7 +214,14 @@ class Edit:
     @classmethod
     def load(cls, path: str | Path) -> "Edit":
         """Read and verify an edit file (header, content hash, metadata against tensors)."""
+        from ..formats.loader import file_fields_checked
+
         path = Path(path)
+        with file_fields_checked(path, "edit"):
+            return cls._load(path)
+
+    @classmethod
+    def _load(cls, path: Path) -> "Edit":
         meta, tensors = read_safetensors(path, "edit", require_hash=False)
         if meta.get("format") != EDIT_FORMAT:
             raise ModelFormatError(f"{path}: not a CoralStyleCLIP edit (no '{EDIT_FORMAT}' "
@@ -246,13 +253,14 @@ class Edit:
             rows, layers, k = sel["logits"].shape
             selector: SegmentSelector | AttentionSelector = SegmentSelector(layers, k, rows)
         else:
-            selector = AttentionSelector(json.loads(meta["can_channels"]))
+            selector = AttentionSelector(_meta_ints(meta, "can_channels", path, 1, 8192,
+                                                    max_items=num_ws))
             selector.cluster_gate = tensors.get("cluster_gate")
         selector.load_state_dict(sel)
         catalogue = None
         if "catalogue.centres" in tensors:
             catalogue = SegmentCatalogue(tensors["catalogue.centres"],
-                                         int(meta["catalogue_layer"]),
+                                         _meta_int(meta, "catalogue_layer", path, 0, num_ws),
                                          meta["generator_fingerprint"],
                                          int(meta.get("catalogue_pieces") or 0))
         return cls(variant=meta["variant"], direction_form=meta["direction"],
@@ -263,10 +271,47 @@ class Edit:
                    resolution=int(meta["resolution"]), num_ws=num_ws, w_dim=w_dim,
                    clip_model_id=meta.get("clip_model", ""), catalogue=catalogue,
                    segments=tensors.get("segments"), latents=tensors.get("latents"),
-                   max_layer=int(meta["max_layer"]) if meta.get("max_layer") else None,
-                   only_layers=json.loads(meta.get("only_layers") or "null"),
+                   max_layer=_meta_int(meta, "max_layer", path, 1, num_ws)
+                   if meta.get("max_layer") else None,
+                   only_layers=_meta_ints(meta, "only_layers", path, 1, num_ws)
+                   if meta.get("only_layers") not in (None, "", "null") else None,
                    no_masks=bool(meta.get("no_masks")),
-                   info=json.loads(meta.get("info") or "{}"))
+                   info=_meta_info(meta, path))
+
+
+def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
+    from ..formats.bounded_json import parse_json
+
+    return parse_json(meta.get(key) or "null", str(path), f"edit metadata {key}",
+                      max_bytes=1024 * 1024, max_depth=16)
+
+
+def _meta_int(meta: dict[str, str], key: str, path: Path, lo: int, hi: int) -> int:
+    """An integer field of the edit's metadata, within [lo, hi] (hi: the generator's W+
+    entries the edit was trained for), or a ModelFormatError naming the field."""
+    value = _meta_json(meta, key, path)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ModelFormatError(f"{path}: edit metadata {key} = {meta.get(key)!r}; expected an "
+                               f"integer from {lo} to {hi}")
+    return value
+
+
+def _meta_ints(meta: dict[str, str], key: str, path: Path, lo: int, hi: int,
+               max_items: int = 64) -> list[int]:
+    value = _meta_json(meta, key, path)
+    if not isinstance(value, list) or not 1 <= len(value) <= max_items or not all(
+            isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in value):
+        raise ModelFormatError(f"{path}: edit metadata {key} = {str(meta.get(key))[:80]!r}; "
+                               f"expected a list of 1-{max_items} integers from {lo} to {hi}")
+    return value
+
+
+def _meta_info(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    value = _meta_json(meta, "info", path) if meta.get("info") else {}
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"{path}: edit metadata info is a {type(value).__name__}; "
+                               "expected a table")
+    return value
 
 
 _REQUIRED_META = ("variant", "direction", "mode", "prompt", "neutral_prompt",

@@ -679,7 +679,10 @@ def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Modul
     if cfg.checkpoint is None or cfg.mode != "per_prompt" or not Path(cfg.checkpoint).is_file():
         return 0
     try:
-        state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        from ..formats.weights import load_weights_file
+
+        # the project's own reader: depth- and size-scanned before torch.load sees the file
+        state = load_weights_file(cfg.checkpoint, "per-prompt training checkpoint")
         if state.get("run") != run:
             return 0  # a checkpoint of another run (other prompt, settings or models)
         direction.load_state_dict(state["direction"])

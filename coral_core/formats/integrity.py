@@ -73,10 +73,11 @@ def read_header(path: Path, what: str) -> dict[str, Any]:
             raise ModelFormatError(f"{path}: the safetensors header claims {n} bytes but the "
                                    f"file holds {size - 8}: truncated or not a {what}")
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path}: the safetensors header is corrupt ({exc})") from exc
+    from .bounded_json import parse_json
+
+    # a real header is a table of tables of lists: depth 3 (metadata values are strings)
+    header = parse_json(raw, str(path), "the safetensors header", max_bytes=MAX_HEADER_BYTES,
+                        max_depth=8)
     if not isinstance(header, dict):
         raise ModelFormatError(f"{path}: the safetensors header is not a table")
     data_bytes = size - 8 - n

@@ -8,13 +8,14 @@ else gets an error that names the file, says what it looks like, and lists what 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import pickle
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -24,7 +25,7 @@ from . import native
 from .nvlabs import build_generator, generator_from_nvlabs
 from .rosinality import config_from_rosinality, rosinality_to_nvlabs_state
 from .safe_pickle import (check_torch_archive_structure, load_plain_pickle, load_torch_zip,
-                          referenced_globals)
+                          read_archive_pickle, referenced_globals)
 
 SUPPORTED = ("NVlabs StyleGAN2/ADA .pkl, PTI generator .pt, rosinality .pt, e4e .pt (its "
              "decoder), CoralStyleCLIP .safetensors")
@@ -127,7 +128,32 @@ def _classify_dict(obj: Any, path: Path) -> LoadedGenerator:
 
 
 def load_generator(path: str | Path) -> LoadedGenerator:
-    """Read a generator file safely (no code from the file ever runs) onto the CPU."""
+    """Read a generator file safely (no code from the file ever runs) onto the CPU; weights
+    that hold NaN or infinity are refused (they draw black images without another sign)."""
+    from .clip_checks import check_finite
+
+    with file_fields_checked(Path(path), "generator"):
+        loaded = _load_generator(Path(path))
+    check_finite(loaded.generator.state_dict(), str(loaded.path), "generator")
+    return loaded
+
+
+@contextlib.contextmanager
+def file_fields_checked(path: Path, what: str) -> Iterator[None]:
+    """The loaders' boundary: a field of the wrong type or value deep in a file's records
+    (``img_resolution: "abc"``, ``_init_kwargs`` a list, a NaN size) becomes one
+    ModelFormatError naming the file, never a raw exception in the user's face."""
+    try:
+        yield
+    except ModelFormatError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+            RecursionError, AssertionError, UnicodeError, EOFError) as exc:
+        raise ModelFormatError(f"{path}: not a valid {what} file: a field holds what no "
+                               f"{what} has ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _load_generator(path: Path) -> LoadedGenerator:
     path = Path(path)
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such generator file")
@@ -150,9 +176,9 @@ def load_generator(path: str | Path) -> LoadedGenerator:
         return LoadedGenerator(G, "nvlabs-pkl", path, notes)
     if kind == "zip":
         try:
+            check_torch_archive_structure(path)
             with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.endswith("data.pkl")]
-                data = zf.read(names[0]) if names else b""
+                data = read_archive_pickle(zf, str(path))
         except (zipfile.BadZipFile, OSError) as exc:
             raise ModelFormatError(f"{path}: the file is truncated or corrupt ({exc})") from exc
         if "torch_utils.persistence" in referenced_globals(data):

@@ -4,7 +4,6 @@ No pickle at all, so it is the format to convert everything else to and to share
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -42,8 +41,11 @@ def load_native(path: Path, meta: dict[str, str]) -> Generator:
                                f"{meta.get('format_version')!r} is not supported (expected "
                                f"{FORMAT_VERSION}); update ComfyUI-CoralStyleCLIP")
     try:
-        cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, ValueError, TypeError) as exc:
+        from .bounded_json import parse_json
+
+        cfg = GeneratorConfig.from_dict(parse_json(meta["config"], str(path),
+                                                   "the generator config", 65536, 8))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ModelFormatError(f"{path}: invalid generator config in metadata: {exc}") from exc
     _, state = read_safetensors(path, "generator",
                                 require_hash=meta.get("format_version") != "1")

@@ -191,14 +191,42 @@ def check_pickle_structure(data: bytes, source: str, max_depth: int = MAX_PICKLE
         raise _format_error(source, exc) from exc
 
 
+MAX_PICKLE_BYTES = 256 * 1024 * 1024  # a model's data.pkl is kilobytes to a few megabytes
+
+
+def read_archive_pickle(zf: zipfile.ZipFile, source: str) -> bytes:
+    """The archive's ``data.pkl``, refused if it declares or inflates past MAX_PICKLE_BYTES
+    (a 1 MB zip can inflate to gigabytes); b"" if there is none."""
+    names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+    if not names:
+        return b""
+    info = zf.getinfo(names[0])
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise ModelFormatError(f"{source}: the archive's data.pkl declares {info.file_size} "
+                               f"bytes; at most {MAX_PICKLE_BYTES} expected of a model file")
+    with zf.open(info) as f:
+        data = f.read(MAX_PICKLE_BYTES + 1)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise ModelFormatError(f"{source}: the archive's data.pkl inflates past "
+                               f"{MAX_PICKLE_BYTES} bytes: refused")
+    return data
+
+
 def check_torch_archive_structure(path: Path) -> None:
     """``check_pickle_structure`` on a ``torch.save`` zip archive's ``data.pkl``: run before
-    ``torch.load(weights_only=True)``, whose unpickler crashes on the same deep nesting."""
+    ``torch.load(weights_only=True)``, whose unpickler crashes on the same deep nesting; the
+    archive's members are also bounded by their declared and inflated sizes."""
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
-            if names:
-                check_pickle_structure(zf.read(names[0]), str(path))
+            total = sum(i.file_size for i in zf.infolist())
+            held = path.stat().st_size
+            if total > max(64 * held, 64 * 1024 * 1024):
+                raise ModelFormatError(
+                    f"{path}: the archive declares {total} bytes inside a {held}-byte file "
+                    "(a compression bomb; torch.save archives are stored, not compressed)")
+            data = read_archive_pickle(zf, str(path))
+            if data:
+                check_pickle_structure(data, str(path))
     except zipfile.BadZipFile:
         return  # not a zip archive (legacy torch file): torch.load reports it
 
