@@ -56,16 +56,8 @@ if __name__ == "__main__":
                           train_overrides=overrides, log=lambda *a: None)
         print(f"## setting: {setting or 'library defaults'}")
         print(format_table(result["summary"]))
-        for kind in ("background", "object colour"):
-            rows = [r for r in result["rows"] if r["kind"] == kind]
-            if rows:
-                print(f"  {kind}: success {sum(r['success'] for r in rows)}/{len(rows)}, "
-                      f"median PSNR outside "
-                      f"{sorted(r['psnr_outside'] for r in rows)[len(rows) // 2]:.1f} dB, "
-                      f"layers {[r['selected_layers'] for r in rows]}")
         for r in result["rows"]:  # every case, to see which ones a setting moves
-            print(f"    {r['method']:>11} seed {r['seed']:>3} {r['prompt']!r:<26} "
-                  f"{'ok  ' if r['success'] else 'FAIL'} "
-                  f"{'kept' if r['others_preserved'] else 'LOST'} IoU {r['iou']:.2f} "
-                  f"{r['psnr_outside']:.1f} dB layers {r['selected_layers']}")
-        print(flush=True)
+            print(f"    {r['method']:>11} seed {r['seed']:>3} {r['kind']:>14} "
+                  f"{r['prompt']!r:<40} {'ok  ' if r['success'] else 'FAIL'} "
+                  f"{r.get('psnr_outside', r['psnr_image']):.1f} dB "
+                  f"layers {r['selected_layers']} warnings {len(r['warnings'])}")

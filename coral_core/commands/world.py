@@ -147,20 +147,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..cache import get_clip, get_generator
     from ..seeds import parse_seeds
     from ..world import assets
-    from ..world.evaluate import BOUNDS, METHODS, format_table, run_eval
+    from ..world.evaluate import BOUNDS, KINDS, METHODS, format_table, run_eval
     from ..world.judge import load_judge
 
     G = get_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
     clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
     judge = load_judge(assets.require(assets.DEMO_JUDGE))
-    prompt_set = json.loads(Path(args.prompts).read_text()) if args.prompts else None
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    if set(kinds) - set(KINDS):
+        raise InputError(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; choose from "
+                         f"{', '.join(KINDS)}")
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     unknown = set(methods) - set(METHODS) - set(BOUNDS)
     if unknown:
         raise InputError(f"--methods: unknown {sorted(unknown)}; choose from "
                          f"{', '.join(METHODS + BOUNDS)}")
     result = run_eval(G, clip, judge, parse_seeds(args.seeds), args.steps, methods,
-                      prompt_set, Path(args.out), can_steps=args.can_steps)
+                      kinds, Path(args.out), can_steps=args.can_steps)
     print(format_table(result["summary"]))
     print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
     return 0
@@ -176,7 +179,9 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--methods", default=None, help="comma list of styleclip, feat, coral_ss, "
                    "coral_can (the default set) and true_region (CORAL-SS given the true "
                    "region: the bound a perfect region choice reaches)")
-    s.add_argument("--prompts", default=None, help="JSON prompt set (see evaluate.py)")
+    s.add_argument("--kinds", default=None, help="comma list of edit kinds: " +
+                   ", ".join(["background", "object colour", "shape", "two attributes",
+                              "absent", "already", "unknown"]) + " (default all)")
     s.add_argument("--out", default="out/eval")
 
 

@@ -66,6 +66,20 @@ class Judge(nn.Module):
         return {"background": out["background"].argmax(1).tolist(), "objects": objects}
 
 
+    @torch.no_grad()
+    def read_slots(self, img: torch.Tensor) -> list[dict[str, Any]]:
+        """Per image: the background index and, per object slot, None (judged empty) or its
+        (colour, shape): what an edit did to *each* object, not only which pairs exist."""
+        out = self(img)
+        present = torch.sigmoid(out["present"]) > 0.5
+        present[:, 0] = True
+        colour, shape = out["colour"].argmax(-1), out["shape"].argmax(-1)
+        return [{"background": int(out["background"][i].argmax()),
+                 "slots": [(OBJ_NAMES[int(colour[i, k])], SHAPES[int(shape[i, k])])
+                           if bool(present[i, k]) else None for k in range(MAX_OBJECTS)]}
+                for i in range(img.shape[0])]
+
+
 def judge_loss(out: dict[str, torch.Tensor], scenes: SceneBatch) -> torch.Tensor:
     present = scenes.present
     loss = F.cross_entropy(out["background"], scenes.background)

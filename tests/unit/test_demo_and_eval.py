@@ -44,13 +44,16 @@ def test_eval_runs_every_method_and_scores(tmp_path) -> None:
     clip = get_clip(assets.DEMO_CLIP)
     judge = load_judge(assets.DEMO_JUDGE)
     result = run_eval(G, clip, judge, [0], steps=2, can_steps=2, out=tmp_path,
-                      log=lambda *a: None)
-    assert set(result["summary"]) == set(METHODS)
+                      kinds=("background", "unknown"), log=lambda *a: None)
+    assert {k.split(" / ")[0] for k in result["summary"]} == set(METHODS)
     assert len(result["rows"]) == 2 * len(METHODS)
     for row in result["rows"]:
-        assert 0 <= row["iou"] <= 1 and row["seconds_per_edit"] > 0
+        assert row["seconds_per_edit"] > 0
+        if row["kind"] == "background":
+            assert 0 <= row["iou"] <= 1 and "share_border" in row
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "eval_grid.png").is_file()
-    assert "| coral_ss |" in format_table(result["summary"])
+    table = format_table(result["summary"])
+    assert "| coral_ss / colour |" in table and "| coral_ss / unfit |" in table
 
 
 def test_the_true_region_bound_edits_inside_the_true_region() -> None:
@@ -58,7 +61,8 @@ def test_the_true_region_bound_edits_inside_the_true_region() -> None:
     can only be that region, so where it selects anything the IoU is the region's own."""
     G = get_generator(assets.DEMO_GENERATOR).generator
     result = run_eval(G, get_clip(assets.DEMO_CLIP), load_judge(assets.DEMO_JUDGE), [1],
-                      steps=20, methods=("true_region",), log=lambda *a: None)
+                      steps=20, methods=("true_region",), kinds=("background", "object colour"),
+                      log=lambda *a: None)
     rows = result["rows"]
     assert len(rows) == 2
     for row in rows:

@@ -1,0 +1,60 @@
+"""The eval's pixel scores say what a user sees: a perfect edit scores perfect, and a halo, a
+border frame, a reshaped object or a leak each moves the score that names it."""
+from __future__ import annotations
+
+import torch
+
+from coral_core.world.render import palette_rgb, render
+from coral_core.world.scene import COLOUR_NAMES, random_scenes
+from coral_core.world.scoring import grow, iou, outline, psnr_in, target_shares
+
+
+def _scene_and_recoloured():
+    scenes = random_scenes(8, 3)
+    one = scenes.select(slice(0, 1)).clone()
+    taken = {int(c) for c in one.colour[0]} | {int(one.background[0])}
+    new = next(c for c in range(len(COLOUR_NAMES)) if c not in taken)
+    after = one.clone()
+    after.background[0] = new
+    (img, masks), (ideal, _) = render(one), render(after)
+    return img[0], masks[0], ideal[0], new
+
+
+def test_a_perfect_background_edit_scores_perfect() -> None:
+    img, masks, ideal, new = _scene_and_recoloured()
+    region = masks[0]
+    shares = target_shares(ideal, palette_rgb("cpu"), new, region, 1 - region, border=True)
+    assert shares["share_interior"] > 0.99
+    assert shares["share_ring"] > 0.95 and shares["share_border"] > 0.99
+    outside = region <= 0.01  # the part's support: an ideal edit changes nothing outside it
+    assert psnr_in(ideal, img, outside) > 90
+    assert psnr_in(ideal, ideal, region >= 0.5) > 90
+
+
+def test_a_halo_and_a_frame_lower_the_ring_and_border_shares_only() -> None:
+    img, masks, ideal, new = _scene_and_recoloured()
+    region = masks[0]
+    objects = region < 0.5
+    halo = grow(objects, 2) & ~objects
+    frame = torch.zeros_like(objects)
+    frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = True, True, True, True
+    damaged = torch.where((halo | frame)[None], img, ideal)
+    s = target_shares(damaged, palette_rgb("cpu"), new, region, 1 - region, border=True)
+    assert s["share_interior"] > 0.99
+    assert s["share_ring"] < 0.5 and s["share_border"] < 0.8
+
+
+def test_outline_follows_the_pixels_and_a_reshaped_object_loses_iou() -> None:
+    scenes = random_scenes(16, 5)
+    i = next(i for i in range(16) if not bool(scenes.present[i, 1]))
+    one = scenes.select(slice(i, i + 1)).clone()
+    img, masks = render(one)
+    truth = masks[0, 1] >= 0.5
+    area = grow(truth, 6)
+    read = outline(img[0], masks[0, 0] >= 0.99, area)
+    assert iou(read, truth) > 0.9
+    other = one.clone()
+    other.shape[0, 0] = (int(one.shape[0, 0]) + 1) % 3
+    img2, masks2 = render(other)
+    area = grow(truth | (masks2[0, 1] >= 0.5), 6)
+    assert iou(outline(img2[0], masks[0, 0] >= 0.99, area), read) < 0.8
