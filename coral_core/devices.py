@@ -31,3 +31,13 @@ def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (0 where the platform cannot say: the
+    ``resource`` module is Unix-only, and the pack must import on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

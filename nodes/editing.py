@@ -14,7 +14,7 @@ from ..coral_core.editing.trainer import TrainConfig, train_edit
 from ..coral_core.editing.visualize import effective_mask, mask_grid, overlay
 from ..coral_core.images import image_to_uint8, to_unit_range
 from ..coral_core.progress import Reporter
-from ..coral_core.world.demo import DEFAULT_PROMPT
+from ..coral_core.world.assets import DEFAULT_PROMPT
 from . import host
 from .latents import check_latents
 from .types import CORAL_CLIP, CORAL_EDIT, STYLEGAN_LATENT, STYLEGAN_MODEL, ClipModel, \

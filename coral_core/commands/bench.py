@@ -1,7 +1,6 @@
 """Benchmarks that print figures (never asserted in tests): apply cost and training cost."""
 from __future__ import annotations
 
-import resource
 import time
 from functools import partial
 from typing import Any, Callable
@@ -9,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..devices import pick_device
+from ..devices import peak_rss_mib, pick_device
 from ..stylegan import Generator, GeneratorConfig
 from ..editing.directions import GlobalDirection
 from ..editing.edit import Edit
@@ -55,7 +54,7 @@ def config_f_generator(resolution: int, device: torch.device, seed: int = 0) -> 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20, "GPU allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+    return peak_rss_mib(), "process peak RSS"
 
 
 @torch.no_grad()
@@ -254,14 +253,14 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
         for variant, direction, mode in chosen:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss0 = peak_rss_mib()
             t0 = time.perf_counter()
             result = train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
                                                   direction=direction, mode=mode, steps=steps,
                                                   batch=batch, recompute=recompute))
             per_step = (time.perf_counter() - t0) / steps
             peak, kind = _peak_memory(dev)
-            grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+            grew = peak_rss_mib() - rss0
             key = f"{variant}+{direction} {mode} batch {batch}"
             results[key] = {"s_per_step": per_step, "peak_mib": peak}
             print(f"{key:>26}: {per_step:.3f} s/step, peak memory {peak:.0f} MiB "

@@ -64,10 +64,19 @@ def cmd_world(args: argparse.Namespace) -> int:
         from ..world.check import check_world, format_check
         from ..world.judge import load_judge
 
-        G = load_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
-        clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
-        judge = load_judge(Path(args.judge) if args.judge else assets.require(assets.DEMO_JUDGE))
-        result = check_world(G.to(args.device), judge, clip, n=args.samples)
+        where = assets.world_assets(args.world)
+        G = load_generator(args.generator or assets.require(where.generator)).generator
+        clip = get_clip(args.clip or assets.require(where.clip))
+        judge_path = Path(args.judge) if args.judge else assets.require(where.judge)
+        if args.world == "faces":
+            from ..world.faces.check import check_faces
+            from ..world.faces.judge import load_face_judge
+
+            result = check_faces(G.to(args.device), load_face_judge(judge_path), clip,
+                                 n=args.samples)
+        else:
+            result = check_world(G.to(args.device), load_judge(judge_path), clip,
+                                 n=args.samples)
         print(format_check(result))
     else:  # render
         from ..images import save_tensor_images
@@ -150,9 +159,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..world.evaluate import BOUNDS, KINDS, METHODS, format_table, run_eval
     from ..world.judge import load_judge
 
-    G = get_generator(args.generator or assets.require(assets.DEMO_GENERATOR)).generator
-    clip = get_clip(args.clip or assets.require(assets.DEMO_CLIP))
-    judge = load_judge(assets.require(assets.DEMO_JUDGE))
+    where = assets.world_assets(args.world)
+    G = get_generator(args.generator or assets.require(where.generator)).generator
+    clip = get_clip(args.clip or assets.require(where.clip))
+    if args.world == "faces":
+        from ..world.faces.evaluate import KINDS as FACE_KINDS
+        from ..world.faces.evaluate import format_table as face_table
+        from ..world.faces.evaluate import run_face_eval
+        from ..world.faces.judge import load_face_judge
+
+        face_kinds = tuple(args.kinds.split(",")) if args.kinds else tuple(FACE_KINDS)
+        if set(face_kinds) - set(FACE_KINDS):
+            raise InputError(f"--kinds: unknown {sorted(set(face_kinds) - set(FACE_KINDS))}; "
+                             f"choose from {', '.join(FACE_KINDS)}")
+        face_result = run_face_eval(
+            G, clip, load_face_judge(assets.require(where.judge)), parse_seeds(args.seeds),
+            tuple(args.methods.split(",")) if args.methods else ("styleclip", "coral_ss"),
+            face_kinds, args.steps, args.can_steps, Path(args.out))
+        print(face_table(face_result["summary"]))
+        print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
+        return 0
+    judge = load_judge(assets.require(where.judge))
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     if set(kinds) - set(KINDS):
         raise InputError(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; choose from "
@@ -170,7 +197,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("eval", help="scored edit benchmark on the demo world (4 methods)")
+    s = sub.add_parser("eval", help="scored edit benchmark on a demo world (4 methods)")
+    s.add_argument("--world", default="shapes", choices=["shapes", "faces"])
     s.add_argument("--generator", default=None)
     s.add_argument("--clip", default=None)
     s.add_argument("--seeds", default="0-7", help="scenes")

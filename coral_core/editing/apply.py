@@ -15,6 +15,7 @@ from ..errors import InputError
 from ..stylegan import Generator
 from .blend import stacked_synthesis
 from .edit import Edit
+from .selectors import composite
 
 
 @dataclass
@@ -56,18 +57,22 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         e.to(ws.device)
     noise = G.make_noise(ws.shape[0], noise_mode)
     original = None
-    if return_original:
+    if return_original or any(e.composite for e in edits):
         original, feats = G.synthesize_with_features(ws, noise=noise)
     else:
         feats = G.features_up_to(ws, noise, max(e.feature_layers_needed(G) for e in edits))
-    pairs, all_masks = [], []
+    pairs, all_masks, regions = [], [], []
     for e, s in zip(edits, strengths):
         masks = e.masks(G, feats, threshold)
         if s != 0:  # strength 0 is the identity exactly, not just up to rounding
             pairs.append((e.delta(ws) * s, masks))
+            regions.append(e.region(G, feats))
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
-    return ApplyResult(edited, original, all_masks, transferred)
+    if regions and all(r is not None for r in regions) and original is not None:
+        union = torch.stack([r for r in regions if r is not None]).amax(0)
+        edited = composite(edited, original, union)
+    return ApplyResult(edited, original if return_original else None, all_masks, transferred)
 
 
 @torch.no_grad()

@@ -177,10 +177,14 @@ def connected_pieces(segments: torch.Tensor, limit: int) -> torch.Tensor:
     return out.view(b, limit, h, w)
 
 
-def resize_segments(segments: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Area-downsample (or nearest-upsample) segments to a layer's resolution."""
+def resize_segments(segments: torch.Tensor, resolution: int, pool: str = "area"
+                    ) -> torch.Tensor:
+    """Downsample (``pool``: "area" averages, "max" keeps any coverage) or nearest-upsample
+    segments to a layer's resolution."""
     r = segments.shape[-1]
     if r == resolution:
         return segments
+    if pool == "max" and resolution < r:
+        return F.adaptive_max_pool2d(segments, resolution)
     mode = "area" if resolution < r else "nearest"
     return F.interpolate(segments, size=(resolution, resolution), mode=mode)

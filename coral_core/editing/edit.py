@@ -51,6 +51,7 @@ class Edit:
     max_layer: int | None = None
     only_layers: list[int] | None = None
     no_masks: bool = False
+    composite: bool = False  # keep the original pixels outside the selected segments
     info: dict[str, Any] = field(default_factory=dict)
 
     # ---- use -------------------------------------------------------------------------------
@@ -135,6 +136,16 @@ class Edit:
         return mask_policy(masks, no_masks=self.no_masks, only_layers=self.only_layers,
                            max_layer=self.max_layer, threshold=threshold)
 
+    def region(self, G: Generator, features: list[torch.Tensor]) -> torch.Tensor | None:
+        """[B, 1, H, W] where the final composite keeps the edit; None: everywhere."""
+        if not self.composite or self.no_masks or not isinstance(self.selector,
+                                                                  SegmentSelector):
+            return None
+        layers = [i for i in range(1, len(G.conv_layers) + 1)
+                  if (self.only_layers is None or i in self.only_layers)
+                  and (self.max_layer is None or i <= self.max_layer)]
+        return self.selector.region(self.segments_for(features), G.img_resolution, layers)
+
     def feature_layers_needed(self, G: Generator) -> int:
         """How far the original pass must run for this edit's masks."""
         if isinstance(self.selector, AttentionSelector):
@@ -202,6 +213,8 @@ class Edit:
             "max_layer": "" if self.max_layer is None else str(self.max_layer),
             "only_layers": json.dumps(self.only_layers),
             "no_masks": "1" if self.no_masks else "",
+            "composite": "1" if self.composite else "",
+            "segment_pool": getattr(self.selector, "pool", ""),
             "catalogue_id": self.catalogue.id() if self.catalogue is not None else "",
             "catalogue_layer": str(self.catalogue.layer) if self.catalogue is not None else "",
             "catalogue_pieces": str(self.catalogue.pieces)
@@ -252,6 +265,11 @@ class Edit:
         if meta["variant"] == "ss":
             rows, layers, k = sel["logits"].shape
             selector: SegmentSelector | AttentionSelector = SegmentSelector(layers, k, rows)
+            pool = meta.get("segment_pool") or "area"
+            if pool not in ("area", "max"):
+                raise ModelFormatError(f"{path}: edit metadata segment_pool = {pool!r}; "
+                                       "expected 'area' or 'max'")
+            selector.pool = pool
         else:
             selector = AttentionSelector(_meta_ints(meta, "can_channels", path, 1, 8192,
                                                     max_items=num_ws))
@@ -276,6 +294,7 @@ class Edit:
                    only_layers=_meta_ints(meta, "only_layers", path, 1, num_ws)
                    if meta.get("only_layers") not in (None, "", "null") else None,
                    no_masks=bool(meta.get("no_masks")),
+                   composite=bool(meta.get("composite")),
                    info=_meta_info(meta, path))
 
 

@@ -22,6 +22,11 @@ class SegmentSelector(nn.Module):
         self.logits = nn.Parameter(torch.full((rows, num_layers, k), _logit(init)))
         # [P, L, K]: 1 where a (layer, segment) may be used (None: all); set by region pruning
         self.gate: torch.Tensor | None = None
+        # How segments shrink to coarse layers: "area" (the paper's soft downsampling) or "max"
+        # (a cell belongs wholly to every segment it touches; with the final composite the
+        # spill into neighbours is cut at full resolution, and the region's edge is edited as
+        # fully as its interior instead of fading into a ring of the old colour)
+        self.pool = "area"
 
     def masks(self, G: Generator, segments: torch.Tensor) -> list[torch.Tensor]:
         weights = torch.sigmoid(self.logits)  # [P, L, K]
@@ -29,11 +34,29 @@ class SegmentSelector(nn.Module):
             weights = weights * self.gate
         out = []
         for info in G.conv_layers:
-            seg = resize_segments(segments, info.resolution)  # [B, K, r, r]
-            out.append(torch.einsum("pk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None]
-                       if weights.shape[0] == 1 else
-                       torch.einsum("bk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None])
+            seg = resize_segments(segments, info.resolution, self.pool)  # [B, K, r, r]
+            m = torch.einsum("pk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None] \
+                if weights.shape[0] == 1 else \
+                torch.einsum("bk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None]
+            out.append(m if self.pool == "area" else m.clamp(max=1))
         return out
+
+    def region(self, segments: torch.Tensor, resolution: int,
+               layers: list[int] | None = None) -> torch.Tensor:
+        """[B, 1, r, r]: the union of the selected segments at image resolution, each segment
+        weighted by its largest weight over ``layers`` (1-based; None: all). The final
+        composite keeps the original pixels outside it (see ``composite``)."""
+        weights = torch.sigmoid(self.logits)
+        if self.gate is not None:
+            weights = weights * self.gate
+        if layers is not None:
+            keep = torch.zeros(weights.shape[1], dtype=torch.bool, device=weights.device)
+            keep[[i - 1 for i in layers if 1 <= i <= weights.shape[1]]] = True
+            weights = weights * keep[None, :, None]
+        w = weights.amax(1)  # [P, K]
+        seg = resize_segments(segments, resolution)
+        eq = "pk,bkhw->bhw" if w.shape[0] == 1 else "bk,bkhw->bhw"
+        return torch.einsum(eq, w, seg)[:, None].clamp(0, 1)
 
     def active(self, threshold: float = 0.5) -> torch.Tensor:
         """[P, L, K]: the (layer, segment) weights above ``threshold``."""
@@ -55,6 +78,17 @@ class SegmentSelector(nn.Module):
     def selection(self, threshold: float = 0.5) -> list[tuple[int, int]]:
         """(layer, segment) pairs whose weight exceeds ``threshold`` in the first row."""
         return [(int(i) + 1, int(k)) for i, k in self.active(threshold)[0].nonzero().tolist()]
+
+
+def composite(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
+              ) -> torch.Tensor:
+    """The final composite: the edited image inside ``region`` [B, 1, H, W], the original
+    pixels outside. Why (a departure from the paper, ``TrainConfig.composite``): coarse layers'
+    masks are a few pixels wide, so the blended image also changes near the selected region
+    (a user sees other objects tinted and reshaped); the composite confines every change to the
+    selected segments at full resolution. Both invariants hold: region 0 gives G(w), 1 gives
+    the blend."""
+    return region * edited + (1 - region) * original
 
 
 def _logit(p: float) -> float:

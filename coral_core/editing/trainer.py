@@ -30,7 +30,7 @@ from .blend import blended_synthesis, mask_policy
 from .catalogue import SegmentCatalogue, catalogue_for
 from .directions import GlobalDirection, LatentMapper
 from .edit import DIRECTIONS, MODES, VARIANTS, Edit
-from .selectors import AttentionSelector, SegmentSelector
+from .selectors import AttentionSelector, SegmentSelector, composite
 from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_per_image,
                      leak_loss, mask_areas, tv_loss)
 from .prior import retrieval_prior, sample_bank_for
@@ -93,6 +93,11 @@ class TrainConfig:
     prior_samples: int = 1024
     prior_top: int = 64
     prior_scale: float = 2.0
+    # SS: keep the original pixels outside the selected segments (selectors.composite), in
+    # training (the CLIP sees what the user gets) and in apply. False: the paper's blend alone.
+    composite: bool = True
+    # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
+    segment_pool: str = "area"
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
@@ -270,6 +275,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         return {"direction": {k: v.detach().clone() for k, v in direction.state_dict().items()},
                 "selector": {k: v.detach().clone() for k, v in selector.state_dict().items()}}
 
+    use_composite = cfg.composite and not cfg.no_masks and isinstance(selector, SegmentSelector)
+    allowed_layers = [i for i in range(1, len(G.conv_layers) + 1)
+                      if (cfg.only_layers is None or i in cfg.only_layers)
+                      and (cfg.max_layer is None or i <= cfg.max_layer)]
     step = start_step
     prune_step = max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1
     pruned: dict[str, Any] | None = None
@@ -327,6 +336,9 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 masks = mask_policy(raw, no_masks=cfg.no_masks, only_layers=cfg.only_layers,
                                     max_layer=cfg.max_layer)
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
+                if use_composite and isinstance(selector, SegmentSelector):
+                    region = selector.region(segs, G.img_resolution, allowed_layers)
+                    img_b = composite(img_b, img_o, region)
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit
                 if share > 0:
@@ -389,7 +401,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                     cfg.variant == "ss" or getattr(selector, "cluster_gate", None) is not None)
                 else None,
                 segments=segments, latents=latents if cfg.mode == "per_image" else None,
-                max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks)
+                max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks,
+                composite=use_composite)
     edit.info = _summary_info(G, edit, cfg, history, time.perf_counter() - t0, partial, reason)
     edit.info["memory_options"] = {"recompute_activations": recompute,
                                    "bf16": bf16}
@@ -634,7 +647,11 @@ def _make_selector(G: Generator, cfg: TrainConfig, rows: int, segments: torch.Te
     else:
         assert catalogue is not None  # made by the trainer whenever no segments are given
         k = catalogue.count
-    return SegmentSelector(len(G.conv_layers), k, rows, init=cfg.mask_init)
+    selector = SegmentSelector(len(G.conv_layers), k, rows, init=cfg.mask_init)
+    if cfg.segment_pool not in ("area", "max"):
+        raise InputError(f"segment_pool: {cfg.segment_pool!r}; expected 'area' or 'max'")
+    selector.pool = cfg.segment_pool
+    return selector
 
 
 def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:

@@ -12,6 +12,8 @@ DEMO_CLIP = ASSETS / "clip"
 DEMO_JUDGE = ASSETS / "judge.safetensors"
 DEMO_EDITS = ASSETS / "edits"
 FACES = ASSETS.parent / "faces"
+#: The prompt the demo, the Train node and the templates start from.
+DEFAULT_PROMPT = "an orange background"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def true_background(G: Any, seeds: list[int]) -> torch.Tensor:
 
 # The demo uses the library's defaults (TrainConfig, LossWeights) and nothing of its own but
 # the prompt, which the Train node also offers by default.
-DEFAULT_PROMPT = "an orange background"
+from .assets import DEFAULT_PROMPT  # noqa: E402  (re-exported for callers)
 
 
 def _grid(rows: list[np.ndarray], scale: int = 4) -> np.ndarray:

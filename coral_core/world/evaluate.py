@@ -20,7 +20,6 @@ in the interior, the ring round other parts and the border band, and cost.
 from __future__ import annotations
 
 import json
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +179,9 @@ def outside_scores(edited: torch.Tensor, original: torch.Tensor, region: torch.T
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from ..devices import peak_rss_mib
+
+    return peak_rss_mib()
 
 
 def score_case(case: EvalCase, judge: Judge, scenes: SceneBatch, original: torch.Tensor,

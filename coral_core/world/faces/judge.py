@@ -17,6 +17,7 @@ from ...atomic import atomic_path
 from ...progress import Reporter
 from ..clip_train import augment
 from .captions import BALD
+from .clip_data import TRAIN_SUPERSAMPLE
 from .render import render
 from .scene import ATTRIBUTE_NAMES, VALUES, FaceBatch, random_faces
 
@@ -77,7 +78,7 @@ def train_face_judge(out: Path, steps: int = 1200, batch: int = 64, seed: int = 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     for step in range(1, steps + 1):
         faces = random_faces(batch, 60_000_000 + seed * 100_000 + step, device)
-        img, _ = render(faces)
+        img, _ = render(faces, supersample=TRAIN_SUPERSAMPLE)
         loss = judge_loss(model(augment(img, g)), faces)
         opt.zero_grad(set_to_none=True)
         loss.backward()
