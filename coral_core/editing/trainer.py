@@ -96,6 +96,9 @@ class TrainConfig:
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # training (the CLIP sees what the user gets) and in apply. False: the paper's blend alone.
     composite: bool = True
+    # Per image: check the prompt fits before editing (fit.py); an image it cannot or need
+    # not change is left exactly as it was, with a warning. False: edit whatever the prompt.
+    check_fit: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
     segment_pool: str = "area"
     weights: LossWeights = field(default_factory=LossWeights)
@@ -242,6 +245,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if isinstance(direction, GlobalDirection) and cfg.prior_samples > 0 and start_step == 0:
         prior = _start_from_prior(G, clip, cfg, direction, target,
                                   reporter.check if reporter is not None else None)
+    fit = _prompt_fit(G, clip, cfg, latents, target) if cfg.check_fit else None
     text_dir = None
     if cfg.directional:
         neutral = clip.encode_text([cfg.neutral])
@@ -275,6 +279,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         return {"direction": {k: v.detach().clone() for k, v in direction.state_dict().items()},
                 "selector": {k: v.detach().clone() for k, v in selector.state_dict().items()}}
 
+    last_step = start_step if fit is not None and fit.aimless else cfg.steps
     use_composite = cfg.composite and not cfg.no_masks and isinstance(selector, SegmentSelector)
     allowed_layers = [i for i in range(1, len(G.conv_layers) + 1)
                       if (cfg.only_layers is None or i in cfg.only_layers)
@@ -283,7 +288,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     prune_step = max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1
     pruned: dict[str, Any] | None = None
     try:
-        for step in range(start_step + 1, cfg.steps + 1):
+        for step in range(start_step + 1, last_step + 1):
             if reporter is not None:
                 reporter.check()
             ws = sampler.next()
@@ -391,6 +396,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         raise InputError(f"training stopped before any step completed ({reason})")
     if isinstance(selector, SegmentSelector):
         selector.bake_gate()
+    if fit is not None:
+        _leave_unchanged(direction, selector, fit)
     edit = Edit(variant=cfg.variant, direction_form=cfg.direction, mode=cfg.mode,
                 prompt=cfg.prompt, neutral=cfg.neutral,
                 direction=direction.train(False).requires_grad_(False),
@@ -418,10 +425,14 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         Path(cfg.checkpoint).unlink(missing_ok=True)  # the run is complete: nothing to resume
     if notes:
         edit.info["notes"] = notes
-    if history:
+    warnings = list(fit.warnings) if fit is not None else []
+    if history and not warnings:
         warnings = empty_edit_warnings(masks, img_b.detach(), img_o, cfg)
-        if warnings:
-            edit.info["warnings"] = warnings
+    if warnings:
+        edit.info["warnings"] = warnings
+    if fit is not None:
+        edit.info["prompt_fit"] = {"relative_range": round(fit.relative_range, 3),
+                                   "already": fit.already}
     return TrainResult(edit, partial, history, reason)
 
 
@@ -622,6 +633,35 @@ def _make_direction(G: Generator, cfg: TrainConfig, rows: int
     if cfg.direction == "global":
         return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed, scale=spread)
     return LatentMapper(G.num_ws, G.w_dim, spread=spread)
+
+
+def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
+                latents: torch.Tensor | None, target: torch.Tensor) -> Any:
+    """fit.py's checks for a per-image edit (None where they do not apply: per prompt, no
+    sample bank)."""
+    if cfg.mode != "per_image" or latents is None or cfg.prior_samples <= 0 or cfg.no_masks:
+        return None
+    from .fit import check_prompt_fit
+
+    bank = sample_bank_for(G, clip, cfg.prior_samples, cfg.catalogue_dir)
+    with torch.no_grad():
+        images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
+        embeddings = clip.encode_image(images)
+    return check_prompt_fit(bank, target, embeddings, cfg.prompt)
+
+
+@torch.no_grad()
+def _leave_unchanged(direction: nn.Module, selector: nn.Module, fit: Any) -> None:
+    """Zero the edit for every image the prompt does not fit (all of them when it has nothing
+    to aim at): its direction row is 0 and its masks are empty, so applying it gives the
+    original image exactly."""
+    rows = [i for i, already in enumerate(fit.already) if already or fit.aimless]
+    if not rows or not isinstance(direction, GlobalDirection):
+        return
+    for i in rows:
+        direction.delta[i if direction.delta.shape[0] > 1 else 0].zero_()
+        if isinstance(selector, SegmentSelector):
+            selector.logits[i if selector.logits.shape[0] > 1 else 0].fill_(-30.0)
 
 
 def _start_from_prior(G: Generator, clip: CoralClip, cfg: TrainConfig,

@@ -1,0 +1,76 @@
+"""Clean edits on the user's path: the final composite confines every change to the selected
+segments, and a prompt that does not fit leaves the image exactly as it was, with a warning
+that survives the edit file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from coral_core.cache import get_clip, get_generator
+from coral_core.editing.apply import apply_edits
+from coral_core.editing.edit import Edit
+from coral_core.editing.selectors import composite
+from coral_core.editing.trainer import TrainConfig, train_edit
+from coral_core.world import assets
+
+
+def _models():
+    return get_generator(assets.DEMO_GENERATOR).generator, get_clip(assets.DEMO_CLIP)
+
+
+def test_composite_keeps_every_pixel_outside_the_selected_segments(tmp_path: Path) -> None:
+    G, clip = _models()
+    ws = G.mapping_ws(G.z_from_seeds([3]))
+    edit = train_edit(G, clip, TrainConfig(prompt="a yellow background", steps=8, batch=1,
+                                           seed=3), latents=ws).edit
+    assert edit.composite
+    path = edit.save(tmp_path / "e.safetensors")
+    loaded = Edit.load(path)
+    assert loaded.composite
+    res = apply_edits(G, ws, [loaded])
+    assert res.original is not None
+    feats = G.synthesize_with_features(ws, noise=G.make_noise(1, "const"))[1]
+    region = loaded.region(G, feats)
+    assert region is not None and region.shape[-1] == G.img_resolution
+    outside = (region == 0).expand_as(res.edited)
+    assert bool(outside.any())
+    assert torch.equal(res.edited[outside], res.original[outside])
+
+
+def test_composite_holds_both_invariants() -> None:
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    assert torch.equal(composite(a, b, torch.zeros(2, 1, 8, 8)), b)
+    assert torch.equal(composite(a, b, torch.ones(2, 1, 8, 8)), a)
+
+
+def test_prompts_that_do_not_fit_leave_images_unchanged_and_say_why(tmp_path: Path) -> None:
+    from coral_core.world.scene import BG_NAMES, scenes_from_z
+
+    G, clip = _models()
+    z = G.z_from_seeds([72, 73])
+    ws = G.mapping_ws(z)
+    bg = BG_NAMES[int(scenes_from_z(z).background[0])]
+    for prompt, unchanged in (("a dog", [0, 1]),
+                              (("an " if bg[0] in "aeiou" else "a ") + f"{bg} background",
+                               [0])):
+        edit = train_edit(G, clip, TrainConfig(prompt=prompt, steps=6, batch=2),
+                          latents=ws).edit
+        loaded = Edit.load(edit.save(tmp_path / "fit.safetensors"))
+        assert loaded.info["warnings"] and prompt in loaded.info["warnings"][0]
+        res = apply_edits(G, ws, [loaded])
+        assert res.original is not None
+        for i in unchanged:
+            assert torch.equal(res.edited[i], res.original[i]), prompt
+        if prompt != "a dog":
+            assert not torch.equal(res.edited[1], res.original[1])
+
+
+def test_fit_check_is_switchable() -> None:
+    G, clip = _models()
+    ws = G.mapping_ws(G.z_from_seeds([72]))
+    edit = train_edit(G, clip, TrainConfig(prompt="a dog", steps=4, batch=1, check_fit=False),
+                      latents=ws).edit
+    assert "prompt_fit" not in edit.info
+    res = apply_edits(G, ws, [edit])
+    assert res.original is not None and not torch.equal(res.edited, res.original)
