@@ -285,7 +285,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config", default=None, choices=["ffhq256", "ffhq512", "ffhq1024"],
                    help="train: real architectures with random weights (config-f StyleGAN2 "
                         "+ ViT-B/32), nothing downloaded")
-    s.add_argument("--batches", default="4", help="train: batch sizes, e.g. 1,2,4")
+    s.add_argument("--batches", "--batch", default="4", help="train: batch sizes, e.g. 1,2,4")
     s.add_argument("--generator", default=None, help="a generator file instead")
     s.add_argument("--clip", default=None, help="a CLIP file or folder instead")
     s.add_argument("--recompute", choices=list(MEMORY_OPTION_CHOICES), default="auto",

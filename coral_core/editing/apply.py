@@ -66,7 +66,7 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         masks = e.masks(G, feats, threshold)
         if s != 0:  # strength 0 is the identity exactly, not just up to rounding
             pairs.append((e.delta(ws) * s, masks))
-            regions.append(e.region(G, feats))
+            regions.append(e.region(G, feats, original))
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
     if regions and all(r is not None for r in regions) and original is not None:

@@ -136,15 +136,18 @@ class Edit:
         return mask_policy(masks, no_masks=self.no_masks, only_layers=self.only_layers,
                            max_layer=self.max_layer, threshold=threshold)
 
-    def region(self, G: Generator, features: list[torch.Tensor]) -> torch.Tensor | None:
-        """[B, 1, H, W] where the final composite keeps the edit; None: everywhere."""
+    def region(self, G: Generator, features: list[torch.Tensor],
+               original: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[B, 1, H, W] where the final composite keeps the edit (its edges snapped to the
+        colours of ``original`` when given); None: everywhere."""
         if not self.composite or self.no_masks or not isinstance(self.selector,
                                                                   SegmentSelector):
             return None
         layers = [i for i in range(1, len(G.conv_layers) + 1)
                   if (self.only_layers is None or i in self.only_layers)
                   and (self.max_layer is None or i <= self.max_layer)]
-        return self.selector.region(self.segments_for(features), G.img_resolution, layers)
+        return self.selector.region(self.segments_for(features), G.img_resolution, layers,
+                                    original)
 
     def feature_layers_needed(self, G: Generator) -> int:
         """How far the original pass must run for this edit's masks."""

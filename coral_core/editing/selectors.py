@@ -42,10 +42,12 @@ class SegmentSelector(nn.Module):
         return out
 
     def region(self, segments: torch.Tensor, resolution: int,
-               layers: list[int] | None = None) -> torch.Tensor:
+               layers: list[int] | None = None, image: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """[B, 1, r, r]: the union of the selected segments at image resolution, each segment
-        weighted by its largest weight over ``layers`` (1-based; None: all). The final
-        composite keeps the original pixels outside it (see ``composite``)."""
+        weighted by its largest weight over ``layers`` (1-based; None: all). With the original
+        ``image`` the segments' edges are first snapped to its colours (``snap_segments``).
+        The final composite keeps the original pixels outside it (see ``composite``)."""
         weights = torch.sigmoid(self.logits)
         if self.gate is not None:
             weights = weights * self.gate
@@ -55,6 +57,8 @@ class SegmentSelector(nn.Module):
             weights = weights * keep[None, :, None]
         w = weights.amax(1)  # [P, K]
         seg = resize_segments(segments, resolution)
+        if image is not None:
+            seg = snap_segments(seg, image)
         eq = "pk,bkhw->bhw" if w.shape[0] == 1 else "bk,bkhw->bhw"
         return torch.einsum(eq, w, seg)[:, None].clamp(0, 1)
 
@@ -78,6 +82,29 @@ class SegmentSelector(nn.Module):
     def selection(self, threshold: float = 0.5) -> list[tuple[int, int]]:
         """(layer, segment) pairs whose weight exceeds ``threshold`` in the first row."""
         return [(int(i) + 1, int(k)) for i, k in self.active(threshold)[0].nonzero().tolist()]
+
+
+SNAP_PIXELS = 2      # how far (px at image resolution) an edge may move to meet a colour edge
+SNAP_TEMPERATURE = 0.01  # squared RGB distance ([0, 1] scale) over which the choice softens
+
+
+@torch.no_grad()
+def snap_segments(segments: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Segments [B, K, H, W] (upsampled from the catalogue's coarser grid, so their edges are
+    blocky and can sit a pixel or two off the picture's edges) re-assigned near their edges by
+    colour: each pixel goes to the segment, among those within SNAP_PIXELS, whose mean colour
+    in ``image`` [B, 3, H, W] is nearest (softly, so anti-aliased pixels are shared). Pixels
+    with one segment around them keep it. Why: the final composite follows these edges, and a
+    blocky edge left a rim of the old colour round objects or cut into them."""
+    x = (image.detach().float() + 1) / 2
+    seg = segments.float()
+    area = seg.sum((2, 3)).clamp_min(1e-6)  # [B, K]
+    mean = torch.einsum("bkhw,bchw->bkc", seg, x) / area[..., None]  # [B, K, 3]
+    near = torch.nn.functional.max_pool2d(seg, 2 * SNAP_PIXELS + 1, stride=1,
+                                          padding=SNAP_PIXELS) > 0
+    dist = (x[:, None] - mean[..., None, None]).square().sum(2)  # [B, K, H, W]
+    logits = (-dist / SNAP_TEMPERATURE).masked_fill(~near, float("-inf"))
+    return torch.softmax(logits, dim=1)
 
 
 def composite(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor

@@ -342,7 +342,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                                     max_layer=cfg.max_layer)
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
                 if use_composite and isinstance(selector, SegmentSelector):
-                    region = selector.region(segs, G.img_resolution, allowed_layers)
+                    region = selector.region(segs, G.img_resolution, allowed_layers, img_o)
                     img_b = composite(img_b, img_o, region)
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
                 share = cfg.weights.clip_on_edit

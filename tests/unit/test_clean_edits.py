@@ -31,7 +31,7 @@ def test_composite_keeps_every_pixel_outside_the_selected_segments(tmp_path: Pat
     res = apply_edits(G, ws, [loaded])
     assert res.original is not None
     feats = G.synthesize_with_features(ws, noise=G.make_noise(1, "const"))[1]
-    region = loaded.region(G, feats)
+    region = loaded.region(G, feats, res.original)
     assert region is not None and region.shape[-1] == G.img_resolution
     outside = (region == 0).expand_as(res.edited)
     assert bool(outside.any())

@@ -82,8 +82,9 @@ def test_train_node_seed_is_fixed_so_requeue_reuses_the_edit() -> None:
     _host()
     from coralpack import NODE_CLASS_MAPPINGS  # type: ignore
 
-    seed = NODE_CLASS_MAPPINGS["CoralTrainEdit"].INPUT_TYPES()["required"]["seed"][1]
-    assert not seed.get("control_after_generate")
+    for node in ("CoralTrainEdit", "CoralSampleLatents"):
+        seed = NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]["seed"][1]
+        assert not seed.get("control_after_generate"), node
 
 
 def test_file_nodes_rerun_when_the_file_changes(tmp_path: Path, monkeypatch) -> None:
@@ -100,3 +101,27 @@ def test_file_nodes_rerun_when_the_file_changes(tmp_path: Path, monkeypatch) -> 
     f.write_bytes(b"another version, longer")
     assert CoralLoadEdit.IS_CHANGED("[demo] e.safetensors") != first
     assert CoralLoadEdit.IS_CHANGED("[demo] gone.safetensors").startswith("unresolved:")
+
+
+def test_help_pages_state_the_defaults_the_nodes_have() -> None:
+    """A help page's "(default `X`)" for an input is the node's own default: pages written by
+    hand drifted (area_weight said 0.005 after the default became 0.02)."""
+    import re
+
+    _host()
+    from coralpack import NODE_CLASS_MAPPINGS  # type: ignore
+
+    checked = 0
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        page = ROOT / "web" / "docs" / f"{name}.md"
+        if not page.is_file():
+            continue
+        spec = cls.INPUT_TYPES()
+        inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+        for field, stated in re.findall(r"- \*\*(\w+)\*\* \([^)]*\) \(default `([^`]*)`\)",
+                                        page.read_text()):
+            assert field in inputs, f"{page.name}: {field} is not an input of {name}"
+            actual = inputs[field][1].get("default") if len(inputs[field]) > 1 else None
+            assert str(actual) == stated, f"{page.name}: {field} default {stated} != {actual}"
+            checked += 1
+    assert checked > 10

@@ -16,6 +16,9 @@ def test_requirements_never_list_torch() -> None:
     names = {r.split("=")[0].split(">")[0].split("<")[0].strip() for r in reqs if r}
     assert not names & {"torch", "torchvision", "torchaudio"}
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = {d.split("=")[0].split(">")[0].split("<")[0].strip().lower()
+            for d in meta["project"]["dependencies"]}
+    assert not deps & {"torch", "torchvision", "torchaudio"}  # ComfyUI brings its own
     assert "comfyui" not in meta["project"]["name"].lower()
     assert {"PublisherId", "DisplayName"} <= set(meta["tool"]["comfy"])
 
