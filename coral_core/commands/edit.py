@@ -180,6 +180,9 @@ def cmd_masks(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_apply, bench_generate, bench_hotpath, bench_invert, bench_train
 
+    if args.what == "train" and args.batch is not None:  # one size given as --batch
+        args.batches = str(args.batch)
+    args.batch = args.batch or 4
     if args.what == "hotpath":
         bench_hotpath(args.resolution, args.batch, args.repeats, args.device)
     elif args.what == "generate":
@@ -276,7 +279,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="which path to time")
     s.add_argument("--resolution", type=int, default=256,
                    help="generate/apply/hotpath: random config-f generator at this size")
-    s.add_argument("--batch", type=int, default=4, help="generate/apply: images per batch")
+    s.add_argument("--batch", type=int, default=None,
+                   help="images per batch (generate/apply: default 4; train: one batch size, "
+                        "the same as --batches N)")
     s.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     s.add_argument("--steps", type=int, default=None,
                    help="train: steps per form (default 10); invert: projector steps (300)")
@@ -285,7 +290,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config", default=None, choices=["ffhq256", "ffhq512", "ffhq1024"],
                    help="train: real architectures with random weights (config-f StyleGAN2 "
                         "+ ViT-B/32), nothing downloaded")
-    s.add_argument("--batches", "--batch", default="4", help="train: batch sizes, e.g. 1,2,4")
+    s.add_argument("--batches", default="4", help="train: batch sizes, e.g. 1,2,4")
     s.add_argument("--generator", default=None, help="a generator file instead")
     s.add_argument("--clip", default=None, help="a CLIP file or folder instead")
     s.add_argument("--recompute", choices=list(MEMORY_OPTION_CHOICES), default="auto",

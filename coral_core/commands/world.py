@@ -107,7 +107,8 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..world.demo import run_demo
 
-    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps)
+    report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps,
+                      world=args.world)
     print(report["summary_text"])
     return 0
 
@@ -142,6 +143,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=int, default=500, help="check: samples to score")
 
     s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")
+    s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
+                   help="which demo world's models (faces: 'a face with a beard')")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--prompt", default=None)
     s.add_argument("--seeds", default="0-3")

@@ -46,12 +46,37 @@ def _grid(rows: list[np.ndarray], scale: int = 4) -> np.ndarray:
     return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
+DEMO_PROMPTS = {"shapes": DEFAULT_PROMPT, "faces": "a face with a beard"}
+
+
+def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:
+    """For a prompt that names one face attribute's value (as the face world's captions say
+    it), the union of that part's true masks before and after the ideal edit; else None."""
+    from .faces.captions import caption
+    from .faces.evaluate import KINDS
+    from .faces.render import render as render_face
+    from .faces.scene import PARTS, VALUES, faces_from_z
+
+    for attr, part in KINDS.values():
+        for value in VALUES[attr]:
+            if caption(**{attr: value}).text() == prompt:
+                faces = faces_from_z(G.z_from_seeds(seeds))
+                _, before = render_face(faces, G.img_resolution)
+                _, after = render_face(faces.replace(**{attr: VALUES[attr].index(value)}),
+                                       G.img_resolution)
+                k = PARTS.index(part)
+                return torch.maximum(before[:, k], after[:, k])
+    return None
+
+
 def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
-             steps: int | None = None, device: str | None = None) -> dict[str, Any]:
+             steps: int | None = None, device: str | None = None,
+             world: str = "shapes") -> dict[str, Any]:
     t0 = time.perf_counter()
-    prompt = prompt or DEFAULT_PROMPT
-    G = get_generator(assets.require(assets.DEMO_GENERATOR), device).generator
-    clip = get_clip(assets.require(assets.DEMO_CLIP), None, device)
+    prompt = prompt or DEMO_PROMPTS[world]
+    where = assets.world_assets(world)
+    G = get_generator(assets.require(where.generator), device).generator
+    clip = get_clip(assets.require(where.clip), None, device)
     seed_list = parse_seeds(seeds)
     with torch.no_grad():
         # no truncation: the demo generator draws the scene its z names (see gan_train)
@@ -81,11 +106,14 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
         score_after = (clip.encode_image(res.edited) @ target.T).squeeze(1).tolist()
         # Scored against the world's TRUE region (the scene the sample's z names), never the
         # learned mask. Only for background prompts is the region known from the prompt alone.
-        truth = true_background(G, seed_list) if "background" in prompt else None
+        if world == "faces":
+            truth = _face_truth(G, seed_list, prompt)
+        else:
+            truth = true_background(G, seed_list) if "background" in prompt else None
         outside = [outside_scores(res.edited[i:i + 1], res.original[i:i + 1], truth[i])
                    if truth is not None else {} for i in range(len(seed_list))]
     report: dict[str, Any] = {
-        "prompt": prompt, "seeds": seed_list, "steps": len(result.history),
+        "world": world, "prompt": prompt, "seeds": seed_list, "steps": len(result.history),
         "variant": "segment selection + global direction, per image",
         "selected_layers": edit.info.get("selection", {}).get("layers"),
         "selected_pairs": edit.info.get("selection", {}).get("pairs"),
@@ -100,8 +128,14 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
         "warnings": edit.info.get("warnings", []),
         "train_seconds": edit.info.get("wall_seconds"),
     }
-    judge_path = assets.DEMO_JUDGE
-    if judge_path.is_file():
+    judge_path = where.judge
+    if world == "faces" and judge_path.is_file():
+        from .faces.judge import load_face_judge
+
+        face_judge = load_face_judge(judge_path)
+        report["judge_before"] = face_judge.read(res.original.cpu())
+        report["judge_after"] = face_judge.read(res.edited.cpu())
+    elif judge_path.is_file():
         from .judge import load_judge
 
         judge = load_judge(judge_path)
@@ -117,7 +151,7 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
              f"{report['selected_pairs']}",
              f"- CLIP score before -> after: {report['clip_score_before']} -> "
              f"{report['clip_score_after']}",
-             "- PSNR outside the true region (dB; the objects, for a background prompt): "
+             "- PSNR outside the true region of the change (dB, no dilation): "
              f"{report['psnr_outside_true_region_db']}",
              "- the same outside the region grown by one 32-px pixel (edges apart): "
              f"{report['psnr_outside_dilated_db']}"]
