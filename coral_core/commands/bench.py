@@ -257,7 +257,10 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
             t0 = time.perf_counter()
             result = train_edit(G, C, TrainConfig(prompt="a red circle", variant=variant,
                                                   direction=direction, mode=mode, steps=steps,
-                                                  batch=batch, recompute=recompute))
+                                                  batch=batch, recompute=recompute,
+                                                  # random weights: the fit check could
+                                                  # skip training and time nothing
+                                                  check_fit=False))
             per_step = (time.perf_counter() - t0) / steps
             peak, kind = _peak_memory(dev)
             grew = peak_rss_mib() - rss0

@@ -53,19 +53,18 @@ def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:
     """For a prompt that names one face attribute's value (as the face world's captions say
     it), the union of that part's true masks before and after the ideal edit; else None."""
     from .faces.captions import caption
-    from .faces.evaluate import KINDS
+    from .faces.evaluate import KINDS, change_region
     from .faces.render import render as render_face
-    from .faces.scene import PARTS, VALUES, faces_from_z
+    from .faces.scene import VALUES, faces_from_z
 
-    for attr, part in KINDS.values():
+    for attr, parts in KINDS.values():
         for value in VALUES[attr]:
             if caption(**{attr: value}).text() == prompt:
                 faces = faces_from_z(G.z_from_seeds(seeds))
                 _, before = render_face(faces, G.img_resolution)
                 _, after = render_face(faces.replace(**{attr: VALUES[attr].index(value)}),
                                        G.img_resolution)
-                k = PARTS.index(part)
-                return torch.maximum(before[:, k], after[:, k])
+                return change_region(before, after, parts)
     return None
 
 

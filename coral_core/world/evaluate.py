@@ -224,7 +224,7 @@ def score_case(case: EvalCase, judge: Judge, scenes: SceneBatch, original: torch
         read_a["background"] == read_b["background"])
     # The region is the part's support (every pixel it covers at all, anti-aliased edge pixels
     # included, no dilation): an ideal edit changes nothing outside it.
-    region = case.region > 0.01
+    region = case.region > 0
     grown = dilate(region.float(), boundary_pixels(res)) >= 0.5
     out.update(success=bool(success), others_preserved=bool(kept),
                outlines_kept=all(outlines[j] >= OUTLINE_IOU for j in others),

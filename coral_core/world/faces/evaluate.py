@@ -30,11 +30,20 @@ from .judge import FaceJudge
 from .render import render
 from .scene import BACKGROUNDS, HAIR_COLOURS, PARTS, VALUES, FaceBatch, faces_from_z
 
-#: kind -> (attribute, the part whose masks bound the change)
-KINDS = {"beard": ("beard", "beard"), "glasses": ("glasses", "glasses"),
-         "smile": ("mouth", "mouth"), "hair colour": ("hair_colour", "hair"),
-         "hair style": ("hair_style", "hair"), "eye colour": ("eyes", "eyes"),
-         "background": ("background", "background")}
+#: kind -> (attribute, the parts whose masks bound the change; a beard takes its hair's
+#: colour, so a hair colour edit also recolours the beard)
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "beard": ("beard", ("beard",)), "glasses": ("glasses", ("glasses",)),
+    "smile": ("mouth", ("mouth",)), "hair colour": ("hair_colour", ("hair", "beard")),
+    "hair style": ("hair_style", ("hair",)), "eye colour": ("eyes", ("eyes",)),
+    "background": ("background", ("background",))}
+
+
+def change_region(before: torch.Tensor, after: torch.Tensor, parts: tuple[str, ...]
+                  ) -> torch.Tensor:
+    """[..., H, W] union of the parts' visible masks before and after (masks [..., P, H, W])."""
+    idx = [PARTS.index(p) for p in parts]
+    return torch.maximum(before[..., idx, :, :].amax(-3), after[..., idx, :, :].amax(-3))
 METHODS = ("styleclip", "coral_ss", "coral_can")
 
 
@@ -63,8 +72,9 @@ def _new_value(kind: str, face: FaceBatch, rng: np.random.RandomState) -> int | 
                    list(HAIR_COLOURS)[c] != bg]
     elif kind == "background":
         hair = list(HAIR_COLOURS)[int(face.hair_colour[0])]
-        options = [b for b in range(len(BACKGROUNDS)) if b != cur and (
-            list(BACKGROUNDS)[b] != hair or int(face.hair_style[0]) == BALD)]
+        # never the hair's colour: the world would then change the hair (and a beard) too
+        options = [b for b in range(len(BACKGROUNDS)) if b != cur and
+                   list(BACKGROUNDS)[b] != hair]
     else:
         options = [v for v in range(len(VALUES[attr])) if v != cur]
     return int(rng.choice(options)) if options else None
@@ -82,11 +92,10 @@ def build_cases(G: Generator, seeds: list[int], kinds: tuple[str, ...] = tuple(K
             new = _new_value(kind, one, np.random.RandomState(seed * 89 + n))
             if new is None:
                 continue
-            attr, part = KINDS[kind]
+            attr, parts = KINDS[kind]
             after = one.replace(**{attr: new})
             _, after_masks = render(after, G.img_resolution)
-            k = PARTS.index(part)
-            region = torch.maximum(masks[i, k], after_masks[0, k])
+            region = change_region(masks[i], after_masks[0], parts)
             prompt = caption(**{attr: VALUES[attr][new]}).text()
             cases.append(FaceCase(seed, kind, prompt, i, after, region))
     return cases, G.mapping_ws(z), faces
@@ -102,7 +111,7 @@ def score(case: FaceCase, judge: FaceJudge, faces: FaceBatch, original: torch.Te
     others = [a for a in before_read if a != attr and not (
         attr == "hair_style" and a == "hair_colour")]
     kept = all(after_read.get(a) == before_read.get(a) for a in others)
-    region = case.region > 0.01
+    region = case.region > 0
     ideal, _ = render(case.after, o.shape[-1])
     return {"success": bool(success), "others_preserved": bool(kept),
             "psnr_outside": psnr_in(e, o, ~region),

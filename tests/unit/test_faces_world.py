@@ -1,0 +1,83 @@
+"""The face world's truth is true: renders are deterministic, masks partition the picture,
+every attribute changes pixels only inside the parts the evaluation says it changes, captions
+are true exactly where the truth matrix says, and hair never vanishes into its background."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from coral_core.world.faces.captions import caption, caption_for, facts_of, truth_matrix
+from coral_core.world.faces.clip_data import twins
+from coral_core.world.faces.evaluate import KINDS, change_region
+from coral_core.world.faces.render import render
+from coral_core.world.faces.scene import (BACKGROUNDS, HAIR_COLOURS, PARTS, faces_from_z,
+                                          random_faces)
+
+
+def test_renders_are_deterministic_and_masks_partition_the_picture() -> None:
+    faces = random_faces(12, 4)
+    a, ma = render(faces)
+    b, mb = render(faces.clone())
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+    assert torch.allclose(ma.sum(1), torch.ones_like(ma[:, 0]), atol=1e-5)
+    assert a.shape == (12, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
+    for i in range(12):
+        f = faces.describe(i)
+        for part, absent in (("beard", f["beard"] == "none"),
+                             ("glasses", f["glasses"] == "none"),
+                             ("hair", f["hair_style"] == "bald")):
+            assert (float(ma[i, PARTS.index(part)].sum()) == 0) == absent, (i, part)
+        assert float(ma[i, PARTS.index("eyes")].sum()) >= 20  # two irises: readable
+
+
+def test_each_edit_changes_pixels_only_inside_its_parts() -> None:
+    """The evaluation's cases (its own choice of new values) change nothing outside the
+    region it scores preservation against."""
+    import numpy as np
+
+    from coral_core.world.faces.evaluate import _new_value
+
+    faces = random_faces(40, 9)
+    asked = 0
+    for i in range(40):
+        one = faces.select(slice(i, i + 1))
+        img, masks = render(one)
+        for n, (kind, (attr, parts)) in enumerate(KINDS.items()):
+            new = _new_value(kind, one, np.random.RandomState(i * 7 + n))
+            if new is None:
+                continue
+            asked += 1
+            img2, masks2 = render(one.replace(**{attr: new}))
+            region = change_region(masks[0], masks2[0], parts) > 0
+            changed = (img2[0] - img[0]).abs().amax(0) > 1e-4
+            assert bool(changed.any()), (i, kind)
+            assert not bool((changed & ~region).any()), (i, kind)
+    assert asked > 150
+
+
+def test_captions_are_true_where_the_truth_matrix_says() -> None:
+    faces = random_faces(40, 2)
+    rng = random.Random(0)
+    specs = [caption_for(faces, i, rng) for i in range(40)]
+    truth = truth_matrix(specs, faces)
+    for i in range(40):
+        facts = facts_of(faces, i)
+        assert truth[i, i] == 1  # each face's own caption is true of it
+        for j, spec in enumerate(specs):
+            expected = all(facts.get(n) == v for n, v in spec.facts)
+            assert bool(truth[i, j]) == expected
+    assert caption(hair_colour="red", background="blue").text() == \
+        "a face with red hair on a blue background"
+
+
+def test_hair_never_takes_its_backgrounds_colour_and_twins_keep_the_rule() -> None:
+    faces = faces_from_z(torch.randn(500, 32, generator=torch.Generator().manual_seed(1)))
+    bg_names, hair_names = list(BACKGROUNDS), list(HAIR_COLOURS)
+    for b, h in zip(faces.background.tolist(), faces.hair_colour.tolist()):
+        assert bg_names[b] != hair_names[h]
+    tw = twins(faces, torch.Generator().manual_seed(0))
+    for b, h in zip(tw.background.tolist(), tw.hair_colour.tolist()):
+        assert bg_names[b] != hair_names[h]
+    moved = (tw.background != faces.background) | (tw.hair_colour != faces.hair_colour)
+    assert float(moved.float().mean()) > 0.2
