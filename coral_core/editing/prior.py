@@ -125,19 +125,3 @@ def retrieval_prior(bank: SampleBank, text_embedding: torch.Tensor, top: int) ->
     best = scores.topk(min(top, scores.shape[0])).indices
     return bank.ws[best].mean(0) - bank.ws.mean(0)
 
-
-def image_direction(bank: SampleBank, text_embedding: torch.Tensor, top: int) -> torch.Tensor:
-    """The prompt as a direction in the CLIP's *image* space [D], unit norm: the mean
-    embedding of the ``top`` samples the CLIP ranks highest for the text minus the mean of all.
-
-    Why: region pruning and the region contest need to tell an edit that does what the prompt
-    says from one that merely raises its score ("a blue background" is also raised by painting
-    a purple object blue). Where the user gives no neutral prompt, this direction says how the
-    generator's own pictures differ when they match the prompt: the best samples for "a blue
-    background" share a blue background but have objects of every colour, so a change that
-    points along it recolours the background, not an object. It comes from the CLIP and the
-    generator alone (no truth, no text to type)."""
-    scores = bank.embeddings @ text_embedding.reshape(-1).float().cpu()
-    best = scores.topk(min(top, scores.shape[0])).indices
-    return torch.nn.functional.normalize(
-        bank.embeddings[best].float().mean(0) - bank.embeddings.float().mean(0), dim=0)

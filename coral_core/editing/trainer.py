@@ -33,7 +33,7 @@ from .edit import DIRECTIONS, MODES, VARIANTS, Edit
 from .selectors import AttentionSelector, SegmentSelector, composite
 from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_per_image,
                      leak_loss, mask_areas, tv_loss)
-from .prior import image_direction, retrieval_prior, sample_bank_for
+from .prior import retrieval_prior, sample_bank_for
 from .pruning import prune_selection
 
 
@@ -326,15 +326,6 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                         judge_src = src if src is not None else clip.encode_image(img_o)
                     judge_dir = text_dir if text_dir is not None else F.normalize(
                         target - clip.encode_text([cfg.neutral]), dim=-1)
-                    judge_mix = 1.0
-                elif cfg.prune_directional and prior is not None:
-                    # no neutral prompt (the user's usual case): the prompt's direction in
-                    # the CLIP's image space, from the sample bank (prior.image_direction)
-                    with torch.no_grad():
-                        judge_src = src if src is not None else clip.encode_image(img_o)
-                    judge_dir = image_direction(
-                        sample_bank_for(G, clip, cfg.prior_samples, cfg.catalogue_dir),
-                        target, cfg.prior_top).to(device)[None]
                     judge_mix = 1.0
                 image_loss = functools.partial(clip_loss_per_image, clip, target=target,
                                                source_img_emb=judge_src,
