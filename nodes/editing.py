@@ -170,6 +170,7 @@ class CoralTrainEdit:
                           progress_every=max(1, steps // 20))
         reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100),
                             poll=host.raise_if_interrupted)
+        host.send_event("start", {"node": unique_id, "total": steps})
         result = train_edit(G, C, cfg, latents=ws, segments=seg, reporter=reporter)
         preview_ws = result.edit.latents if result.edit.latents is not None else \
             G.mapping_ws(G.z_from_seeds(range(seed, seed + min(batch, 4))).to(G.w_avg.device),

@@ -202,7 +202,8 @@ class Progress:
                                                                           Image.Resampling.NEAREST)
         self.bar.update_absolute(step, total, ("JPEG", pil, 256) if pil is not None else None)
         payload = {"node": self.node_id, "step": step, "total": total,
-                   "losses": info.get("losses", {}), "mask_area": info.get("mask_area", [])}
+                   "losses": info.get("losses", {}), "mask_area": info.get("mask_area", []),
+                   "phase": info.get("phase", "")}
         if info.get("masks") is not None:
             payload["masks_png"] = masks_data_url(info["masks"])
         send_event(self.event, payload)

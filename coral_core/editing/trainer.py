@@ -244,7 +244,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     prior = None
     if isinstance(direction, GlobalDirection) and cfg.prior_samples > 0 and start_step == 0:
         prior = _start_from_prior(G, clip, cfg, direction, target,
-                                  reporter.check if reporter is not None else None)
+                                  _heartbeat(reporter, 0, cfg.steps, "sample bank"))
     fit = _prompt_fit(G, clip, cfg, latents, target) if cfg.check_fit else None
     text_dir = None
     if cfg.directional:
@@ -333,7 +333,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                                                directional_share=judge_mix)
                 pruned = _prune_region(G, cfg, selector, direction, ws, noise, feats, segs,
                                        image_loss, autocast,
-                                       reporter.check if reporter is not None else None)
+                                       _heartbeat(reporter, step, cfg.steps,
+                                                  "region contest and pruning"))
             with autocast:
                 delta = direction(ws)
                 raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
@@ -633,6 +634,20 @@ def _make_direction(G: Generator, cfg: TrainConfig, rows: int
     if cfg.direction == "global":
         return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed, scale=spread)
     return LatentMapper(G.num_ws, G.w_dim, spread=spread)
+
+
+def _heartbeat(reporter: Reporter | None, step: int, total: int, phase: str
+               ) -> Callable[[], None] | None:
+    """What long phases between steps call at every unit of their work (a sample-bank chunk, a
+    contest step): the cancel check, plus a progress report naming the phase, so a host's
+    progress bar never sits silent for minutes (it did, 343 s, during the contest)."""
+    if reporter is None:
+        return None
+
+    def beat() -> None:
+        reporter.update(step, total, force=True, phase=phase)
+
+    return beat
 
 
 def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,

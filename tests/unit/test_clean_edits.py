@@ -74,3 +74,21 @@ def test_fit_check_is_switchable() -> None:
     assert "prompt_fit" not in edit.info
     res = apply_edits(G, ws, [edit])
     assert res.original is not None and not torch.equal(res.edited, res.original)
+
+
+def test_long_phases_between_steps_report_progress(tmp_path: Path) -> None:
+    """The sample bank and the region contest/pruning send progress naming their phase, so a
+    host's progress bar never sits silent between two steps."""
+    from coral_core.progress import Reporter
+
+    G, clip = _models()
+    seen: list[tuple[int, str]] = []
+    reporter = Reporter(lambda step, total, info: seen.append((step, info.get("phase", ""))),
+                        every=1000)
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    train_edit(G, clip, TrainConfig(prompt="a yellow background", steps=10, batch=1,
+                                    catalogue_dir=tmp_path), latents=ws, reporter=reporter)
+    phases = {p for _, p in seen}
+    assert "sample bank" in phases and "region contest and pruning" in phases
+    contest_steps = [s for s, p in seen if p.startswith("region")]
+    assert len(contest_steps) >= 5 and len(set(contest_steps)) == 1

@@ -48,7 +48,9 @@ function drawPanel(node, panel, run) {
   const last = run.losses[run.losses.length - 1];
   let status = run.total ? `step ${run.step}/${run.total}` : "live training view: waiting for a run";
   if (last !== undefined) status += `  loss ${last.toFixed(4)}`;
-  if (run.done) status += run.warnings?.length ? "  done (see warning)" : "  done";
+  if (run.phase && !run.done && !run.cancelled) status += `  (${run.phase})`;
+  if (run.cancelled) status += "  cancelled";
+  else if (run.done) status += run.warnings?.length ? "  done (see warning)" : "  done";
   ctx.fillText(status, 6, 14);
   drawCurves(ctx, { x: 6, y: 20, w: canvas.width - 12, h: 50 }, run);
   if (run.masks && run.masks.complete && run.masks.naturalWidth) {
@@ -139,10 +141,40 @@ app.registerExtension({
     } catch (err) {
       console.warn("CoralStyleCLIP: could not list templates", err);
     }
+    // A new run starts clean: the node says so before its first step (after a Cancel the old
+    // run's curve, preview and "done" must not carry over).
+    const reset = (run) => {
+      run.losses = []; run.clip = []; run.masks = null; run.done = false; run.cancelled = false;
+      run.warnings = []; run.phase = ""; run.step = 0;
+    };
+    api.addEventListener("coralstyleclip.start", ({ detail }) => {
+      if (!detail || detail.node == null) return;
+      const run = runFor(detail.node);
+      reset(run);
+      run.total = detail.total || 0;
+      redraw(detail.node);
+    });
+    api.addEventListener("execution_interrupted", () => {
+      for (const [node, run] of runs) {
+        if (!run.done && run.total) { run.cancelled = true; redraw(node); }
+      }
+    });
+    // Inversion reports its steps too: the node's panel (if any) shows them, and the event is
+    // handled (no "Unhandled message" in the console).
+    api.addEventListener("coralstyleclip.invert", ({ detail }) => {
+      if (!detail || detail.node == null) return;
+      const run = runFor(detail.node);
+      if (detail.step < run.step) reset(run);
+      run.step = detail.step;
+      run.total = detail.total;
+      if (detail.losses?.total !== undefined) run.losses.push(detail.losses.total);
+      redraw(detail.node);
+    });
     api.addEventListener("coralstyleclip.train", ({ detail }) => {
       if (!detail || detail.node == null) return;
       const run = runFor(detail.node);
-      if (detail.step <= 1) { run.losses = []; run.clip = []; run.done = false; run.warnings = []; }
+      if (detail.step <= 1 || detail.step < run.step || run.done || run.cancelled) reset(run);
+      run.phase = detail.phase || "";
       run.step = detail.step;
       run.total = detail.total;
       if (detail.losses?.total !== undefined) run.losses.push(detail.losses.total);
