@@ -29,9 +29,13 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".gpu_wheels"
+# open_clip and everything it imports but torch; torchvision is only installed when the image
+# lacks it (0.26 pairs with the image's torch 2.11)
 WHEEL_PACKAGES = ("open_clip_torch", "ftfy", "wcwidth", "regex", "timm", "huggingface_hub",
                   "safetensors", "einops", "tqdm", "pyyaml", "filelock", "fsspec", "packaging",
-                  "typing_extensions", "hf_xet")
+                  "typing_extensions", "hf_xet", "click", "httpx2", "httpcore", "anyio", "idna",
+                  "certifi", "h11", "sniffio", "httpcore2", "truststore",
+                  "torchvision==0.26.*")
 
 
 def fetch_wheels(python_version: str = "3.12") -> None:
@@ -40,7 +44,8 @@ def fetch_wheels(python_version: str = "3.12") -> None:
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                     "--only-binary=:all:", "--python-version", python_version,
                     "--platform", "manylinux2014_x86_64", "--platform",
-                    "manylinux_2_17_x86_64", "--platform", "any", "-d", str(WHEELS),
+                    "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
+                    "--platform", "any", "-d", str(WHEELS),
                     *WHEEL_PACKAGES], check=True)
 
 
@@ -51,8 +56,14 @@ def ensure_open_clip(log: Callable[[str], None]) -> None:
     except ImportError:
         pass
     log(f"installing open_clip from {WHEELS}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links",
-                    str(WHEELS), "open_clip_torch"], check=True)
+    wheels = sorted(str(w) for w in WHEELS.glob("*.whl"))
+    try:
+        import torchvision  # noqa: F401
+        wheels = [w for w in wheels if "torchvision" not in Path(w).name]
+    except ImportError:
+        pass
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                    *wheels], check=True)
 
 
 def main() -> int:
