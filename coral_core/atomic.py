@@ -8,7 +8,24 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+
+STALE_TEMP_SECONDS = 3600  # a temp file this old beside a target is a killed write's
+
+
+def sweep_stale_temps(target: Path) -> None:
+    """Remove temp files that killed writes of ``target`` left behind (an hour old or more;
+    a live writer's temp file is younger)."""
+    import time
+
+    now = time.time()
+    for old in target.parent.glob(f".{target.name}.*.tmp"):
+        try:
+            if now - old.stat().st_mtime > STALE_TEMP_SECONDS:
+                old.unlink()
+        except OSError:
+            pass  # another process's file, or gone already
 
 
 @contextmanager
@@ -16,6 +33,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -57,3 +75,46 @@ def ensure_writable(target: str | os.PathLike[str], is_folder: bool = False) -> 
     if not is_folder and target.is_dir():
         raise InputError(f"{target}: is a folder; --out needs a file name")
     return target
+
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, None if absent: tells whether another writer replaced
+    it while a long job ran."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def save_keeping_result(save: "Callable[[Path], object]", target: str | os.PathLike[str],
+                        stamp_at_start: tuple[int, int] | None) -> tuple[Path, list[str]]:
+    """Write a long job's result without ever losing it: (where it went, notes).
+
+    If another job wrote ``target`` since this one started (two trainings with one --out),
+    this result goes beside it under a new name instead of silently replacing it. If the
+    write fails (a full disk), the result is written to the system's temp folder and the
+    error says where; only if that fails too is the error raised as it is."""
+    from .errors import InputError
+
+    target = Path(target)
+    notes: list[str] = []
+    if file_stamp(target) != stamp_at_start and target.exists():
+        n = 2
+        while (alt := target.with_name(f"{target.stem}-{n}{target.suffix}")).exists():
+            n += 1
+        notes.append(f"{target} was written by another job while this one ran; this result "
+                     f"is in {alt}")
+        target = alt
+    try:
+        save(target)
+        return target, notes
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / "coral-rescued" / target.name
+        try:
+            save(rescue)
+        except OSError:
+            raise InputError(f"{target}: could not write the result ({exc.strerror or exc}), "
+                             f"nor a rescue copy in {rescue.parent}") from exc
+        raise InputError(f"{target}: could not write the result ({exc.strerror or exc}); it "
+                         f"was kept at {rescue}: move it where you want it") from exc

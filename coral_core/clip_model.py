@@ -105,6 +105,20 @@ class CoralClip:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    def tokens_beyond_context(self, prompt: str) -> tuple[int, int] | None:
+        """(the prompt's tokens with start/end, the context the CLIP reads) when the prompt is
+        longer than the CLIP reads (the tokenizer silently cuts it); None when it fits or the
+        tokenizer cannot say."""
+        encode = getattr(self.tokenizer, "encode", None)
+        context = getattr(self.tokenizer, "context_length", None)
+        if not callable(encode) or not isinstance(context, int):
+            return None
+        try:
+            n = len(encode(prompt)) + 2
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot count: say nothing
+            return None
+        return (n, context) if n > context else None
+
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm text embeddings, cached per prompt (the text tower runs once per prompt)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import ensure_writable
+from ..atomic import ensure_writable, file_stamp, save_keeping_result
 from ..cli import add_parser, command
 from ..editing.losses import AREA_WEIGHTINGS, LossWeights
 from ..editing.trainer import TrainConfig
@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..editing.trainer import describe_memory_options, train_edit
 
     ensure_writable(args.out)
+    stamp = file_stamp(args.out)
     G, clip = _generator(args), _clip(args)
     mode = args.mode.replace("-", "_")
     latents = None
@@ -88,14 +89,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                       identity_model=Path(args.identity_model) if args.identity_model else None)
     result = train_edit(G, clip, cfg, latents=latents,
                         reporter=Reporter(print_progress("train"), every=args.progress_every))
-    result.edit.save(args.out)
+    written, notes = save_keeping_result(result.edit.save, args.out, stamp)
     print(json.dumps(result.edit.summary(), indent=2, default=str))
     print("memory options: " + describe_memory_options(result.edit.info["memory_options"]),
           file=sys.stderr)  # stdout stays the edit's JSON summary
     for warning in result.edit.info.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"wrote {args.out}" + (" (partial: " + result.stopped_reason + ")"
-                                 if result.partial else ""))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {written}" + (" (partial: " + result.stopped_reason + ")"
+                                if result.partial else ""))
     return 0
 
 

@@ -116,6 +116,15 @@ class TrainConfig:
     def validate(self, G: Generator) -> None:
         if not self.prompt or not self.prompt.strip():
             raise InputError("prompt is empty: describe the edit, e.g. 'a face with a beard'")
+        for name, text in (("prompt", self.prompt), ("neutral prompt", self.neutral)):
+            try:  # before training, not after it (saving the edit would fail on it)
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"{name} holds a character that cannot be written "
+                                 f"({exc.reason} at position {exc.start}); retype it") from exc
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(f"{name} is {len(text)} characters; at most "
+                                 f"{MAX_PROMPT_CHARS} (a CLIP reads 77 tokens at most)")
         if self.variant not in VARIANTS:
             raise InputError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.direction not in DIRECTIONS:
@@ -427,6 +436,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if notes:
         edit.info["notes"] = notes
     warnings = list(fit.warnings) if fit is not None else []
+    cut = clip.tokens_beyond_context(cfg.prompt)
+    if cut:
+        warnings.append(f"prompt: the CLIP reads {cut[1]} tokens and the prompt has {cut[0]}; "
+                        "the rest was ignored")
     if history and not warnings:
         warnings = empty_edit_warnings(masks, img_b.detach(), img_o, cfg)
     if warnings:
@@ -770,6 +783,7 @@ def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Modul
         return 0
 
 
+MAX_PROMPT_CHARS = 2000
 VISIBLE_STEP = 8 / 255 * 2   # one visible grey level step, in the generator's [-1, 1] units
 VISIBLE_SHARE = 0.002         # of the pixels, for the edit to count as visible
 
