@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..coral_core.world.assets import DEMO_CLIP, DEMO_EDITS, DEMO_GENERATOR
+from ..coral_core.world.assets import DEMO_CLIP, DEMO_EDITS, DEMO_GENERATOR, world_assets
 
 try:  # present only inside a ComfyUI process; the package must still import elsewhere
     import comfy.model_management as mm
@@ -30,6 +30,16 @@ EDIT_FOLDER = "coral_edits"
 ENCODER_FOLDER = "coral_encoders"
 DEMO_GENERATOR_NAME = "[demo] shapes generator"
 DEMO_CLIP_NAME = "[demo] shapes CLIP"
+FACES_GENERATOR_NAME = "[demo] faces generator"
+FACES_CLIP_NAME = "[demo] faces CLIP"
+_FACES = world_assets("faces")
+#: The shipped models each loader lists first (the face world's only where it is shipped).
+SHIPPED = {DEMO_GENERATOR_NAME: DEMO_GENERATOR, DEMO_CLIP_NAME: DEMO_CLIP,
+           FACES_GENERATOR_NAME: _FACES.generator, FACES_CLIP_NAME: _FACES.clip}
+
+
+def _shipped(*names: str) -> list[str]:
+    return [n for n in names if SHIPPED[n].exists()]
 MODEL_EXTENSIONS = {".pkl", ".pt", ".pth", ".safetensors"}
 CLIP_EXTENSIONS = {".pt", ".pth", ".bin", ".safetensors"}
 
@@ -48,15 +58,17 @@ def register_folders() -> None:
 
 
 def generator_choices() -> list[str]:
+    shipped = _shipped(DEMO_GENERATOR_NAME, FACES_GENERATOR_NAME)
     if folder_paths is None:
-        return [DEMO_GENERATOR_NAME]
-    return [DEMO_GENERATOR_NAME] + folder_paths.get_filename_list(STYLEGAN_FOLDER)
+        return shipped
+    return shipped + folder_paths.get_filename_list(STYLEGAN_FOLDER)
 
 
 def clip_choices() -> list[str]:
+    shipped = _shipped(DEMO_CLIP_NAME, FACES_CLIP_NAME)
     if folder_paths is None:
-        return [DEMO_CLIP_NAME]
-    names = [DEMO_CLIP_NAME] + folder_paths.get_filename_list(CLIP_FOLDER)
+        return shipped
+    names = shipped + folder_paths.get_filename_list(CLIP_FOLDER)
     for root in folder_paths.get_folder_paths(CLIP_FOLDER):  # open_clip local-dir folders
         if os.path.isdir(root):
             names += sorted(d for d in os.listdir(root)
@@ -90,10 +102,8 @@ def contained(root: Path | str, name: str) -> Path:
 
 
 def resolve(folder: str, name: str) -> Path:
-    if name == DEMO_GENERATOR_NAME:
-        return DEMO_GENERATOR
-    if name == DEMO_CLIP_NAME:
-        return DEMO_CLIP
+    if name in SHIPPED:
+        return SHIPPED[name]
     if name.startswith("[demo] ") and folder == EDIT_FOLDER:
         return contained(DEMO_EDITS, name[len("[demo] "):])
     if os.path.isabs(name) or ".." in Path(name).parts:

@@ -125,3 +125,17 @@ def test_help_pages_state_the_defaults_the_nodes_have() -> None:
             assert str(actual) == stated, f"{page.name}: {field} default {stated} != {actual}"
             checked += 1
     assert checked > 10
+
+
+def test_loaders_list_both_worlds_shipped_models_and_they_load() -> None:
+    host = _host()
+    from coral_core.cache import get_clip
+    from coral_core.formats import load_generator
+
+    gens, clips = host.generator_choices(), host.clip_choices()
+    for name in ("[demo] shapes generator", "[demo] faces generator"):
+        assert name in gens
+        assert load_generator(host.resolve(host.STYLEGAN_FOLDER, name)).generator.num_ws > 0
+    for name in ("[demo] shapes CLIP", "[demo] faces CLIP"):
+        assert name in clips
+        assert get_clip(host.resolve(host.CLIP_FOLDER, name)).image_size == 64
