@@ -104,7 +104,9 @@ def snap_segments(segments: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
                                           padding=SNAP_PIXELS) > 0
     dist = (x[:, None] - mean[..., None, None]).square().sum(2)  # [B, K, H, W]
     logits = (-dist / SNAP_TEMPERATURE).masked_fill(~near, float("-inf"))
-    return torch.softmax(logits, dim=1)
+    # pixels no segment reaches (supplied segments need not cover the picture) stay as given
+    covered = near.any(1, keepdim=True)
+    return torch.where(covered, torch.softmax(logits.masked_fill(~covered, 0.0), dim=1), seg)
 
 
 def composite(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
