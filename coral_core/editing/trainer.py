@@ -100,7 +100,7 @@ class TrainConfig:
     # not change is left exactly as it was, with a warning. False: edit whatever the prompt.
     check_fit: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
-    segment_pool: str = "max"
+    segment_pool: str = "area"
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
