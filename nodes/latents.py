@@ -39,11 +39,8 @@ class CoralSampleLatents:
         return {"required": {
             "model": (STYLEGAN_MODEL, {"tooltip": "The generator the latents are for."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
-                             "control_after_generate": False,
-                             "tooltip": "First seed; the batch uses seed, seed+1, ... "
-                                        "(fixed, so re-queueing reuses the latents and "
-                                        "everything after them; ignored when 'seeds' is "
-                                        "set)."}),
+                             "control_after_generate": True,
+                             "tooltip": "First seed; the batch uses seed, seed+1, ..."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
                                    "tooltip": "How many latents."}),
             "truncation": ("FLOAT", {"default": TrainConfig(prompt="-").truncation, "min": 0.0, "max": 2.0, "step": 0.05,
