@@ -81,3 +81,27 @@ def test_hair_never_takes_its_backgrounds_colour_and_twins_keep_the_rule() -> No
         assert bg_names[b] != hair_names[h]
     moved = (tw.background != faces.background) | (tw.hair_colour != faces.hair_colour)
     assert float(moved.float().mean()) > 0.2
+
+
+def test_shipped_face_models_check_and_eval_run_and_read_renders(tmp_path) -> None:
+    """The shipped face generator draws faces near their renders, the judge reads renders
+    exactly, and `coral eval --world faces` scores a (short) edit on the user's path."""
+    from coral_core.cache import get_clip, get_generator
+    from coral_core.world.assets import world_assets
+    from coral_core.world.faces.check import check_faces
+    from coral_core.world.faces.evaluate import format_table, run_face_eval
+    from coral_core.world.faces.judge import judge_accuracy, load_face_judge
+
+    where = world_assets("faces")
+    G = get_generator(where.generator).generator
+    judge = load_face_judge(where.judge)
+    assert judge_accuracy(judge, n=64)["all exact"] >= 0.95
+    result = check_faces(G, judge, None, n=32)
+    figures = {r["figure"]: r["value"] for r in result["rows"]}
+    assert figures["fidelity PSNR (dB, median)"] >= 26
+    assert figures["part IoU background (median)"] >= 0.95
+    out = run_face_eval(G, get_clip(where.clip), judge, [201], kinds=("background",),
+                        steps=3, out=tmp_path, log=lambda *a: None)
+    assert out["rows"] and "psnr_outside" in out["rows"][0]
+    assert "| coral_ss / background |" in format_table(out["summary"])
+    assert (tmp_path / "eval.json").is_file()
