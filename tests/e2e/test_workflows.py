@@ -253,6 +253,42 @@ def test_hostile_and_corrupt_model_files_give_node_errors(server, tmp_path) -> N
     _next_prompt_still_runs(server)
 
 
+def test_hostile_clip_folder_and_archive_bomb_give_node_errors(server) -> None:
+    """Round three: a CLIP local-dir folder whose weights nest 200,000 levels (it killed the
+    server through open_clip's own torch.load) and a generator zip whose data.pkl inflates to
+    1 GiB: named errors at their loaders, and the server serves the next prompt."""
+    import json
+    import zipfile
+
+    from fabricate import TINY_CLIP_CFG
+
+    deep = b"\x80\x04}" + b")" + b"\x85" * 200_000 + b"K\x01s."
+    folder = server.base / "models" / "coral_clip" / "deep_local"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CFG}))
+    with zipfile.ZipFile(folder / "open_clip_pytorch_model.bin", "w") as zf:
+        zf.writestr("archive/data.pkl", deep)
+        zf.writestr("archive/version", "3\n")
+    wf = load_workflow("train_apply_visualise")
+    clip_node = next(k for k, n in wf.items() if n["class_type"] == "CoralLoadCLIP")
+    wf[clip_node]["inputs"]["clip_name"] = "deep_local"
+    result = server.run(wf)
+    assert result["status"] == "execution_error" and result["data"]["node_id"] == clip_node
+    assert "nests objects" in result["data"]["exception_message"]
+    bomb = server.base / "models" / "stylegan" / "bomb.pt"
+    bomb.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data.pkl", "w", force_zip64=True) as f:
+            for _ in range(64):
+                f.write(b"\x00" * (1 << 24))
+    wf = load_workflow("apply_saved_edit")
+    wf["1"]["inputs"]["generator"] = "bomb.pt"
+    result = server.run(wf, timeout=120)
+    assert result["status"] == "execution_error" and result["data"]["node_id"] == "1"
+    assert "bomb.pt" in result["data"]["exception_message"]
+    _next_prompt_still_runs(server)
+
+
 def test_requeue_with_only_downstream_changes_does_not_retrain(server) -> None:
     """Training events are counted over the websocket: queueing the train template again with
     only Apply's strength changed trains nothing (ComfyUI's cache keeps the edit) and still
