@@ -109,15 +109,20 @@ def check_world(G: Generator, judge: Judge, clip: Any | None = None, n: int = 50
 
         acc = zero_shot_accuracy(clip.model, clip.tokenizer)
         figures.update({f"CLIP {k}": v for k, v in acc.items()})
+    return {"rows": goal_rows(figures, GOALS), "judge on samples": on_samples, "judge on renders": on_renders,
+            "fidelity PSNR p10": float(p.quantile(0.1)), "object IoU p10":
+            float(ious.quantile(0.1)), "samples": n}
+
+
+def goal_rows(figures: dict[str, float], goals: dict[str, float]) -> list[dict[str, Any]]:
+    """Each figure beside its goal and whether it is met (a judge gap is better lower)."""
     rows = []
     for name, value in figures.items():
-        goal = GOALS.get(name)
+        goal = goals.get(name)
         lower_is_better = name.startswith("judge gap")
         met = None if goal is None else (value <= goal if lower_is_better else value >= goal)
         rows.append({"figure": name, "value": value, "goal": goal, "met": met})
-    return {"rows": rows, "judge on samples": on_samples, "judge on renders": on_renders,
-            "fidelity PSNR p10": float(p.quantile(0.1)), "object IoU p10":
-            float(ious.quantile(0.1)), "samples": n}
+    return rows
 
 
 def format_check(result: dict[str, Any]) -> str:

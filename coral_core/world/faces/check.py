@@ -105,11 +105,7 @@ def check_faces(G: Generator, judge: FaceJudge, clip: Any | None = None, n: int 
         for k, v in acc.items():
             figures[f"CLIP {k}"] = v
             goals[f"CLIP {k}"] = BINDING_GOAL if k.startswith("binding") else CLIP_GOAL
-    rows = []
-    for name, value in figures.items():
-        goal = goals.get(name)
-        lower = name.startswith("judge gap")
-        met = None if goal is None else (value <= goal if lower else value >= goal)
-        rows.append({"figure": name, "value": value, "goal": goal, "met": met})
-    return {"rows": rows, "judge on samples": on_samples, "judge on renders": on_renders,
+    from ..check import goal_rows
+
+    return {"rows": goal_rows(figures, goals), "judge on samples": on_samples, "judge on renders": on_renders,
             "fidelity PSNR p10": float(p.quantile(0.1)), "samples": n}

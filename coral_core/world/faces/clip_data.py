@@ -11,7 +11,6 @@ import random
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .captions import BALD, attribute_prompts, caption, caption_for, truth_matrix
 from .render import render
@@ -76,8 +75,9 @@ def _encode(model: Any, img: torch.Tensor) -> torch.Tensor:
 
 
 def _text(model: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+    from ..clip_train import _text_embeddings
+
+    return _text_embeddings(model, tokenizer, prompts)
 
 
 @torch.no_grad()
