@@ -33,7 +33,7 @@ from .edit import DIRECTIONS, MODES, VARIANTS, Edit
 from .selectors import AttentionSelector, SegmentSelector, composite
 from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_per_image,
                      leak_loss, mask_areas, tv_loss)
-from .prior import retrieval_prior, sample_bank_for
+from .prior import SampleBank, retrieval_prior, sample_bank_for
 from .pruning import prune_selection
 
 
@@ -251,10 +251,16 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     start_step = _resume(cfg, run_id, direction, selector, opt)
     target = clip.encode_text([cfg.prompt])
     prior = None
-    if isinstance(direction, GlobalDirection) and cfg.prior_samples > 0 and start_step == 0:
-        prior = _start_from_prior(G, clip, cfg, direction, target,
-                                  _heartbeat(reporter, 0, cfg.steps, "sample bank"))
-    fit = _prompt_fit(G, clip, cfg, latents, target) if cfg.check_fit else None
+    bank = None  # the sample bank (prior.py), read once for the prior and the fit check
+    wants_prior = isinstance(direction, GlobalDirection) and start_step == 0
+    wants_fit = cfg.check_fit and cfg.mode == "per_image" and not cfg.no_masks
+    if cfg.prior_samples > 0 and (wants_prior or wants_fit):
+        bank = sample_bank_for(G, clip, cfg.prior_samples, cfg.catalogue_dir,
+                               _heartbeat(reporter, 0, cfg.steps, "sample bank"))
+    if wants_prior and bank is not None:
+        assert isinstance(direction, GlobalDirection)
+        prior = _start_from_prior(cfg, direction, target, bank)
+    fit = _prompt_fit(G, clip, cfg, latents, target, bank) if cfg.check_fit else None
     text_dir = None
     if cfg.directional:
         neutral = clip.encode_text([cfg.neutral])
@@ -664,14 +670,14 @@ def _heartbeat(reporter: Reporter | None, step: int, total: int, phase: str
 
 
 def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
-                latents: torch.Tensor | None, target: torch.Tensor) -> Any:
+                latents: torch.Tensor | None, target: torch.Tensor,
+                bank: SampleBank | None) -> Any:
     """fit.py's checks for a per-image edit (None where they do not apply: per prompt, no
     sample bank)."""
-    if cfg.mode != "per_image" or latents is None or cfg.prior_samples <= 0 or cfg.no_masks:
+    if cfg.mode != "per_image" or latents is None or bank is None or cfg.no_masks:
         return None
     from .fit import check_prompt_fit
 
-    bank = sample_bank_for(G, clip, cfg.prior_samples, cfg.catalogue_dir)
     with torch.no_grad():
         images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
@@ -692,12 +698,10 @@ def _leave_unchanged(direction: nn.Module, selector: nn.Module, fit: Any) -> Non
             selector.logits[i if selector.logits.shape[0] > 1 else 0].fill_(-30.0)
 
 
-def _start_from_prior(G: Generator, clip: CoralClip, cfg: TrainConfig,
-                      direction: GlobalDirection, target: torch.Tensor,
-                      check: Callable[[], None] | None) -> dict[str, Any]:
+def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,
+                      bank: SampleBank) -> dict[str, Any]:
     """Add the prompt's CLIP-retrieval prior (prior.py) to every row and W+ entry of the
     direction, in its w-spread units; return what the edit's summary records."""
-    bank = sample_bank_for(G, clip, cfg.prior_samples, cfg.catalogue_dir, check)
     offset = retrieval_prior(bank, target, cfg.prior_top).to(direction.delta.device)
     units = cfg.prior_scale * offset / direction.scale
     with torch.no_grad():

@@ -15,8 +15,8 @@ import torch
 from ..metrics import psnr
 from ..stylegan import Generator
 from .judge import Judge
-from .render import palette_rgb, render, shading
-from .scene import MAX_OBJECTS, SceneBatch, scenes_from_z
+from .render import palette_rgb, shading
+from .scene import MAX_OBJECTS, SceneBatch
 
 GOALS = {"fidelity PSNR (dB, median)": 28.0, "object IoU (median)": 0.90,
          "judge gap (points, worst)": 5.0, "CLIP object colour": 0.95,
@@ -63,15 +63,19 @@ def object_ious(img: torch.Tensor, scenes: SceneBatch, truth: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def sample_with_truth(G: Generator, n: int, seed: int) -> tuple[torch.Tensor, SceneBatch,
-                                                                torch.Tensor, torch.Tensor]:
-    """G's samples for n seeded z, the scenes they name, and those scenes' renders and masks."""
+def sample_with_truth(G: Generator, n: int, seed: int, world: str = "shapes"
+                      ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """G's samples for n seeded z, the scenes (portraits) they name, and their renders and
+    masks, in either world."""
+    from .spec import get_world
+
+    spec = get_world(world)
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
     device = G.w_avg.device
     samples = torch.cat([G.synthesize(G.mapping_ws(c.to(device))).float().cpu()
                          for c in z.split(100)])
-    scenes = scenes_from_z(z)
-    renders, masks = render(scenes, G.img_resolution)
+    scenes = spec.scenes_from_z(z)
+    renders, masks = spec.render(scenes, G.img_resolution)
     return samples, scenes, renders, masks
 
 

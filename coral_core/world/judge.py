@@ -8,7 +8,7 @@ present (multi-label).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -92,30 +92,45 @@ def judge_loss(out: dict[str, torch.Tensor], scenes: SceneBatch) -> torch.Tensor
     return loss
 
 
-def train_judge(out: Path, steps: int = 800, batch: int = 64, seed: int = 1,
-                reporter: Reporter | None = None, device: str = "cpu") -> dict[str, float]:
-    """Train from scratch on renders (with the CLIP's augmentations) and write ``out``."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = Judge().to(device)
+def fit_judge(model: nn.Module, draw: Callable[[int], tuple[torch.Tensor, Any]],
+              loss_fn: Callable[[dict[str, torch.Tensor], Any], torch.Tensor], steps: int,
+              g: torch.Generator, reporter: Reporter | None = None) -> nn.Module:
+    """The judges' one training loop (both worlds): AdamW with a one-cycle schedule on
+    ``draw(step)`` -> (renders, their truth), the CLIP's augmentations on the renders."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     for step in range(1, steps + 1):
-        scenes = random_scenes(batch, 50_000_000 + seed * 100_000 + step, device)
-        img, _ = render(scenes)
-        loss = judge_loss(model(augment(img, g)), scenes)
+        img, truth = draw(step)
+        loss = loss_fn(model(augment(img, g)), truth)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if reporter is not None:
             reporter.update(step, steps, loss=float(loss.detach()))
-    model.train(False)
-    acc = judge_accuracy(model)
-    model.to("cpu")
+    return model.train(False)
+
+
+def save_judge(model: nn.Module, out: Path, kind: str) -> None:
     with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"kind": "coral demo judge"})
+        save_file({k: v.contiguous() for k, v in model.to("cpu").state_dict().items()},
+                  str(tmp), metadata={"kind": kind})
+
+
+def train_judge(out: Path, steps: int = 800, batch: int = 64, seed: int = 1,
+                reporter: Reporter | None = None, device: str = "cpu") -> dict[str, float]:
+    """Train from scratch on renders (with the CLIP's augmentations) and write ``out``."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = Judge().to(device)
+
+    def draw(step: int) -> tuple[torch.Tensor, SceneBatch]:
+        scenes = random_scenes(batch, 50_000_000 + seed * 100_000 + step, device)
+        return render(scenes)[0], scenes
+
+    fit_judge(model, draw, judge_loss, steps, g, reporter)
+    acc = judge_accuracy(model)
+    save_judge(model, out, "coral demo judge")
     return acc
 
 

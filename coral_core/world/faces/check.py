@@ -16,8 +16,8 @@ import torch
 from ...metrics import psnr
 from ...stylegan import Generator
 from .judge import FaceJudge
-from .render import layers, render
-from .scene import ATTRIBUTE_NAMES, PARTS, FaceBatch, faces_from_z
+from .render import layers
+from .scene import ATTRIBUTE_NAMES, PARTS, FaceBatch
 
 GOALS = {"fidelity PSNR (dB, median)": 28.0, "part IoU (median)": 0.85,
          "judge gap (points, worst)": 5.0}
@@ -77,12 +77,9 @@ def judge_accuracy_on(judge: FaceJudge, img: torch.Tensor, faces: FaceBatch) -> 
 @torch.no_grad()
 def check_faces(G: Generator, judge: FaceJudge, clip: Any | None = None, n: int = 500,
                 seed: int = 7) -> dict[str, Any]:
-    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    device = G.w_avg.device
-    samples = torch.cat([G.synthesize(G.mapping_ws(c.to(device))).float().cpu()
-                         for c in z.split(100)])
-    faces = faces_from_z(z)
-    renders, masks = render(faces, G.img_resolution)
+    from ..check import sample_with_truth
+
+    samples, faces, renders, masks = sample_with_truth(G, n, seed, "faces")
     p = psnr(samples, renders)
     ious = part_ious(samples, renders, masks, faces)
     all_ious = torch.tensor([v for vals in ious.values() for v in vals])

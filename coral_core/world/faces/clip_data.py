@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..clip_train import _text_embeddings
 from .captions import BALD, attribute_prompts, caption, caption_for, truth_matrix
 from .render import render
 from .scene import (ATTRIBUTE_NAMES, BACKGROUNDS, HAIR_COLOURS, VALUES, FaceBatch,
@@ -74,11 +75,6 @@ def _encode(model: Any, img: torch.Tensor) -> torch.Tensor:
     return _encode_images(model, img)
 
 
-def _text(model: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-    from ..clip_train import _text_embeddings
-
-    return _text_embeddings(model, tokenizer, prompts)
-
 
 @torch.no_grad()
 def zero_shot_accuracy(model: Any, tokenizer: Any, n: int = 1000, seed: int = 987654
@@ -92,7 +88,7 @@ def zero_shot_accuracy(model: Any, tokenizer: Any, n: int = 1000, seed: int = 98
     emb = _encode(model, img)
     out: dict[str, float] = {}
     for name, prompts in attribute_prompts().items():
-        pred = (emb @ _text(model, tokenizer, prompts).T).argmax(1)
+        pred = (emb @ _text_embeddings(model, tokenizer, prompts).T).argmax(1)
         keep = faces.hair_style != BALD if name == "hair_colour" else torch.ones_like(pred,
                                                                                    dtype=torch.bool)
         out[name] = float((pred[keep] == getattr(faces, name)[keep]).float().mean())
@@ -116,8 +112,8 @@ def binding_accuracy(model: Any, tokenizer: Any, faces: FaceBatch) -> dict[str, 
         neg.hair_colour = torch.full_like(pos.hair_colour, (hi + 1) % len(hair_names))
         neg.with_visible_hair()
         e_pos, e_neg = _encode(model, render(pos)[0]), _encode(model, render(neg)[0])
-        t_hair = _text(model, tokenizer, [caption(hair_colour=colour).text()])[0]
-        t_bg = _text(model, tokenizer, [caption(background=colour).text()])[0]
+        t_hair = _text_embeddings(model, tokenizer, [caption(hair_colour=colour).text()])[0]
+        t_bg = _text_embeddings(model, tokenizer, [caption(background=colour).text()])[0]
         wins_hair += int(((e_pos @ t_hair) > (e_neg @ t_hair)).sum())
         wins_bg += int(((e_neg @ t_bg) > (e_pos @ t_bg)).sum())
         total += len(faces)

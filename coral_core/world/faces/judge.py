@@ -13,9 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...atomic import atomic_path
 from ...progress import Reporter
-from ..clip_train import augment
 from .captions import BALD
 from .clip_data import TRAIN_SUPERSAMPLE
 from .render import render
@@ -69,28 +67,19 @@ def judge_loss(out: dict[str, torch.Tensor], faces: FaceBatch) -> torch.Tensor:
 def train_face_judge(out: Path, steps: int = 1200, batch: int = 64, seed: int = 1,
                      reporter: Reporter | None = None, device: str = "cpu") -> dict[str, Any]:
     """Train from scratch on renders (with the CLIP's augmentations) and write ``out``."""
-    from safetensors.torch import save_file
+    from ..judge import fit_judge, save_judge
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = FaceJudge().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
-    for step in range(1, steps + 1):
+
+    def draw(step: int) -> tuple[torch.Tensor, FaceBatch]:
         faces = random_faces(batch, 60_000_000 + seed * 100_000 + step, device)
-        img, _ = render(faces, supersample=TRAIN_SUPERSAMPLE)
-        loss = judge_loss(model(augment(img, g)), faces)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if reporter is not None:
-            reporter.update(step, steps, loss=float(loss.detach()))
-    model.train(False)
+        return render(faces, supersample=TRAIN_SUPERSAMPLE)[0], faces
+
+    fit_judge(model, draw, judge_loss, steps, g, reporter)
     acc = judge_accuracy(model)
-    with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in model.to("cpu").state_dict().items()},
-                  str(tmp), metadata={"kind": "coral face judge"})
+    save_judge(model, out, "coral face judge")
     return acc
 
 
