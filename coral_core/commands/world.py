@@ -36,7 +36,8 @@ def cmd_world(args: argparse.Namespace) -> int:
         out = Path(args.out or assets.world_assets(args.world).generator)
         result = train_gan(out, steps=args.steps or 20000, seed=args.seed, reporter=rep,
                            device=args.device, max_minutes=args.max_minutes,
-                           stop_at=args.stop_at, world=args.world)
+                           stop_at=args.stop_at, world=args.world,
+                           part_weight=args.part_weight)
     elif args.action == "train-judge":
         out = Path(args.out or assets.world_assets(args.world).judge)
         if args.world == "faces":
@@ -137,6 +138,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="train-clip: continue from this CLIP folder (fine-tuning)")
     s.add_argument("--blend-twins", action="store_true",
                    help="train-clip: add a part-way-colour negative of every scene")
+    s.add_argument("--part-weight", type=float, default=0.0,
+                   help="train-gan: weight each pixel's loss by its part's rarity (0: plain)")
     s.add_argument("--generator", default=None, help="check: generator to check")
     s.add_argument("--clip", default=None, help="check: CLIP to check")
     s.add_argument("--judge", default=None, help="check: judge to read samples with")

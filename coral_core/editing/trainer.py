@@ -12,7 +12,7 @@ import contextlib
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -736,15 +736,35 @@ def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+# Fields that do not change what a run computes: how often it reports or saves, where it saves
+# and caches. Every other TrainConfig field (present or added later) is part of a run's identity.
+NOT_IDENTITY = frozenset({"progress_every", "checkpoint", "checkpoint_every", "catalogue_dir"})
+
+
 def _run_identity(cfg: TrainConfig, G: Generator, clip: CoralClip) -> str:
-    """What must match for a checkpoint to be resumed (not the step count): the settings, the
-    generator's and the CLIP's identity (a same-shaped other generator must not resume)."""
-    return repr((cfg.prompt, cfg.neutral, cfg.variant, cfg.direction, cfg.mode, cfg.seed,
-                 cfg.batch, cfg.steps, cfg.num_segments, cfg.max_layer, cfg.truncation,
-                 cfg.prune_at, cfg.prune_tolerance, cfg.prune_directional, cfg.contest_steps,
-                 cfg.prior_samples, cfg.prior_top, cfg.prior_scale,
-                 cfg.segment_pieces,
-                 cfg.weights.to_dict(), G.fingerprint(), clip.model_id))
+    """What must match for a checkpoint to be resumed (not the step count): the whole config
+    but the fields in NOT_IDENTITY, and the generator's and the CLIP's identity (a same-shaped
+    other generator must not resume). Built from the config's fields, not a hand list, so that a
+    new setting (or a new --lr) can never resume an old run's Adam state by omission."""
+    return repr((sorted(config_record(cfg).items()), G.fingerprint(), clip.model_id))
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """Every setting that shapes the run (all fields but NOT_IDENTITY), JSON-ready: the
+    resume identity and the edit's own record of how it was made."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        if f.name in NOT_IDENTITY:
+            continue
+        value = getattr(cfg, f.name)
+        if isinstance(value, LossWeights):
+            value = value.to_dict()
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
 
 
 def _save_checkpoint(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Module,
@@ -818,6 +838,7 @@ def _summary_info(G: Generator, edit: Edit, cfg: TrainConfig, history: list[dict
         "batch": cfg.batch, "seed": cfg.seed,
         "loss_weights": cfg.weights.to_dict(), "directional": cfg.directional,
         "final_losses": history[-1] if history else {}, "partial": partial,
+        "config": config_record(cfg),
     }
     if reason:
         info["stopped_reason"] = reason

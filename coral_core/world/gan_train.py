@@ -87,6 +87,23 @@ def init_scene_mapping(G: Generator, world: WorldSpec | None = None) -> None:
     fc1.bias.copy_(b1)
 
 
+def part_pixel_weights(masks: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-pixel loss weights [B, 1, H, W]: 1 + strength * sqrt(mean part area / this part's).
+
+    Why: a plain per-pixel loss spends itself on the large parts; a 10-pixel mouth or a
+    6-pixel iris is a rounding error of it, and the generator draws them as smudges (face
+    world at 16k steps: mouth IoU 0.15, irises 0.47). Weighting by rarity, measured from the
+    batch's own true masks, is world-agnostic (no part is named). strength 0 gives 1s.
+    """
+    if strength <= 0:
+        return torch.ones_like(masks[:, :1])
+    area = masks.sum(dim=(0, 2, 3)).clamp(min=1.0)  # per part, over the batch
+    present = masks.sum(dim=(0, 2, 3)) > 0
+    rarity = (area[present].mean() / area).sqrt().clamp(max=8.0) * present
+    per_pixel = (masks * rarity[None, :, None, None]).sum(1, keepdim=True)
+    return 1.0 + strength * per_pixel
+
+
 def _checkpoint_path(out: Path) -> Path:
     return out.with_suffix(".ckpt.pt")
 
@@ -106,11 +123,14 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
               checkpoint_every: int = 500, device: str = "cpu",
               cfg: GeneratorConfig | None = None,
               max_minutes: float | None = None, stop_at: int | None = None,
-              world: str = "shapes") -> dict[str, Any]:
+              world: str = "shapes", part_weight: float = 0.0) -> dict[str, Any]:
     """Train (or resume) and write ``out`` (.safetensors); returns a small report.
 
     Adam with a cosine learning-rate decay over ``steps``; ``max_minutes`` stops early with a
     checkpoint (resume later with the same command) so a lent GPU's time limit loses nothing.
+    Resuming with a larger ``steps`` continues on the longer schedule's tail (a fine-tune at a
+    lower learning rate). ``part_weight`` > 0 weights each pixel by its part's rarity (see
+    ``part_pixel_weights``).
     """
     from ..formats import save_generator
 
@@ -138,10 +158,12 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
             group["lr"] = warmup_cosine(lr, step, steps, warmup=0.02)
         z = torch.randn(batch, G.z_dim, generator=g).to(device)
         with torch.no_grad():
-            target, _ = spec.render(spec.scenes_from_z(z), cfg.img_resolution)
+            target, masks = spec.render(spec.scenes_from_z(z), cfg.img_resolution)
+            weights = part_pixel_weights(masks, part_weight)
         ws = G.mapping(z, update_w_avg=True)
         img = G.synthesize(ws, noise_mode="const")
-        loss = F.l1_loss(img, target) + F.mse_loss(img, target)
+        err = img - target
+        loss = ((err.abs() + err.square()) * weights).mean() / weights.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -164,6 +186,6 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
                                       "steps": str(step), "wall_seconds": f"{wall:.0f}"})
     report = {"steps": step, "planned_steps": steps, "batch": batch, "final_loss": loss_value,
               "wall_seconds": round(wall), "device": device, "config": cfg.to_dict(),
-              "world": world}
+              "world": world, "part_weight": part_weight, "resumed_at_step": start}
     write_text_atomic(out.with_suffix(".report.json"), json.dumps(report, indent=2))
     return report
