@@ -28,6 +28,7 @@ def cmd_world(args: argparse.Namespace) -> int:
                             stop_at=args.stop_at,
                             init_from=Path(args.init_from) if args.init_from else None,
                             blends=args.blend_twins, world=args.world,
+                            focus=tuple(a for a in (args.focus or "").split(",") if a),
                             **{k: v for k, v in (("batch", args.batch), ("lr", args.lr))
                                if v is not None})  # unset: the trainer's own defaults
     elif args.action == "train-gan":
@@ -138,6 +139,9 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="train-clip: continue from this CLIP folder (fine-tuning)")
     s.add_argument("--blend-twins", action="store_true",
                    help="train-clip: add a part-way-colour negative of every scene")
+    s.add_argument("--focus", default=None,
+                   help="train-clip --world faces: attributes half the twins and captions "
+                        "stress, e.g. mouth,eyes (a fine-tune with --from)")
     s.add_argument("--part-weight", type=float, default=0.0,
                    help="train-gan: weight each pixel's loss by its part's rarity (0: plain)")
     s.add_argument("--generator", default=None, help="check: generator to check")

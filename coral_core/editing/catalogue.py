@@ -40,6 +40,9 @@ class SegmentCatalogue:
     # (on the demo world the target object's cluster covered the other object in 12 of 24
     # recolouring cases), and an edit could not name one object without the other.
     pieces: int = 0
+    # Pieces of fewer cells than this join the neighbour they share most border with (0: off;
+    # edits saved before it existed apply with 0, as they trained). See absorb_fragments.
+    absorb: int = 0
 
     @property
     def k(self) -> int:
@@ -50,14 +53,15 @@ class SegmentCatalogue:
         """Segments per image: the clusters, or the kept pieces."""
         return self.pieces or self.k
 
-    def with_pieces(self, pieces: int) -> "SegmentCatalogue":
-        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, pieces)
+    def with_pieces(self, pieces: int, absorb: int = 0) -> "SegmentCatalogue":
+        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, pieces, absorb)
 
     def id(self) -> str:
         import hashlib
 
         h = hashlib.sha256(self.centres.detach().cpu().numpy().tobytes()).hexdigest()[:12]
         pieces = f"-P{self.pieces}" if self.pieces else ""
+        pieces += f"-A{self.absorb}" if self.pieces and self.absorb else ""
         return f"{self.fingerprint}-L{self.layer}-K{self.k}-{h}{pieces}"
 
     def segments(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -65,7 +69,7 @@ class SegmentCatalogue:
         f = F.normalize(features[self.layer - 1].detach().to(torch.float32), dim=1)
         sim = torch.einsum("bchw,kc->bkhw", f, self.centres.to(f.device))
         clusters = F.one_hot(sim.argmax(1), self.k).permute(0, 3, 1, 2).to(torch.float32)
-        return connected_pieces(clusters, self.pieces) if self.pieces else clusters
+        return connected_pieces(clusters, self.pieces, self.absorb) if self.pieces else clusters
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:
@@ -151,10 +155,11 @@ def catalogue_for(G: Generator, k: int, cache_dir: Path | None = None,
     return cat
 
 
-def connected_pieces(segments: torch.Tensor, limit: int) -> torch.Tensor:
+def connected_pieces(segments: torch.Tensor, limit: int, absorb: int = 0) -> torch.Tensor:
     """One-hot segments [B, K, r, r] -> their connected pieces (8-neighbourhood) [B, limit, r,
-    r], largest first; the pieces beyond ``limit`` share the last slot. Deterministic (ties go
-    by position), so training and applying an edit see the same pieces."""
+    r], largest first; the pieces beyond ``limit`` share the last slot. Pieces of fewer than
+    ``absorb`` cells first join a neighbour (``absorb_fragments``). Deterministic (ties go by
+    position), so training and applying an edit see the same pieces."""
     b, _, h, w = segments.shape
     member = segments > 0.5
     index = torch.arange(1, h * w + 1, dtype=torch.float32, device=segments.device)
@@ -164,7 +169,10 @@ def connected_pieces(segments: torch.Tensor, limit: int) -> torch.Tensor:
         if torch.equal(grown, labels):
             break
         labels = grown
-    pixel_label = labels.amax(1).long().flatten(1)  # [B, h*w]: one piece id per pixel
+    pixel_label = labels.amax(1).long()  # [B, h, w]: one piece id per pixel
+    if absorb > 0:
+        pixel_label = torch.stack([absorb_fragments(lab, absorb) for lab in pixel_label])
+    pixel_label = pixel_label.flatten(1)
     out = torch.zeros(b, limit, h * w, device=segments.device)
     for i in range(b):
         ids, inverse, counts = torch.unique(pixel_label[i], return_inverse=True,
@@ -175,6 +183,42 @@ def connected_pieces(segments: torch.Tensor, limit: int) -> torch.Tensor:
         slot = rank.to(inverse.device)[inverse].clamp(max=limit - 1)
         out[i].scatter_(0, slot[None], 1.0)
     return out.view(b, limit, h, w)
+
+
+def absorb_fragments(labels: torch.Tensor, min_cells: int) -> torch.Tensor:
+    """Piece labels [h, w] with every piece of fewer than ``min_cells`` cells, and every strip
+    along the picture's border too thin to have an interior, merged into the neighbouring
+    piece it shares most border with (smallest first; ties go to the lower label). Why: the
+    generator's features at the picture's corners and along its border form their own
+    one-cell-wide clusters; left apart, a background edit never selects them and leaves a
+    frame of the old colour (seen on 4 of 12 background edits). A real part is larger than a
+    couple of cells at the catalogue's resolution, and has an interior where it meets the
+    border."""
+    labels = labels.clone()
+    while True:
+        ids, counts = torch.unique(labels, return_counts=True)
+        small = [(int(c), int(i)) for i, c in zip(ids, counts)
+                 if int(c) < min_cells or _thin_border_strip(labels == i)]
+        if not small or len(ids) < 2:
+            return labels
+        _, fragment = min(small)
+        mine = (labels == fragment).float()[None, None]
+        ring = (F.max_pool2d(mine, 3, stride=1, padding=1)[0, 0] > 0) & (labels != fragment)
+        neighbours, shared = torch.unique(labels[ring], return_counts=True)
+        if len(neighbours) == 0:
+            return labels
+        best = max(range(len(neighbours)), key=lambda j: (int(shared[j]), -int(neighbours[j])))
+        labels[labels == fragment] = neighbours[best]
+
+
+def _thin_border_strip(piece: torch.Tensor) -> bool:
+    """A piece [h, w] that touches the picture's border and has no cell whose 3x3
+    neighbourhood (the border continued outward) lies wholly inside it."""
+    edge = torch.cat([piece[0], piece[-1], piece[:, 0], piece[:, -1]])
+    if not bool(edge.any()):
+        return False
+    padded = F.pad(piece[None, None].float(), (1, 1, 1, 1), mode="replicate")
+    return not bool((-F.max_pool2d(-padded, 3, stride=1) > 0.5).any())
 
 
 def resize_segments(segments: torch.Tensor, resolution: int, pool: str = "area"

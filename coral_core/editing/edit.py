@@ -222,6 +222,8 @@ class Edit:
             "catalogue_layer": str(self.catalogue.layer) if self.catalogue is not None else "",
             "catalogue_pieces": str(self.catalogue.pieces)
             if self.catalogue is not None else "",
+            "catalogue_absorb": str(self.catalogue.absorb)
+            if self.catalogue is not None else "",
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
             "info": json.dumps(self.info, default=str),
         }
@@ -283,7 +285,9 @@ class Edit:
             catalogue = SegmentCatalogue(tensors["catalogue.centres"],
                                          _meta_int(meta, "catalogue_layer", path, 0, num_ws),
                                          meta["generator_fingerprint"],
-                                         int(meta.get("catalogue_pieces") or 0))
+                                         int(meta.get("catalogue_pieces") or 0),
+                                         _meta_int(meta, "catalogue_absorb", path, 0, 4096)
+                                         if meta.get("catalogue_absorb") else 0)
         return cls(variant=meta["variant"], direction_form=meta["direction"],
                    mode=meta["mode"], prompt=meta["prompt"], neutral=meta["neutral_prompt"],
                    direction=direction.train(False).requires_grad_(False),

@@ -85,17 +85,20 @@ class SegmentSelector(nn.Module):
 
 
 SNAP_PIXELS = 2      # how far (px at image resolution) an edge may move to meet a colour edge
-SNAP_TEMPERATURE = 0.01  # squared RGB distance ([0, 1] scale) over which the choice softens
+EDGE_BAND = 3 / 64   # of the image side: the band inside a region's edge that takes the
+                     # interior's change (3 px at 64 px, a 16-px layer's cell and a half)
 
 
 @torch.no_grad()
 def snap_segments(segments: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """Segments [B, K, H, W] (upsampled from the catalogue's coarser grid, so their edges are
     blocky and can sit a pixel or two off the picture's edges) re-assigned near their edges by
-    colour: each pixel goes to the segment, among those within SNAP_PIXELS, whose mean colour
-    in ``image`` [B, 3, H, W] is nearest (softly, so anti-aliased pixels are shared). Pixels
-    with one segment around them keep it. Why: the final composite follows these edges, and a
-    blocky edge left a rim of the old colour round objects or cut into them."""
+    colour. Each pixel with more than one segment within SNAP_PIXELS is unmixed between the
+    two whose mean colours in ``image`` [B, 3, H, W] are nearest: its share of each is where
+    its colour lies on the line between their means (an anti-aliased pixel a quarter of the way
+    from A's colour to B's is 3/4 A). Pixels with one segment around them keep it. Why: the
+    final composite follows these edges; a blocky edge left a rim of the old colour round
+    objects or cut into them, and a hard choice changed a mixed edge pixel wholly or not."""
     x = (image.detach().float() + 1) / 2
     seg = segments.float()
     area = seg.sum((2, 3)).clamp_min(1e-6)  # [B, K]
@@ -103,21 +106,71 @@ def snap_segments(segments: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     near = torch.nn.functional.max_pool2d(seg, 2 * SNAP_PIXELS + 1, stride=1,
                                           padding=SNAP_PIXELS) > 0
     dist = (x[:, None] - mean[..., None, None]).square().sum(2)  # [B, K, H, W]
-    logits = (-dist / SNAP_TEMPERATURE).masked_fill(~near, float("-inf"))
+    # a segment too thin to have an interior (a strip of the catalogue's edge cluster along an
+    # outline) has a mixed mean colour: it takes no part in unmixing where a solid one is near
+    solid = (-torch.nn.functional.max_pool2d(-seg, 3, stride=1, padding=1) > 0.5).flatten(2)
+    solid_near = near & solid.any(2)[..., None, None]
+    near = torch.where(solid_near.any(1, keepdim=True), solid_near, near)
+    dist = dist.masked_fill(~near, float("inf"))
+    two = dist.topk(2, dim=1, largest=False).indices  # [B, 2, H, W]: nearest, second
+    m = mean.permute(0, 2, 1)[..., None, None]  # [B, 3, K, 1, 1]
+    idx = two[:, None].expand(-1, 3, -1, -1, -1)  # [B, 3, 2, H, W]
+    ends = torch.gather(m.expand(-1, -1, -1, *x.shape[-2:]), 2, idx)  # [B, 3, 2, H, W]
+    a, b = ends[:, :, 0], ends[:, :, 1]
+    line = a - b
+    t = ((x - b) * line).sum(1) / line.square().sum(1).clamp_min(1e-6)  # [B, H, W]
+    t = ((t - 0.1) / 0.8).clamp(0, 1)  # colour noise within 10 % of an end counts as pure
+    second_ok = torch.isfinite(torch.gather(dist, 1, two[:, 1:2]))[:, 0]
+    t = torch.where(second_ok, t, torch.ones_like(t))
+    out = torch.zeros_like(seg)
+    out.scatter_add_(1, two[:, :1], t[:, None])
+    out.scatter_add_(1, two[:, 1:], (1 - t)[:, None])
     # pixels no segment reaches (supplied segments need not cover the picture) stay as given
     covered = near.any(1, keepdim=True)
-    return torch.where(covered, torch.softmax(logits.masked_fill(~covered, 0.0), dim=1), seg)
+    return torch.where(covered, out, seg)
 
 
 def composite(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
               ) -> torch.Tensor:
-    """The final composite: the edited image inside ``region`` [B, 1, H, W], the original
-    pixels outside. Why (a departure from the paper, ``TrainConfig.composite``): coarse layers'
-    masks are a few pixels wide, so the blended image also changes near the selected region
-    (a user sees other objects tinted and reshaped); the composite confines every change to the
-    selected segments at full resolution. Both invariants hold: region 0 gives G(w), 1 gives
-    the blend."""
-    return region * edited + (1 - region) * original
+    """The final composite: the original plus ``region`` [B, 1, H, W] times the edit's change.
+    Why (a departure from the paper, ``TrainConfig.composite``): coarse layers' masks are a
+    few pixels wide, so the blended image also changes near the selected region (a user sees
+    other objects tinted and reshaped); the composite confines every change to the selected
+    segments at full resolution. Within EDGE_BAND of the region's edge (other segments and the
+    picture's border alike) the change applied is the one the region's interior got, carried
+    outward: there the blended image is spoilt by what the coarse layers' cells straddle, and
+    taking it left a ring of the old colour round every object a background edit went round,
+    and a frame at the border. Both invariants hold: region 0 gives G(w), 1 everywhere the
+    blend."""
+    change = edited - original
+    band = max(1, round(EDGE_BAND * region.shape[-1]))
+    inside = (region >= 0.5).to(change.dtype)
+    # the interior: inside and at least ``band`` px from the region's edge and the picture's
+    # border (unless the region is the whole picture: then the blend is returned as it is)
+    whole = inside.flatten(1).amin(1)[:, None, None, None]  # [B, 1, 1, 1]: 1 if all inside
+    padded = torch.nn.functional.pad(inside, [band] * 4)
+    padded = torch.maximum(padded, whole * torch.ones_like(padded))
+    deep = -torch.nn.functional.max_pool2d(-padded, 2 * band + 1, stride=1)
+    known = deep
+    filled = change * deep
+    # every pixel the composite touches takes its value the round it is first reached and
+    # keeps it, so an image's result does not depend on the others in its batch
+    need = region > 0
+    for _ in range(max(region.shape[-2:])):  # grow the interior's change one pixel a round
+        if bool((known > 0)[need].all()):
+            break
+        total = torch.nn.functional.avg_pool2d(filled * known, 3, stride=1, padding=1,
+                                               count_include_pad=False)
+        weight = torch.nn.functional.avg_pool2d(known, 3, stride=1, padding=1,
+                                                count_include_pad=False)
+        grown = torch.where(weight > 0, total / weight.clamp_min(1e-6), filled)
+        filled = torch.where(known > 0, filled, grown)
+        grew = torch.maximum(known, (weight > 0).to(known.dtype))
+        if torch.equal(grew, known):
+            break  # nothing left within reach (no interior at all: the blend's own change)
+        known = grew
+    carried = torch.where(known > 0, filled, change)
+    return original + region * torch.where(deep > 0, change, carried)
 
 
 def _logit(p: float) -> float:

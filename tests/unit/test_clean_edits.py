@@ -92,3 +92,51 @@ def test_long_phases_between_steps_report_progress(tmp_path: Path) -> None:
     assert "sample bank" in phases and "region contest and pruning" in phases
     contest_steps = [s for s, p in seen if p.startswith("region")]
     assert len(contest_steps) >= 5 and len(set(contest_steps)) == 1
+
+
+def test_a_region_edge_spoilt_by_its_neighbour_takes_the_interior_change() -> None:
+    """Coarse layers straddle a region's edge, so the blend leaves a ring of the old colour
+    there; the composite carries the interior's change out to the edge instead."""
+    res = 64
+    original = torch.zeros(1, 3, res, res)
+    region = torch.zeros(1, 1, res, res)
+    region[..., :, :40] = 1.0  # a background left of an object
+    edited = original.clone()
+    edited[:, 1, :, :37] = 0.8   # the new colour inside ...
+    edited[:, 1, :, 37:40] = 0.1  # ... and a 3-px ring where the old colour stayed
+    out = composite(edited, original, region)
+    assert torch.allclose(out[:, 1, :, :40], torch.full_like(out[:, 1, :, :40], 0.8))
+    assert torch.equal(out[..., 40:], original[..., 40:])  # outside: untouched
+
+
+def test_an_anti_aliased_edge_pixel_is_shared_by_its_mix_of_colours() -> None:
+    from coral_core.editing.selectors import snap_segments
+
+    res = 16
+    seg = torch.zeros(1, 2, res, res)
+    seg[:, 0, :, :8] = 1
+    seg[:, 1, :, 8:] = 1
+    img = torch.full((1, 3, res, res), -1.0)
+    img[:, 0, :, 8:] = 1.0           # red object right of a black background
+    img[:, 0, :, 8] = 0.0            # its edge column: half red, half black
+    snapped = snap_segments(seg, img)
+    assert torch.allclose(snapped.sum(1), torch.ones(1, res, res))
+    edge = snapped[0, :, 4, 8]
+    assert abs(float(edge[0]) - 0.5) < 0.15 and abs(float(edge[1]) - 0.5) < 0.15
+    assert float(snapped[0, 0, 4, 2]) == 1.0 and float(snapped[0, 1, 4, 13]) == 1.0
+
+
+def test_the_chosen_region_is_edited_at_full_strength_unless_switched_off() -> None:
+    import dataclasses
+
+    G, clip = _models()
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    cfg = TrainConfig(prompt="a green background", steps=10, batch=1, seed=5)
+    hard = train_edit(G, clip, cfg, latents=ws).edit
+    weights = torch.sigmoid(hard.selector.logits)
+    shown = weights[..., :int(hard.info["selection"]["segments"][-1]) + 1]
+    assert bool((weights == 1).any()) and bool(((shown == 0) | (shown == 1)).all())
+    soft = train_edit(G, clip, dataclasses.replace(cfg, harden_selection=False),
+                      latents=ws).edit
+    weights = torch.sigmoid(soft.selector.logits)
+    assert bool(((weights > 0.01) & (weights < 0.99)).any())

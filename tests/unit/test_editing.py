@@ -271,7 +271,8 @@ def test_row_of_a_per_image_edit_applies_alone(G, clip):
     second = edit.row(1)
     assert second.rows() == 1 and second.latents.shape[0] == 1
     alone = apply_edits(G, second.latents, [second]).edited
-    assert torch.allclose(alone[0], both[1], atol=1e-5)
+    # up to float noise: a batch of one runs other conv kernels than a batch of two
+    assert torch.allclose(alone[0], both[1], atol=1e-4)
     with pytest.raises(EditMismatchError, match="out of range"):
         edit.row(5)
 

@@ -322,3 +322,21 @@ def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
                                         _halves(1, res), image_loss,
                                         contextlib.nullcontext(), allowed, cancel)
     assert selector.gate is None
+
+
+def test_corner_fragments_join_their_neighbour_and_small_parts_stay() -> None:
+    from coral_core.editing.catalogue import connected_pieces
+
+    seg = torch.zeros(1, 3, 32, 32)
+    seg[0, 0] = 1
+    seg[0, 0, 0, 0] = 0
+    seg[0, 1, 0, 0] = 1              # a one-cell corner fragment of another cluster
+    seg[0, 0, 10:12, 10:13] = 0
+    seg[0, 2, 10:12, 10:13] = 1      # a six-cell part (an iris at this grid)
+    seg[0, 0, 5:25, 31] = 0
+    seg[0, 2, 5:25, 31] = 1          # a one-cell-wide strip along the right border
+    pieces = connected_pieces(seg, 4, absorb=3)
+    assert float(pieces[0, 0].sum()) == 32 * 32 - 6  # the background took corner and strip
+    assert float(pieces[0, 1].sum()) == 6             # the part stays its own piece
+    apart = connected_pieces(seg, 4)
+    assert float(apart[0, 0].sum()) == 32 * 32 - 27   # off: as before

@@ -66,12 +66,17 @@ def facts_of(faces: FaceBatch, i: int) -> dict[str, str]:
     return facts
 
 
-def caption_for(faces: FaceBatch, i: int, rng: random.Random) -> FaceCaption:
-    """One random true caption of face i naming one to four of its attributes."""
+def caption_for(faces: FaceBatch, i: int, rng: random.Random,
+                focus: tuple[str, ...] = ()) -> FaceCaption:
+    """One random true caption of face i naming one to four of its attributes (one of them
+    from ``focus`` when given)."""
     facts = facts_of(faces, i)
     names = list(facts)
     k = rng.choice((1, 1, 1, 2, 2, 3, 4))
     chosen = rng.sample(names, k)
+    named = [a for a in focus if a in facts]
+    if named and not set(named) & set(chosen):
+        chosen[0] = rng.choice(named)
     if "hair_colour" in chosen and "hair_style" not in chosen and rng.random() < 0.3:
         chosen.append("hair_style")
     return caption(**{n: facts[n] for n in chosen})

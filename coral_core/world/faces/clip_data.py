@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ...errors import InputError
 from ..clip_train import _text_embeddings
 from .captions import BALD, attribute_prompts, caption, caption_for, truth_matrix
 from .render import render
@@ -27,11 +28,16 @@ def _concat(a: FaceBatch, b: FaceBatch) -> FaceBatch:
                        for n in a.__dataclass_fields__))
 
 
-def twins(faces: FaceBatch, g: torch.Generator) -> FaceBatch:
-    """One twin per face (see the module docstring)."""
+def twins(faces: FaceBatch, g: torch.Generator, focus: tuple[str, ...] = ()) -> FaceBatch:
+    """One twin per face (see the module docstring). With ``focus``, half the twins change
+    one of those attributes (a fine-tune for what a first run learnt least)."""
     out = faces.clone()
     n = len(faces)
     which = torch.randint(0, len(ATTRIBUTE_NAMES), (n,), generator=g)
+    if focus:
+        picks = torch.tensor([ATTRIBUTE_NAMES.index(a) for a in focus])
+        focused = picks[torch.randint(0, len(picks), (n,), generator=g)]
+        which = torch.where(torch.rand(n, generator=g) < 0.5, focused, which)
     for a, name in enumerate(ATTRIBUTE_NAMES):
         k = len(VALUES[name])
         step = torch.randint(1, k, (n,), generator=g)
@@ -57,15 +63,22 @@ def twins(faces: FaceBatch, g: torch.Generator) -> FaceBatch:
 
 
 def training_batch(batch: int, seed: int, rng: random.Random, g: torch.Generator,
-                   device: str) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(images, captions, truth[image, caption]) for one contrastive step."""
+                   device: str, focus: tuple[str, ...] = ()
+                   ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(images, captions, truth[image, caption]) for one contrastive step; with ``focus``,
+    half the twins differ in, and half the captions name, one of those attributes."""
+    unknown = [a for a in focus if a not in ATTRIBUTE_NAMES]
+    if unknown:
+        raise InputError(f"--focus: unknown attribute(s) {unknown}; choose from "
+                         f"{', '.join(ATTRIBUTE_NAMES)}")
     faces = random_faces(batch, seed)
-    both = _concat(faces, twins(faces, g)).to(device)
+    both = _concat(faces, twins(faces, g, focus)).to(device)
     # 2x supersampling: the CLIP reads attributes, not edge quality (its augmentations blur
     # anyway), and a 4x portrait render cost 10 s per 256 images on the 2-core machine, most of
     # a training step
     img, _ = render(both, supersample=TRAIN_SUPERSAMPLE)
-    specs = [caption_for(both, i, rng) for i in range(len(both))]
+    specs = [caption_for(both, i, rng, focus if rng.random() < 0.5 else ())
+             for i in range(len(both))]
     return img, [s.text() for s in specs], truth_matrix(specs, both)
 
 
