@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from ..coral_core.editing.apply import apply_edits
 from ..coral_core.editing.edit import Edit
-from ..coral_core.editing.losses import AREA_WEIGHTINGS, LossWeights
-from ..coral_core.editing.trainer import TrainConfig, train_edit
+from ..coral_core.editing.losses import AREA_WEIGHTINGS
+from ..coral_core.editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
+from ..coral_core.editing.trainer import train_edit
 from ..coral_core.editing.visualize import effective_mask, mask_grid, overlay
 from ..coral_core.images import image_to_uint8, to_unit_range
 from ..coral_core.progress import Reporter
@@ -22,8 +23,8 @@ from .types import CORAL_CLIP, CORAL_EDIT, STYLEGAN_LATENT, STYLEGAN_MODEL, Clip
 
 CATEGORY = "CoralStyleCLIP/edit"
 # The engine's defaults, read once: the node keeps no numbers of its own.
-_TRAIN = TrainConfig(prompt="-")
-_WEIGHTS = LossWeights()
+_TRAIN = preset_defaults()
+_WEIGHTS = _TRAIN.weights
 
 
 def segments_from_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -121,6 +122,11 @@ class CoralTrainEdit:
                            "this many generator samples, minus the mean of all; computed once "
                            "per generator and CLIP, then cached). Lets far-apart changes "
                            "(e.g. cyan to orange) be found at all. 0 = start at ~0."}),
+            "preset": (list(PRESETS), {
+                "default": DEFAULT_PRESET,
+                "tooltip": "coral: the pack's defaults (every measured departure from the "
+                           "paper on); paper: the published method with none. Settings above "
+                           "left at their defaults follow the preset."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,
@@ -130,17 +136,17 @@ class CoralTrainEdit:
               area_weight: float = -1.0, tv_weight: float = -1.0, l2_weight: float = -1.0,
               area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
               region_pruning: float = -1.0, prior_samples: int = -1,
-              unique_id: str | None = None):
+              preset: str = DEFAULT_PRESET, unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
                                latents, segments, neutral_prompt, directional, batch, lr,
                                area_weight, tv_weight, l2_weight, area_weighting, max_layer,
-                               segments_k, region_pruning, prior_samples, unique_id)
+                               segments_k, region_pruning, prior_samples, preset, unique_id)
 
     def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
                segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
                l2_weight, area_weighting, max_layer, segments_k, region_pruning,
-               prior_samples, unique_id):
+               prior_samples, preset, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
@@ -153,21 +159,23 @@ class CoralTrainEdit:
                              "'latents' or choose 'per image'")
         seg = segments_from_masks(segments.clone(), G.img_resolution) \
             if segments is not None else None
-        cfg = TrainConfig(prompt=prompt, neutral=neutral_prompt, variant=variant,
-                          direction=direction, mode=mode_key, steps=steps, lr=lr or None,
-                          batch=ws.shape[0] if ws is not None else batch, seed=seed,
-                          num_segments=segments_k or _TRAIN.num_segments,
-                          max_layer=max_layer or None, directional=directional,
-                          prune_tolerance=_TRAIN.prune_tolerance if region_pruning < 0
-                          else region_pruning,
-                          prior_samples=_TRAIN.prior_samples if prior_samples < 0
-                          else prior_samples,
-                          weights=LossWeights(
-                              area=_WEIGHTS.area if area_weight < 0 else area_weight,
-                              tv=_WEIGHTS.tv if tv_weight < 0 else tv_weight,
-                              l2=None if l2_weight < 0 else l2_weight,
-                              area_weighting=area_weighting or _WEIGHTS.area_weighting),
-                          progress_every=max(1, steps // 20))
+        # a widget left at its default (or at its "default" marker) follows the preset
+        chosen = {name: value for name, value, default in (
+            ("prune_tolerance", region_pruning, _TRAIN.prune_tolerance),
+            ("prior_samples", prior_samples, _TRAIN.prior_samples),
+            ("num_segments", segments_k, _TRAIN.num_segments))
+            if value >= 0 and value != default and not (name == "num_segments" and value == 0)}
+        weights = {name: value for name, value, default in (
+            ("area", area_weight, _WEIGHTS.area), ("tv", tv_weight, _WEIGHTS.tv),
+            ("l2", l2_weight, -1.0)) if value >= 0 and value != default}
+        if area_weighting and area_weighting != _WEIGHTS.area_weighting:
+            weights["area_weighting"] = area_weighting
+        cfg = preset_config(preset or DEFAULT_PRESET, prompt=prompt, neutral=neutral_prompt,
+                            variant=variant, direction=direction, mode=mode_key, steps=steps,
+                            lr=lr or None,
+                            batch=ws.shape[0] if ws is not None else batch, seed=seed,
+                            max_layer=max_layer or None, directional=directional,
+                            weights=weights, progress_every=max(1, steps // 20), **chosen)
         reporter = Reporter(host.Progress(steps, unique_id), every=max(1, steps // 100),
                             poll=host.raise_if_interrupted)
         host.send_event("start", {"node": unique_id, "total": steps})

@@ -239,9 +239,10 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
           f"CLIP {C.model_id}, {steps} steps each, batch {list(batches)}")
     from ..editing.catalogue import catalogue_for
 
+    from ..editing.presets import preset_defaults
     from ..editing.prior import sample_bank_for
 
-    defaults = TrainConfig(prompt="-")
+    defaults = preset_defaults()
     catalogue_for(G, defaults.num_segments)  # built once, cached: not timed
     if defaults.prior_samples:  # the prior's sample bank: once per generator and CLIP, cached
         t0 = time.perf_counter()

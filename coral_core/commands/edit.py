@@ -12,15 +12,15 @@ import torch
 
 from ..atomic import ensure_writable, file_stamp, save_keeping_result
 from ..cli import add_parser, command
-from ..editing.losses import AREA_WEIGHTINGS, LossWeights
-from ..editing.trainer import TrainConfig
+from ..editing.losses import AREA_WEIGHTINGS
+from ..editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
 
 # --recompute auto|on|off -> TrainConfig.recompute
 MEMORY_OPTION_CHOICES = {"auto": None, "on": True, "off": False}
 
 # The engine's defaults, read once: the CLI keeps no numbers of its own.
-_TRAIN = TrainConfig(prompt="-")
-_WEIGHTS = LossWeights()
+_TRAIN = preset_defaults()
+_WEIGHTS = _TRAIN.weights
 
 
 
@@ -73,20 +73,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     latents = None
     if mode == "per_image":
         latents, _ = _latents(args, G, str(args.seed))
-    weights = LossWeights(area=args.area, tv=args.tv, l2=args.l2, identity=args.identity,
-                          area_weighting=args.area_weighting, clip_on_edit=args.clip_on_edit)
-    cfg = TrainConfig(prompt=args.prompt, neutral=args.neutral or "", variant=args.variant,
-                      direction=args.direction, mode=mode, steps=args.steps, lr=args.lr,
-                      batch=args.batch, seed=args.seed, truncation=args.truncation,
-                      num_segments=args.segments, max_layer=args.max_layer,
-                      directional=args.directional, weights=weights,
-                      bf16=MEMORY_OPTION_CHOICES[args.bf16],
-                      prune_tolerance=args.prune_tolerance, prune_at=args.prune_at,
-                      contest_steps=args.contest_steps, prior_samples=args.prior_samples,
-                      recompute=MEMORY_OPTION_CHOICES[args.recompute],
-                      checkpoint=Path(args.out).with_suffix(".ckpt.pt")
-                      if mode == "per_prompt" else None,
-                      identity_model=Path(args.identity_model) if args.identity_model else None)
+    # options left unset (None) take the preset's value
+    weights = {k: v for k, v in (("area", args.area), ("tv", args.tv), ("l2", args.l2),
+                                 ("identity", args.identity),
+                                 ("area_weighting", args.area_weighting),
+                                 ("clip_on_edit", args.clip_on_edit)) if v is not None}
+    chosen = {k: v for k, v in (("num_segments", args.segments),
+                                ("prune_tolerance", args.prune_tolerance),
+                                ("prune_at", args.prune_at),
+                                ("contest_steps", args.contest_steps),
+                                ("prior_samples", args.prior_samples)) if v is not None}
+    cfg = preset_config(args.preset, prompt=args.prompt, neutral=args.neutral or "",
+                        variant=args.variant, direction=args.direction, mode=mode,
+                        steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
+                        truncation=args.truncation, max_layer=args.max_layer,
+                        directional=args.directional, weights=weights,
+                        bf16=MEMORY_OPTION_CHOICES[args.bf16],
+                        recompute=MEMORY_OPTION_CHOICES[args.recompute],
+                        checkpoint=Path(args.out).with_suffix(".ckpt.pt")
+                        if mode == "per_prompt" else None,
+                        identity_model=Path(args.identity_model) if args.identity_model
+                        else None, **chosen)
     result = train_edit(G, clip, cfg, latents=latents,
                         reporter=Reporter(print_progress("train"), every=args.progress_every))
     written, notes = save_keeping_result(result.edit.save, args.out, stamp)
@@ -220,31 +227,39 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=_TRAIN.steps)
     s.add_argument("--batch", type=int, default=_TRAIN.batch)
     s.add_argument("--lr", type=float, default=None, help="default: the form's own")
-    s.add_argument("--area", type=float, default=_WEIGHTS.area, help="mask area weight")
-    s.add_argument("--tv", type=float, default=_WEIGHTS.tv)
+    s.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help="coral: the library's defaults (every measured departure from the "
+                        "paper on); paper: the published method with none. Options you set "
+                        "override it")
+    s.add_argument("--area", type=float, default=None,
+                   help=f"mask area weight (coral: {_WEIGHTS.area})")
+    s.add_argument("--tv", type=float, default=None, help=f"(coral: {_WEIGHTS.tv})")
     s.add_argument("--l2", type=float, default=None, help="default: the form's own")
-    s.add_argument("--clip-on-edit", type=float, default=_WEIGHTS.clip_on_edit)
-    s.add_argument("--identity", type=float, default=0.0,
+    s.add_argument("--clip-on-edit", type=float, default=None,
+                   help=f"(coral: {_WEIGHTS.clip_on_edit})")
+    s.add_argument("--identity", type=float, default=None,
                    help="identity loss weight (faces; e.g. 0.1), needs --identity-model")
     s.add_argument("--identity-model", default=None, help="model_ir_se50.pth")
-    s.add_argument("--area-weighting", default=_WEIGHTS.area_weighting,
-                   choices=list(AREA_WEIGHTINGS))
-    s.add_argument("--segments", type=int, default=_TRAIN.num_segments,
-                   help="catalogue size K (SS)")
+    s.add_argument("--area-weighting", default=None, choices=list(AREA_WEIGHTINGS),
+                   help=f"(coral: {_WEIGHTS.area_weighting}; paper: uniform)")
+    s.add_argument("--segments", type=int, default=None,
+                   help=f"catalogue size K (SS; coral: {_TRAIN.num_segments})")
     s.add_argument("--max-layer", type=int, default=None)
-    s.add_argument("--prune-tolerance", type=float, default=_TRAIN.prune_tolerance,
+    s.add_argument("--prune-tolerance", type=float, default=None,
                    help="region pruning: drop the segments (CAN: the catalogue's clusters) "
                         "the edit can do without while it keeps 1 - this share of its CLIP "
-                        "gain (0 = off, the paper's method)")
-    s.add_argument("--prune-at", type=float, default=_TRAIN.prune_at,
-                   help="region pruning: at this share of the steps")
-    s.add_argument("--contest-steps", type=int, default=_TRAIN.contest_steps,
+                        f"gain (0 = off, the paper's method; coral: {_TRAIN.prune_tolerance})")
+    s.add_argument("--prune-at", type=float, default=None,
+                   help=f"region pruning: at this share of the steps (coral: {_TRAIN.prune_at})")
+    s.add_argument("--contest-steps", type=int, default=None,
                    help="region pruning (SS): each large region first gets this many steps "
-                        "of its own direction and the best one wins (0 = off)")
-    s.add_argument("--prior-samples", type=int, default=_TRAIN.prior_samples,
+                        f"of its own direction and the best one wins (0 = off; coral: "
+                        f"{_TRAIN.contest_steps})")
+    s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from the mean w of the generator samples "
                         "(of this many, cached per generator and CLIP) that the CLIP ranks "
-                        "highest for the prompt, minus the mean of all (0 = start at ~0)")
+                        "highest for the prompt, minus the mean of all (0 = start at ~0; "
+                        f"coral: {_TRAIN.prior_samples})")
     s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",
                    default="auto",
                    help="bf16 autocast on CUDA, losses and mask maths stay in float32 (auto: "

@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..world.demo import run_demo
 
     report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps,
-                      world=args.world)
+                      world=args.world, preset=args.preset)
     print(report["summary_text"])
     return 0
 
@@ -156,6 +156,8 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prompt", default=None)
     s.add_argument("--seeds", default="0-3")
     s.add_argument("--steps", type=int, default=None, help="default: the library's")
+    s.add_argument("--preset", default="coral", choices=["coral", "paper"],
+                   help="coral (the defaults) or paper (the published method, no departure)")
 
 
 add_parser(_register)
@@ -185,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         face_result = run_face_eval(
             G, clip, load_face_judge(assets.require(where.judge)), parse_seeds(args.seeds),
             tuple(args.methods.split(",")) if args.methods else ("styleclip", "coral_ss"),
-            face_kinds, args.steps, args.can_steps, Path(args.out))
+            face_kinds, args.steps, args.can_steps, Path(args.out), preset=args.preset)
         print(face_table(face_result["summary"]))
         print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
         return 0
@@ -200,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(f"--methods: unknown {sorted(unknown)}; choose from "
                          f"{', '.join(METHODS + BOUNDS)}")
     result = run_eval(G, clip, judge, parse_seeds(args.seeds), args.steps, methods,
-                      kinds, Path(args.out), can_steps=args.can_steps)
+                      kinds, Path(args.out), can_steps=args.can_steps, preset=args.preset)
     print(format_table(result["summary"]))
     print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
     return 0
@@ -212,6 +214,9 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--generator", default=None)
     s.add_argument("--clip", default=None)
     s.add_argument("--seeds", default="0-7", help="scenes")
+    s.add_argument("--preset", default="coral", choices=["coral", "paper"],
+                   help="the CORAL methods' settings: coral (the defaults) or paper (the "
+                        "published method, no departure)")
     s.add_argument("--steps", type=int, default=None, help="default: the library's")
     s.add_argument("--can-steps", type=int, default=None, help="per-prompt CAN training steps")
     s.add_argument("--methods", default=None, help="comma list of styleclip, feat, coral_ss, "

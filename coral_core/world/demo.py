@@ -18,7 +18,8 @@ import torch
 from ..atomic import write_text_atomic
 from ..cache import get_clip, get_generator
 from ..editing.apply import apply_edits
-from ..editing.trainer import TrainConfig, train_edit
+from ..editing.presets import DEFAULT_PRESET, preset_config
+from ..editing.trainer import train_edit
 from ..editing.visualize import effective_mask, mask_grid, overlay
 from ..images import image_to_uint8, save_png
 from ..progress import Reporter, print_progress
@@ -70,7 +71,7 @@ def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:
 
 def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
              steps: int | None = None, device: str | None = None,
-             world: str = "shapes") -> dict[str, Any]:
+             world: str = "shapes", preset: str = DEFAULT_PRESET) -> dict[str, Any]:
     t0 = time.perf_counter()
     prompt = prompt or DEMO_PROMPTS[world]
     where = assets.world_assets(world)
@@ -80,8 +81,8 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
     with torch.no_grad():
         # no truncation: the demo generator draws the scene its z names (see gan_train)
         ws = G.mapping_ws(G.z_from_seeds(seed_list).to(G.w_avg.device), 1.0)
-    defaults = TrainConfig(prompt=prompt)
-    cfg = TrainConfig(prompt=prompt, steps=steps or defaults.steps, batch=len(seed_list))
+    cfg = preset_config(preset, prompt=prompt, batch=len(seed_list),
+                        **({"steps": steps} if steps else {}))
     result = train_edit(G, clip, cfg, latents=ws,
                         reporter=Reporter(print_progress("demo"), every=20))
     edit = result.edit

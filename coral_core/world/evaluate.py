@@ -33,7 +33,8 @@ from ..clip_model import CoralClip
 from ..editing.apply import apply_edits
 from ..editing.edit import Edit
 from ..editing.losses import LossWeights
-from ..editing.trainer import TrainConfig, train_edit
+from ..editing.presets import DEFAULT_PRESET, preset_config, preset_defaults
+from ..editing.trainer import train_edit
 from ..editing.visualize import effective_mask
 from ..images import image_to_uint8, save_png
 from ..metrics import psnr
@@ -269,13 +270,16 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
              methods: tuple[str, ...] = METHODS, kinds: tuple[str, ...] = KINDS,
              out: Path | None = None, feat_layer: int | None = None, can_steps: int | None = None,
              log: Any = print, weights: LossWeights | None = None, lr: float | None = None,
-             train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+             train_overrides: dict[str, Any] | None = None,
+             preset: str = DEFAULT_PRESET) -> dict[str, Any]:
     """The user's path: every method gets only the prompt (no neutral prompt, no region, nothing
-    the truth knows) and the library's defaults (or the same given ones) with the same step
+    the truth knows) and the ``preset``'s defaults (or the same given ones) with the same step
     budget. CAN trains ``can_steps`` per prompt (default 3 x steps) on fresh samples and is
     applied to the evaluation scenes, which it never saw (colour kinds only)."""
-    weights = weights or LossWeights()
-    steps = steps or TrainConfig(prompt="-").steps
+    given = dict(train_overrides or {})
+    if weights is not None:
+        given["weights"] = weights
+    steps = steps or preset_defaults(preset).steps
     cases, ws_all, scenes = build_cases(G, seeds, kinds)
     feat_layer = feat_layer or (len(G.conv_layers) + 1) // 2
     rows: list[dict[str, Any]] = []
@@ -289,19 +293,17 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
             t0 = time.perf_counter()
             if method == "coral_can":
                 if case.prompt not in can_edits:
-                    cfg = TrainConfig(prompt=case.prompt, variant="can", direction="global",
-                                      mode="per_prompt", steps=can_steps or steps * 3,
-                                      batch=4, seed=0, truncation=1.0, lr=lr,
-                                      weights=weights, **(train_overrides or {}))
+                    cfg = preset_config(preset, prompt=case.prompt, variant="can",
+                                        direction="global", mode="per_prompt",
+                                        steps=can_steps or steps * 3, batch=4, seed=0,
+                                        truncation=1.0, lr=lr, **given)
                     can_edits[case.prompt] = train_edit(G, clip, cfg).edit
                 edit = can_edits[case.prompt]
             else:
-                cfg = TrainConfig(prompt=case.prompt, steps=steps, batch=1, seed=case.seed,
-                                  variant="can" if method == "feat" else "ss",
-                                  only_layers=[feat_layer] if method == "feat" else None,
-                                  no_masks=method == "styleclip", lr=lr, weights=type(weights)(**{**weights.to_dict(), **__import__("json").loads(__import__("os").environ.get("CORAL_W", "{}"))}),
-                                  **(train_overrides or {}),
-                                  **__import__("json").loads(__import__("os").environ.get("CORAL_CFG", "{}")))
+                cfg = preset_config(preset, prompt=case.prompt, steps=steps, batch=1,
+                                    seed=case.seed, variant="can" if method == "feat" else "ss",
+                                    only_layers=[feat_layer] if method == "feat" else None,
+                                    no_masks=method == "styleclip", lr=lr, **given)
                 region = case.region[None, None].float() if method == "true_region" else None
                 edit = train_edit(G, clip, cfg, latents=ws, segments=region).edit
             t_edit = time.perf_counter() - t0

@@ -138,3 +138,42 @@ def test_loaders_list_both_worlds_shipped_models_and_they_load() -> None:
     for name in ("[demo] shapes CLIP", "[demo] faces CLIP"):
         assert name in clips
         assert get_clip(host.resolve(host.CLIP_FOLDER, name)).image_size == 64
+
+
+def test_train_node_preset_sets_what_its_widgets_leave_at_their_defaults(monkeypatch) -> None:
+    _host()
+    import coralpack.nodes.editing as editing  # type: ignore[import-not-found]
+    from coral_core.cache import get_clip, get_generator
+    from coral_core.world import assets
+
+    spec = editing.CoralTrainEdit.INPUT_TYPES()["optional"]["preset"]
+    assert spec[0] == ["coral", "paper"] and spec[1]["default"] == "coral"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(G, C, cfg, **kw):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(editing, "train_edit", capture)
+    monkeypatch.setattr(editing.host, "Progress", lambda *a, **k: (lambda *x: None))
+    monkeypatch.setattr(editing.host, "send_event", lambda *a, **k: None)
+    model = type("M", (), {"generator": lambda self: get_generator(
+        assets.DEMO_GENERATOR).generator})()
+    clip = type("C", (), {"ready": lambda self: get_clip(assets.DEMO_CLIP)})()
+    optional = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
+    widgets = {name: optional[name][1]["default"] for name in (
+        "area_weight", "tv_weight", "l2_weight", "area_weighting", "segments_k",
+        "region_pruning", "prior_samples")}
+    for preset, pruning in (("paper", widgets["region_pruning"]), ("paper", 0.1)):
+        with pytest.raises(Stop):
+            editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
+                                           "per image", 4, 0, **{**widgets,
+                                                                 "region_pruning": pruning},
+                                           preset=preset)
+    left, set_ = seen
+    assert left.prune_tolerance == 0 and not left.composite  # the preset's
+    assert left.weights.area_weighting == "uniform"
+    assert set_.prune_tolerance == 0.1 and not set_.composite  # the user's value wins

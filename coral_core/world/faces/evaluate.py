@@ -21,7 +21,8 @@ import torch
 from ...atomic import write_text_atomic
 from ...clip_model import CoralClip
 from ...editing.apply import apply_edits
-from ...editing.trainer import TrainConfig, train_edit
+from ...editing.presets import DEFAULT_PRESET, preset_config, preset_defaults
+from ...editing.trainer import train_edit
 from ...images import image_to_uint8, save_png
 from ...stylegan import Generator
 from ..scoring import grow, psnr_in
@@ -123,8 +124,9 @@ def score(case: FaceCase, judge: FaceJudge, faces: FaceBatch, original: torch.Te
 def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[int],
                   methods: tuple[str, ...] = ("coral_ss",), kinds: tuple[str, ...] = tuple(KINDS),
                   steps: int | None = None, can_steps: int | None = None,
-                  out: Path | None = None, log: Any = print) -> dict[str, Any]:
-    steps = steps or TrainConfig(prompt="-").steps
+                  out: Path | None = None, log: Any = print,
+                  preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+    steps = steps or preset_defaults(preset).steps
     cases, ws_all, faces = build_cases(G, seeds, kinds)
     rows: list[dict[str, Any]] = []
     can: dict[str, Any] = {}
@@ -135,13 +137,14 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
             t0 = time.perf_counter()
             if method == "coral_can":
                 if case.prompt not in can:
-                    cfg = TrainConfig(prompt=case.prompt, variant="can", mode="per_prompt",
-                                      steps=can_steps or steps * 3, batch=4, seed=0)
+                    cfg = preset_config(preset, prompt=case.prompt, variant="can",
+                                        mode="per_prompt", steps=can_steps or steps * 3,
+                                        batch=4, seed=0)
                     can[case.prompt] = train_edit(G, clip, cfg).edit
                 edit = can[case.prompt]
             else:
-                cfg = TrainConfig(prompt=case.prompt, steps=steps, batch=1, seed=case.seed,
-                                  no_masks=method == "styleclip")
+                cfg = preset_config(preset, prompt=case.prompt, steps=steps, batch=1,
+                                    seed=case.seed, no_masks=method == "styleclip")
                 edit = train_edit(G, clip, cfg, latents=ws).edit
             t_edit = time.perf_counter() - t0
             res = apply_edits(G, ws, [edit])

@@ -1,0 +1,68 @@
+"""Presets: the paper's method in one word, in every entry point, with what a user sets
+explicitly winning over the preset."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from coral_core.editing.edit import Edit
+from coral_core.editing.presets import PRESETS, preset_config, preset_defaults
+from coral_core.editing.trainer import TrainConfig, train_edit
+from coral_core.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_coral_preset_is_the_library_defaults_and_paper_switches_every_departure_off():
+    assert preset_defaults("coral") == dataclasses.replace(TrainConfig(prompt="(default)"))
+    paper = preset_defaults("paper")
+    assert paper.segment_pieces == 0 and paper.piece_min_cells == 0
+    assert paper.prune_tolerance == 0 and paper.contest_steps == 0
+    assert paper.prior_samples == 0 and not paper.composite and not paper.check_fit
+    assert not paper.harden_selection and paper.segment_pool == "area"
+    assert paper.weights.area_weighting == "uniform"
+    # every setting a preset names is a real one, so a rename cannot silently drop it
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for changes in PRESETS.values():
+        assert set(changes) - {"weights"} <= fields
+
+
+def test_explicit_settings_win_over_the_preset_and_unknown_ones_are_refused():
+    cfg = preset_config("paper", prompt="x", prune_tolerance=0.2, weights={"area": 0.5})
+    assert cfg.prune_tolerance == 0.2 and cfg.weights.area == 0.5
+    assert cfg.weights.area_weighting == "uniform" and not cfg.composite
+    with pytest.raises(InputError, match="preset"):
+        preset_config("fancy", prompt="x")
+    with pytest.raises(InputError, match="unknown training setting"):
+        preset_config("coral", prompt="x", prune_tolerence=0.1)
+
+
+def test_a_paper_edit_is_the_published_method(G, clip):
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]))
+    edit = train_edit(G, clip, preset_config("paper", prompt="a red circle", steps=6, batch=2,
+                                             seed=1), latents=ws).edit
+    assert not edit.composite and "region_pruning" not in edit.info
+    assert "prior" not in edit.info and "prompt_fit" not in edit.info
+    assert edit.catalogue is not None and edit.catalogue.pieces == 0
+    weights = torch.sigmoid(edit.selector.logits)
+    assert bool(((weights > 0) & (weights < 1)).all())  # soft masks, nothing hardened
+    assert edit.info["config"]["segment_pool"] == "area"
+
+
+def test_cli_train_takes_a_preset_and_records_it(tmp_path: Path):
+    out = tmp_path / "paper.safetensors"
+    run = subprocess.run([sys.executable, "-m", "coral_core", "train", "--prompt",
+                          "a green background", "--seeds", "3", "--steps", "2",
+                          "--preset", "paper", "--prune-tolerance", "0.1", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    config = Edit.load(out).info["config"]
+    assert config["composite"] is False and config["segment_pieces"] == 0
+    assert config["prune_tolerance"] == 0.1  # set by the user: wins over the preset
+    assert json.loads(run.stdout[:run.stdout.rindex("}") + 1])["prompt"] == "a green background"
