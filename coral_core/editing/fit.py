@@ -21,7 +21,7 @@ triangle) fits the generator and is not yet true of the image, so it is edited.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,10 +37,21 @@ class PromptFit:
     relative_range: float   # the prompt's range / the largest range on the bank
     already: list[bool]     # per image: the image already matches the prompt
     warnings: list[str]
+    start_scores: list[float] = field(default_factory=list)  # per image, before the edit
+    best_score: float = float("nan")  # mean score of the bank's best-matching samples
 
     @property
     def aimless(self) -> bool:
         return self.relative_range < MIN_RELATIVE_RANGE
+
+    def reach(self, text_embedding: torch.Tensor, edited_embeddings: torch.Tensor
+              ) -> list[float]:
+        """Per image: how far the edit moved its CLIP score from where it started towards the
+        bank's best samples' (0: not at all, 1: as well as they match the prompt)."""
+        t = text_embedding.reshape(-1).float().cpu()
+        scores = (edited_embeddings.float().cpu() @ t).tolist()
+        return [round((s - s0) / max(self.best_score - s0, 1e-6), 3)
+                for s, s0 in zip(scores, self.start_scores)]
 
 
 def _range(scores: torch.Tensor, top: int) -> tuple[float, float]:
@@ -78,4 +89,4 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
         which = ", ".join(str(i) for i, a in enumerate(already) if a)
         warnings.append(f"prompt {prompt!r}: image(s) {which} already match it as well as the "
                         "generator's best samples do, so they are left unchanged")
-    return PromptFit(relative, already, warnings)
+    return PromptFit(relative, already, warnings, [float(v) for v in scores], best)

@@ -470,6 +470,10 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if fit is not None:
         edit.info["prompt_fit"] = {"relative_range": round(fit.relative_range, 3),
                                    "already": fit.already}
+        if history and not fit.aimless:
+            with torch.no_grad():
+                edit.info["prompt_fit"]["reach"] = fit.reach(
+                    target, clip.encode_image(img_b.detach()))
     return TrainResult(edit, partial, history, reason)
 
 

@@ -320,7 +320,8 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **scores, "seconds_per_edit": t_edit,
                          "seconds_per_apply": t_apply, "peak_mib": _peak_mib(),
-                         "selected_layers": selected, "warnings": warnings})
+                         "selected_layers": selected, "warnings": warnings,
+                         "reach": (edit.info.get("prompt_fit") or {}).get("reach")})
             if method == "coral_ss":
                 tiles.append((_badness(scores), f"{case.kind}: {case.prompt}",
                               _tile(res, G.img_resolution)))
@@ -329,7 +330,9 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
                 f"image={scores['psnr_image']:.1f}")
     summary = summarise(rows)
     result = {"cases": len(cases), "steps": steps, "can_steps": can_steps or steps * 3,
-              "lr": lr, "loss_weights": weights.to_dict(), "methods": list(methods),
+              "lr": lr, "preset": preset,
+              "loss_weights": (weights or preset_defaults(preset).weights).to_dict(),
+              "methods": list(methods),
               "kinds": list(kinds), "feat_layer": feat_layer, "summary": summary, "rows": rows,
               "path": "user's path: the prompt only, library defaults"}
     if out is not None:
