@@ -38,8 +38,10 @@ class CoralSampleLatents:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (STYLEGAN_MODEL, {"tooltip": "The generator the latents are for."}),
+            # no "randomize after queue": the seeds decide the latents, and a seed that
+            # changed by itself on every queue re-ran this node and everything after it
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
-                             "control_after_generate": True,
+                             "control_after_generate": False,
                              "tooltip": "First seed; the batch uses seed, seed+1, ..."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
                                    "tooltip": "How many latents."}),

@@ -430,6 +430,9 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if isinstance(selector, SegmentSelector):
         selector.bake_gate()
     if fit is not None:
+        if history and not fit.aimless and isinstance(direction, GlobalDirection):
+            with torch.no_grad():
+                fit.judge_outcome(cfg.prompt, target, clip.encode_image(img_b.detach()))
         _leave_unchanged(direction, selector, fit)
     edit = Edit(variant=cfg.variant, direction_form=cfg.direction, mode=cfg.mode,
                 prompt=cfg.prompt, neutral=cfg.neutral,
@@ -470,10 +473,8 @@ def _train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     if fit is not None:
         edit.info["prompt_fit"] = {"relative_range": round(fit.relative_range, 3),
                                    "already": fit.already}
-        if history and not fit.aimless:
-            with torch.no_grad():
-                edit.info["prompt_fit"]["reach"] = fit.reach(
-                    target, clip.encode_image(img_b.detach()))
+        if fit.reached:
+            edit.info["prompt_fit"]["reach"] = fit.reached
     return TrainResult(edit, partial, history, reason)
 
 
@@ -738,7 +739,7 @@ def _leave_unchanged(direction: nn.Module, selector: nn.Module, fit: Any) -> Non
     """Zero the edit for every image the prompt does not fit (all of them when it has nothing
     to aim at): its direction row is 0 and its masks are empty, so applying it gives the
     original image exactly."""
-    rows = [i for i, already in enumerate(fit.already) if already or fit.aimless]
+    rows = fit.unchanged_rows()
     if not rows or not isinstance(direction, GlobalDirection):
         return
     for i in rows:

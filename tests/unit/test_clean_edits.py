@@ -140,3 +140,17 @@ def test_the_chosen_region_is_edited_at_full_strength_unless_switched_off() -> N
                       latents=ws).edit
     weights = torch.sigmoid(soft.selector.logits)
     assert bool(((weights > 0.01) & (weights < 0.99)).any())
+
+
+def test_an_edit_that_falls_short_or_overshoots_leaves_its_image_unchanged_and_says_why():
+    from coral_core.editing.fit import PromptFit
+
+    fit = PromptFit(1.0, [False, False, False, True], [], [0.1, 0.1, 0.1, 0.6], 0.5)
+    text = torch.tensor([1.0, 0.0])
+    edited = torch.tensor([[0.12, 1.0], [0.5, 0.9], [0.9, 0.4], [0.6, 0.8]])
+    fit.judge_outcome("a red circle", text, edited)
+    assert fit.reached[:3] == [0.05, 1.0, 2.0]
+    assert fit.unchanged_rows() == [0, 2, 3]  # short, far, and the one already there
+    assert len(fit.warnings) == 2
+    assert "image(s) 0 got only 5%" in fit.warnings[0]
+    assert "image(s) 2 moved the CLIP 2.0x" in fit.warnings[1]
