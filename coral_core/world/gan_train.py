@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..atomic import atomic_path, write_text_atomic
 from ..progress import Reporter
