@@ -4,6 +4,7 @@ A crash or a full disk leaves either the old file or the new one, never half of 
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -43,8 +44,16 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, target)
-    except BaseException:
+    except OSError as exc:
         tmp_path.unlink(missing_ok=True)
+        if exc.filename is None or Path(str(exc.filename)) == tmp_path:
+            # a full disk while writing names no file (or the temp one): name the target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
+    except BaseException as exc:
+        tmp_path.unlink(missing_ok=True)
+        if type(exc).__name__ == "SafetensorError":  # safetensors' own I/O error type
+            raise OSError(errno.EIO, f"could not be written ({exc})", str(target)) from exc
         raise
 
 

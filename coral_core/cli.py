@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coral {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable output folder, disk full, missing file
-        print(f"coral {args.command}: error: {exc.filename or ''}: {exc.strerror or exc}",
-              file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"coral {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -80,3 +80,42 @@ def test_prompts_that_would_fail_later_are_refused_before_training(prompt: str,
     with pytest.raises(InputError) as err:
         TrainConfig(prompt=prompt).validate(random_generator())
     assert words in str(err.value)
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch,
+                                                        capsys) -> None:
+    """Disk full while writing: PIL's error names no file and safetensors raises its own
+    type; both reach the user as one line naming the output, with no temp file left."""
+    import errno
+
+    from PIL import Image
+
+    from coral_core import cli
+
+    def full(self, fp, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    from coral_core.world import assets
+
+    out = tmp_path / "gen"
+    assert cli.main(["generate", "--generator", str(assets.DEMO_GENERATOR), "--seeds", "0",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'seed0000.png'}: No space left on device" in err
+    assert not list(out.glob(".*.tmp"))
+
+    class SafetensorError(Exception):
+        pass
+
+    from coral_core.atomic import atomic_path
+
+    target = tmp_path / "edit.safetensors"
+    try:
+        with atomic_path(target):
+            raise SafetensorError("Error while serializing: IoError(No space left on device)")
+    except OSError as exc:
+        assert exc.filename == str(target) and "No space left" in str(exc)
+    else:
+        raise AssertionError("no error")
+    assert not list(tmp_path.glob(".*.tmp"))
