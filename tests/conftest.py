@@ -69,6 +69,8 @@ def _fit_check_off_for_random_clips(request: pytest.FixtureRequest,
 
     monkeypatch.setattr(fit, "MIN_RELATIVE_RANGE", float("-inf"))
     monkeypatch.setattr(fit, "ALREADY_MARGIN", float("-inf"))
+    monkeypatch.setattr(fit, "MIN_REACH", float("-inf"))
+    monkeypatch.setattr(fit, "MAX_REACH", float("inf"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
