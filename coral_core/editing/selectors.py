@@ -101,6 +101,8 @@ def snap_segments(segments: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     objects or cut into them, and a hard choice changed a mixed edge pixel wholly or not."""
     x = (image.detach().float() + 1) / 2
     seg = segments.float()
+    if seg.shape[1] < 2:  # one supplied segment: nothing to unmix it with
+        return seg
     area = seg.sum((2, 3)).clamp_min(1e-6)  # [B, K]
     mean = torch.einsum("bkhw,bchw->bkc", seg, x) / area[..., None]  # [B, K, 3]
     near = torch.nn.functional.max_pool2d(seg, 2 * SNAP_PIXELS + 1, stride=1,

@@ -57,8 +57,9 @@ def test_eval_runs_every_method_and_scores(tmp_path) -> None:
 
 
 def test_the_true_region_bound_edits_inside_the_true_region() -> None:
-    """The 'true_region' bound gives CORAL-SS the world's region as its only segment: its mask
-    can only be that region, so where it selects anything the IoU is the region's own."""
+    """The 'true_region' bound gives CORAL-SS the world's region as its only segment: its masks
+    can only cover that region (max-pooled to coarse layers, so a cell's width around it) and
+    the final composite keeps every pixel outside it."""
     G = get_generator(assets.DEMO_GENERATOR).generator
     result = run_eval(G, get_clip(assets.DEMO_CLIP), load_judge(assets.DEMO_JUDGE), [1],
                       steps=20, methods=("true_region",), kinds=("background", "object colour"),
@@ -66,7 +67,8 @@ def test_the_true_region_bound_edits_inside_the_true_region() -> None:
     rows = result["rows"]
     assert len(rows) == 2
     for row in rows:
-        assert row["iou"] == 0 or row["iou"] > 0.9, row
+        assert row["iou"] == 0 or row["iou"] > 0.8, row
+        assert row["psnr_outside"] >= 40, row
 
 
 def test_shipped_world_models_meet_their_goals_on_a_sample() -> None:
