@@ -19,7 +19,10 @@ for p in (str(TESTS), str(ROOT)):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# 2 threads on the 2-core machine; a job run beside others says OMP_NUM_THREADS=1 and gets it
+# (two suites at 2 threads each spin at OpenMP barriers and run many times slower)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0)
+                      or max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
