@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..coral_core.editing.apply import apply_edits
 from ..coral_core.editing.edit import Edit
-from ..coral_core.editing.losses import AREA_WEIGHTINGS
+from ..coral_core.editing.config import AREA_WEIGHTINGS
 from ..coral_core.editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
 from ..coral_core.editing.trainer import train_edit
 from ..coral_core.editing.visualize import effective_mask, mask_grid, overlay

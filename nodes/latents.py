@@ -9,7 +9,7 @@ import torch
 from ..coral_core.images import to_unit_range
 from ..coral_core.latents import load_latents, save_latents
 from ..coral_core.seeds import parse_seeds
-from ..coral_core.editing.trainer import TrainConfig
+from ..coral_core.editing.presets import preset_defaults
 from . import host
 from .types import STYLEGAN_LATENT, STYLEGAN_MODEL, Latents, StyleGANModel
 
@@ -45,7 +45,8 @@ class CoralSampleLatents:
                              "tooltip": "First seed; the batch uses seed, seed+1, ..."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
                                    "tooltip": "How many latents."}),
-            "truncation": ("FLOAT", {"default": TrainConfig(prompt="-").truncation, "min": 0.0, "max": 2.0, "step": 0.05,
+            "truncation": ("FLOAT", {"default": preset_defaults().truncation, "min": 0.0, "max": 2.0,
+                                     "step": 0.05,
                                      "tooltip": "psi: 1 = no truncation, lower = more "
                                                 "typical images."}),
         }, "optional": {

@@ -6,14 +6,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import ensure_writable, file_stamp, save_keeping_result
 from ..cli import add_parser, command
-from ..editing.losses import AREA_WEIGHTINGS
+from ..editing.config import AREA_WEIGHTINGS
 from ..editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
+
+if TYPE_CHECKING:
+    import torch
 
 # --recompute auto|on|off -> TrainConfig.recompute
 MEMORY_OPTION_CHOICES = {"auto": None, "on": True, "off": False}
@@ -47,6 +48,8 @@ def _latents(args: argparse.Namespace, G: Any, default_seeds: str) -> tuple[torc
         ws = load_latents(args.latent, G.num_ws, G.w_dim).to(G.w_avg.device)
         return ws, [f"latent{i:02d}" for i in range(ws.shape[0])]
     seeds = parse_seeds(getattr(args, "seeds", None) or default_seeds)
+    import torch
+
     with torch.no_grad():
         ws = G.mapping_ws(G.z_from_seeds(seeds).to(G.w_avg.device), args.truncation)
     return ws, [f"seed{s:04d}" for s in seeds]

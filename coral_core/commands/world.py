@@ -6,8 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from ..cli import add_parser, command
 from ..errors import InputError
 
@@ -58,6 +56,8 @@ def cmd_world(args: argparse.Namespace) -> int:
         G = load_generator(assets.require(assets.DEMO_GENERATOR)).generator
         out = Path(args.out or "out/generator_rosinality.pt")
         with atomic_path(out) as tmp:
+            import torch
+
             torch.save(nvlabs_to_rosinality(G), tmp)
         result = {"wrote": str(out)}
     elif args.action == "check":

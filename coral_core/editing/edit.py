@@ -26,9 +26,7 @@ from .selectors import AttentionSelector, SegmentSelector
 EDIT_FORMAT = "coral-edit"
 EDIT_VERSION = "2"  # 2: content hash required (formats/integrity.py)
 READABLE_EDIT_VERSIONS = ("1", "2")
-VARIANTS = ("ss", "can")
-DIRECTIONS = ("global", "mapper")
-MODES = ("per_image", "per_prompt")
+from .config import DIRECTIONS, MODES, VARIANTS  # noqa: E402,F401 (their home: config.py)
 
 
 @dataclass

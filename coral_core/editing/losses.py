@@ -1,7 +1,6 @@
 """Loss terms of CoralStyleCLIP: CLIP (global or directional), L2, area, TV, identity."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -10,55 +9,7 @@ from ..clip_model import CoralClip
 from ..errors import InputError
 from ..stylegan import Generator
 
-AREA_WEIGHTINGS = ("spread", "spread_area", "uniform", "resolution", "inverse_resolution")
-
-
-@dataclass
-class LossWeights:
-    """Weights of the loss terms; ``l2=None`` picks the direction form's default."""
-
-    clip: float = 1.0
-    l2: float | None = None
-    # Measured on the demo world v2 (scripts/sweep_localisation.py, 12 cases, SS per image):
-    # area 0.01 / 0.02 / 0.05 / 0.2 with the global L2 at 0.008 all gave success 0.25 (the
-    # direction never grew); L2 0.001: 0.58, 0.0002: 0.83, 0: 0.92 but objects repainted
-    # (PSNR outside 14 dB). Area 0.02 with spread weighting: success 0.83, object edits 38 dB
-    # outside, IoU 0.83; 0.05 costs success, spread_area (1/r^2) and clip_on_edit 0 were worse.
-    # Session 6 (48 cases, with segment pieces and region pruning, which now keep the edit off
-    # the objects): global L2 0.0002 -> 0.0001 lifted success 0.71 -> 0.77 (others kept 0.94
-    # both, PSNR outside 33.9 -> 32.6 dB; 0.00005: 0.77 / 31.7 dB). Why: a recolour at the
-    # fine layers alone needs a longer move through W+ than at all layers (the straight path
-    # to the target colour's mean w reaches it at 1.5-2x the distance, through other colours on
-    # the way), and at 0.0002 the L2 held the direction short of it.
-    # Session 7 (same 48 cases, L2 0.0001): area 0.02 / 0.01 / 0.0075 / 0.005 gave success
-    # 0.77 / 0.79 / 0.79 / 0.81, PSNR outside 32.6 / 31.8 / 31.4 / 30.5 dB (past the 1-px edge
-    # 52.7 / 48.8 / 47.5 / 43.8), others kept 0.94 / 0.94 / 0.94 / 0.92, IoU 0.94 / 0.93 / 0.94
-    # / 0.93. Why: region pruning now does most of the work of keeping the edit out of other
-    # regions, and a lighter area term lets large regions (backgrounds) keep a 16-px layer,
-    # where a recolour needs a shorter move than at the 32/64-px layers alone. The largest
-    # area that reaches 0.80 was chosen; held-out figures (seeds 24-47) are in the README.
-    # Session 9, with the direction prior (trainer.TrainConfig.prior_scale), seeds 24-47, the
-    # first 42 cases: area 0.005 / 0.01 / 0.02 gave success 0.88 / 0.86 / 0.88, PSNR outside
-    # 29.2 / 31.4 / 32.6 dB, others kept 0.98 / 0.95 / 0.95. The prior now gives backgrounds
-    # the long move that the lighter area term bought before, so the tighter one is back.
-    area: float = 0.02
-    tv: float = 0.01
-    identity: float = 0.0
-    clip_on_edit: float = 0.5         # share of the CLIP term computed on G(w + d)
-    directional_share: float = 1.0    # with a neutral prompt: directional share of the CLIP term
-    leak: float = 0.0                 # share of the change outside the edit's own finest mask
-    area_weighting: str = "spread"
-    area_layer_weights: list[float] | None = field(default=None)
-
-    def l2_for(self, direction: str) -> float:
-        if self.l2 is not None:
-            return self.l2
-        # global: on sum(u^2) with u in w-spread units (see the measurements above);
-        # mapper: StyleCLIP's 0.8 on the mean, not re-measured here
-        return 0.8 if direction == "mapper" else 0.0001
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+from .config import AREA_WEIGHTINGS, LossWeights  # noqa: E402,F401 (their home: config.py)
 
 
 def area_betas(G: Generator, weights: LossWeights) -> list[float]:

@@ -12,8 +12,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import InputError
-from .losses import LossWeights
-from .trainer import TrainConfig
+from .config import LossWeights, TrainConfig
 
 #: settings each preset changes from TrainConfig's (and LossWeights') defaults
 PRESETS: dict[str, dict[str, Any]] = {

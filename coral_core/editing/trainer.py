@@ -12,7 +12,7 @@ import contextlib
 import functools
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,166 +22,20 @@ import torch.nn.functional as F
 
 from ..clip_model import CoralClip
 from ..devices import isolated_rng
-from ..validate import MAX_STEPS, finite, whole
 from ..errors import CancelledError, InputError
 from ..progress import Reporter
 from ..stylegan import Generator
 from .blend import blended_synthesis, mask_policy
 from .catalogue import SegmentCatalogue, catalogue_for
 from .directions import GlobalDirection, LatentMapper
-from .edit import DIRECTIONS, MODES, VARIANTS, Edit
+from .config import (ATTENTION_LR, GLOBAL_LR, MAX_PROMPT_CHARS, NETWORK_LR,  # noqa: F401
+                     SEGMENT_LR, TrainConfig)
+from .edit import Edit
 from .selectors import AttentionSelector, SegmentSelector, composite
 from .losses import (LossWeights, area_betas, area_loss, clip_loss, clip_loss_per_image,
                      leak_loss, mask_areas, tv_loss)
 from .prior import SampleBank, retrieval_prior, sample_bank_for
 from .pruning import prune_selection
-
-
-GLOBAL_LR = 0.05      # global W+ offset, in w-spread units
-NETWORK_LR = 2e-3     # latent mapper weights
-SEGMENT_LR = 0.05     # segment-selection logits
-ATTENTION_LR = 5e-3   # attention-network heads
-
-
-@dataclass
-class TrainConfig:
-    prompt: str
-    neutral: str = ""
-    variant: str = "ss"
-    direction: str = "global"
-    mode: str = "per_image"
-    steps: int = 100
-    lr: float | None = None
-    batch: int = 4
-    seed: int = 0
-    # 1.0 everywhere (CLI, nodes, demo), as NVIDIA's generate.py: seed N is the same picture in
-    # every entry point, and the demo generator draws exactly the scene its z names.
-    truncation: float = 1.0
-    num_segments: int = 6
-    # Per image: split the catalogue's clusters into connected pieces, up to this many per
-    # image (0: the clusters as they are), so one of two similar objects can be chosen.
-    segment_pieces: int = 12
-    # ... and a piece of fewer cells than this (at the catalogue's 32-px grid) joins the
-    # neighbour it shares most border with: corner and edge fragments (catalogue.py). 0: off.
-    piece_min_cells: int = 3
-    mask_init: float = 0.5    # every mask's starting value (the paper: logits 0, so 0.5)
-    max_layer: int | None = None
-    only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
-    no_masks: bool = False                # StyleCLIP-style baseline: d everywhere, no masks
-    directional: bool = False
-    # Two phases (needs ``directional``): for this share of the steps the selector learns the
-    # region under the directional CLIP loss (which keeps the other regions out); then the
-    # selector is frozen and the direction alone continues under the global CLIP loss.
-    select_then_edit: float | None = None
-    # Region pruning (see pruning.py): at this share of the steps, drop the segments (CAN: the
-    # catalogue's clusters) the edit can do without while keeping >= 1 - prune_tolerance of its
-    # CLIP gain; prune_layers makes whole layers units too (SS). Tolerance 0 switches it off
-    # (the paper's method).
-    prune_tolerance: float = 0.3
-    prune_at: float = 0.6
-    prune_layers: bool = False
-    # With a neutral prompt, region pruning judges the candidate regions by the directional
-    # CLIP loss (the change must point from the neutral text to the prompt), whatever loss
-    # trains the edit (see pruning.py for why and what it measured).
-    prune_directional: bool = True
-    # Before pruning, the large regions (each >= 2 % of the picture) contest the edit: each
-    # alone gets a short re-optimisation of the direction, and the best by the pruning loss
-    # wins (see _contest_regions). 0 switches it off.
-    contest_steps: int = 15
-    # Global direction: start from ``prior_scale`` times the CLIP-retrieval prior (prior.py):
-    # the mean w of the ``prior_top`` of ``prior_samples`` generator samples the CLIP ranks
-    # highest for the prompt, minus the mean of all. 0 samples switches it off (start near 0,
-    # the paper's). Scale 2: a masked recolour at the fine layers needs about twice the move
-    # that reaches the target's mean w with every layer (measured; see prior.py).
-    prior_samples: int = 1024
-    prior_top: int = 64
-    prior_scale: float = 2.0
-    # SS: keep the original pixels outside the selected segments (selectors.composite), in
-    # apply and in training once region pruning has chosen the region (from then on the CLIP
-    # sees what the user gets; before it, the paper's blend, so the area term does not starve
-    # a large region whose change the composite would halve: a background prompt lost its
-    # background that way). False: the paper's blend alone.
-    composite: bool = True
-    # SS: once region pruning has chosen, the kept (layer, segment) masks are set to 1 and
-    # frozen, and the direction alone trains on: soft masks left a background edit half done
-    # (a muddy colour). False: the masks stay soft and trainable (the paper's).
-    harden_selection: bool = True
-    # Per image: check the prompt fits before editing (fit.py); an image it cannot or need
-    # not change is left exactly as it was, with a warning. False: edit whatever the prompt.
-    check_fit: bool = True
-    # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
-    segment_pool: str = "max"
-    weights: LossWeights = field(default_factory=LossWeights)
-    progress_every: int = 10
-    # bf16 autocast on CUDA (losses and mask maths in float32): None = automatic (auto_bf16)
-    bf16: bool | None = None
-    # activation recomputation in the blended pass: None = automatic (auto_recompute: CPU at
-    # 256 px and up; CUDA at 512 px and up with less than 16 GiB free), or forced on / off
-    recompute: bool | None = None
-    checkpoint: Path | None = None
-    checkpoint_every: int = 100
-    catalogue_dir: Path | None = None
-    identity_model: Path | None = None  # model_ir_se50.pth, for the optional identity loss
-
-    def validate(self, G: Generator) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise InputError("prompt is empty: describe the edit, e.g. 'a face with a beard'")
-        for name, text in (("prompt", self.prompt), ("neutral prompt", self.neutral)):
-            try:  # before training, not after it (saving the edit would fail on it)
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InputError(f"{name} holds a character that cannot be written "
-                                 f"({exc.reason} at position {exc.start}); retype it") from exc
-            if len(text) > MAX_PROMPT_CHARS:
-                raise InputError(f"{name} is {len(text)} characters; at most "
-                                 f"{MAX_PROMPT_CHARS} (a CLIP reads 77 tokens at most)")
-        if self.variant not in VARIANTS:
-            raise InputError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.direction not in DIRECTIONS:
-            raise InputError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        whole("steps", self.steps, 1, MAX_STEPS)
-        whole("batch", self.batch, 1, 4096)
-        whole("segments", self.num_segments, 2, 256)
-        if self.segment_pieces:
-            whole("segment_pieces", self.segment_pieces, 2, 256)
-        whole("piece_min_cells", self.piece_min_cells, 0, 256)
-        whole("contest_steps", self.contest_steps, 0, MAX_STEPS)
-        if self.prior_samples:
-            whole("prior_samples", self.prior_samples, 2, 1_000_000)
-            whole("prior_top", self.prior_top, 1, self.prior_samples)
-            finite("prior_scale", self.prior_scale, 0.0, 100.0)
-        finite("truncation", self.truncation, 0.0, 2.0)
-        finite("mask_init", self.mask_init, 0.0001, 0.9999)
-        if self.lr is not None:
-            finite("lr", self.lr, 1e-8, 10.0)
-        for name, value in vars(self.weights).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                finite(f"loss weight {name}", value, 0.0, 1e6)
-        if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
-            raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
-        finite("prune_at", self.prune_at, 0.0, 1.0)
-        finite("prune_tolerance", self.prune_tolerance, 0.0, 0.99)
-        if self.select_then_edit is not None:
-            finite("select_then_edit", self.select_then_edit, 0.0, 1.0)
-            if not self.directional:
-                raise InputError("select_then_edit learns the region under the directional "
-                                 "CLIP loss: give a neutral prompt and switch directional on")
-        if self.directional and not self.neutral.strip():
-            raise InputError("the directional CLIP loss needs a neutral prompt")
-
-    def direction_lr(self) -> float:
-        """Global offsets are in w-spread units, so one rate suits every generator; the
-        mapper's network weights want the usual small network rate."""
-        if self.lr is not None:
-            return self.lr
-        return GLOBAL_LR if self.direction == "global" else NETWORK_LR
-
-    def selector_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return SEGMENT_LR if self.variant == "ss" else ATTENTION_LR
 
 
 @dataclass
@@ -857,7 +711,6 @@ def _resume(cfg: TrainConfig, run: str, direction: nn.Module, selector: nn.Modul
         return 0
 
 
-MAX_PROMPT_CHARS = 2000
 VISIBLE_STEP = 8 / 255 * 2   # one visible grey level step, in the generator's [-1, 1] units
 VISIBLE_SHARE = 0.002         # of the pixels, for the edit to count as visible
 
