@@ -81,6 +81,7 @@ def test_lpips_torchscript_is_refused_not_run(hostile_archive) -> None:
     assert target.read_text() == "original"
 
 
+@pytest.mark.source_scan
 def test_no_engine_module_calls_jit_load() -> None:
     offenders = [p for p in (ROOT / "coral_core").rglob("*.py")
                  if re.search(r"jit\.load\(|jit\._load", p.read_text())]

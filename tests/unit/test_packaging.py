@@ -1,6 +1,8 @@
 """Packaging rules for a ComfyUI node pack, checked by the real tools."""
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,7 @@ def test_comfy_node_validate_passes() -> None:
     assert "validation checks passed" in proc.stdout + proc.stderr
 
 
+@pytest.mark.source_scan
 def test_engine_never_imports_comfyui() -> None:
     for path in (ROOT / "coral_core").rglob("*.py"):
         text = path.read_text()
@@ -38,6 +41,7 @@ def test_engine_never_imports_comfyui() -> None:
             assert banned not in text, f"{path} uses ComfyUI ({banned})"
 
 
+@pytest.mark.source_scan
 def test_no_unsafe_loading_calls() -> None:
     for path in list((ROOT / "coral_core").rglob("*.py")) + list((ROOT / "nodes").rglob("*.py")):
         text = path.read_text()
@@ -85,6 +89,7 @@ def _within(module: str, *packages: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
+@pytest.mark.source_scan
 def test_engine_layers_never_import_upwards() -> None:
     """The engine (generator, formats, editing, inversion) never imports the demo world or
     the commands: a user's FFHQ edit must not depend on the demo assets."""
