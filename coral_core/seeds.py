@@ -7,12 +7,16 @@ MAX_SEEDS = 100_000
 
 
 def parse_seeds(text: str | int | list[int]) -> list[int]:
-    if isinstance(text, int):
-        return [text]
-    if isinstance(text, list):
-        return [int(s) for s in text]
+    """Seeds from text ('0-7', '1,5,9-12'), one int or a list of ints, checked alike (a list
+    or an int skipped the range check before, so a negative seed reached numpy raw)."""
     seeds: list[int] = []
-    for part in str(text).replace(" ", "").split(","):
+    if isinstance(text, (int, list)) and not isinstance(text, bool):
+        items = [text] if isinstance(text, int) else text
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in items):
+            raise InputError(f"seeds must be whole numbers, got {text!r}")
+        seeds = list(items)
+        text = str(text)
+    for part in ("" if seeds else str(text)).replace(" ", "").split(","):
         if not part:
             continue
         try:

@@ -127,3 +127,13 @@ def test_unwritable_output_is_refused_before_work(tmp_path: Path) -> None:
         ensure_writable(blocker / "sub" / "edit.safetensors")
     with pytest.raises(InputError, match="is a folder"):
         ensure_writable(tmp_path)
+
+
+def test_seeds_given_as_numbers_are_checked_like_text() -> None:
+    """Found by mutmut: the list form was never tested, and a list or an int skipped the
+    range check, so a negative seed reached numpy as a raw error."""
+    assert parse_seeds([3, 5]) == [3, 5] and parse_seeds(7) == [7]
+    assert parse_seeds("1,5,9-10") == [1, 5, 9, 10]
+    for bad in ([-1], -5, [2 ** 32], [], [True], ["3"]):
+        with pytest.raises(InputError):
+            parse_seeds(bad)  # type: ignore[arg-type]
