@@ -20,13 +20,13 @@ from ..formats.integrity import HASH_KEY, read_safetensors, write_safetensors
 from ..stylegan import Generator
 from .blend import mask_policy
 from .catalogue import SegmentCatalogue
+from .config import DIRECTIONS, MODES, VARIANTS  # noqa: F401 (their home: config.py)
 from .directions import GlobalDirection, LatentMapper
 from .selectors import AttentionSelector, SegmentSelector
 
 EDIT_FORMAT = "coral-edit"
 EDIT_VERSION = "2"  # 2: content hash required (formats/integrity.py)
 READABLE_EDIT_VERSIONS = ("1", "2")
-from .config import DIRECTIONS, MODES, VARIANTS  # noqa: E402,F401 (their home: config.py)
 
 
 @dataclass

@@ -8,8 +8,7 @@ import torch
 from ..clip_model import CoralClip
 from ..errors import InputError
 from ..stylegan import Generator
-
-from .config import AREA_WEIGHTINGS, LossWeights  # noqa: E402,F401 (their home: config.py)
+from .config import AREA_WEIGHTINGS, LossWeights  # noqa: F401 (their home: config.py)
 
 
 def area_betas(G: Generator, weights: LossWeights) -> list[float]:

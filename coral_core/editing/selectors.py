@@ -28,10 +28,13 @@ class SegmentSelector(nn.Module):
         # fully as its interior instead of fading into a ring of the old colour)
         self.pool = "area"
 
+    def weights(self) -> torch.Tensor:
+        """[P, L, K]: each (layer, segment) weight, sigmoid of its logit within the gate."""
+        weights = torch.sigmoid(self.logits)
+        return weights * self.gate if self.gate is not None else weights
+
     def masks(self, G: Generator, segments: torch.Tensor) -> list[torch.Tensor]:
-        weights = torch.sigmoid(self.logits)  # [P, L, K]
-        if self.gate is not None:
-            weights = weights * self.gate
+        weights = self.weights()  # [P, L, K]
         out = []
         for info in G.conv_layers:
             seg = resize_segments(segments, info.resolution, self.pool)  # [B, K, r, r]
@@ -48,9 +51,7 @@ class SegmentSelector(nn.Module):
         weighted by its largest weight over ``layers`` (1-based; None: all). With the original
         ``image`` the segments' edges are first snapped to its colours (``snap_segments``).
         The final composite keeps the original pixels outside it (see ``composite``)."""
-        weights = torch.sigmoid(self.logits)
-        if self.gate is not None:
-            weights = weights * self.gate
+        weights = self.weights()
         if layers is not None:
             keep = torch.zeros(weights.shape[1], dtype=torch.bool, device=weights.device)
             keep[[i - 1 for i in layers if 1 <= i <= weights.shape[1]]] = True
@@ -64,10 +65,7 @@ class SegmentSelector(nn.Module):
 
     def active(self, threshold: float = 0.5) -> torch.Tensor:
         """[P, L, K]: the (layer, segment) weights above ``threshold``."""
-        weights = torch.sigmoid(self.logits.detach())
-        if self.gate is not None:
-            weights = weights * self.gate
-        return weights > threshold
+        return self.weights().detach() > threshold
 
     def bake_gate(self) -> None:
         """Write the gate into the logits, so a saved edit needs no extra tensor and applies

@@ -348,9 +348,7 @@ def harden_selection(selector: SegmentSelector, segs: torch.Tensor) -> None:
         on = selector.active()
         # a row that selected nothing above 0.5 keeps its strongest pairs (within 10 % of its
         # best weight): soft masks still made a change there, and hardening must not erase it
-        weights = torch.sigmoid(selector.logits)
-        if selector.gate is not None:
-            weights = weights * selector.gate
+        weights = selector.weights()
         best = weights.flatten(1).amax(1)[:, None, None]
         strongest = (weights >= 0.9 * best) & (best > 0)
         on = torch.where(on.flatten(1).any(1)[:, None, None], on, strongest)
