@@ -1,4 +1,4 @@
-"""Train Edit (Coral), Save / Load Edit, Apply Edit (Coral), Visualize Masks."""
+"""Train Edit (simple and advanced), Save / Load Edit, Apply Edit, Visualize Masks."""
 from __future__ import annotations
 
 
@@ -192,6 +192,36 @@ class CoralTrainEdit:
         return {"ui": {"images": ui}, "result": (result.edit, images)}
 
 
+class CoralTrainEditSimple:
+    """The few settings most users change; everything else follows the preset. (The
+    advanced node, Train Edit Advanced, exposes every setting, as IPAdapter_plus splits its
+    nodes.)"""
+    DESCRIPTION = ("Learn a localised edit for a prompt (CoralStyleCLIP): a W+ direction plus "
+                   "one soft mask per StyleGAN layer, with the preset's settings. Shows live "
+                   "progress; Cancel stops it. Train Edit Advanced exposes every setting.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = CoralTrainEdit.RETURN_TYPES
+    RETURN_NAMES = CoralTrainEdit.RETURN_NAMES
+    OUTPUT_TOOLTIPS = CoralTrainEdit.OUTPUT_TOOLTIPS
+    SIMPLE_INPUTS = ("model", "clip", "prompt", "variant", "mode", "steps", "seed")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        full = CoralTrainEdit.INPUT_TYPES()
+        return {"required": {name: full["required"][name] for name in cls.SIMPLE_INPUTS}
+                | {"preset": full["optional"]["preset"]},
+                "optional": {"latents": full["optional"]["latents"]},
+                "hidden": full["hidden"]}
+
+    def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,
+              mode: str, steps: int, seed: int, preset: str = DEFAULT_PRESET,
+              latents: Latents | None = None, unique_id: str | None = None):
+        return CoralTrainEdit().train(model, clip, prompt, variant, "global", mode, steps,
+                                      seed, latents=latents, preset=preset,
+                                      unique_id=unique_id)
+
+
 class CoralSaveEdit:
     DESCRIPTION = "Save an edit (.safetensors) to models/coral_edits, to share and reuse."
     CATEGORY = CATEGORY
@@ -334,7 +364,8 @@ class CoralVisualizeMasks:
                 torch.from_numpy(over).float() / 255)
 
 
-NODES = {"CoralTrainEdit": (CoralTrainEdit, "Train Edit (Coral)"),
+NODES = {"CoralTrainEditSimple": (CoralTrainEditSimple, "Train Edit (Coral)"),
+         "CoralTrainEdit": (CoralTrainEdit, "Train Edit Advanced (Coral)"),
          "CoralSaveEdit": (CoralSaveEdit, "Save Edit (Coral)"),
          "CoralLoadEdit": (CoralLoadEdit, "Load Edit (Coral)"),
          "CoralApplyEdit": (CoralApplyEdit, "Apply Edit (Coral)"),

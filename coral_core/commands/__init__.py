@@ -1,4 +1,6 @@
-"""The ``coral`` sub-commands of the subsystems (editing, benchmarks, the demo world).
+"""Every ``coral`` sub-command, one module per subject: ``models`` (info, convert, generate),
+``edit`` (train, apply, masks, bench), ``world`` (world, demo, eval), ``invert`` and ``queue``.
 
-They sit above both the engine (``editing``, ``stylegan``, ``formats``) and the demo world, so
-the engine never imports the demo world; ``coral_core.cli`` imports them to register them."""
+Each module has ``register(sub)``, which adds its sub-parsers and sets each one's ``run``;
+``coral_core.cli`` lists the modules explicitly. They sit above both the engine and the demo
+world, so the engine never imports the demo world, and they never import the CLI back."""

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import ensure_writable, file_stamp, save_keeping_result
-from ..cli import add_parser, command
 from ..editing.config import AREA_WEIGHTINGS
 from ..editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
 
@@ -64,7 +63,6 @@ def _common(s: argparse.ArgumentParser, clip: bool = False) -> None:
     s.add_argument("--truncation", type=float, default=_TRAIN.truncation)
 
 
-@command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from ..progress import Reporter, print_progress
     from ..editing.trainer import describe_memory_options, train_edit
@@ -112,7 +110,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("apply")
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..images import save_png, save_tensor_images
     from ..editing.apply import apply_edits
@@ -150,7 +147,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("masks")
 def cmd_masks(args: argparse.Namespace) -> int:
     from ..images import image_to_uint8, save_png
     from ..atomic import write_text_atomic
@@ -189,7 +185,6 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_apply, bench_generate, bench_hotpath, bench_invert, bench_train
 
@@ -213,8 +208,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``apply``, ``masks`` and ``bench`` to the ``coral`` parser."""
     s = sub.add_parser("train", help="learn a CORAL edit for a prompt")
+    s.set_defaults(run=cmd_train)
     _common(s, clip=True)
     s.add_argument("--prompt", required=True)
     s.add_argument("--neutral", default="", help="what the region shows now, e.g. 'a green background': region pruning "
@@ -274,6 +271,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("apply", help="apply edits to seeds or latents")
+    s.set_defaults(run=cmd_apply)
     _common(s)
     s.add_argument("--edit", action="append", required=True, help="repeat to stack edits")
     s.add_argument("--seeds", default=None)
@@ -285,6 +283,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("masks", help="per-layer mask grid, overlay and summary")
+    s.set_defaults(run=cmd_masks)
     _common(s)
     s.add_argument("--edit", required=True)
     s.add_argument("--seed", type=int, default=None,
@@ -296,6 +295,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("bench", help="print speed / memory figures")
+    s.set_defaults(run=cmd_bench)
     s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath"],
                    help="which path to time")
     s.add_argument("--resolution", type=int, default=256,
@@ -320,5 +320,3 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="train: only these forms, e.g. 'ss+global per_image'")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best)")
 
-
-add_parser(_register)

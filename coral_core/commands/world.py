@@ -6,11 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from ..cli import add_parser, command
 from ..errors import InputError
 
 
-@command("world")
 def cmd_world(args: argparse.Namespace) -> int:
     from ..progress import Reporter, print_progress
     from ..world import assets
@@ -105,7 +103,6 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..world.demo import run_demo
 
@@ -115,8 +112,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``world``, ``demo`` and ``eval`` to the ``coral`` parser."""
+    _register_eval(sub)
     s = sub.add_parser("world", help="demo world: train / export / check / render")
+    s.set_defaults(run=cmd_world)
     s.add_argument("action", choices=["train-clip", "train-gan", "train-judge",
                                       "export-rosinality", "check", "render"])
     s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
@@ -150,6 +150,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=int, default=500, help="check: samples to score")
 
     s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")
+    s.set_defaults(run=cmd_demo)
     s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
                    help="which demo world's models (faces: 'a face with a beard')")
     s.add_argument("--out", default="out/demo")
@@ -160,10 +161,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
                    help="coral (the defaults) or paper (the published method, no departure)")
 
 
-add_parser(_register)
 
-
-@command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..cache import get_clip, get_generator
     from ..seeds import parse_seeds
@@ -210,6 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("eval", help="scored edit benchmark on a demo world (4 methods)")
+    s.set_defaults(run=cmd_eval)
     s.add_argument("--world", default="shapes", choices=["shapes", "faces"])
     s.add_argument("--generator", default=None)
     s.add_argument("--clip", default=None)
@@ -227,5 +226,3 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
                               "absent", "already", "unknown"]) + " (default all)")
     s.add_argument("--out", default="out/eval")
 
-
-add_parser(_register_eval)

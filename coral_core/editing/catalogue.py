@@ -20,11 +20,8 @@ from ..atomic import atomic_path
 from ..errors import EditMismatchError
 from ..stylegan import Generator
 
-# Segments are clustered at min(image, this) px. 32, back from 64: at 64 px the 48 SS eval
-# cases scored 31.5 dB outside the true region (29.2 at 32 px, success 0.75 both), but the
-# per-image batch of `coral demo` / the Train node with its defaults kept the objects and
-# recoloured the background in only 2 of 4 scenes (end-to-end test), and CAN per prompt fell
-# from 0.71 to 0.62 success (IoU 0.81 -> 0.38). Session 5 measured both; see the README.
+# Segments are clustered at min(image, this) px: at 64 px the catalogue's finer clusters cost
+# the default per-image edit and CAN their object-keeping (measurements: docs/method.md).
 CATALOGUE_RESOLUTION = 32
 MAX_CLUSTER_POINTS = 50_000  # feature vectors k-means sees, drawn evenly from the samples
 

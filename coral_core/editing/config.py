@@ -29,28 +29,9 @@ class LossWeights:
 
     clip: float = 1.0
     l2: float | None = None
-    # Measured on the demo world v2 (scripts/sweep_localisation.py, 12 cases, SS per image):
-    # area 0.01 / 0.02 / 0.05 / 0.2 with the global L2 at 0.008 all gave success 0.25 (the
-    # direction never grew); L2 0.001: 0.58, 0.0002: 0.83, 0: 0.92 but objects repainted
-    # (PSNR outside 14 dB). Area 0.02 with spread weighting: success 0.83, object edits 38 dB
-    # outside, IoU 0.83; 0.05 costs success, spread_area (1/r^2) and clip_on_edit 0 were worse.
-    # Session 6 (48 cases, with segment pieces and region pruning, which now keep the edit off
-    # the objects): global L2 0.0002 -> 0.0001 lifted success 0.71 -> 0.77 (others kept 0.94
-    # both, PSNR outside 33.9 -> 32.6 dB; 0.00005: 0.77 / 31.7 dB). Why: a recolour at the
-    # fine layers alone needs a longer move through W+ than at all layers (the straight path
-    # to the target colour's mean w reaches it at 1.5-2x the distance, through other colours on
-    # the way), and at 0.0002 the L2 held the direction short of it.
-    # Session 7 (same 48 cases, L2 0.0001): area 0.02 / 0.01 / 0.0075 / 0.005 gave success
-    # 0.77 / 0.79 / 0.79 / 0.81, PSNR outside 32.6 / 31.8 / 31.4 / 30.5 dB (past the 1-px edge
-    # 52.7 / 48.8 / 47.5 / 43.8), others kept 0.94 / 0.94 / 0.94 / 0.92, IoU 0.94 / 0.93 / 0.94
-    # / 0.93. Why: region pruning now does most of the work of keeping the edit out of other
-    # regions, and a lighter area term lets large regions (backgrounds) keep a 16-px layer,
-    # where a recolour needs a shorter move than at the 32/64-px layers alone. The largest
-    # area that reaches 0.80 was chosen; held-out figures (seeds 24-47) are in the README.
-    # Session 9, with the direction prior (trainer.TrainConfig.prior_scale), seeds 24-47, the
-    # first 42 cases: area 0.005 / 0.01 / 0.02 gave success 0.88 / 0.86 / 0.88, PSNR outside
-    # 29.2 / 31.4 / 32.6 dB, others kept 0.98 / 0.95 / 0.95. The prior now gives backgrounds
-    # the long move that the lighter area term bought before, so the tighter one is back.
+    # area: the mask-area weight. Tighter keeps edits off what the prompt does not name;
+    # looser lets a large region (a background) keep a coarser layer, where a recolour needs a
+    # shorter move through W+. 0.02 with the direction prior; measurements: docs/method.md.
     area: float = 0.02
     tv: float = 0.01
     identity: float = 0.0
@@ -63,8 +44,9 @@ class LossWeights:
     def l2_for(self, direction: str) -> float:
         if self.l2 is not None:
             return self.l2
-        # global: on sum(u^2) with u in w-spread units (see the measurements above);
-        # mapper: StyleCLIP's 0.8 on the mean, not re-measured here
+        # global: on sum(u^2) with u in w-spread units; a tighter one holds fine-layer
+        # recolours short of their colour (docs/method.md). mapper: StyleCLIP's 0.8 on the
+        # mean, not re-measured here
         return 0.8 if direction == "mapper" else 0.0001
 
     def to_dict(self) -> dict:
@@ -159,6 +141,26 @@ class TrainConfig:
     identity_model: Path | None = None  # model_ir_se50.pth, for the optional identity loss
 
     def validate(self, G: Generator) -> None:
+        """Refuse a setting out of range, of the wrong kind, or a combination that cannot
+        train, with a message naming it, before any work starts."""
+        self._validate_texts()
+        for name, value, allowed in (("variant", self.variant, VARIANTS),
+                                     ("direction", self.direction, DIRECTIONS),
+                                     ("mode", self.mode, MODES)):
+            if value not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {value!r}")
+        self._validate_numbers()
+        if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
+            raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
+        if self.select_then_edit is not None:
+            finite("select_then_edit", self.select_then_edit, 0.0, 1.0)
+            if not self.directional:
+                raise InputError("select_then_edit learns the region under the directional "
+                                 "CLIP loss: give a neutral prompt and switch directional on")
+        if self.directional and not self.neutral.strip():
+            raise InputError("the directional CLIP loss needs a neutral prompt")
+
+    def _validate_texts(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise InputError("prompt is empty: describe the edit, e.g. 'a face with a beard'")
         for name, text in (("prompt", self.prompt), ("neutral prompt", self.neutral)):
@@ -170,12 +172,8 @@ class TrainConfig:
             if len(text) > MAX_PROMPT_CHARS:
                 raise InputError(f"{name} is {len(text)} characters; at most "
                                  f"{MAX_PROMPT_CHARS} (a CLIP reads 77 tokens at most)")
-        if self.variant not in VARIANTS:
-            raise InputError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.direction not in DIRECTIONS:
-            raise InputError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def _validate_numbers(self) -> None:
         whole("steps", self.steps, 1, MAX_STEPS)
         whole("batch", self.batch, 1, 4096)
         whole("segments", self.num_segments, 2, 256)
@@ -194,17 +192,8 @@ class TrainConfig:
         for name, value in vars(self.weights).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 finite(f"loss weight {name}", value, 0.0, 1e6)
-        if self.max_layer is not None and not 1 <= self.max_layer <= len(G.conv_layers):
-            raise InputError(f"max_layer must be in 1..{len(G.conv_layers)}")
         finite("prune_at", self.prune_at, 0.0, 1.0)
         finite("prune_tolerance", self.prune_tolerance, 0.0, 0.99)
-        if self.select_then_edit is not None:
-            finite("select_then_edit", self.select_then_edit, 0.0, 1.0)
-            if not self.directional:
-                raise InputError("select_then_edit learns the region under the directional "
-                                 "CLIP loss: give a neutral prompt and switch directional on")
-        if self.directional and not self.neutral.strip():
-            raise InputError("the directional CLIP loss needs a neutral prompt")
 
     def direction_lr(self) -> float:
         """Global offsets are in w-spread units, so one rate suits every generator; the

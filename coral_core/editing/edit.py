@@ -251,33 +251,8 @@ class Edit:
             raise ModelFormatError(f"{path}: edit without its content hash: tampered or corrupt")
         _check_edit_meta(meta, tensors, path)
         num_ws, w_dim = int(meta["num_ws"]), int(meta["w_dim"])
-        sub = {k[len("direction."):]: v for k, v in tensors.items()
-               if k.startswith("direction.")}
-        if meta["direction"] == "global":
-            direction: GlobalDirection | LatentMapper = GlobalDirection(num_ws, w_dim, rows=sub["delta"].shape[0])
-            sub.setdefault("scale", torch.ones(w_dim))  # edits before w-spread units
-        else:
-            direction = LatentMapper(num_ws, w_dim)
-            sub.setdefault("spread", torch.ones(w_dim))
-        try:
-            direction.load_state_dict(sub)
-        except RuntimeError as exc:
-            raise ModelFormatError(f"{path}: the edit's direction tensors do not fit its "
-                                   f"metadata ({str(exc)[:300]})") from exc
-        sel = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
-        if meta["variant"] == "ss":
-            rows, layers, k = sel["logits"].shape
-            selector: SegmentSelector | AttentionSelector = SegmentSelector(layers, k, rows)
-            pool = meta.get("segment_pool") or "area"
-            if pool not in ("area", "max"):
-                raise ModelFormatError(f"{path}: edit metadata segment_pool = {pool!r}; "
-                                       "expected 'area' or 'max'")
-            selector.pool = pool
-        else:
-            selector = AttentionSelector(_meta_ints(meta, "can_channels", path, 1, 8192,
-                                                    max_items=num_ws))
-            selector.cluster_gate = tensors.get("cluster_gate")
-        selector.load_state_dict(sel)
+        direction = _direction_from(meta, tensors, path, num_ws, w_dim)
+        selector = _selector_from(meta, tensors, path, num_ws)
         catalogue = None
         if "catalogue.centres" in tensors:
             catalogue = SegmentCatalogue(tensors["catalogue.centres"],
@@ -301,6 +276,46 @@ class Edit:
                    no_masks=bool(meta.get("no_masks")),
                    composite=bool(meta.get("composite")),
                    info=_meta_info(meta, path))
+
+
+def _direction_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path,
+                    num_ws: int, w_dim: int) -> GlobalDirection | LatentMapper:
+    """The edit's direction module, built from its checked metadata and loaded strictly."""
+    sub = {k[len("direction."):]: v for k, v in tensors.items() if k.startswith("direction.")}
+    direction: GlobalDirection | LatentMapper
+    if meta["direction"] == "global":
+        direction = GlobalDirection(num_ws, w_dim, rows=sub["delta"].shape[0])
+        sub.setdefault("scale", torch.ones(w_dim))  # edits before w-spread units
+    else:
+        direction = LatentMapper(num_ws, w_dim)
+        sub.setdefault("spread", torch.ones(w_dim))
+    try:
+        direction.load_state_dict(sub)
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{path}: the edit's direction tensors do not fit its "
+                               f"metadata ({str(exc)[:300]})") from exc
+    return direction
+
+
+def _selector_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path,
+                   num_ws: int) -> SegmentSelector | AttentionSelector:
+    """The edit's selector (segment weights or attention heads), loaded strictly."""
+    sel = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
+    selector: SegmentSelector | AttentionSelector
+    if meta["variant"] == "ss":
+        rows, layers, k = sel["logits"].shape
+        selector = SegmentSelector(layers, k, rows)
+        pool = meta.get("segment_pool") or "area"
+        if pool not in ("area", "max"):
+            raise ModelFormatError(f"{path}: edit metadata segment_pool = {pool!r}; "
+                                   "expected 'area' or 'max'")
+        selector.pool = pool
+    else:
+        selector = AttentionSelector(_meta_ints(meta, "can_channels", path, 1, 8192,
+                                                max_items=num_ws))
+        selector.cluster_gate = tensors.get("cluster_gate")
+    selector.load_state_dict(sel)
+    return selector
 
 
 def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
@@ -358,6 +373,12 @@ def _check_edit_meta(meta: dict[str, str], tensors: dict[str, torch.Tensor], pat
     if not (1 <= num_ws <= 64 and 1 <= w_dim <= 8192 and 4 <= res <= 4096):
         raise ModelFormatError(f"{path}: edit metadata sizes num_ws={num_ws}, w_dim={w_dim}, "
                                f"resolution={res} are outside what any StyleGAN2 has")
+    _check_tensors_fit_meta(meta, tensors, path, num_ws, w_dim)
+
+
+def _check_tensors_fit_meta(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path,
+                            num_ws: int, w_dim: int) -> None:
+    """Refuse tensors whose shapes disagree with the metadata, or that hold NaN/inf."""
     delta = tensors.get("direction.delta")
     if meta["direction"] == "global" and (delta is None or delta.ndim != 3 or
                                           tuple(delta.shape[1:]) != (num_ws, w_dim)):

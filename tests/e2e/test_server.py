@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 EXPECTED_NODES = {"CoralLoadStyleGAN", "CoralLoadCLIP", "CoralSampleLatents", "CoralGenerate",
-                  "CoralSaveLatents", "CoralLoadLatents", "CoralTrainEdit", "CoralSaveEdit",
+                  "CoralSaveLatents", "CoralLoadLatents", "CoralTrainEdit", "CoralTrainEditSimple",
+                  "CoralSaveEdit",
                   "CoralLoadEdit", "CoralApplyEdit", "CoralVisualizeMasks", "CoralInvert",
                   "CoralDemoPhoto"}
 

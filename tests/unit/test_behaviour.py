@@ -299,9 +299,7 @@ def test_memory_options_are_picked_from_the_free_cuda_memory(monkeypatch) -> Non
 
 
 def test_bf16_flag_alone_means_on_and_defaults_to_automatic() -> None:
-    from coral_core.cli import _load_command_modules, build_parser
-
-    _load_command_modules()  # the engine's commands register their sub-commands
+    from coral_core.cli import build_parser
 
     def parsed(*extra: str) -> str:
         return build_parser().parse_args(["train", "--prompt", "x", "--out", "e.safetensors",

@@ -172,16 +172,16 @@ def test_progress_reports_losses_areas_and_previews(G, clip):
 def test_nan_loss_stops_and_keeps_last_good(G, clip, monkeypatch):
     """Losses rise over steps 1-3 (so the *best* is step 1's untrained edit), then turn NaN at
     step 4: the result must be the last good state (trained for two steps), not the best."""
-    import coral_core.editing.trainer as trainer
+    import coral_core.editing.objective as objective
 
-    real, calls = trainer.clip_loss, []
+    real, calls = objective.clip_loss, []
 
     def rising_then_nan(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) >= 4 else loss + 10.0 * len(calls)
 
-    monkeypatch.setattr(trainer, "clip_loss", rising_then_nan)
+    monkeypatch.setattr(objective, "clip_loss", rising_then_nan)
     weights = LossWeights(clip_on_edit=0.0)
     res = train_edit(G, clip, _cfg(steps=10, lr=0.05, weights=weights))
     assert res.partial and "loss became nan at step 4" in res.stopped_reason

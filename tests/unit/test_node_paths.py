@@ -143,11 +143,62 @@ def test_loaders_list_both_worlds_shipped_models_and_they_load() -> None:
 def test_train_node_preset_sets_what_its_widgets_leave_at_their_defaults(monkeypatch) -> None:
     _host()
     import coralpack.nodes.editing as editing  # type: ignore[import-not-found]
-    from coral_core.cache import get_clip, get_generator
-    from coral_core.world import assets
 
     spec = editing.CoralTrainEdit.INPUT_TYPES()["optional"]["preset"]
     assert spec[0] == ["coral", "paper"] and spec[1]["default"] == "coral"
+    seen, Stop, model, clip = _capture_training_config(monkeypatch, editing)
+    optional = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
+    widgets = {name: optional[name][1]["default"] for name in (
+        "area_weight", "tv_weight", "l2_weight", "area_weighting", "segments_k",
+        "region_pruning", "prior_samples")}
+    for preset, pruning in (("paper", widgets["region_pruning"]), ("paper", 0.1)):
+        with pytest.raises(Stop):
+            editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
+                                           "per image", 4, 0, **{**widgets,
+                                                                 "region_pruning": pruning},
+                                           preset=preset)
+    left, set_ = seen
+    assert left.prune_tolerance == 0 and not left.composite  # the preset's
+    assert left.weights.area_weighting == "uniform"
+    assert set_.prune_tolerance == 0.1 and not set_.composite  # the user's value wins
+
+
+def test_simple_train_node_shows_few_widgets_and_trains_as_the_advanced_one(monkeypatch) -> None:
+    """The simple Train Edit node: about 8 widgets, the preset deciding the rest; given the
+    same choices it builds exactly the advanced node's config (so an edit made with either is
+    the same edit), and the advanced node's extra widgets are absent from it."""
+    _host()
+    import coralpack.nodes.editing as editing  # type: ignore[import-not-found]
+
+    simple = editing.CoralTrainEditSimple.INPUT_TYPES()
+    widgets = [n for section in ("required", "optional") for n in simple[section]
+               if n not in ("model", "clip", "latents")]
+    assert 5 <= len(widgets) <= 8 and "preset" in widgets and "prompt" in widgets
+    assert "area_weight" not in widgets and "region_pruning" not in widgets
+    seen, Stop, model, clip = _capture_training_config(monkeypatch, editing)
+    advanced = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
+    defaults = {name: spec[1]["default"] for name, spec in advanced.items()
+                if name not in ("latents", "segments", "preset")}
+    for preset in ("coral", "paper"):
+        with pytest.raises(Stop):
+            editing.CoralTrainEditSimple().train(model, clip, "a red circle", "ss",
+                                                 "per image", 7, 3, preset=preset)
+        with pytest.raises(Stop):
+            editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
+                                           "per image", 7, 3, preset=preset, **defaults)
+    simple_coral, advanced_coral, simple_paper, advanced_paper = seen
+    assert simple_coral == advanced_coral and simple_paper == advanced_paper
+    assert simple_coral.steps == 7 and simple_coral.seed == 3
+    assert simple_coral.composite and not simple_paper.composite
+
+
+def _capture_training_config(monkeypatch, editing):
+    """Stub the Train nodes' engine call: the config each node builds is recorded in ``seen``
+    and training stops there (raising ``Stop``); ``model`` and ``clip`` are the demo's, as the
+    loader nodes hand them over."""
+    from coral_core.cache import get_clip, get_generator
+    from coral_core.world import assets
+
     seen = []
 
     class Stop(Exception):
@@ -163,17 +214,4 @@ def test_train_node_preset_sets_what_its_widgets_leave_at_their_defaults(monkeyp
     model = type("M", (), {"generator": lambda self: get_generator(
         assets.DEMO_GENERATOR).generator})()
     clip = type("C", (), {"ready": lambda self: get_clip(assets.DEMO_CLIP)})()
-    optional = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
-    widgets = {name: optional[name][1]["default"] for name in (
-        "area_weight", "tv_weight", "l2_weight", "area_weighting", "segments_k",
-        "region_pruning", "prior_samples")}
-    for preset, pruning in (("paper", widgets["region_pruning"]), ("paper", 0.1)):
-        with pytest.raises(Stop):
-            editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
-                                           "per image", 4, 0, **{**widgets,
-                                                                 "region_pruning": pruning},
-                                           preset=preset)
-    left, set_ = seen
-    assert left.prune_tolerance == 0 and not left.composite  # the preset's
-    assert left.weights.area_weighting == "uniform"
-    assert set_.prune_tolerance == 0.1 and not set_.composite  # the user's value wins
+    return seen, Stop, model, clip

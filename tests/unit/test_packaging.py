@@ -21,8 +21,13 @@ def test_requirements_never_list_torch() -> None:
     deps = {d.split("=")[0].split(">")[0].split("<")[0].strip().lower()
             for d in meta["project"]["dependencies"]}
     assert not deps & {"torch", "torchvision", "torchaudio"}  # ComfyUI brings its own
+    # the registry's specification: the node id must not include "ComfyUI"
     assert "comfyui" not in meta["project"]["name"].lower()
-    assert {"PublisherId", "DisplayName"} <= set(meta["tool"]["comfy"])
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
+    icon = meta["tool"]["comfy"]["Icon"]
+    repo = meta["project"]["urls"]["Repository"].replace("https://github.com/", "")
+    prefix = f"https://raw.githubusercontent.com/{repo}/main/"
+    assert icon.startswith(prefix) and (ROOT / icon[len(prefix):]).is_file(), icon
 
 
 def test_comfy_node_validate_passes() -> None:

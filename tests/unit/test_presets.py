@@ -72,7 +72,7 @@ def test_the_cli_parser_and_the_defaults_load_without_torch():
     """`coral --help` and every subcommand's help read their defaults from editing/config.py
     and presets.py, which import no torch (start-up was 1.3 s, all of it torch)."""
     code = ("import sys; from coral_core import cli, editing; from coral_core.editing import "
-            "presets; cli._load_command_modules(); cli.build_parser(); "
+            "presets; cli.build_parser(); "
             "presets.preset_defaults('paper'); print('torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)

@@ -4,7 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from coral_core.editing import region as region_module
+from coral_core.editing import run_record
 from coral_core.editing import trainer as trainer_module
+from coral_core.editing.memory import MemoryPlan
 from coral_core.editing.apply import apply_edits
 from coral_core.editing.catalogue import resize_segments
 from coral_core.editing.edit import Edit
@@ -84,7 +87,7 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
         gate[:, :, 1:] = 0  # also "removes" segment 2, which no image shows
         return gate
 
-    monkeypatch.setattr(trainer_module, "prune_selection", remove_segment_one)
+    monkeypatch.setattr(region_module, "prune_selection", remove_segment_one)
     # the region contest off: this test is about the greedy removal (contest: see below)
     cfg = TrainConfig(prompt="a red circle", steps=6, batch=2, seed=3, prune_at=0.5,
                       prune_tolerance=0.25, mask_init=0.9, contest_steps=0)
@@ -130,9 +133,9 @@ def test_checkpoint_keeps_the_pruning_decision(G, clip, tmp_path) -> None:
     selector = SegmentSelector(len(G.conv_layers), 4)
     selector.gate = torch.tensor([[[1.0, 0.0, 1.0, 0.0]]]).expand(1, len(G.conv_layers), 4)
     opt = torch.optim.Adam(list(direction.parameters()) + list(selector.parameters()))
-    trainer_module._save_checkpoint(cfg, "run", direction, selector, opt, 7)
+    run_record.save_checkpoint(cfg, "run", direction, selector, opt, 7)
     fresh = SegmentSelector(len(G.conv_layers), 4)
-    assert trainer_module._resume(cfg, "run", direction, fresh, opt) == 7
+    assert run_record.resume(cfg, "run", direction, fresh, opt) == 7
     assert fresh.gate is not None and torch.equal(fresh.gate, selector.gate)
 
 
@@ -206,7 +209,7 @@ def test_attention_edits_prune_over_the_catalogue_clusters(G, clip, monkeypatch,
         gate[0, 0, int(allowed[0, 0].float().argmax())] = 1
         return gate
 
-    monkeypatch.setattr(trainer_module, "prune_selection", keep_first_present)
+    monkeypatch.setattr(region_module, "prune_selection", keep_first_present)
     cfg = TrainConfig(prompt="a red circle", variant="can", mode="per_prompt", steps=4,
                       batch=2, seed=5, catalogue_dir=tmp_path)
     edit = train_edit(G, clip, cfg).edit
@@ -251,7 +254,7 @@ def test_a_neutral_prompt_makes_pruning_judge_by_the_directional_loss(G, clip, m
         seen["full"] = score(allowed.float())
         return allowed.float()
 
-    monkeypatch.setattr(trainer_module, "prune_selection", record)
+    monkeypatch.setattr(region_module, "prune_selection", record)
     ws = G.mapping_ws(G.z_from_seeds([5, 6]))
     cfg = TrainConfig(prompt="a red circle", neutral="a blue circle", steps=4, batch=2,
                       seed=5, prune_at=0.5, mask_init=0.9, prune_directional=directional)
@@ -271,7 +274,6 @@ def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
     it scores under the direction trained with every region on: the loss asks for a brighter
     left half only, so of the two halves the left one wins, the right one is switched off, the
     edit carries on with the winner's direction, and the selector's gate is as it was."""
-    import contextlib
 
     from coral_core.editing.selectors import SegmentSelector
 
@@ -291,9 +293,12 @@ def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
     selector = SegmentSelector(layers, 3, rows=1, init=0.9)
     allowed = torch.zeros(1, layers, 3, dtype=torch.bool)
     allowed[:, :, :2] = True
-    kept, report = trainer_module._contest_regions(
-        G, cfg, selector, direction, ws, noise, _halves(1, res), image_loss,
-        contextlib.nullcontext(), allowed)
+    def judge(segs, check=None):
+        return region_module.RegionJudge(G, cfg, ws, noise, [], segs, image_loss,
+                                         MemoryPlan(recompute=False, bf16=False), check)
+
+    kept, report = region_module.contest_regions(judge(_halves(1, res)), selector, direction,
+                                                 allowed)
     assert report is not None and len(report) == 1
     assert sorted(report[0]["pieces"]) == [0, 1] and report[0]["winner"] == 0
     left, right = (report[0]["losses"][report[0]["pieces"].index(k)] for k in (0, 1))
@@ -306,9 +311,7 @@ def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
     tiny = _halves(1, res)
     tiny[:, 1] = 0
     tiny[:, 1, 0, -1] = 1
-    same, none = trainer_module._contest_regions(
-        G, cfg, selector, direction, ws, noise, tiny, image_loss, contextlib.nullcontext(),
-        allowed)
+    same, none = region_module.contest_regions(judge(tiny), selector, direction, allowed)
     assert none is None and torch.equal(same, allowed)
 
     # a cancel during the contest propagates and leaves the selector's gate as it was
@@ -318,9 +321,8 @@ def test_large_regions_contest_the_edit_each_with_its_own_direction(G) -> None:
         raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        trainer_module._contest_regions(G, cfg, selector, direction, ws, noise,
-                                        _halves(1, res), image_loss,
-                                        contextlib.nullcontext(), allowed, cancel)
+        region_module.contest_regions(judge(_halves(1, res), cancel), selector, direction,
+                                      allowed)
     assert selector.gate is None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coral_core.editing import trainer
+from coral_core.editing import run_record
 from coral_core.editing.losses import LossWeights
 from coral_core.editing.trainer import NOT_IDENTITY, TrainConfig, train_edit
 from coral_core.progress import Reporter
@@ -33,7 +33,7 @@ def _other(name: str, value):
 
 
 def _identity(cfg: TrainConfig, G, clip) -> str:
-    return trainer._run_identity(cfg, G, clip)
+    return run_record.run_identity(cfg, G, clip)
 
 
 def test_every_setting_that_shapes_a_run_is_part_of_its_identity(G, clip):

@@ -115,7 +115,7 @@ function addSavedName(node, names) {
 app.registerExtension({
   name: "CoralStyleCLIP.LiveTraining",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === "CoralTrainEdit") {
+    if (nodeData.name === "CoralTrainEdit" || nodeData.name === "CoralTrainEditSimple") {
       const onCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         const result = onCreated?.apply(this, arguments);
