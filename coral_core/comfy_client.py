@@ -255,33 +255,14 @@ def queue_across_servers(servers: list[str], workflow: dict, sets: list[str],
                 alive[server].append((seed, job))
                 print(f"queued {job.label} on {server}: {job.prompt_id}", file=sys.stderr)
         for server in list(alive):
-            still = []
-            for seed, job in alive[server]:
-                try:
-                    _, hist = _request(server, f"/history/{job.prompt_id}")
-                except OSError:
-                    todo[:0] = [(seed, job)] + [(sd, jb) for sd, jb in alive[server]
-                                                if jb is not job]
-                    alive.pop(server)
-                    for _, jb in todo:
-                        jb.status, jb.prompt_id = "pending", None
-                    print(f"{server}: went away; re-queueing its prompts", file=sys.stderr)
-                    break
-                entry = hist.get(job.prompt_id) if isinstance(hist, dict) else None
-                state = (entry or {}).get("status") or {}
-                if entry and state.get("completed"):
-                    job.status = "success"
-                    if out_dir is not None:
-                        job.files = _download_outputs(server, job, out_dir)
-                elif entry and state.get("status_str") == "error":
-                    job.status = "failed"
-                    msgs = [m for m in state.get("messages", []) if m[0] == "execution_error"]
-                    job.error = (msgs[0][1].get("exception_message", "execution error")
-                                 if msgs else "execution error")
-                else:
-                    still.append((seed, job))
-            else:
-                alive[server] = still
+            try:
+                alive[server] = _poll_server(server, alive[server], out_dir)
+            except OSError:  # it went away (also mid-download): its unfinished prompts
+                for seed, job in alive.pop(server):  # run elsewhere; finished ones stay done
+                    if job.status == "pending":
+                        job.prompt_id, job.files = None, []
+                        todo.insert(0, (seed, job))
+                print(f"{server}: went away; re-queueing its prompts", file=sys.stderr)
         time.sleep(poll)
     for job in results:
         if job.status == "pending":
@@ -289,16 +270,42 @@ def queue_across_servers(servers: list[str], workflow: dict, sets: list[str],
     return results
 
 
+def _poll_server(server: str, in_flight: list, out_dir: Path | None) -> list:
+    """Read each in-flight prompt's state from the server's /history; finished ones get their
+    status (and, when asked, their outputs); return those still running. An OSError (the
+    server went away, even half-way through a download) leaves every job of this server
+    unfinished for the caller to re-queue: nothing half-downloaded is kept."""
+    still = []
+    for seed, job in in_flight:
+        _, hist = _request(server, f"/history/{job.prompt_id}")
+        entry = hist.get(job.prompt_id) if isinstance(hist, dict) else None
+        state = (entry or {}).get("status") or {}
+        if entry and state.get("completed"):
+            if out_dir is not None:
+                job.files = _download_outputs(server, job, out_dir)
+            job.status = "success"
+        elif entry and state.get("status_str") == "error":
+            job.status = "failed"
+            msgs = [m for m in state.get("messages", []) if m[0] == "execution_error"]
+            job.error = (msgs[0][1].get("exception_message", "execution error")
+                         if msgs else "execution error")
+        else:
+            still.append((seed, job))
+    return still
+
+
 def _download_outputs(server: str, job: QueuedPrompt, out_dir: Path) -> list[Path]:
+    """Fetch every output image of a finished prompt, all of them before any is written (a
+    server dying half-way leaves no partial set behind), then write them atomically."""
     _, hist = _request(server, f"/history/{job.prompt_id}")
-    files = []
+    fetched: list[tuple[Path, bytes]] = []
     for node_id, output in (hist.get(job.prompt_id, {}).get("outputs") or {}).items():
         for img in output.get("images", []):
             query = urllib.parse.urlencode({k: img.get(k, "") for k in
                                             ("filename", "subfolder", "type")})
             status, data = _request(server, f"/view?{query}")
             if status == 200 and isinstance(data, bytes):
-                path = out_dir / job.label / f"{node_id}_{img['filename']}"
-                write_bytes_atomic(path, data)
-                files.append(path)
-    return files
+                fetched.append((out_dir / job.label / f"{node_id}_{img['filename']}", data))
+    for path, data in fetched:
+        write_bytes_atomic(path, data)
+    return [path for path, _ in fetched]

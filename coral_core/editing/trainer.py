@@ -144,6 +144,7 @@ class _Progress:
     partial: bool = False
     reason: str = ""
     pruned: dict[str, Any] | None = None
+    region_seconds: float = 0.0  # the region choice (contest and pruning), once per edit
     last: StepLoss | None = None
     original: torch.Tensor | None = None
 
@@ -290,7 +291,9 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
             p.requires_grad_(False)
     mix = 0.0 if phase_two else cfg.weights.directional_share
     if step == run.prune_step and original.segs is not None:
+        started = time.perf_counter()
         progress.pruned = _choose_region(run, step, ws, noise, original, mix)
+        progress.region_seconds = time.perf_counter() - started
     with run.memory.autocast():
         masks = layer_masks(run.selector, run.G, original.feats, original.segs, cfg,
                             no_masks=cfg.no_masks)
@@ -430,7 +433,10 @@ def _record_run(run: _Run, progress: _Progress, info: dict[str, Any]) -> None:
     """What the run did besides the steps: memory options, the region choice, the prior,
     resuming, notes."""
     info["memory_options"] = run.memory.as_info()
+    # one-time phases apart from the steps: set-up (catalogue, sample bank, prior, fit check)
+    # and the region choice; wall_seconds covers the steps including the region choice
     info["setup_seconds"] = round(run.setup_seconds, 2)
+    info["region_choice_seconds"] = round(progress.region_seconds, 2)
     if progress.pruned is not None:  # [row, segment] and [row, layer] switched off
         info["region_pruning"] = {"at_step": run.prune_step,
                                   "tolerance": run.cfg.prune_tolerance,

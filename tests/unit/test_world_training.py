@@ -138,7 +138,7 @@ def test_world_check_prints_its_table(capsys) -> None:
     (["bench", "generate", "--resolution", "32", "--batch", "1", "--repeats", "1"], "ms"),
     (["bench", "apply", "--resolution", "32", "--batch", "1", "--repeats", "1"],
      "plain generation:"),
-    (["bench", "train", "--steps", "1", "--batches", "1"], "s/step"),
+    (["bench", "train", "--steps", "1", "--batches", "1"], "region contest and pruning"),
     (["bench", "invert", "--steps", "2", "--pti-steps", "1", "--images", "1"], "PSNR"),
     (["bench", "hotpath", "--resolution", "32", "--batch", "1", "--repeats", "1"],
      "forward + backward"),

@@ -1,0 +1,127 @@
+"""The queue client's bookkeeping across several servers (issue 28: it had no unit test):
+servers simulated in-process, dying at random moments, including half-way through
+downloading a finished prompt's outputs (a real e2e run found that one raising out of
+``queue_across_servers``). Property: every prompt completes exactly once, its outputs come from
+the server that finished it, nothing half-downloaded is kept, no server gets more than
+``in_flight`` of our prompts at a time."""
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coral_core import comfy_client
+
+EXAMPLES = int(os.environ.get("CORAL_FUZZ_EXAMPLES", "150"))
+WORKFLOW = {"1": {"class_type": "CoralDemoPhoto", "inputs": {"seed": 0}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+
+
+class FakeServers:
+    """Servers that finish a prompt after ``work`` polls of its history and die (refuse every
+    request from then on) after ``lives[server]`` requests; None never dies."""
+
+    def __init__(self, lives: dict[str, int | None], work: int, in_flight: int) -> None:
+        self.lives, self.work, self.in_flight = lives, work, in_flight
+        self.requests = {s: 0 for s in lives}
+        self.prompts: dict[str, dict] = {}  # prompt id -> server, seed, polls
+        self.next_id = 0
+        self.most_in_flight = {s: 0 for s in lives}
+
+    def request(self, server: str, path: str, body: dict | None = None):
+        self.requests[server] += 1
+        life = self.lives[server]
+        if life is not None and self.requests[server] > life:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        if path == "/prompt":
+            self.next_id += 1
+            pid = f"{server.split('//')[1]}-{self.next_id}"
+            seed = body["prompt"]["1"]["inputs"]["seed"]
+            self.prompts[pid] = {"server": server, "seed": seed, "polls": 0}
+            running = sum(1 for p in self.prompts.values()
+                          if p["server"] == server and p["polls"] <= self.work)
+            self.most_in_flight[server] = max(self.most_in_flight[server], running)
+            return 200, {"prompt_id": pid}
+        if path.startswith("/history/"):
+            pid = path.split("/")[-1]
+            p = self.prompts[pid]
+            assert p["server"] == server, "history asked of a server that never had the prompt"
+            p["polls"] += 1
+            if p["polls"] <= self.work:
+                return 200, {}
+            image = {"filename": f"{pid}.png", "subfolder": "", "type": "output"}
+            return 200, {pid: {"status": {"completed": True}, "outputs": {"9": {"images":
+                                                                                [image]}}}}
+        if path.startswith("/view?"):
+            name = urllib.parse.parse_qs(path[len("/view?"):])["filename"][0]
+            pid = name[:-len(".png")]
+            assert self.prompts[pid]["server"] == server
+            return 200, f"{self.prompts[pid]['seed']} from {server}".encode()
+        raise AssertionError(path)
+
+
+def _run(tmp_path: Path, monkeypatch, lives: dict[str, int | None], work: int,
+         in_flight: int, seeds: list[int]) -> tuple[list, FakeServers]:
+    fake = FakeServers(lives, work, in_flight)
+    monkeypatch.setattr(comfy_client, "_request", fake.request)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    results = comfy_client.queue_across_servers(list(lives), WORKFLOW, [], seeds, tmp_path,
+                                                timeout=60, in_flight=in_flight, poll=0)
+    return results, fake
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lives=st.lists(st.one_of(st.none(), st.integers(0, 40)), min_size=1, max_size=4),
+       work=st.integers(0, 3), in_flight=st.integers(1, 3),
+       count=st.integers(1, 8))
+def test_every_prompt_completes_once_whatever_servers_die(tmp_path_factory, monkeypatch, lives,
+                                                           work, in_flight, count) -> None:
+    if all(life is not None for life in lives):
+        lives[-1] = None  # one server always survives
+    servers = {f"http://s{i}": life for i, life in enumerate(lives)}
+    out = tmp_path_factory.mktemp("out")
+    seeds = list(range(100, 100 + count))
+    results, fake = _run(out, monkeypatch, servers, work, in_flight, seeds)
+    assert [r.status for r in results] == ["success"] * count
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"seed{s}" for s in seeds)
+    for seed, job in zip(seeds, results):
+        files = list((out / f"seed{seed}").iterdir())
+        assert files == job.files and len(files) == 1  # one completion's outputs, once
+        assert files[0].read_bytes().startswith(f"{seed} from ".encode())
+    assert all(n <= in_flight for n in fake.most_in_flight.values())
+
+
+def test_no_server_answering_fails_every_prompt_with_the_reason(tmp_path, monkeypatch) -> None:
+    results, _ = _run(tmp_path, monkeypatch, {"http://a": 0, "http://b": 0}, 0, 2, [1, 2, 3])
+    assert [r.status for r in results] == ["failed"] * 3
+    assert all("no server left answering" in r.error for r in results)
+
+
+def test_a_server_dying_mid_download_keeps_no_partial_outputs(tmp_path, monkeypatch) -> None:
+    """Server a: queue (1), history (2: finished), history again in the download (3), then it
+    dies at the /view (4); the prompt is run again on b and only b's output is kept."""
+    results, fake = _run(tmp_path, monkeypatch, {"http://a": 3, "http://b": None}, 0, 1, [7])
+    assert results[0].status == "success"
+    assert [f.read_bytes() for f in results[0].files] == [b"7 from http://b"]
+    assert list((tmp_path / "seed7").iterdir()) == results[0].files
+
+
+@pytest.mark.parametrize("reply", [(400, {"error": "bad node"}), (500, "server error")])
+def test_a_rejected_prompt_is_reported_not_retried(tmp_path, monkeypatch, reply) -> None:
+    calls = []
+
+    def rejecting(server, path, body=None):
+        calls.append(path)
+        return reply
+
+    monkeypatch.setattr(comfy_client, "_request", rejecting)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    results = comfy_client.queue_across_servers(["http://a"], WORKFLOW, [], [1, 2], tmp_path,
+                                                timeout=5, in_flight=1, poll=0)
+    assert [r.status for r in results] == ["rejected", "rejected"] and calls == ["/prompt"] * 2
+    assert results[0].error
