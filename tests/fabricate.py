@@ -327,3 +327,19 @@ def write_hostile_torchscript(path: Path, target: Path, payload: str) -> Path:
         warnings.simplefilter("ignore")
         torch.jit.script(_SetstateWriter(str(target), payload)).save(str(path))
     return path
+
+
+def deep_pickle(depth: int = 200_000) -> bytes:
+    """A pickle whose objects nest ``depth`` levels (a 200,000-deep one segfaulted loaders)."""
+    return b"\x80\x04}" + b")" + b"\x85" * depth + b"K\x01s."
+
+
+def torch_zip(path: Path, data_pkl: bytes, compress: bool = False) -> Path:
+    """A torch.save-style zip archive holding ``data_pkl`` as its pickle."""
+    import zipfile
+
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=mode) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/version", "3\n")
+    return path

@@ -36,12 +36,14 @@ TOP = 64
 MIN_RELATIVE_RANGE = 0.25
 ALREADY_MARGIN = 0.1
 # After training (see PromptFit.judge_outcome): the share of the way from the image's own CLIP
-# score to the bank's best samples' score that the edit must cover, and the most it may.
-# Measured on the shapes world's tuning seeds 100-111 and 124-135: recolours that succeeded
-# 0.96-1.21; failed edits that barely moved 0.09 and 0.32; "qwzx blorp" 1.59-2.60 (the CLIP
-# rises for it in a way none of the generator's pictures do); two-attribute edits 0.78-1.42.
+# score to the bank's best samples' score that the edit must cover (MIN_REACH); an edit is
+# "too far" when it went more than MAX_REACH of that way AND more than MAX_OVERSHOOT of the
+# prompt's range (on the bank) past the best samples' score. Why both: an image that starts
+# close to the best samples makes the ratio explode (a correct recolour measured 2.2x, only
+# 0.12 of the range past the best). Measured values: docs/method.md ("The prompt fit check").
 MIN_REACH = 0.5
 MAX_REACH = 1.5
+MAX_OVERSHOOT = 0.2
 
 
 @dataclass
@@ -51,8 +53,10 @@ class PromptFit:
     warnings: list[str]
     start_scores: list[float] = field(default_factory=list)  # per image, before the edit
     best_score: float = float("nan")  # mean score of the bank's best-matching samples
+    prompt_range: float = float("nan")  # best_score minus the bank's mean score
     reached: list[float] = field(default_factory=list)  # per image, after training
     off_target: list[bool] = field(default_factory=list)  # per image: reach out of bounds
+    overshoot: list[float] = field(default_factory=list)  # per image: past the best, in ranges
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -63,15 +67,17 @@ class PromptFit:
                       edited_embeddings: torch.Tensor) -> None:
         """After training: an edit that covered less than MIN_REACH of the way to the bank's
         best samples did not do what the prompt says (it names something the image lacks, or
-        a change the edit could not make); one that went more than MAX_REACH of it moved the
-        CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP
-        reacts to but this generator does not draw). Either way the image is left as it was,
+        a change the edit could not make); one that went more than MAX_REACH of that way and
+        more than MAX_OVERSHOOT of the prompt's range past the best samples' score moved the
+        CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP reacts to but this
+        generator does not draw). Either way the image is left as it was,
         with a warning, instead of being changed at random."""
         self.reached = self.reach(text_embedding, edited_embeddings)
-        self.off_target = [not self.already[i] and not (MIN_REACH <= r <= MAX_REACH)
-                           for i, r in enumerate(self.reached)]
-        short = [i for i, r in enumerate(self.reached) if self.off_target[i] and r < MIN_REACH]
-        far = [i for i, r in enumerate(self.reached) if self.off_target[i] and r > MAX_REACH]
+        self.overshoot = self.past_best(text_embedding, edited_embeddings)
+        far = [i for i, (r, o) in enumerate(zip(self.reached, self.overshoot))
+               if not self.already[i] and r > MAX_REACH and o > MAX_OVERSHOOT]
+        short = [i for i, r in enumerate(self.reached) if not self.already[i] and r < MIN_REACH]
+        self.off_target = [i in far or i in short for i in range(len(self.reached))]
         if short:
             self.warnings.append(
                 f"prompt {prompt!r}: the edit of image(s) {', '.join(map(str, short))} got only "
@@ -81,9 +87,10 @@ class PromptFit:
         if far:
             self.warnings.append(
                 f"prompt {prompt!r}: the edit of image(s) {', '.join(map(str, far))} moved the "
-                f"CLIP {max(self.reached[i] for i in far):.1f}x as far as the generator's own "
-                "best pictures of it go, so they are left unchanged: the CLIP reacts to words "
-                "that name nothing this generator draws; describe something it draws")
+                f"CLIP {max(self.overshoot[i] for i in far):.1f} of the prompt's range past the "
+                "generator's own best pictures of it, so they are left unchanged: the CLIP "
+                "reacts to words that name nothing this generator draws; describe something "
+                "it draws")
 
     @property
     def aimless(self) -> bool:
@@ -93,10 +100,19 @@ class PromptFit:
               ) -> list[float]:
         """Per image: how far the edit moved its CLIP score from where it started towards the
         bank's best samples' (0: not at all, 1: as well as they match the prompt)."""
-        t = text_embedding.reshape(-1).float().cpu()
-        scores = (edited_embeddings.float().cpu() @ t).tolist()
         return [round((s - s0) / max(self.best_score - s0, 1e-6), 3)
-                for s, s0 in zip(scores, self.start_scores)]
+                for s, s0 in zip(_scores(text_embedding, edited_embeddings), self.start_scores)]
+
+    def past_best(self, text_embedding: torch.Tensor, edited_embeddings: torch.Tensor
+                  ) -> list[float]:
+        """Per image: how far the edited score lies past the bank's best samples' score, in
+        units of the prompt's range on the bank (0: as good as they are; negative: short)."""
+        return [round((s - self.best_score) / max(self.prompt_range, 1e-6), 3)
+                for s in _scores(text_embedding, edited_embeddings)]
+
+
+def _scores(text_embedding: torch.Tensor, images: torch.Tensor) -> list[float]:
+    return (images.float().cpu() @ text_embedding.reshape(-1).float().cpu()).tolist()
 
 
 def _range(scores: torch.Tensor, top: int) -> tuple[float, float]:
@@ -134,4 +150,4 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
         which = ", ".join(str(i) for i, a in enumerate(already) if a)
         warnings.append(f"prompt {prompt!r}: image(s) {which} already match it as well as the "
                         "generator's best samples do, so they are left unchanged")
-    return PromptFit(relative, already, warnings, [float(v) for v in scores], best)
+    return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng)

@@ -20,7 +20,7 @@ from .losses import clip_loss_per_image
 from .memory import MemoryPlan
 from .objective import layer_masks
 from .pruning import prune_selection
-from .selectors import AttentionSelector, SegmentSelector
+from .selectors import AttentionSelector, SegmentSelector, composite
 
 HARD_LOGIT = 30.0  # sigmoid(30) is 1 in float32
 CONTEST_MIN_SHARE = 0.02  # of the picture: a region smaller than this never contests
@@ -43,19 +43,30 @@ class RegionJudge:
     image_loss: ImageLoss
     memory: MemoryPlan
     check: Callable[[], None] | None = None
+    # with the composite (TrainConfig.composite): the original images and the layers the edit
+    # may use, so that a candidate region is judged on the picture the user will get (the
+    # change kept inside the region only); None judges the blended picture as it is
+    original: torch.Tensor | None = None
+    layers: list[int] | None = None
 
     def masks(self, selector: Selector) -> list[torch.Tensor | None]:
         """The selector's masks as its gate now stands (float32, no gradient)."""
         with torch.no_grad():
             return layer_masks(selector, self.G, self.feats, self.segs, self.cfg)
 
-    def loss(self, masks: list[torch.Tensor | None], direction: torch.nn.Module, rows: int,
-             recompute: bool = False) -> torch.Tensor:
+    def loss(self, selector: Selector, masks: list[torch.Tensor | None],
+             direction: torch.nn.Module, rows: int, recompute: bool = False) -> torch.Tensor:
         """The judged loss per row (one row: the mean over the images) of ``direction``
-        blended through ``masks``."""
+        blended through ``masks`` (the selector's, as its gate now stands)."""
         with self.memory.autocast():
             img = blended_synthesis(self.G, self.ws, direction(self.ws), masks, self.noise,
                                     recompute=recompute)
+            if self.original is not None and isinstance(selector, SegmentSelector):
+                with torch.no_grad():
+                    region = selector.region(
+                        self.segs, self.G.img_resolution, self.layers, self.original,
+                        gated=True)
+                img = composite(img, self.original, region)
             loss = self.image_loss(img).float()
         return loss.mean(0, keepdim=True) if rows == 1 else loss
 
@@ -120,7 +131,7 @@ def prune_region(judge: RegionJudge, selector: Selector,
     def gate_score(gate: torch.Tensor) -> torch.Tensor:
         _set_gate(selector, gate)
         with torch.no_grad():
-            return judge.loss(judge.masks(selector), direction, rows)
+            return judge.loss(selector, judge.masks(selector), direction, rows)
 
     present = _present(judge.segs, rows)
     contest = None
@@ -217,9 +228,9 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
     for _ in range(judge.cfg.contest_steps):
         if judge.check is not None:
             judge.check()
-        loss = judge.loss(masks, rival, rows, recompute=judge.memory.recompute)
+        loss = judge.loss(selector, masks, rival, rows, recompute=judge.memory.recompute)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
     with torch.no_grad():
-        return rival, judge.loss(masks, rival, rows)
+        return rival, judge.loss(selector, masks, rival, rows)

@@ -45,13 +45,17 @@ class SegmentSelector(nn.Module):
         return out
 
     def region(self, segments: torch.Tensor, resolution: int,
-               layers: list[int] | None = None, image: torch.Tensor | None = None
-               ) -> torch.Tensor:
+               layers: list[int] | None = None, image: torch.Tensor | None = None,
+               gated: bool = False) -> torch.Tensor:
         """[B, 1, r, r]: the union of the selected segments at image resolution, each segment
         weighted by its largest weight over ``layers`` (1-based; None: all). With the original
         ``image`` the segments' edges are first snapped to its colours (``snap_segments``).
-        The final composite keeps the original pixels outside it (see ``composite``)."""
+        The final composite keeps the original pixels outside it (see ``composite``).
+        ``gated``: every segment the gate lets through at full weight (the region choice
+        judges a candidate region as the hardened edit will use it)."""
         weights = self.weights()
+        if gated and self.gate is not None:
+            weights = (self.gate > 0).to(weights.dtype)
         if layers is not None:
             keep = torch.zeros(weights.shape[1], dtype=torch.bool, device=weights.device)
             keep[[i - 1 for i in layers if 1 <= i <= weights.shape[1]]] = True

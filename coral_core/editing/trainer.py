@@ -355,7 +355,9 @@ def _choose_region(run: _Run, step: int, ws: torch.Tensor, noise: list, original
                             run.objective.text_direction, mix)
     judge = RegionJudge(run.G, run.cfg, ws, noise, original.feats, original.segs, image_loss,
                         run.memory, _heartbeat(run.reporter, step, run.cfg.steps,
-                                               "region contest and pruning"))
+                                               "region contest and pruning"),
+                        original=original.image if run.uses_composite else None,
+                        layers=run.allowed_layers())
     pruned = prune_region(judge, run.selector, run.direction)
     if run.cfg.harden_selection and isinstance(run.selector, SegmentSelector):
         harden_selection(run.selector, original.segs)

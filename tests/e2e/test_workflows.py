@@ -108,6 +108,19 @@ def _next_prompt_still_runs(server) -> None:
     _ok(server.run(wf))
 
 
+def _loader_fails(server, template: str, class_type: str, field: str, value: str,
+                  *words: str, timeout: float = 60) -> None:
+    """Point one loader node of a shipped template at ``value``: the prompt must fail at that
+    node with a message naming the file (and ``words``)."""
+    wf = load_workflow(template)
+    node = next(k for k, n in wf.items() if n["class_type"] == class_type)
+    wf[node]["inputs"][field] = value
+    result = server.run(wf, timeout=timeout)
+    assert result["status"] == "execution_error" and result["data"]["node_id"] == node
+    for word in (value, *words):
+        assert word in result["data"]["exception_message"], result["data"]["exception_message"]
+
+
 def test_missing_model_file(server) -> None:
     wf = load_workflow("apply_saved_edit")
     wf["1"]["inputs"]["generator"] = "no_such_model.pkl"
@@ -237,19 +250,11 @@ def test_hostile_and_corrupt_model_files_give_node_errors(server, tmp_path) -> N
     with zipfile.ZipFile(gen_dir / "deep.pt", "w") as zf:
         zf.writestr("archive/data.pkl", b"\x80\x04}" + b")" + b"\x85" * 200_000 + b"K\x01s.")
 
-    wf = load_workflow("train_apply_visualise")
-    clip_node = next(k for k, n in wf.items() if n["class_type"] == "CoralLoadCLIP")
-    wf[clip_node]["inputs"]["clip_name"] = "ViT-evil.pt"
-    result = server.run(wf)
-    assert result["status"] == "execution_error" and result["data"]["node_id"] == clip_node
-    assert "ViT-evil.pt" in result["data"]["exception_message"]
+    _loader_fails(server, "train_apply_visualise", "CoralLoadCLIP", "clip_name", "ViT-evil.pt")
     assert victim.read_text() == "original"
     for name in ("deep.pkl", "deep.pt"):
-        wf = load_workflow("apply_saved_edit")
-        wf["1"]["inputs"]["generator"] = name
-        result = server.run(wf)
-        assert result["status"] == "execution_error" and result["data"]["node_id"] == "1"
-        assert "nests objects" in result["data"]["exception_message"]
+        _loader_fails(server, "apply_saved_edit", "CoralLoadStyleGAN", "generator", name,
+                      "nests objects")
     _next_prompt_still_runs(server)
 
 
@@ -269,23 +274,60 @@ def test_hostile_clip_folder_and_archive_bomb_give_node_errors(server) -> None:
     with zipfile.ZipFile(folder / "open_clip_pytorch_model.bin", "w") as zf:
         zf.writestr("archive/data.pkl", deep)
         zf.writestr("archive/version", "3\n")
-    wf = load_workflow("train_apply_visualise")
-    clip_node = next(k for k, n in wf.items() if n["class_type"] == "CoralLoadCLIP")
-    wf[clip_node]["inputs"]["clip_name"] = "deep_local"
-    result = server.run(wf)
-    assert result["status"] == "execution_error" and result["data"]["node_id"] == clip_node
-    assert "nests objects" in result["data"]["exception_message"]
+    _loader_fails(server, "train_apply_visualise", "CoralLoadCLIP", "clip_name", "deep_local",
+                  "nests objects")
     bomb = server.base / "models" / "stylegan" / "bomb.pt"
     bomb.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         with zf.open("archive/data.pkl", "w", force_zip64=True) as f:
             for _ in range(64):
                 f.write(b"\x00" * (1 << 24))
-    wf = load_workflow("apply_saved_edit")
-    wf["1"]["inputs"]["generator"] = "bomb.pt"
-    result = server.run(wf, timeout=120)
-    assert result["status"] == "execution_error" and result["data"]["node_id"] == "1"
-    assert "bomb.pt" in result["data"]["exception_message"]
+    _loader_fails(server, "apply_saved_edit", "CoralLoadStyleGAN", "generator", "bomb.pt",
+                  timeout=120)
+    _next_prompt_still_runs(server)
+
+
+def test_absurd_configs_bad_metadata_and_nan_weights_give_node_errors(server,
+                                                                      tmp_path) -> None:
+    """The round-three classes that reach the loaders through the model folders: a CLIP
+    folder whose config declares a 10^9-wide text tower beside real weights, a generator with a
+    NaN weight behind a valid content hash, and an edit whose (re-signed) metadata says
+    max_layer = -7. Each fails at its own loader node with the file named, and the server then
+    serves the next prompt."""
+    import json
+    import shutil
+
+    from fabricate import write_clip_files
+
+    from coral_core.formats.integrity import HASH_KEY, read_safetensors, write_safetensors
+    from coral_core.world import assets
+
+    files = write_clip_files(tmp_path / "clip")
+    folder = server.base / "models" / "coral_clip" / "absurd_local"
+    shutil.copytree(files["local_dir"], folder)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"]["width"] = 10**9
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    _loader_fails(server, "train_apply_visualise", "CoralLoadCLIP", "clip_name", "absurd_local")
+
+    meta, tensors = read_safetensors(assets.DEMO_GENERATOR, "generator", require_hash=False)
+    key = next(k for k, t in tensors.items() if t.is_floating_point() and t.numel() > 8)
+    tensors[key].view(-1)[3] = float("nan")
+    gen_dir = server.base / "models" / "stylegan"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    write_safetensors(gen_dir / "nan_weight.safetensors", tensors,
+                      {k: v for k, v in meta.items() if k != HASH_KEY})
+    _loader_fails(server, "apply_saved_edit", "CoralLoadStyleGAN", "generator",
+                  "nan_weight.safetensors")
+
+    meta, tensors = read_safetensors(assets.DEMO_EDITS / "orange_background.safetensors", "edit",
+                                     require_hash=False)
+    edit_dir = server.base / "models" / "coral_edits"
+    edit_dir.mkdir(parents=True, exist_ok=True)
+    write_safetensors(edit_dir / "bad_max_layer.safetensors", tensors,
+                      {**{k: v for k, v in meta.items() if k != HASH_KEY}, "max_layer": "-7"})
+    _loader_fails(server, "apply_saved_edit", "CoralLoadEdit", "edit_name",
+                  "bad_max_layer.safetensors", "max_layer")
     _next_prompt_still_runs(server)
 
 

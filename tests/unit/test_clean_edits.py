@@ -145,12 +145,20 @@ def test_the_chosen_region_is_edited_at_full_strength_unless_switched_off() -> N
 def test_an_edit_that_falls_short_or_overshoots_leaves_its_image_unchanged_and_says_why():
     from coral_core.editing.fit import PromptFit
 
-    fit = PromptFit(1.0, [False, False, False, True], [], [0.1, 0.1, 0.1, 0.6], 0.5)
+    # scores before 0.1 (images 0-2, 4) and 0.6 (image 3, already there; image 5 starts at
+    # 0.48, close to the best); the bank's best samples score 0.5, its mean 0.3 (range 0.2)
+    fit = PromptFit(1.0, [False, False, False, True, False, False], [],
+                    [0.1, 0.1, 0.1, 0.6, 0.1, 0.48], 0.5, 0.2)
     text = torch.tensor([1.0, 0.0])
-    edited = torch.tensor([[0.12, 1.0], [0.5, 0.9], [0.9, 0.4], [0.6, 0.8]])
+    edited = torch.tensor([[0.12, 1.0], [0.5, 0.9], [0.9, 0.4], [0.6, 0.8], [0.55, 0.8],
+                           [0.52, 0.8]])
     fit.judge_outcome("a red circle", text, edited)
-    assert fit.reached[:3] == [0.05, 1.0, 2.0]
-    assert fit.unchanged_rows() == [0, 2, 3]  # short, far, and the one already there
+    assert fit.reached[:3] == [0.05, 1.0, 2.0] and fit.reached[5] == 2.0
+    assert fit.overshoot[:3] == [-1.9, 0.0, 2.0] and fit.overshoot[4:] == [0.25, 0.1]
+    # short; far (twice its way and two ranges past the best); already there. Image 4 went a
+    # quarter range past the best but only 1.1x its way; image 5 twice its (short) way but
+    # only a tenth of the range past: both correct edits, kept
+    assert fit.unchanged_rows() == [0, 2, 3]
     assert len(fit.warnings) == 2
     assert "image(s) 0 got only 5%" in fit.warnings[0]
-    assert "image(s) 2 moved the CLIP 2.0x" in fit.warnings[1]
+    assert "image(s) 2 moved the CLIP 2.0 of the prompt's range past" in fit.warnings[1]

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from fabricate import nvlabs_network_dict, random_generator, write_nvlabs_pickle
+from fabricate import (deep_pickle, nvlabs_network_dict, random_generator, torch_zip,
+                       write_nvlabs_pickle)
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_KB = 1_500_000
@@ -39,11 +40,20 @@ print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+MEMORY_CAP = 8 * 2**30  # address space: a runaway allocation fails there, not the machine
+
+
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
 def _isolated(imports: str, call: str, timeout: float = 90) -> tuple[str, int]:
     code = textwrap.dedent(imports) + _RUNNER.format(call=call)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+                          timeout=timeout, env=env, cwd=ROOT, preexec_fn=_cap_memory)
     assert proc.returncode == 0, f"died with {proc.returncode}: {proc.stderr[-800:]}"
     rss = int(proc.stdout.rsplit("RSS", 1)[1].split()[0])
     return proc.stdout, rss
@@ -54,18 +64,6 @@ def baseline_rss() -> int:
     _, rss = _isolated("import open_clip\nfrom coral_core.clip_model import load_clip\n"
                        "from coral_core.formats import load_generator\n", "pass")
     return rss
-
-
-def _deep_pickle(depth: int = 200_000) -> bytes:
-    return b"\x80\x04}" + b")" + b"\x85" * depth + b"K\x01s."
-
-
-def _torch_zip(path: Path, data_pkl: bytes, compress: bool = False) -> Path:
-    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", compression=mode) as zf:
-        zf.writestr("archive/data.pkl", data_pkl)
-        zf.writestr("archive/version", "3\n")
-    return path
 
 
 def _tiny_clip_cfg() -> dict:
@@ -89,7 +87,7 @@ LOAD_G = "from coral_core.formats import load_generator\n"
 
 def test_deep_clip_weights_beside_a_config(tmp_path: Path, baseline_rss: int) -> None:
     """The crash of the issue: a nested torch-zip clip.bin beside a normal config."""
-    weights = _torch_zip(tmp_path / "clip.bin", _deep_pickle())
+    weights = torch_zip(tmp_path / "clip.bin", deep_pickle())
     (tmp_path / "open_clip_config.json").write_text(json.dumps(_tiny_clip_cfg()))
     out, rss = _isolated(LOAD_CLIP, f"load_clip({str(weights)!r})")
     _expect_refused(out, rss, baseline_rss, weights, "nests objects")
@@ -100,17 +98,17 @@ def test_deep_clip_weights_in_a_local_dir_and_with_a_model_name(tmp_path: Path,
     folder = tmp_path / "local"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps(_tiny_clip_cfg()))
-    weights = _torch_zip(folder / "open_clip_pytorch_model.bin", _deep_pickle())
+    weights = torch_zip(folder / "open_clip_pytorch_model.bin", deep_pickle())
     out, rss = _isolated(LOAD_CLIP, f"load_clip('local-dir:{folder}')")
     _expect_refused(out, rss, baseline_rss, weights, "nests objects")
-    named = _torch_zip(tmp_path / "ViT-B-32.bin", _deep_pickle())
+    named = torch_zip(tmp_path / "ViT-B-32.bin", deep_pickle())
     out, rss = _isolated(LOAD_CLIP, f"load_clip({str(named)!r}, 'ViT-B-32')")
     _expect_refused(out, rss, baseline_rss, named, "nests objects")
 
 
 def test_deep_resume_checkpoint_is_read_by_the_bounded_reader(tmp_path: Path,
                                                               baseline_rss: int) -> None:
-    ckpt = _torch_zip(tmp_path / "e.ckpt.pt", _deep_pickle())
+    ckpt = torch_zip(tmp_path / "e.ckpt.pt", deep_pickle())
     out, rss = _isolated("from coral_core.formats.weights import load_weights_file\n",
                          f"load_weights_file({str(ckpt)!r}, 'checkpoint')")
     _expect_refused(out, rss, baseline_rss, ckpt, "nests objects")
