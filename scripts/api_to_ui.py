@@ -85,7 +85,7 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
         # the Train node also holds the front end's live-training panel (web/js)
         height = 60 + 26 * (len(widgets) + max(len(inputs), len(outputs)))
         height += EXTRA_HEIGHT.get(node["class_type"], 0)
-        y = rows.get(col, 60)
+        y = rows.get(col, NOTE_HEIGHT + 100 if col == 0 and title in NOTES else 60)
         rows[col] = y + height + 60
         nodes.append({"id": ids[key], "type": node["class_type"], "pos": [40 + 360 * col, y],
                       "size": [320, height], "flags": {}, "order": 0,
@@ -97,13 +97,46 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
     order = sorted(nodes, key=lambda n: depth[next(k for k, v in ids.items() if v == n["id"])])
     for i, n in enumerate(order):
         n["order"] = i
+    if title in NOTES:  # what the template does and what to change first, top left
+        nodes.append({"id": len(nodes) + 1, "type": "Note", "pos": [40, 60],
+                      "size": [320, NOTE_HEIGHT], "flags": {}, "order": len(nodes), "mode": 0,
+                      "inputs": [], "outputs": [], "properties": {"text": ""},
+                      "widgets_values": [NOTES[title]], "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes,
             "links": links, "groups": [], "config": {},
             "extra": {"info": {"name": title}} if title else {}, "version": 0.4}
 
 
-# Height of what the pack's front end adds inside a node (web/js/coral_live_training.js).
-EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralSaveEdit": 30, "CoralSaveLatents": 30}
+# Height of what a node shows below its widgets: the pack's live-training panel and saved
+# names (web/js/coral_live_training.js), and the image preview of ComfyUI's output nodes (a
+# 64-px picture drawn at the node's width), so no node below is overlapped by a preview.
+PREVIEW_HEIGHT = 330
+EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralTrainEditSimple": 140, "CoralSaveEdit": 30,
+                "CoralSaveLatents": 30, "SaveImage": PREVIEW_HEIGHT,
+                "PreviewImage": PREVIEW_HEIGHT}
+NOTE_HEIGHT = 200
+# One Note per template: what it does, what to change first.
+NOTES = {
+    "train_apply_visualise": (
+        "Train an edit for a prompt, apply it, look at the masks.\n\n"
+        "Change first: the prompt in Train Edit (e.g. 'a cyan background', 'a red circle'), "
+        "then queue. Re-queueing with only Apply's strength changed does not retrain.\n\n"
+        "Outputs: edited and original side by side, the per-layer mask grid, the mask "
+        "overlay; the edit is saved to models/coral_edits."),
+    "apply_saved_edit": (
+        "Apply a saved edit to a batch of seeds, with the originals beside them.\n\n"
+        "Change first: the edit in Load Edit (yours from models/coral_edits), the seeds in "
+        "Sample Latents, the strength in Apply Edit (0 = original, 1 = as trained)."),
+    "invert_photo_and_edit": (
+        "Project a photo into the generator (inversion), then apply a saved edit to it.\n\n"
+        "Change first: replace Demo Photo by a Load Image node with your photo (the "
+        "generator must be able to draw it), then the edit in Load Edit."),
+    "segments_from_masks": (
+        "Segment selection with regions from any mask node: the edit may only use the "
+        "regions the masks give.\n\n"
+        "Change first: the threshold in Threshold Mask (which pixels form the region), or "
+        "connect masks from your own segmentation node; then the prompt."),
+}
 
 
 def main() -> int:

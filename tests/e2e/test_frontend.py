@@ -54,12 +54,19 @@ MEASURE = """(() => {
     return o[0] < mine[0] + mine[2] - 1 && mine[0] < o[0] + o[2] - 1 &&
            o[1] < mine[1] + mine[3] - 1 && mine[1] < o[1] + o[3] - 1;
   }).map(n => n.type);
+  // after the run every output node shows its images: no node may cover another anywhere
+  const all = app.graph.nodes.map(n => [n, box(n)]);
+  const anyOverlaps = [];
+  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
+    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
+        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) anyOverlaps.push([a.type, b.type]);
+  }));
   const vueNode = document.querySelector(`[data-node-id="${node.id}"]`);
   // classic: the panel's own canvas is hit; Nodes 2.0: its node is (no other node covers it)
   return {width: r.width, height: r.height, onTop: vueNode ? vueNode.contains(hit) : el.contains(hit),
           insideVueNode: vueNode ? vueNode.contains(el) : null,
           step: +el.dataset.step, total: +el.dataset.total, points: +el.dataset.points,
-          masks: el.dataset.masks, done: el.dataset.done, overlaps,
+          masks: el.dataset.masks, done: el.dataset.done, overlaps, anyOverlaps,
           saved: document.querySelector('.coral-saved-name')?.textContent || "",
           loadEditChoices: LiteGraph.createNode("CoralLoadEdit").widgets[0].options.values};
 })()"""
@@ -131,6 +138,7 @@ def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2
     assert seen["step"] == seen["total"] == steps and seen["points"] >= 2, seen
     assert seen["masks"] == "1", seen
     assert not seen["overlaps"], f"the Train node overlaps {seen['overlaps']}"
+    assert not seen["anyOverlaps"], f"nodes overlap after the run: {seen['anyOverlaps']}"
     # Save Edit shows the file it wrote, and Load Edit lists it without a page reload
     assert seen["saved"].startswith("saved: my_edit_"), seen["saved"]
     assert seen["saved"].split(": ")[1] in seen["loadEditChoices"], seen["loadEditChoices"]

@@ -93,6 +93,9 @@ def test_segments_from_any_mask_node(server) -> None:
     assert output_images(server, outputs, "9")[0].shape == (64, 64, 3)
     mask = output_images(server, outputs, "11")[0]
     assert mask.shape == (64, 64, 3)
+    original = output_images(server, outputs, "12")[0]  # the before beside the after
+    assert original.shape == (64, 64, 3)
+    assert not (original == output_images(server, outputs, "9")[0]).all()
 
 
 # ---- bad inputs: a node error, then the server serves the next prompt ----------------------

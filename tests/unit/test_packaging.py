@@ -63,10 +63,26 @@ def test_ui_workflows_are_twins_of_the_api_ones() -> None:
         api = json.loads(api_path.read_text())
         ui = json.loads((ROOT / "example_workflows" / api_path.name).read_text())
         assert (ROOT / "example_workflows" / f"{api_path.stem}.jpg").is_file()
-        assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["class_type"]
-                                                                 for n in api.values())
+        assert sorted(n["type"] for n in ui["nodes"] if n["type"] != "Note") == sorted(
+            n["class_type"] for n in api.values())
         api_links = sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
         assert len(ui["links"]) == api_links and ui["version"] == 0.4
+        notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+        assert len(notes) == 1 and "Change first" in notes[0]["widgets_values"][0], api_path
+        _no_two_nodes_overlap(ui, api_path.name)
+
+
+def _no_two_nodes_overlap(ui: dict, name: str) -> None:
+    """Every node's box (with the room its image preview or live view takes below its
+    widgets) is clear of every other's, so no output is hidden at the default zoom."""
+    boxes = [(n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0],
+              n["pos"][1] + n["size"][1], n["type"]) for n in ui["nodes"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+            assert apart, f"{name}: {a[4]} overlaps {b[4]}"
+        if a[4] in ("SaveImage", "PreviewImage"):
+            assert a[3] - a[1] >= 300, f"{name}: {a[4]} has no room for its preview"
 
 
 def _imported_modules(path: Path) -> set[str]:
