@@ -106,7 +106,7 @@ class _Run:
     fit: PromptFit | None = None
     prior: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    originals: dict[int, _Original] = field(default_factory=dict)  # per image: the one batch
+    fixed_original: _Original | None = None  # per image: the one batch, computed once
     noise: dict[int, list] = field(default_factory=dict)  # per batch size
     setup_seconds: float = 0.0  # catalogue, sample bank, prior, fit check: before step 1
 
@@ -283,7 +283,9 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     if run.reporter is not None:
         run.reporter.check()
     ws = run.sampler.next()
-    noise = run.noise.setdefault(ws.shape[0], run.G.make_noise(ws.shape[0], "const"))
+    if ws.shape[0] not in run.noise:  # the generator's constant noise, once per batch size
+        run.noise[ws.shape[0]] = run.G.make_noise(ws.shape[0], "const")
+    noise = run.noise[ws.shape[0]]
     original = _original_pass(run, ws, noise)
     phase_two = cfg.select_then_edit is not None and step > cfg.select_then_edit * cfg.steps
     if phase_two:
@@ -328,7 +330,7 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
 def _original_pass(run: _Run, ws: torch.Tensor, noise: list) -> _Original:
     """The unedited images, features and segments of this step's latents (per image: computed
     once and kept), and their CLIP embedding when the directional loss needs it."""
-    cached = run.originals.get(0) if run.cfg.mode == "per_image" else None
+    cached = run.fixed_original if run.cfg.mode == "per_image" else None
     if cached is None:
         with torch.no_grad():
             image, feats = run.G.synthesize_with_features(ws, noise=noise)
@@ -339,7 +341,7 @@ def _original_pass(run: _Run, ws: torch.Tensor, noise: list) -> _Original:
                 segs = run.catalogue.segments(feats)
         cached = _Original(image, feats, segs)
         if run.cfg.mode == "per_image":
-            run.originals[0] = cached
+            run.fixed_original = cached
     if run.cfg.directional and cached.source is None:
         with torch.no_grad():
             cached.source = run.clip.encode_image(cached.image)
