@@ -54,6 +54,11 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
                               object_info[api[src]["class_type"]]["output"][slot]])
                 out_links.setdefault((src, slot), []).append(link_id)
     rows: dict[int, int] = {}
+    for key in api:  # every node's depth (the run order below reads them)
+        node_depth(key)
+    output_col = 1 + max(node_depth(k) for k, n in api.items()
+                         if n["class_type"] not in IMAGE_OUTPUTS)
+    placed_outputs = 0
     for key, node in api.items():
         schema = object_info[node["class_type"]]
         spec_all = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
@@ -80,15 +85,23 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         outputs = [{"name": n, "type": t, "links": out_links.get((key, i), []), "slot_index": i}
                    for i, (t, n) in enumerate(zip(schema["output"], schema["output_name"]))]
-        col = node_depth(key)
         # stacked down each column by real heights, so no node overlaps the one below it;
-        # the Train node also holds the front end's live-training panel (web/js)
+        # the Train node also holds the front end's live-training panel (web/js). Image
+        # outputs go to a grid of OUTPUT_COLUMNS right of everything else, so their previews
+        # sit side by side instead of in one tall column
         height = 60 + 26 * (len(widgets) + max(len(inputs), len(outputs)))
         height += EXTRA_HEIGHT.get(node["class_type"], 0)
+        if node["class_type"] in IMAGE_OUTPUTS:
+            col = output_col + placed_outputs % OUTPUT_COLUMNS
+            placed_outputs += 1
+        else:
+            col = node_depth(key)
         y = rows.get(col, NOTE_HEIGHT + 100 if col == 0 and title in NOTES else 60)
         rows[col] = y + height + 60
-        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [40 + 360 * col, y],
-                      "size": [320, height], "flags": {}, "order": 0,
+        width = OUTPUT_WIDTH if node["class_type"] in IMAGE_OUTPUTS else 320
+        nodes.append({"id": ids[key], "type": node["class_type"],
+                      "pos": [40 + 360 * col, y],
+                      "size": [width, height], "flags": {}, "order": 0,
                       "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": node["class_type"]},
                       "widgets_values": widgets,
@@ -110,7 +123,10 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
 # Height of what a node shows below its widgets: the pack's live-training panel and saved
 # names (web/js/coral_live_training.js), and the image preview of ComfyUI's output nodes (a
 # 64-px picture drawn at the node's width), so no node below is overlapped by a preview.
-PREVIEW_HEIGHT = 330
+PREVIEW_HEIGHT = 270
+OUTPUT_WIDTH = 300
+OUTPUT_COLUMNS = 2
+IMAGE_OUTPUTS = ("SaveImage", "PreviewImage")
 EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralTrainEditSimple": 140, "CoralSaveEdit": 30,
                 "CoralSaveLatents": 30, "SaveImage": PREVIEW_HEIGHT,
                 "PreviewImage": PREVIEW_HEIGHT}
