@@ -6,6 +6,7 @@ the server that finished it, nothing half-downloaded is kept, no server gets mor
 ``in_flight`` of our prompts at a time."""
 from __future__ import annotations
 
+import json
 import os
 import urllib.parse
 from pathlib import Path
@@ -65,12 +66,12 @@ class FakeServers:
 
 
 def _run(tmp_path: Path, monkeypatch, lives: dict[str, int | None], work: int,
-         in_flight: int, seeds: list[int]) -> tuple[list, FakeServers]:
+         in_flight: int, seeds: list[int], timeout: float = 60) -> tuple[list, FakeServers]:
     fake = FakeServers(lives, work, in_flight)
     monkeypatch.setattr(comfy_client, "_request", fake.request)
     monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
     results = comfy_client.queue_across_servers(list(lives), WORKFLOW, [], seeds, tmp_path,
-                                                timeout=60, in_flight=in_flight, poll=0)
+                                                timeout=timeout, in_flight=in_flight, poll=0)
     return results, fake
 
 
@@ -125,3 +126,65 @@ def test_a_rejected_prompt_is_reported_not_retried(tmp_path, monkeypatch, reply)
                                                 timeout=5, in_flight=1, poll=0)
     assert [r.status for r in results] == ["rejected", "rejected"] and calls == ["/prompt"] * 2
     assert results[0].error
+
+
+def test_overrides_set_inputs_by_id_or_class_type_and_leave_the_workflow_alone() -> None:
+    """``coral queue --set NODE.INPUT=VALUE``: NODE is an id or a class_type (every node of
+    that type), VALUE is JSON when it parses (numbers, lists, booleans) and text otherwise,
+    ``=`` inside the value is kept, and the caller's workflow is never changed."""
+    wf = {"1": {"class_type": "CoralDemoPhoto", "inputs": {"seed": 0}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
+          "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b"}}}
+    before = json.loads(json.dumps(wf))
+    out = comfy_client.apply_overrides(wf, ["1.seed=7", "SaveImage.filename_prefix=x=y",
+                                            "CoralDemoPhoto.extra=[1, 2.5]", "2.flag=true",
+                                            "3.text=not json"])
+    assert wf == before
+    assert out["1"]["inputs"] == {"seed": 7, "extra": [1, 2.5]}
+    assert out["2"]["inputs"]["filename_prefix"] == out["3"]["inputs"]["filename_prefix"] == "x=y"
+    assert out["2"]["inputs"]["flag"] is True and out["3"]["inputs"]["text"] == "not json"
+    assert out["2"]["inputs"]["images"] == ["1", 0]
+    assert comfy_client.apply_overrides(wf, []) == wf
+
+
+@pytest.mark.parametrize("item", ["1seed=3", "seed", "=3", "9.seed=3", "Nope.seed=1"])
+def test_a_bad_override_is_refused_with_what_was_given(item) -> None:
+    from coral_core.errors import InputError
+
+    wf = {"1": {"class_type": "CoralDemoPhoto", "inputs": {"seed": 0}}}
+    with pytest.raises(InputError) as err:
+        comfy_client.apply_overrides(wf, [item])
+    assert repr(item) in str(err.value) or item.split(".")[0] in str(err.value)
+
+
+def test_seeds_go_to_every_seed_input_and_a_workflow_without_one_is_refused() -> None:
+    from coral_core.errors import InputError
+
+    wf = {"1": {"class_type": "A", "inputs": {"seed": 0}},
+          "2": {"class_type": "B", "inputs": {"seed": ["1", 0]}},  # a link, not a widget
+          "3": {"class_type": "C", "inputs": {"seed": 5}}}
+    out = comfy_client._prompt_for(wf, 42)
+    assert out["1"]["inputs"]["seed"] == out["3"]["inputs"]["seed"] == 42
+    assert out["2"]["inputs"]["seed"] == ["1", 0] and wf["1"]["inputs"]["seed"] == 0
+    assert comfy_client._prompt_for(wf, None) == wf
+    with pytest.raises(InputError, match="no node in the workflow has a 'seed' input"):
+        comfy_client._prompt_for({"1": {"class_type": "A", "inputs": {}}}, 3)
+
+
+def test_prompts_not_finished_in_time_are_reported_as_timeouts(tmp_path, monkeypatch) -> None:
+    results, _ = _run(tmp_path, monkeypatch, {"http://a": None}, 10**9, 2, [1, 2],
+                      timeout=0.3)
+    assert [r.status for r in results] == ["timeout", "timeout"]
+    assert all("not finished after" in r.error for r in results)
+
+
+def test_without_seeds_one_prompt_runs_and_its_outputs_land_in_one_folder(tmp_path,
+                                                                          monkeypatch) -> None:
+    fake = FakeServers({"http://a": None}, 1, 1)
+    monkeypatch.setattr(comfy_client, "_request", fake.request)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    results = comfy_client.queue_across_servers(["http://a/"], WORKFLOW, ["1.seed=9"], None,
+                                                tmp_path, timeout=60, in_flight=2, poll=0)
+    assert [r.label for r in results] == ["prompt"] and results[0].status == "success"
+    assert [p.name for p in tmp_path.iterdir()] == ["prompt"]
+    assert results[0].files[0].read_bytes() == b"9 from http://a"  # the override reached it
