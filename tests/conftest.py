@@ -23,6 +23,10 @@ import torch  # noqa: E402
 # (two suites at 2 threads each spin at OpenMP barriers and run many times slower)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0)
                       or max(1, min(2, os.cpu_count() or 1)))
+# ... and the CLI, run in-process by the tests, keeps it (its one-thread policy for small
+# generators applies only when OMP_NUM_THREADS is unset; subprocess tests set their own)
+if not os.environ.get("OMP_NUM_THREADS"):
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 @pytest.fixture(scope="session")

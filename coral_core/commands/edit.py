@@ -26,9 +26,12 @@ _WEIGHTS = _TRAIN.weights
 
 def _generator(args: argparse.Namespace) -> Any:
     from ..cache import get_generator
+    from ..devices import cli_threads_for
     from ..world.assets import DEMO_GENERATOR, require
 
-    return get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
+    G = get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
+    cli_threads_for(G.img_resolution, G.w_avg.device)
+    return G
 
 
 def _clip(args: argparse.Namespace) -> Any:

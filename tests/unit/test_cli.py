@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -39,3 +41,24 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys) -> None:
     assert "bad.pkl" in err and "Traceback" not in err
     assert main(["generate", "--generator", str(tmp_path / "bad.pkl"), "--seeds", "x",
                  "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("omp", [None, "2"])
+def test_the_cli_runs_a_small_generator_on_one_thread_unless_the_user_chose(omp) -> None:
+    """The CLI's thread policy (devices.cli_threads_for): the demo-sized generator runs on one
+    thread (two spinning threads ran 2x slower beside other jobs); OMP_NUM_THREADS wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import argparse, torch\n"
+            "from coral_core.commands.edit import _generator\n"
+            "G = _generator(argparse.Namespace(generator=None, device='cpu'))\n"
+            "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp:
+        env["OMP_NUM_THREADS"] = omp
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ("1" if omp is None else "2")
