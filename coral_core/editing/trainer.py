@@ -100,8 +100,7 @@ class _Run:
     target: torch.Tensor
     objective: CoralObjective
     memory: MemoryPlan
-    prunes: bool
-    prune_step: int
+    prune_step: int  # the step of the region choice; -1: none
     sampler: _Sampler
     fit: PromptFit | None = None
     prior: dict[str, Any] | None = None
@@ -204,7 +203,7 @@ def _prepare(G: Generator, clip: CoralClip, cfg: TrainConfig, latents: torch.Ten
                catalogue=catalogue, direction=direction, selector=selector, opt=opt,
                sched=_cosine_rampdown(opt, cfg.steps) if cfg.mode == "per_image" else None,
                run_id=run_id, start_step=start_step, target=target, objective=objective,
-               memory=memory_plan(cfg, G, device), prunes=prunes,
+               memory=memory_plan(cfg, G, device),
                prune_step=max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1,
                sampler=_Sampler(G, cfg, latents if cfg.mode == "per_image" else None),
                notes=notes)
