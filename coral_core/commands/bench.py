@@ -218,7 +218,8 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
     """
     from ..cache import get_clip, get_generator
     from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
-    from ..editing.trainer import TrainConfig, describe_memory_options, train_edit
+    from ..editing.memory import describe_memory_options
+    from ..editing.trainer import TrainConfig, train_edit
 
     dev = pick_device(device)
     if config is not None:

@@ -24,14 +24,21 @@ _WEIGHTS = _TRAIN.weights
 
 
 
-def _generator(args: argparse.Namespace) -> Any:
+def cli_generator(path: str | Path, device: str | None = None) -> Any:
+    """A generator for a ``coral`` command: resident (cache.py), with the CLI's thread policy
+    applied for its size (devices.cli_threads_for; the nodes never call this)."""
     from ..cache import get_generator
     from ..devices import cli_threads_for
-    from ..world.assets import DEMO_GENERATOR, require
 
-    G = get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
+    G = get_generator(path, device).generator
     cli_threads_for(G.img_resolution, G.w_avg.device)
     return G
+
+
+def _generator(args: argparse.Namespace) -> Any:
+    from ..world.assets import DEMO_GENERATOR, require
+
+    return cli_generator(args.generator or require(DEMO_GENERATOR), args.device)
 
 
 def _clip(args: argparse.Namespace) -> Any:
@@ -68,7 +75,8 @@ def _common(s: argparse.ArgumentParser, clip: bool = False) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..progress import Reporter, print_progress
-    from ..editing.trainer import describe_memory_options, train_edit
+    from ..editing.memory import describe_memory_options
+    from ..editing.trainer import train_edit
 
     ensure_writable(args.out)
     stamp = file_stamp(args.out)

@@ -104,13 +104,12 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..cache import get_generator
-    from ..devices import cli_threads_for
     from ..world import assets
     from ..world.demo import run_demo
+    from .edit import cli_generator
 
-    G = get_generator(assets.require(assets.world_assets(args.world).generator)).generator
-    cli_threads_for(G.img_resolution, G.w_avg.device)
+    # loaded here for the thread policy; run_demo then finds it resident (same file, device)
+    cli_generator(assets.require(assets.world_assets(args.world).generator))
 
     report = run_demo(Path(args.out), prompt=args.prompt, seeds=args.seeds, steps=args.steps,
                       world=args.world, preset=args.preset)
@@ -169,16 +168,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cache import get_clip, get_generator
-    from ..devices import cli_threads_for
+    from ..cache import get_clip
     from ..seeds import parse_seeds
     from ..world import assets
     from ..world.evaluate import BOUNDS, KINDS, METHODS, format_table, run_eval
     from ..world.judge import load_judge
+    from .edit import cli_generator
 
     where = assets.world_assets(args.world)
-    G = get_generator(args.generator or assets.require(where.generator)).generator
-    cli_threads_for(G.img_resolution, G.w_avg.device)
+    G = cli_generator(args.generator or assets.require(where.generator))
     clip = get_clip(args.clip or assets.require(where.clip))
     if args.world == "faces":
         from ..world.faces.evaluate import KINDS as FACE_KINDS

@@ -69,8 +69,8 @@ class PromptFit:
         best samples did not do what the prompt says (it names something the image lacks, or
         a change the edit could not make); one that went more than MAX_REACH of that way and
         more than MAX_OVERSHOOT of the prompt's range past the best samples' score moved the
-        CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP reacts to but this
-        generator does not draw). Either way the image is left as it was,
+        CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP
+        reacts to but this generator does not draw). Either way the image is left as it was,
         with a warning, instead of being changed at random."""
         self.reached = self.reach(text_embedding, edited_embeddings)
         self.overshoot = self.past_best(text_embedding, edited_embeddings)

@@ -26,21 +26,17 @@ from ..errors import CancelledError, InputError
 from ..progress import Reporter
 from ..stylegan import Generator
 from .catalogue import SegmentCatalogue, catalogue_for
-from .config import (ATTENTION_LR, GLOBAL_LR, MAX_PROMPT_CHARS, NETWORK_LR,  # noqa: F401
-                     SEGMENT_LR, TrainConfig)
+from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
 from .edit import Edit
 from .fit import PromptFit
-from .losses import LossWeights, mask_areas  # noqa: F401 (LossWeights: re-exported)
-from .memory import (MemoryPlan, auto_bf16, auto_recompute,  # noqa: F401 (re-exported)
-                     describe_memory_options, memory_plan)
+from .losses import mask_areas
+from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
-from .outcome import (empty_edit_warnings, fit_info, leave_unchanged,  # noqa: F401
-                      summary_info, user_warnings)
+from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
 from .region import RegionJudge, harden_selection, judge_loss, prune_region
-from .run_record import (NOT_IDENTITY, config_record, resume,  # noqa: F401 (re-exported)
-                         run_identity, save_checkpoint)
+from .run_record import resume, run_identity, save_checkpoint
 from .selectors import AttentionSelector, SegmentSelector
 
 

@@ -284,7 +284,7 @@ def test_memory_options_are_picked_from_the_free_cuda_memory(monkeypatch) -> Non
     is also on for the CPU from 256 px (measured there: less memory and faster)."""
     from types import SimpleNamespace
 
-    from coral_core.editing.trainer import auto_bf16, auto_recompute
+    from coral_core.editing.memory import auto_bf16, auto_recompute
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     free = {"bytes": 6 * 2**30}

@@ -9,7 +9,8 @@ import pytest
 
 from coral_core.editing import run_record
 from coral_core.editing.losses import LossWeights
-from coral_core.editing.trainer import NOT_IDENTITY, TrainConfig, train_edit
+from coral_core.editing.run_record import NOT_IDENTITY
+from coral_core.editing.trainer import TrainConfig, train_edit
 from coral_core.progress import Reporter
 
 # a valid other value for settings whose default is None or a list
