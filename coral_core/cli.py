@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import edit, invert, models, queue, world
+from .commands import edit, invert, models, prepare, queue, world
 from .errors import CoralError
 
-COMMAND_MODULES = (models, edit, world, invert, queue)
+COMMAND_MODULES = (models, edit, prepare, world, invert, queue)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,17 @@ class Reporter:
         return time.perf_counter() - self.started
 
 
+def counted_phase(phase: str, done: int, total: int, elapsed: float) -> str:
+    """A phase's progress as a user reads it: "sample bank 96/512, about 1 min 20 s left"
+    (the estimate appears once some work is done: the first chunk times the rest)."""
+    text = f"{phase} {done}/{total}"
+    if 0 < done < total:
+        left = round(elapsed / done * (total - done))
+        text += f", about {left // 60} min {left % 60} s left" if left >= 60 else \
+            f", about {left} s left"
+    return text
+
+
 def print_progress(prefix: str) -> ProgressCallback:
     """A callback that prints one line per report: step, elapsed and scalar info."""
     t0 = time.perf_counter()

@@ -275,6 +275,40 @@ def bench_train(steps: int = 10, device: str | None = None, generator: str | Non
     return results
 
 
+def bench_prior(resolution: int = 256, device: str | None = None,
+                samples: int | None = None) -> dict[str, float]:
+    """The first edit's one-time cost on a new generator: the direction prior's sample bank
+    (``samples``, default the library's) for a random config-f generator at ``resolution`` and
+    a random-weight ViT-B/32 (the real architectures' cost; nothing downloaded, nothing
+    cached), with the peak memory it added."""
+    from ..editing.presets import preset_defaults
+    from ..editing.prior import bank_chunk, build_sample_bank
+    from ..progress import counted_phase
+
+    dev = pick_device(device)
+    samples = samples or preset_defaults().prior_samples
+    G = config_f_generator(resolution, dev)
+    C = random_vit_b32(dev)
+    chunk = bank_chunk(G)
+    print(f"device {dev}, config-f generator {resolution}px, CLIP ViT-B/32 (random weights): "
+          f"{samples} samples, {chunk} at a time")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = peak_rss_mib()
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        if done and done % max(1, total // 4) < chunk or done == total:
+            print("  " + counted_phase("sample bank", done, total, time.perf_counter() - t0))
+
+    build_sample_bank(G, C, samples, report)
+    seconds = time.perf_counter() - t0
+    peak, kind = _peak_memory(dev)
+    print(f"sample bank: {seconds:.1f} s ({seconds / samples * 1000:.0f} ms per sample); peak "
+          f"memory {peak:.0f} MiB ({kind}{'' if dev.type == 'cuda' else f', +{peak_rss_mib() - rss0:.0f} during the build'})")
+    return {"seconds": seconds, "peak_mib": peak, "samples": samples}
+
+
 def _train_phases(info: dict[str, Any], steps: int) -> dict[str, float]:
     """A trained edit's time split as a user meets it: set-up before step 1 (catalogue pieces,
     sample bank, prior; once per edit), the region choice (contest and pruning; once per

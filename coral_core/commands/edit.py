@@ -197,7 +197,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_apply, bench_generate, bench_hotpath, bench_invert, bench_train
+    from .bench import (bench_apply, bench_generate, bench_hotpath, bench_invert, bench_prior,
+                        bench_train)
 
     if args.what == "train" and args.batch is not None:  # one size given as --batch
         args.batches = str(args.batch)
@@ -206,6 +207,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_hotpath(args.resolution, args.batch, args.repeats, args.device)
     elif args.what == "generate":
         bench_generate(args.generator, args.batch, args.repeats, args.device, args.resolution)
+    elif args.what == "prior":
+        bench_prior(args.resolution, args.device)
     elif args.what == "apply":
         bench_apply(args.resolution, args.batch, args.repeats, args.device)
     elif args.what == "invert":
@@ -307,10 +310,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("bench", help="print speed / memory figures")
     s.set_defaults(run=cmd_bench)
-    s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath"],
+    s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath", "prior"],
                    help="which path to time")
     s.add_argument("--resolution", type=int, default=256,
-                   help="generate/apply/hotpath: random config-f generator at this size")
+                   help="generate/apply/hotpath/prior: random config-f generator at this size")
     s.add_argument("--batch", type=int, default=None,
                    help="images per batch (generate/apply: default 4; train: one batch size, "
                         "the same as --batches N)")

@@ -2,11 +2,11 @@
 edit is trained, so a prompt that cannot or need not change anything leaves the image as it
 was and says why (instead of recolouring or reshaping something at random).
 
-Both read the direction prior's sample bank (prior.py: 1,024 seeded samples and their CLIP
-embeddings), so they cost one text encoding:
+Both read the direction prior's sample bank (prior.py: ``prior_samples`` seeded samples and
+their CLIP embeddings), so they cost one text encoding:
 
 - **nothing to aim at**: the prompt barely tells the generator's pictures apart. Its *range*
-  (mean score of the 64 best-matching samples minus the mean of all) is compared with the
+  (mean score of the ``prior_top`` best-matching samples minus the mean of all) is compared with the
   largest range any direction in the CLIP's image space reaches on the same samples (the bank's
   principal directions); below ``MIN_RELATIVE_RANGE`` the CLIP sees nothing of the prompt in
   anything this generator draws. Measured on both demo worlds' banks: shapes, "a dog" 0.23,
@@ -32,7 +32,6 @@ import torch
 
 from .prior import SampleBank
 
-TOP = 64
 MIN_RELATIVE_RANGE = 0.25
 ALREADY_MARGIN = 0.1
 # After training (see PromptFit.judge_outcome): the share of the way from the image's own CLIP
@@ -120,7 +119,7 @@ def _range(scores: torch.Tensor, top: int) -> tuple[float, float]:
     return float(best - scores.mean()), float(best)
 
 
-def best_range(bank: SampleBank, top: int = TOP, components: int = 8) -> float:
+def best_range(bank: SampleBank, top: int, components: int = 8) -> float:
     """The largest range any of the bank's principal directions (either sign) reaches."""
     emb = bank.embeddings.float()
     _, _, v = torch.linalg.svd(emb - emb.mean(0), full_matrices=False)
@@ -129,7 +128,9 @@ def best_range(bank: SampleBank, top: int = TOP, components: int = 8) -> float:
 
 
 def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
-                     image_embeddings: torch.Tensor, prompt: str, top: int = TOP) -> PromptFit:
+                     image_embeddings: torch.Tensor, prompt: str, top: int) -> PromptFit:
+    """``top``: the size of the prompt's best-matching group of bank samples (the prior's
+    ``prior_top``: one notion of "the generator's best pictures of the prompt")."""
     emb = bank.embeddings.float()
     n_images = image_embeddings.shape[0]
     if emb.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest

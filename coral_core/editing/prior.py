@@ -59,43 +59,79 @@ class SampleBank:
                        meta.get("generator", ""), meta.get("clip", ""))
 
 
-def bank_chunk(resolution: int) -> int:
-    """Images synthesised at once: per-call overhead dominates small generators (16 at a time
-    took 26 s for a 32-px test model's bank, 64 took 5 s), memory dominates large ones."""
-    return int(max(4, min(64, 64 * (256 / resolution) ** 2)))
+# Activations of one chunk of bank renders may take about this much memory (the chunk shrinks
+# for wide generators; 64 images at once of a 256-px config-f model took a 12.5 GB peak).
+BANK_MEMORY_BYTES = 1 << 30
+
+BankProgress = Callable[[int, int], None]  # (samples done, samples in all); may raise to cancel
+
+
+def bank_chunk(G: Generator, budget: int = BANK_MEMORY_BYTES) -> int:
+    """Images rendered at once: as many as fit ``budget`` (estimated from the widest layer:
+    its activations and its per-sample modulated weights, with room for a few temporaries),
+    at most 64 (per-call overhead dominates small generators: 16 at a time took 26 s for a
+    32-px test model's bank, 64 took 5 s)."""
+    per_image = 0
+    for layer in G.conv_layers:
+        activations = layer.out_channels * layer.resolution ** 2 * 4
+        weights = layer.in_channels * layer.out_channels * 9 * 4
+        per_image = max(per_image, 6 * activations + 2 * weights)
+    return int(max(1, min(64, budget // max(per_image, 1))))
 
 
 @torch.no_grad()
 def build_sample_bank(G: Generator, clip: CoralClip, samples: int,
-                      check: Callable[[], None] | None = None) -> SampleBank:
+                      progress: BankProgress | None = None) -> SampleBank:
     """Draw ``samples`` seeded latents (no truncation: the generator's own distribution),
-    render them and embed them with the CLIP. ``check`` is called per chunk (cancel)."""
+    render them and embed them with the CLIP. ``progress`` is called before every chunk with
+    (done, total) and may raise to cancel.
+
+    Rendered at full size, on purpose: a skip generator's image at a coarser block (the sum
+    of its toRGB outputs so far) would cost a fraction, but on both demo generators it is no
+    picture of the output (13-18 dB from the downsampled image, even colour-corrected), and a
+    prior read from such previews pointed elsewhere (cosine -0.46 to 0.99 with the full
+    bank's); see docs/history.md, session 13."""
     g = torch.Generator().manual_seed(BANK_SEED)
     z = torch.randn(samples, G.z_dim, generator=g)
     ws, embs = [], []
-    for chunk in z.split(bank_chunk(G.img_resolution)):
-        if check is not None:
-            check()
+    done = 0
+    for chunk in z.split(bank_chunk(G)):
+        if progress is not None:
+            progress(done, samples)
         w_plus = G.mapping_ws(chunk)
         img = G.synthesize(w_plus, noise=G.make_noise(w_plus.shape[0], "const"))
         ws.append(w_plus[:, 0].float().cpu())
         embs.append(clip.encode_image(img).float().cpu())
+        done += chunk.shape[0]
+    if progress is not None:
+        progress(done, samples)
     return SampleBank(torch.cat(ws), torch.cat(embs), G.fingerprint(), clip.fingerprint())
+
+
+def bank_path(G: Generator, clip: CoralClip, samples: int, cache_dir: Path | None = None
+              ) -> Path:
+    """Where this generator's and CLIP's bank of ``samples`` is cached."""
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}.safetensors"
+    return Path(cache_dir) / key
+
+
+def cached_sample_bank(G: Generator, clip: CoralClip, samples: int,
+                       cache_dir: Path | None = None) -> SampleBank | None:
+    """The cached bank, or None when it has not been built (or the file is unusable)."""
+    return _load_if_valid(bank_path(G, clip, samples, cache_dir), G, clip, samples)
 
 
 def sample_bank_for(G: Generator, clip: CoralClip, samples: int,
                     cache_dir: Path | None = None,
-                    check: Callable[[], None] | None = None) -> SampleBank:
+                    progress: BankProgress | None = None) -> SampleBank:
     """The cached bank for this generator and CLIP, or build (and cache) it."""
-    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}.safetensors"
-    path = Path(cache_dir) / key
-    cached = _load_if_valid(path, G, clip, samples)
+    cached = cached_sample_bank(G, clip, samples, cache_dir)
     if cached is not None:
         return cached
-    bank = build_sample_bank(G, clip, samples, check)
+    bank = build_sample_bank(G, clip, samples, progress)
     try:
-        bank.save(path)
+        bank.save(bank_path(G, clip, samples, cache_dir))
     except OSError:
         pass  # a read-only cache only costs a rebuild next time
     return bank

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..clip_model import CoralClip
 from ..devices import isolated_rng
 from ..errors import CancelledError, InputError
-from ..progress import Reporter
+from ..progress import Reporter, counted_phase
 from ..stylegan import Generator
 from .catalogue import SegmentCatalogue, catalogue_for
 from .config import TrainConfig
@@ -183,6 +183,8 @@ def _prepare(G: Generator, clip: CoralClip, cfg: TrainConfig, latents: torch.Ten
     direction = _make_direction(G, cfg, rows).to(device)
     prunes = cfg.prune_tolerance > 0 and not cfg.no_masks and (
         cfg.variant == "can" or segments is None or segments.shape[1] > 1)
+    if reporter is not None:  # building it (first use of a generator) takes seconds
+        reporter.update(0, cfg.steps, force=True, phase="segment catalogue")
     catalogue = _choose_catalogue(G, cfg, segments, catalogue, prunes)
     selector = _make_selector(G, cfg, rows, segments, catalogue).to(device)
     opt = torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
@@ -262,7 +264,7 @@ def _start_from_bank(run: _Run) -> None:
     bank = None
     if cfg.prior_samples > 0 and (wants_prior or wants_fit):
         bank = sample_bank_for(run.G, run.clip, cfg.prior_samples, cfg.catalogue_dir,
-                               _heartbeat(run.reporter, 0, cfg.steps, "sample bank"))
+                               _counted_heartbeat(run.reporter, cfg.steps, "sample bank"))
     if wants_prior and bank is not None:
         assert isinstance(run.direction, GlobalDirection)
         run.prior = _start_from_prior(cfg, run.direction, run.target, bank)
@@ -391,8 +393,8 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
         if progress.last is not None and not run.fit.aimless and \
                 isinstance(direction, GlobalDirection):
             with torch.no_grad():
-                run.fit.judge_outcome(cfg.prompt, run.target,
-                                      run.clip.encode_image(progress.last.edited.detach()))
+                run.fit.judge_outcome(cfg.prompt, run.target, run.clip.encode_image(
+                    progress.last.edited.detach()))
         leave_unchanged(direction, selector, run.fit)
     edit = _make_edit(run)
     edit.info = summary_info(run.G, edit, cfg, progress.history, wall, progress.partial,
@@ -506,6 +508,22 @@ def _heartbeat(reporter: Reporter | None, step: int, total: int, phase: str
     return beat
 
 
+def _counted_heartbeat(reporter: Reporter | None, total_steps: int, phase: str
+                       ) -> Callable[[int, int], None] | None:
+    """``_heartbeat`` for a phase that counts its own units (the sample bank's renders): the
+    report says how far it is and about how long is left, so a first run on a large generator
+    (minutes) is never a silent wait."""
+    if reporter is None:
+        return None
+    started = time.perf_counter()
+
+    def beat(done: int, total: int) -> None:
+        phase_now = counted_phase(phase, done, total, time.perf_counter() - started)
+        reporter.update(0, total_steps, force=True, phase=phase_now)
+
+    return beat
+
+
 def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 latents: torch.Tensor | None, target: torch.Tensor,
                 bank: SampleBank | None) -> PromptFit | None:
@@ -518,7 +536,7 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     with torch.no_grad():
         images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
-    return check_prompt_fit(bank, target, embeddings, cfg.prompt)
+    return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top)
 
 
 def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,

@@ -62,3 +62,35 @@ def test_the_cli_runs_a_small_generator_on_one_thread_unless_the_user_chose(omp)
                          timeout=120, env=env, cwd=Path(__file__).resolve().parents[2])
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == ("1" if omp is None else "2")
+
+
+def test_prepare_builds_once_and_lists_what_is_cached(tmp_path, clip_files, capsys,
+                                                      monkeypatch) -> None:
+    """``coral prepare`` builds the catalogue and the sample bank a first edit would build,
+    reports the bank's progress, and a second run (like the first edit after it) reuses them."""
+    from coral_core.editing import prior
+
+    G = random_generator()
+    gen = write_nvlabs_pickle(G, tmp_path / "net.pkl")
+    cache = tmp_path / "cache"
+    assert main(["prepare", "--list", "--cache-dir", str(cache)]) == 0
+    assert "nothing cached yet" in capsys.readouterr().out
+    args = ["prepare", "--generator", str(gen), "--clip", str(clip_files["local_dir"]),
+            "--device", "cpu", "--cache-dir", str(cache)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "segment catalogue: ready" in out and "sample bank (512 samples" in out
+    assert err.splitlines()[0] == "sample bank 0/512" and err.splitlines()[-1].endswith("512/512")
+    names = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    assert names == ["bank", "catalogue"]
+
+    def no_rebuild(*_a, **_k):
+        raise AssertionError("prepared data was rebuilt")
+    monkeypatch.setattr(prior, "build_sample_bank", no_rebuild)
+    assert main(args) == 0
+    assert main(["prepare", "--list", "--cache-dir", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert "sample bank" in listing and "segment catalogue" in listing
+    assert main(["prepare", "--generator", str(tmp_path / "missing.pkl"),
+                 "--cache-dir", str(cache)]) == 2
+    assert "missing.pkl" in capsys.readouterr().err

@@ -83,3 +83,61 @@ def test_bad_prior_settings_are_refused(G, clip) -> None:
         train_edit(G, clip, TrainConfig(prompt="x", steps=1, prior_samples=8, prior_top=9))
     with pytest.raises(InputError, match="prior_samples"):
         train_edit(G, clip, TrainConfig(prompt="x", steps=1, prior_samples=1))
+
+
+def test_bank_chunks_shrink_with_the_generator_width_and_the_budget() -> None:
+    from fabricate import random_generator, tiny_config
+
+    small = random_generator(tiny_config(img_resolution=32))
+    assert prior_module.bank_chunk(small) == 64  # tiny layers: the overhead cap
+    wide = random_generator(tiny_config(img_resolution=64, channel_base=8192, channel_max=256))
+    wider = random_generator(tiny_config(img_resolution=128, channel_base=16384,
+                                         channel_max=256))
+    per_64 = prior_module.bank_chunk(wide, budget=256 << 20)
+    per_128 = prior_module.bank_chunk(wider, budget=256 << 20)
+    assert 1 <= per_128 < per_64 < 64  # larger renders take more memory each
+    assert prior_module.bank_chunk(wide, budget=1) == 1  # never zero
+    assert prior_module.bank_chunk(wide, budget=512 << 20) == pytest.approx(2 * per_64, abs=1)
+    # the estimate covers a chunk's real peak: 64 images at once of a 256-px config-f model
+    # took 12.5 GB; under the default budget its chunk is small enough for a laptop
+    from coral_core.commands.bench import config_f_generator
+
+    f256 = config_f_generator(256, torch.device("cpu"))
+    assert 2 <= prior_module.bank_chunk(f256) <= 8
+
+
+def test_bank_reports_progress_and_can_be_cancelled(G, clip, monkeypatch) -> None:
+    from coral_core.errors import CancelledError
+
+    monkeypatch.setattr(prior_module, "bank_chunk", lambda *_a, **_k: 3)
+    seen: list[tuple[int, int]] = []
+    prior_module.build_sample_bank(G, clip, 8, lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 8), (3, 8), (6, 8), (8, 8)]
+
+    def cancel(done: int, total: int) -> None:
+        if done >= 3:
+            raise CancelledError("cancelled")
+    with pytest.raises(CancelledError):
+        prior_module.build_sample_bank(G, clip, 8, cancel)
+
+
+def test_counted_phase_reads_like_a_sentence() -> None:
+    from coral_core.progress import counted_phase
+
+    assert counted_phase("sample bank", 0, 512, 0.0) == "sample bank 0/512"
+    assert counted_phase("sample bank", 128, 512, 10.0) == "sample bank 128/512, about 30 s left"
+    assert counted_phase("sample bank", 64, 512, 20.0) == \
+        "sample bank 64/512, about 2 min 20 s left"
+    assert counted_phase("sample bank", 512, 512, 99.0) == "sample bank 512/512"
+
+
+def test_first_training_run_reports_the_bank_phase(G, clip, tmp_path) -> None:
+    from coral_core.progress import Reporter
+
+    phases: list[str] = []
+    reporter = Reporter(lambda s, t, info: phases.append(str(info.get("phase", ""))))
+    train_edit(G, clip, TrainConfig(prompt="a red circle", steps=1, batch=1, prior_samples=8,
+                                    prior_top=2, catalogue_dir=tmp_path), reporter=reporter)
+    bank = [p for p in phases if p.startswith("sample bank")]
+    assert bank[0] == "sample bank 0/8" and bank[-1] == "sample bank 8/8"
+    assert phases.index("segment catalogue") < phases.index("sample bank 0/8")
