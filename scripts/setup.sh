@@ -38,6 +38,15 @@ if [ ! -f "$HOST/.requirements-installed" ]; then
   "$VPY" -m pip install -q -r "$HOST/requirements.txt" requests websocket-client
   touch "$HOST/.requirements-installed"
 fi
+# The newest front end beside the host's bundled one (1.32.9): the browser test runs in both.
+FE="$HOST/frontend-1.58.1"
+if [ ! -f "$FE/index.html" ]; then
+  rm -rf "$HOST/tmp" && mkdir -p "$HOST/tmp"
+  "$VPY" -m pip download -q --no-deps comfyui-frontend-package==1.58.1 -d "$HOST/tmp"
+  (cd "$HOST/tmp" && "$VPY" -m zipfile -e comfyui_frontend_package-1.58.1-py3-none-any.whl unpacked)
+  rm -rf "$FE" && mv "$HOST/tmp/unpacked/comfyui_frontend_package/static" "$FE"
+  rm -rf "$HOST/tmp"
+fi
 # Headless Chromium (Debian package) for the front-end test; needs root and apt.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \

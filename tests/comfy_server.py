@@ -25,10 +25,11 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, front_end: Path | None = None) -> None:
         if not (HOST / "main.py").is_file():
             raise RuntimeError(f"no ComfyUI host at {HOST}: run ./scripts/setup.sh first")
         self.base = base
+        self.front_end = front_end  # a front end's static folder; None: the host's bundled one
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
@@ -47,6 +48,8 @@ class ComfyServer:
                "--extra-model-paths-config", str(self.base / "extra.yaml"),
                "--disable-auto-launch", "--disable-api-nodes",
                "--database-url", "sqlite:///:memory:"]
+        if self.front_end is not None:
+            cmd += ["--front-end-root", str(self.front_end)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=HOST, stdout=self.log, stderr=subprocess.STDOUT,

@@ -62,6 +62,20 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def newest_front_end_server(tmp_path_factory: pytest.TempPathFactory):
+    """The same host serving the newest front end (comfyui-frontend-package 1.58.1, unpacked
+    by scripts/setup.sh), which users install over the bundled one."""
+    from comfy_server import HOST, ComfyServer
+
+    static = HOST.parent / "frontend-1.58.1"
+    if not (static / "index.html").is_file():
+        pytest.skip(f"no front end at {static}: run ./scripts/setup.sh")
+    srv = ComfyServer(tmp_path_factory.mktemp("comfy_newest"), front_end=static).start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(autouse=True)
 def _fit_check_off_for_random_clips(request: pytest.FixtureRequest,
                                     monkeypatch: pytest.MonkeyPatch) -> None:

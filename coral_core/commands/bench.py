@@ -309,6 +309,45 @@ def bench_prior(resolution: int = 256, device: str | None = None,
     return {"seconds": seconds, "peak_mib": peak, "samples": samples}
 
 
+def bench_overhead(steps: int | None = None, repeats: int = 3, device: str | None = None
+                   ) -> dict[str, float]:
+    """What CORAL's departures cost over a plain StyleCLIP-style optimisation (the same prompt,
+    steps, prior and latents, no masks), per-image edits on the demo, runs interleaved so a
+    changing load hits every form alike; the median wall time of each and its ratio to plain."""
+    import statistics
+
+    from ..cache import get_clip, get_generator
+    from ..editing.presets import preset_config
+    from ..editing.trainer import train_edit
+    from ..world.assets import DEMO_CLIP, DEMO_GENERATOR, require
+
+    dev = pick_device(device)
+    G = get_generator(require(DEMO_GENERATOR), dev).generator
+    C = get_clip(require(DEMO_CLIP), None, dev)
+    ws = G.mapping_ws(G.z_from_seeds([0]).to(dev))
+    forms = {"plain (no masks)": ("coral", {"no_masks": True}),
+             "CORAL-SS, the paper's form": ("paper", {}),
+             "CORAL-SS, defaults": ("coral", {})}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    region: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(repeats):
+        for name, (preset, extra) in forms.items():
+            chosen = {"steps": steps} if steps else {}
+            cfg = preset_config(preset, prompt="an orange background", batch=1, seed=0,
+                                **chosen, **extra)
+            info = train_edit(G, C, cfg, latents=ws).edit.info
+            times[name].append(float(info["wall_seconds"]))
+            region[name].append(float(info.get("region_choice_seconds", 0.0)))
+    plain = statistics.median(times["plain (no masks)"])
+    out = {}
+    for name in forms:
+        t = statistics.median(times[name])
+        out[name] = t / plain
+        print(f"{name:>28}: {t:.2f} s per edit ({t / plain:.2f}x plain), of which the region "
+              f"contest and pruning {statistics.median(region[name]):.2f} s")
+    return out
+
+
 def _train_phases(info: dict[str, Any], steps: int) -> dict[str, float]:
     """A trained edit's time split as a user meets it: set-up before step 1 (catalogue pieces,
     sample bank, prior; once per edit), the region choice (contest and pruning; once per

@@ -94,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("prune_tolerance", args.prune_tolerance),
                                 ("prune_at", args.prune_at),
                                 ("contest_steps", args.contest_steps),
+                                ("prune_batches", args.prune_batches),
                                 ("prior_samples", args.prior_samples)) if v is not None}
     cfg = preset_config(args.preset, prompt=args.prompt, neutral=args.neutral or "",
                         variant=args.variant, direction=args.direction, mode=mode,
@@ -197,8 +198,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import (bench_apply, bench_generate, bench_hotpath, bench_invert, bench_prior,
-                        bench_train)
+    from .bench import (bench_apply, bench_generate, bench_hotpath, bench_invert,
+                        bench_overhead, bench_prior, bench_train)
 
     if args.what == "train" and args.batch is not None:  # one size given as --batch
         args.batches = str(args.batch)
@@ -209,6 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_generate(args.generator, args.batch, args.repeats, args.device, args.resolution)
     elif args.what == "prior":
         bench_prior(args.resolution, args.device)
+    elif args.what == "overhead":
+        bench_overhead(args.steps, args.repeats, args.device)
     elif args.what == "apply":
         bench_apply(args.resolution, args.batch, args.repeats, args.device)
     elif args.what == "invert":
@@ -269,6 +272,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="region pruning (SS): each large region first gets this many steps "
                         f"of its own direction and the best one wins (0 = off; coral: "
                         f"{_TRAIN.contest_steps})")
+    s.add_argument("--prune-batches", type=int, default=None,
+                   help="region pruning, per prompt: judge this many batches of samples, not "
+                        f"only the step's (coral: {_TRAIN.prune_batches})")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from the mean w of the generator samples "
                         "(of this many, cached per generator and CLIP) that the CLIP ranks "
@@ -310,7 +316,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("bench", help="print speed / memory figures")
     s.set_defaults(run=cmd_bench)
-    s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath", "prior"],
+    s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath", "prior",
+                                    "overhead"],
                    help="which path to time")
     s.add_argument("--resolution", type=int, default=256,
                    help="generate/apply/hotpath/prior: random config-f generator at this size")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,19 +121,25 @@ def _set_gate(selector: Selector, gate: torch.Tensor | None) -> None:
         selector.gate = gate
 
 
-def prune_region(judge: RegionJudge, selector: Selector,
-                 direction: torch.nn.Module) -> dict[str, Any]:
+def prune_region(judge: RegionJudge, selector: Selector, direction: torch.nn.Module,
+                 more: Sequence[RegionJudge] = ()) -> dict[str, Any]:
     """Take region pruning's decision (pruning.py) on the judged images, set it as the
     selector's gate (SS: per row, layer and segment; CAN: over the catalogue's clusters), and
-    return what was removed: [row, segment] and [row, layer] pairs (and the contest's report)."""
+    return what was removed: [row, segment] and [row, layer] pairs (and the contest's report).
+    ``more``: further batches of a per-prompt edit (one row), judged with ``judge``'s by the
+    mean loss; a cluster any of them shows is judged."""
     rows = 1 if isinstance(selector, AttentionSelector) else int(selector.logits.shape[0])
+    judges = [judge, *more]
+    if rows > 1 and more:
+        raise ValueError("only a per-prompt edit (one row) is judged on several batches")
 
     def gate_score(gate: torch.Tensor) -> torch.Tensor:
         _set_gate(selector, gate)
         with torch.no_grad():
-            return judge.loss(selector, judge.masks(selector), direction, rows)
+            return torch.stack([j.loss(selector, j.masks(selector), direction, rows)
+                                for j in judges]).mean(0)
 
-    present = _present(judge.segs, rows)
+    present = torch.stack([_present(j.segs, rows) for j in judges]).any(0)
     contest = None
     if isinstance(selector, AttentionSelector):  # every cluster the images show is a unit
         allowed = before = present[:, None]
@@ -151,7 +157,8 @@ def prune_region(judge: RegionJudge, selector: Selector,
     _set_gate(selector, final)
     out: dict[str, Any] = {
         "segments": (before.any(1) & (final.amax(1) == 0)).nonzero().tolist(),
-        "layers": (before.any(2) & (gate.amax(2) == 0)).nonzero().tolist()}
+        "layers": (before.any(2) & (gate.amax(2) == 0)).nonzero().tolist(),
+        "judged_images": sum(int(j.ws.shape[0]) for j in judges)}
     if contest is not None:
         out["contest"] = contest
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +50,8 @@ class TrainResult:
 
 ProgressInfo = dict[str, Any]
 Callback = Callable[[int, int, ProgressInfo], None]
+# per prompt: the region choice's extra batches come from seed + this (never a training batch)
+PRUNE_SEED_OFFSET = 7919
 
 
 class _Sampler:
@@ -324,10 +326,11 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     return True
 
 
-def _original_pass(run: _Run, ws: torch.Tensor, noise: list) -> _Original:
+def _original_pass(run: _Run, ws: torch.Tensor, noise: list, keep: bool = True) -> _Original:
     """The unedited images, features and segments of this step's latents (per image: computed
-    once and kept), and their CLIP embedding when the directional loss needs it."""
-    cached = run.fixed_original if run.cfg.mode == "per_image" else None
+    once and kept, unless ``keep`` is off), and their CLIP embedding when the directional loss
+    needs it."""
+    cached = run.fixed_original if run.cfg.mode == "per_image" and keep else None
     if cached is None:
         with torch.no_grad():
             image, feats = run.G.synthesize_with_features(ws, noise=noise)
@@ -337,7 +340,7 @@ def _original_pass(run: _Run, ws: torch.Tensor, noise: list) -> _Original:
             elif run.catalogue is not None:  # SS always, CAN when it prunes
                 segs = run.catalogue.segments(feats)
         cached = _Original(image, feats, segs)
-        if run.cfg.mode == "per_image":
+        if run.cfg.mode == "per_image" and keep:
             run.fixed_original = cached
     if run.cfg.directional and cached.source is None:
         with torch.no_grad():
@@ -349,18 +352,34 @@ def _choose_region(run: _Run, step: int, ws: torch.Tensor, noise: list, original
                    mix: float) -> dict[str, Any]:
     """The region choice (region.py) on this step's images, hardened where configured; what
     it removed goes into the edit's record."""
+    judge = _region_judge(run, step, ws, noise, original, mix)
+    more: list[RegionJudge] = []
+    if run.cfg.mode == "per_prompt" and run.cfg.prune_batches > 1:
+        # fresh samples from their own seeded stream, so training's batches stay as they were
+        sampler = _Sampler(run.G, replace(run.cfg, seed=run.cfg.seed + PRUNE_SEED_OFFSET), None)
+        for _ in range(run.cfg.prune_batches - 1):
+            extra_ws = sampler.next()
+            extra_noise = run.G.make_noise(extra_ws.shape[0], "const")
+            extra = _original_pass(run, extra_ws, extra_noise, keep=False)
+            more.append(_region_judge(run, step, extra_ws, extra_noise, extra, mix))
+    pruned = prune_region(judge, run.selector, run.direction, more)
+    if run.cfg.harden_selection and isinstance(run.selector, SegmentSelector):
+        # what any judged batch shows is decided (per image there is only the one batch)
+        harden_selection(run.selector, torch.cat([j.segs for j in (judge, *more)]))
+    return pruned
+
+
+def _region_judge(run: _Run, step: int, ws: torch.Tensor, noise: list, original: _Original,
+                  mix: float) -> RegionJudge:
+    """What the region choice judges one batch by (region.py)."""
     assert original.segs is not None
     image_loss = judge_loss(run.clip, run.cfg, run.target, original.image, original.source,
                             run.objective.text_direction, mix)
-    judge = RegionJudge(run.G, run.cfg, ws, noise, original.feats, original.segs, image_loss,
-                        run.memory, _heartbeat(run.reporter, step, run.cfg.steps,
-                                               "region contest and pruning"),
-                        original=original.image if run.uses_composite else None,
-                        layers=run.allowed_layers())
-    pruned = prune_region(judge, run.selector, run.direction)
-    if run.cfg.harden_selection and isinstance(run.selector, SegmentSelector):
-        harden_selection(run.selector, original.segs)
-    return pruned
+    return RegionJudge(run.G, run.cfg, ws, noise, original.feats, original.segs, image_loss,
+                       run.memory, _heartbeat(run.reporter, step, run.cfg.steps,
+                                              "region contest and pruning"),
+                       original=original.image if run.uses_composite else None,
+                       layers=run.allowed_layers())
 
 
 def _report(run: _Run, step: int, record: dict[str, float], loss: StepLoss) -> None:

@@ -83,12 +83,16 @@ FOCUS = """(() => {
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (scripts/setup.sh "
                                               "installs it when run as root)")
+@pytest.mark.parametrize("front_end", ["server", "newest_front_end_server"],
+                         ids=["front end 1.32.9 (bundled)", "front end 1.58.1"])
 @pytest.mark.parametrize("nodes2", [False, True], ids=["classic canvas", "Nodes 2.0"])
-def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2) -> None:
+def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_path,
+                                                        nodes2) -> None:
     """Queue the train template from the real front end: the live view (curves, masks, step)
     fills in while the node runs, is drawn on top (nothing covers its centre), stays inside
-    its node, and its node overlaps no other node, in both front ends. Screenshots are kept
-    (set CORAL_SCREENSHOTS=folder to collect them, e.g. for the README)."""
+    its node, and its node overlaps no other node, in both canvases of both the host's
+    bundled front end and the newest one. Screenshots are kept (set CORAL_SCREENSHOTS=folder
+    to collect them, e.g. for the README)."""
     import json
     import os
     import shutil as sh
@@ -98,6 +102,7 @@ def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2
 
     from comfy_server import ROOT
 
+    server = request.getfixturevalue(front_end)
     for key, value in (("Comfy.VueNodes.Enabled", nodes2), ("Comfy.TutorialCompleted", True)):
         status, _ = server.post(f"/settings/{key}", value)
         assert status == 200
@@ -127,7 +132,9 @@ def test_live_training_view_is_visible_and_unobstructed(server, tmp_path, nodes2
         seen = browser.evaluate(MEASURE % (node_id, node_id))
         browser.evaluate(FOCUS % node_id)
         time.sleep(1.0)
-        shot = browser.screenshot(tmp_path / f"live_view_{'nodes2' if nodes2 else 'classic'}.png")
+        newest = "_newest" if front_end != "server" else ""
+        shot = browser.screenshot(
+            tmp_path / f"live_view_{'nodes2' if nodes2 else 'classic'}{newest}.png")
     finally:
         browser.close()
         server.post("/settings/Comfy.VueNodes.Enabled", False)

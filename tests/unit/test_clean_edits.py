@@ -89,7 +89,8 @@ def test_long_phases_between_steps_report_progress(tmp_path: Path) -> None:
     train_edit(G, clip, TrainConfig(prompt="a yellow background", steps=10, batch=1,
                                     catalogue_dir=tmp_path), latents=ws, reporter=reporter)
     phases = {p for _, p in seen}
-    assert "sample bank" in phases and "region contest and pruning" in phases
+    assert any(p.startswith("sample bank ") for p in phases)  # with its count
+    assert "region contest and pruning" in phases
     contest_steps = [s for s, p in seen if p.startswith("region")]
     assert len(contest_steps) >= 5 and len(set(contest_steps)) == 1
 
@@ -131,7 +132,9 @@ def test_the_chosen_region_is_edited_at_full_strength_unless_switched_off() -> N
 
     G, clip = _models()
     ws = G.mapping_ws(G.z_from_seeds([5]))
-    cfg = TrainConfig(prompt="a green background", steps=10, batch=1, seed=5)
+    # (the fit check off: ten steps are too few to reach the prompt, and this is about the
+    # selection's strength, not the verdict)
+    cfg = TrainConfig(prompt="a green background", steps=10, batch=1, seed=5, check_fit=False)
     hard = train_edit(G, clip, cfg, latents=ws).edit
     weights = torch.sigmoid(hard.selector.logits)
     shown = weights[..., :int(hard.info["selection"]["segments"][-1]) + 1]

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from coral_core.cli import main
+from coral_core.editing.config import TrainConfig
 from coral_core.editing.edit import Edit
 from coral_core.formats import save_generator
 from fabricate import random_generator, tiny_config
@@ -22,7 +23,8 @@ def test_train_apply_masks_invert(tmp_path, clip_files, capsys) -> None:
     summary = json.loads(capsys.readouterr().out.split("wrote")[0])
     assert summary["prompt"] == "a red circle" and summary["variant"] == "ss"
     assert Edit.load(edit).latents.shape[0] == 2
-    assert Edit.load(edit).info["prior"]["samples"] == 1024  # the library's default start
+    # the library's default start (the CLI keeps no number of its own)
+    assert Edit.load(edit).info["prior"]["samples"] == TrainConfig(prompt="x").prior_samples
     no_prior = tmp_path / "no_prior.safetensors"
     assert main(["train", *common, "--clip", str(clip_files["local_dir"]), "--prompt",
                  "a red circle", "--seeds", "0", "--steps", "1", "--prior-samples", "0",

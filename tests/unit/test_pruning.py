@@ -106,7 +106,7 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
     assert torch.allclose(none, expected, atol=1e-5)
     removed = res.edit.info["region_pruning"]
     assert removed["at_step"] == 3 and removed["tolerance"] == 0.25
-    assert removed["removed"] == {"segments": [[0, 1], [1, 1]], "layers": []}
+    assert removed["removed"] == {"segments": [[0, 1], [1, 1]], "layers": [], "judged_images": 2}
     weights = torch.sigmoid(res.edit.selector.logits)
     assert float(weights[..., 1].max()) == 0            # off at every layer, in every row
     assert float(weights[..., 0].max()) > 0.5           # the kept half still selected
@@ -342,3 +342,40 @@ def test_corner_fragments_join_their_neighbour_and_small_parts_stay() -> None:
     assert float(pieces[0, 1].sum()) == 6             # the part stays its own piece
     apart = connected_pieces(seg, 4)
     assert float(apart[0, 0].sum()) == 32 * 32 - 27   # off: as before
+
+
+def test_a_per_prompt_edit_is_pruned_on_several_batches(G, clip, monkeypatch, tmp_path) -> None:
+    """Per prompt, pruning judges ``prune_batches`` batches (the step's and fresh ones): its
+    score for a gate is the mean over them, a cluster any of them shows is a candidate, and the
+    training batches themselves are the same as with one judged batch."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(allowed, score, tolerance, layers):
+        seen.append((allowed.clone(), score(torch.zeros_like(allowed, dtype=torch.float32))))
+        return allowed.float()
+
+    monkeypatch.setattr(region_module, "prune_selection", record)
+    common = dict(prompt="a red circle", variant="can", mode="per_prompt", steps=4, batch=2,
+                  seed=5, catalogue_dir=tmp_path, prune_at=0.5)
+    one = train_edit(G, clip, TrainConfig(**common, prune_batches=1))
+    three = train_edit(G, clip, TrainConfig(**common, prune_batches=3))
+    assert one.edit.info["region_pruning"]["removed"]["judged_images"] == 2
+    assert three.edit.info["region_pruning"]["removed"]["judged_images"] == 6
+    # training's own batches are untouched: the steps up to the region choice match
+    assert [r["total"] for r in one.history[:2]] == [r["total"] for r in three.history[:2]]
+    # with every cluster off the edit is G(w): the score is the mean unedited loss over all
+    # three batches (the step's two images and two fresh pairs from their own seed)
+    (allowed_1, none_1), (allowed_3, none_3) = seen
+    assert bool((allowed_3 >= allowed_1).all())  # more batches show at least as many clusters
+    assert not torch.allclose(none_1, none_3)
+    target = clip.encode_text([common["prompt"]])
+    gen = torch.Generator().manual_seed(5 + trainer_module.PRUNE_SEED_OFFSET)
+    losses: list[torch.Tensor] = []
+    for _ in range(2):
+        z = torch.randn(2, G.z_dim, generator=gen)
+        with torch.no_grad():
+            img = G.synthesize(G.mapping_ws(z, TrainConfig(**common).truncation),
+                               noise=G.make_noise(2, "const"))
+        losses.append(clip_loss_per_image(clip, img, target).mean())
+    step_batch = 3 * float(none_3) - sum(float(v) for v in losses)
+    assert step_batch == pytest.approx(float(none_1), abs=1e-4)
