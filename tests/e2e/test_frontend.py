@@ -43,8 +43,8 @@ LOAD_AND_QUEUE = """(async () => {
 
 MEASURE = """(() => {
   const app = window.comfyAPI.app.app;
-  const node = app.graph.getNodeById(%d);
-  const el = document.querySelector('.coral-live-training[data-node="%d"]');
+  const node = app.graph.getNodeById(%s);
+  const el = document.querySelector('.coral-live-training[data-node="' + %s + '"]');
   const r = el.getBoundingClientRect();
   const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
   const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
@@ -74,7 +74,7 @@ MEASURE = """(() => {
 
 FOCUS = """(() => {
   const app = window.comfyAPI.app.app;
-  const node = app.graph.getNodeById(%d);
+  const node = app.graph.getNodeById(%s);
   app.canvas.ds.scale = 1;
   app.canvas.ds.offset = [-node.pos[0] + 420, -node.pos[1] + 60];
   app.canvas.setDirty(true, true);
@@ -129,8 +129,9 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
         browser.wait_for("(() => { const t = document.querySelector('.coral-saved-name')"
                          ".textContent.slice(7); return LiteGraph.createNode('CoralLoadEdit')"
                          ".widgets[0].options.values.includes(t); })()", timeout=60)
-        seen = browser.evaluate(MEASURE % (node_id, node_id))
-        browser.evaluate(FOCUS % node_id)
+        # node ids are numbers in front end 1.32 and may be strings in newer ones
+        seen = browser.evaluate(MEASURE % (json.dumps(node_id), json.dumps(node_id)))
+        browser.evaluate(FOCUS % json.dumps(node_id))
         time.sleep(1.0)
         newest = "_newest" if front_end != "server" else ""
         shot = browser.screenshot(
