@@ -111,6 +111,9 @@ class TrainConfig:
     # alone gets a short re-optimisation of the direction, and the best by the pruning loss
     # wins (see _contest_regions). 0 switches it off.
     contest_steps: int = 15
+    # The contest's winner trained contest_steps steps on its own region and carries on, so
+    # the run skips as many of its remaining steps (see trainer._contest_credit).
+    credit_contest: bool = True
     # Global direction: start from ``prior_scale`` times the CLIP-retrieval prior (prior.py):
     # the mean w of the ``prior_top`` of ``prior_samples`` generator samples the CLIP ranks
     # highest for the prompt, minus the mean of all. 0 samples switches it off (start near 0,

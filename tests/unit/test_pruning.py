@@ -379,3 +379,34 @@ def test_a_per_prompt_edit_is_pruned_on_several_batches(G, clip, monkeypatch, tm
         losses.append(clip_loss_per_image(clip, img, target).mean())
     step_batch = 3 * float(none_3) - sum(float(v) for v in losses)
     assert step_batch == pytest.approx(float(none_1), abs=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_the_contest_winner_s_steps_count_towards_the_budget(G, clip, rows) -> None:
+    """The contest's winner has trained ``contest_steps`` steps on its own region: the run
+    skips as many of its remaining steps and says so; without the credit (or with a row that
+    had no contest) every step runs."""
+    import dataclasses
+
+    ws = G.mapping_ws(G.z_from_seeds(list(range(3, 3 + rows))))
+    segs = _halves(rows, G.img_resolution)
+    if rows == 2:
+        segs[1] = 0
+        segs[1, 0] = 1  # the second image is one region: nothing contests there
+    cfg = TrainConfig(prompt="a red circle", steps=10, batch=rows, seed=3, prune_at=0.5,
+                      contest_steps=3, mask_init=0.9, check_fit=False, prior_samples=0)
+    credited = train_edit(G, clip, cfg, latents=ws, segments=segs)
+    full = train_edit(G, clip, dataclasses.replace(cfg, credit_contest=False), latents=ws,
+                      segments=segs)
+    assert len(full.history) == 10
+    assert "contest" in credited.edit.info["region_pruning"]["removed"]
+    if rows == 1:
+        steps = [r["step"] for r in credited.history]
+        assert steps == [1, 2, 3, 4, 5, 9, 10]  # 6-8 were the winner's contest steps
+        assert credited.edit.info["region_pruning"]["steps_credited_to_the_contest"] == 3
+        # the steps before the region choice are the same run
+        assert [r["total"] for r in credited.history[:4]] == \
+            [r["total"] for r in full.history[:4]]
+    else:
+        assert len(credited.history) == 10
+        assert "steps_credited_to_the_contest" not in credited.edit.info["region_pruning"]
