@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..coral_core.editing.apply import apply_edits
+from ..coral_core.editing.apply import apply_edits, apply_in_chunks
 from ..coral_core.editing.edit import Edit
 from ..coral_core.editing.config import AREA_WEIGHTINGS
 from ..coral_core.editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
@@ -300,19 +300,20 @@ class CoralApplyEdit:
                 "default": False,
                 "tooltip": "A per-image edit belongs to the latents it was trained on; allow "
                            "applying it to other latents anyway (the console says so)."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def apply(self, model: StyleGANModel, latents: Latents, edit: Edit, strength: float,
               threshold: float, edit_2: Edit | None = None, strength_2: float = 1.0,
               edit_3: Edit | None = None, strength_3: float = 1.0,
-              transfer_per_image_edit: bool = False):
+              transfer_per_image_edit: bool = False, unique_id: str | None = None):
         check_latents(model, latents)
         G = model.generator()
         edits = [edit] + [e for e in (edit_2, edit_3) if e is not None]
         strengths = [strength] + [s for e, s in ((edit_2, strength_2), (edit_3, strength_3))
                                   if e is not None]
-        res = apply_edits(G, latents.on(G.w_avg.device), edits, strengths, threshold or None,
-                          transfer=transfer_per_image_edit)
+        res = apply_in_chunks(G, latents.on(G.w_avg.device), edits, strengths,
+                              threshold or None, transfer=transfer_per_image_edit,
+                              progress=host.counted_progress(unique_id))
         for prompt in res.transferred:
             print(f"[CoralStyleCLIP] Apply Edit (Coral): per-image edit {prompt!r} transferred "
                   "to latents it was not trained on")

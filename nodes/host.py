@@ -191,6 +191,20 @@ def raise_if_interrupted() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
+def counted_progress(node_id: str | None) -> Callable[[int, int], None]:
+    """A progress callback for work counted in items (apply's latents): the node's bar, and
+    ComfyUI's Cancel checked before each chunk."""
+    bar: list[Any] = []
+
+    def report(done: int, total: int) -> None:
+        raise_if_interrupted()
+        if not bar:
+            bar.append(comfy.utils.ProgressBar(total, node_id=node_id))
+        bar[0].update_absolute(done, total)
+
+    return report
+
+
 class Progress:
     """coral_core progress callback -> ComfyUI ProgressBar (whose hook also raises on
     Cancel) plus a websocket event for the pack's front-end extension."""

@@ -282,14 +282,15 @@ def bench_prior(resolution: int = 256, device: str | None = None,
     a random-weight ViT-B/32 (the real architectures' cost; nothing downloaded, nothing
     cached), with the peak memory it added."""
     from ..editing.presets import preset_defaults
-    from ..editing.prior import bank_chunk, build_sample_bank
+    from ..editing.memory import images_per_chunk
+    from ..editing.prior import build_sample_bank
     from ..progress import counted_phase
 
     dev = pick_device(device)
     samples = samples or preset_defaults().prior_samples
     G = config_f_generator(resolution, dev)
     C = random_vit_b32(dev)
-    chunk = bank_chunk(G)
+    chunk = images_per_chunk(G)
     print(f"device {dev}, config-f generator {resolution}px, CLIP ViT-B/32 (random weights): "
           f"{samples} samples, {chunk} at a time")
     if dev.type == "cuda":

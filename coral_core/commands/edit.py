@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..images import save_png, save_tensor_images
-    from ..editing.apply import apply_edits
+    from ..editing.apply import apply_in_chunks
     from ..editing.edit import Edit
     from ..editing.visualize import effective_mask, mask_grid
 
@@ -142,7 +142,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     strengths = [float(s) for s in str(args.strength).split(",")]
     t0 = time.perf_counter()
     for s in strengths:
-        res = apply_edits(G, ws, edits, s, args.threshold, transfer=args.transfer)
+        res = apply_in_chunks(G, ws, edits, s, args.threshold, transfer=args.transfer,
+                              progress=_apply_progress(len(names)))
         for prompt in res.transferred:
             print(f"note: per-image edit {prompt!r} applied to latents it was not trained on "
                   "(--transfer)", file=sys.stderr)
@@ -157,6 +158,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(f"wrote {len(names)} edited images ({len(strengths)} strengths) to {out} in "
           f"{time.perf_counter() - t0:.2f}s")
     return 0
+
+
+def _apply_progress(total: int) -> Any:
+    """Progress for ``coral apply`` on stderr, for batches large enough to be worth it."""
+    from ..progress import counted_phase
+
+    if total < 64:
+        return None
+    t0 = time.perf_counter()
+    return lambda done, n: print(counted_phase("apply", done, n, time.perf_counter() - t0),
+                                 file=sys.stderr, flush=True)
 
 
 def cmd_masks(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ which every edit blends over the ones before it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -15,6 +15,7 @@ from ..errors import InputError
 from ..stylegan import Generator
 from .blend import stacked_synthesis
 from .edit import Edit
+from .memory import images_per_chunk
 from .selectors import composite
 
 
@@ -73,6 +74,48 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         union = torch.stack([r for r in regions if r is not None]).amax(0)
         edited = composite(edited, original, union)
     return ApplyResult(edited, original if return_original else None, all_masks, transferred)
+
+
+# (latents done, latents in all); may raise to cancel
+ApplyProgress = Callable[[int, int], None]
+
+
+def apply_in_chunks(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
+                    strength: float | Sequence[float] = 1.0, threshold: float | None = None,
+                    transfer: bool = False, chunk: int | None = None,
+                    progress: ApplyProgress | None = None) -> ApplyResult:
+    """``apply_edits`` over many latents, ``chunk`` at a time (default: as many as fit the
+    memory budget, memory.images_per_chunk), reporting progress before each chunk, so a large
+    batch neither runs out of memory nor sits silent. The result is one call's (up to float
+    rounding: convolutions sum in another order for another batch size).
+    Per-image edits of several rows belong to their latents as a whole: applied in one go."""
+    n = int(ws.shape[0])
+    chunk = chunk or images_per_chunk(G, passes=3)
+    if n <= chunk or any(e.rows() > 1 for e in edits):
+        parts = [(0, n)]
+    else:
+        parts = [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    results = []
+    for start, stop in parts:
+        if progress is not None:
+            progress(start, n)
+        results.append(apply_edits(G, ws[start:stop], edits, strength, threshold,
+                                   transfer=transfer))
+    if progress is not None:
+        progress(n, n)
+    if len(results) == 1:
+        return results[0]
+    masks = [[_stacked(list(layer)) for layer in zip(*(r.masks[e] for r in results))]
+             for e in range(len(edits))]
+    original = _stacked([r.original for r in results])
+    return ApplyResult(torch.cat([r.edited for r in results]), original, masks,
+                       results[0].transferred)
+
+
+def _stacked(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The chunks' tensors as one batch (None where the chunks have none)."""
+    present = [p for p in parts if p is not None]
+    return torch.cat(present) if len(present) == len(parts) else None
 
 
 @torch.no_grad()

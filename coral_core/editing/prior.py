@@ -31,6 +31,7 @@ from ..atomic import atomic_path
 from ..clip_model import CoralClip
 from ..stylegan import Generator
 from .catalogue import default_cache_dir
+from .memory import images_per_chunk
 
 BANK_SEED = 20231204  # fixed: the same generator and CLIP always give the same prior
 
@@ -59,24 +60,7 @@ class SampleBank:
                        meta.get("generator", ""), meta.get("clip", ""))
 
 
-# Activations of one chunk of bank renders may take about this much memory (the chunk shrinks
-# for wide generators; 64 images at once of a 256-px config-f model took a 12.5 GB peak).
-BANK_MEMORY_BYTES = 1 << 30
-
 BankProgress = Callable[[int, int], None]  # (samples done, samples in all); may raise to cancel
-
-
-def bank_chunk(G: Generator, budget: int = BANK_MEMORY_BYTES) -> int:
-    """Images rendered at once: as many as fit ``budget`` (estimated from the widest layer:
-    its activations and its per-sample modulated weights, with room for a few temporaries),
-    at most 64 (per-call overhead dominates small generators: 16 at a time took 26 s for a
-    32-px test model's bank, 64 took 5 s)."""
-    per_image = 0
-    for layer in G.conv_layers:
-        activations = layer.out_channels * layer.resolution ** 2 * 4
-        weights = layer.in_channels * layer.out_channels * 9 * 4
-        per_image = max(per_image, 6 * activations + 2 * weights)
-    return int(max(1, min(64, budget // max(per_image, 1))))
 
 
 @torch.no_grad()
@@ -95,7 +79,7 @@ def build_sample_bank(G: Generator, clip: CoralClip, samples: int,
     z = torch.randn(samples, G.z_dim, generator=g)
     ws, embs = [], []
     done = 0
-    for chunk in z.split(bank_chunk(G)):
+    for chunk in z.split(images_per_chunk(G)):
         if progress is not None:
             progress(done, samples)
         w_plus = G.mapping_ws(chunk)

@@ -386,15 +386,16 @@ def _credited(run: _Run, progress: _Progress, step: int) -> bool:
 def _contest_credit(run: _Run, step: int, pruned: dict[str, Any]) -> int:
     """The last step the region contest's winner has already taken: its direction trained
     ``contest_steps`` steps on its own region and carries on, so the run skips as many of its
-    remaining steps (keeping at least one after the choice, and the learning-rate schedule
-    where it would be). Only when every image's regions contested: an image without a contest
+    remaining steps (at most half of them; the learning-rate schedule moves on as if they
+    ran). Only when every image's regions contested: an image without a contest
     needs its steps. Why: the contest made CORAL-SS 1.31x a plain optimisation of the same
     steps (issue 32's goal: 1.25x); measured in docs/history.md, session 13."""
     contest = pruned.get("contest")
     rows = int(run.direction.delta.shape[0]) if isinstance(run.direction, GlobalDirection) else 0
     if not run.cfg.credit_contest or not contest or len(contest) < rows:
         return 0
-    return min(step + run.cfg.contest_steps, run.last_step - 1)
+    # at most half of what is left: the steps after the choice also adapt the masks
+    return step + min(run.cfg.contest_steps, (run.last_step - step) // 2)
 
 
 def _region_judge(run: _Run, step: int, ws: torch.Tensor, noise: list, original: _Original,

@@ -70,9 +70,10 @@ def test_tv_loss_sees_both_directions() -> None:
 
 def test_the_l2_weight_shrinks_the_direction(G, clip) -> None:
     def norm(l2: float, prior: int = 0) -> float:
+        # (no region contest: its winner's 15 steps would replace most of these 20)
         res = train_edit(G, clip, TrainConfig(prompt="a red circle", steps=20, batch=1,
                                               seed=2, weights=LossWeights(l2=l2),
-                                              prior_samples=prior))
+                                              prior_samples=prior, contest_steps=0))
         return float(res.edit.direction.delta.norm())
     # from the paper's start near 0 (the prior's own start is tested in test_prior.py)
     assert norm(50.0) < 0.5 * norm(0.0)
@@ -306,3 +307,38 @@ def test_bf16_flag_alone_means_on_and_defaults_to_automatic() -> None:
                                           *extra]).bf16
 
     assert parsed() == "auto" and parsed("--bf16") == "on" and parsed("--bf16", "off") == "off"
+
+
+@pytest.mark.parametrize("variant", ["ss", "can"])
+def test_many_latents_apply_in_chunks_exactly_as_in_one_go(G, clip, variant) -> None:
+    """A large batch is applied a few latents at a time (memory), with progress before each
+    chunk; images, originals and every layer's masks are those of one call, stacked edits
+    included, and a cancel raised by the progress stops it."""
+    from coral_core.editing.apply import apply_in_chunks
+    from coral_core.errors import CancelledError
+
+    cfg = TrainConfig(prompt="a red circle", variant=variant, mode="per_prompt", steps=2,
+                      batch=2, seed=1, check_fit=False, prior_samples=0)
+    first = train_edit(G, clip, cfg).edit
+    second = train_edit(G, clip, TrainConfig(**{**cfg.__dict__, "prompt": "a blue square"})).edit
+    ws = G.mapping_ws(G.z_from_seeds(list(range(7))))
+    whole = apply_edits(G, ws, [first, second], [1.0, 0.5])
+    seen: list[tuple[int, int]] = []
+    parts = apply_in_chunks(G, ws, [first, second], [1.0, 0.5], chunk=3,
+                            progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 7), (3, 7), (6, 7), (7, 7)]
+    # (equal up to float rounding: convolutions sum in another order for another batch size)
+    assert torch.allclose(parts.edited, whole.edited, atol=1e-3)
+    assert parts.original is not None and whole.original is not None
+    assert torch.allclose(parts.original, whole.original, atol=1e-3)
+    for mine, theirs in zip(parts.masks, whole.masks):
+        for a, b in zip(mine, theirs):
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert a.shape == b.shape and torch.allclose(a, b, atol=1e-3)
+
+    def cancel(done: int, total: int) -> None:
+        if done:
+            raise CancelledError("cancelled")
+    with pytest.raises(CancelledError):
+        apply_in_chunks(G, ws, [first], chunk=3, progress=cancel)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from coral_core.editing import prior as prior_module
+from coral_core.editing.memory import images_per_chunk
 from coral_core.editing.prior import SampleBank, retrieval_prior, sample_bank_for
 from coral_core.editing.trainer import TrainConfig, train_edit
 from coral_core.errors import InputError
@@ -85,31 +86,32 @@ def test_bad_prior_settings_are_refused(G, clip) -> None:
         train_edit(G, clip, TrainConfig(prompt="x", steps=1, prior_samples=1))
 
 
-def test_bank_chunks_shrink_with_the_generator_width_and_the_budget() -> None:
+def test_render_chunks_shrink_with_the_generator_width_and_the_budget() -> None:
     from fabricate import random_generator, tiny_config
 
     small = random_generator(tiny_config(img_resolution=32))
-    assert prior_module.bank_chunk(small) == 64  # tiny layers: the overhead cap
+    assert images_per_chunk(small) == 64  # tiny layers: the overhead cap
     wide = random_generator(tiny_config(img_resolution=64, channel_base=8192, channel_max=256))
     wider = random_generator(tiny_config(img_resolution=128, channel_base=16384,
                                          channel_max=256))
-    per_64 = prior_module.bank_chunk(wide, budget=256 << 20)
-    per_128 = prior_module.bank_chunk(wider, budget=256 << 20)
+    per_64 = images_per_chunk(wide, budget=256 << 20)
+    per_128 = images_per_chunk(wider, budget=256 << 20)
     assert 1 <= per_128 < per_64 < 64  # larger renders take more memory each
-    assert prior_module.bank_chunk(wide, budget=1) == 1  # never zero
-    assert prior_module.bank_chunk(wide, budget=512 << 20) == pytest.approx(2 * per_64, abs=1)
+    assert images_per_chunk(wide, budget=1) == 1  # never zero
+    assert images_per_chunk(wide, budget=512 << 20) == pytest.approx(2 * per_64, abs=1)
     # the estimate covers a chunk's real peak: 64 images at once of a 256-px config-f model
     # took 12.5 GB; under the default budget its chunk is small enough for a laptop
     from coral_core.commands.bench import config_f_generator
 
     f256 = config_f_generator(256, torch.device("cpu"))
-    assert 2 <= prior_module.bank_chunk(f256) <= 8
+    assert 2 <= images_per_chunk(f256) <= 8
+    assert 1 <= images_per_chunk(f256, passes=3) < images_per_chunk(f256)
 
 
 def test_bank_reports_progress_and_can_be_cancelled(G, clip, monkeypatch) -> None:
     from coral_core.errors import CancelledError
 
-    monkeypatch.setattr(prior_module, "bank_chunk", lambda *_a, **_k: 3)
+    monkeypatch.setattr(prior_module, "images_per_chunk", lambda *_a, **_k: 3)
     seen: list[tuple[int, int]] = []
     prior_module.build_sample_bank(G, clip, 8, lambda done, total: seen.append((done, total)))
     assert seen == [(0, 8), (3, 8), (6, 8), (8, 8)]
