@@ -119,8 +119,8 @@ class TrainConfig:
     # highest for the prompt, minus the mean of all. 0 samples switches it off (start near 0,
     # the paper's). Scale 2: a masked recolour at the fine layers needs about twice the move
     # that reaches the target's mean w with every layer (measured; see prior.py).
-    prior_samples: int = 512
-    prior_top: int = 32
+    prior_samples: int = 1024
+    prior_top: int = 64
     prior_scale: float = 2.0
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from coral_core.cli import main
+from coral_core.editing.config import TrainConfig
 from coral_core.formats import load_generator
 from coral_core.stylegan.generator import image_to_uint8
 from fabricate import random_generator, write_nvlabs_pickle
@@ -79,8 +80,9 @@ def test_prepare_builds_once_and_lists_what_is_cached(tmp_path, clip_files, caps
             "--device", "cpu", "--cache-dir", str(cache)]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert "segment catalogue: ready" in out and "sample bank (512 samples" in out
-    assert err.splitlines()[0] == "sample bank 0/512" and err.splitlines()[-1].endswith("512/512")
+    n = TrainConfig(prompt="x").prior_samples  # the library's default, no number of its own
+    assert "segment catalogue: ready" in out and f"sample bank ({n} samples" in out
+    assert err.splitlines()[0] == f"sample bank 0/{n}" and err.splitlines()[-1].endswith(f"{n}/{n}")
     names = sorted(p.name.split("-")[0] for p in cache.iterdir())
     assert names == ["bank", "catalogue"]
 
