@@ -349,6 +349,34 @@ def bench_overhead(steps: int | None = None, repeats: int = 3, device: str | Non
     return out
 
 
+def bench_startup(repeats: int = 3) -> dict[str, float]:
+    """Wall time of ``coral --help`` and of a demo ``coral apply`` of one seed, each in a new
+    process as a user runs them (median of ``repeats``): start-up is most of both."""
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    from ..world.assets import DEMO_EDITS, require
+
+    edit = sorted(require(DEMO_EDITS).glob("*.safetensors"))[0]
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {"coral --help": ["--help"],
+                "coral apply (demo, one seed)": ["apply", "--edit", str(edit), "--seeds", "0",
+                                                 "--out", folder]}
+        for name, args in runs.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "coral_core", *args], check=True,
+                               capture_output=True, timeout=300)
+                times.append(time.perf_counter() - t0)
+            out[name] = statistics.median(times)
+            print(f"{name:>30}: {out[name]:.2f} s (median of {repeats})")
+    return out
+
+
 def _train_phases(info: dict[str, Any], steps: int) -> dict[str, float]:
     """A trained edit's time split as a user meets it: set-up before step 1 (catalogue pieces,
     sample bank, prior; once per edit), the region choice (contest and pruning; once per

@@ -96,3 +96,12 @@ def test_prepare_builds_once_and_lists_what_is_cached(tmp_path, clip_files, caps
     assert main(["prepare", "--generator", str(tmp_path / "missing.pkl"),
                  "--cache-dir", str(cache)]) == 2
     assert "missing.pkl" in capsys.readouterr().err
+
+
+def test_bench_startup_times_both_commands_in_new_processes(capsys) -> None:
+    from coral_core.commands.bench import bench_startup
+
+    got = bench_startup(repeats=1)
+    assert set(got) == {"coral --help", "coral apply (demo, one seed)"}
+    assert all(0 < t < 300 for t in got.values())
+    assert "coral --help" in capsys.readouterr().out
