@@ -100,22 +100,17 @@ def bank_path(G: Generator, clip: CoralClip, samples: int, cache_dir: Path | Non
     return Path(cache_dir) / key
 
 
-def cached_sample_bank(G: Generator, clip: CoralClip, samples: int,
-                       cache_dir: Path | None = None) -> SampleBank | None:
-    """The cached bank, or None when it has not been built (or the file is unusable)."""
-    return _load_if_valid(bank_path(G, clip, samples, cache_dir), G, clip, samples)
-
-
 def sample_bank_for(G: Generator, clip: CoralClip, samples: int,
                     cache_dir: Path | None = None,
                     progress: BankProgress | None = None) -> SampleBank:
     """The cached bank for this generator and CLIP, or build (and cache) it."""
-    cached = cached_sample_bank(G, clip, samples, cache_dir)
+    path = bank_path(G, clip, samples, cache_dir)
+    cached = _load_if_valid(path, G, clip, samples)
     if cached is not None:
         return cached
     bank = build_sample_bank(G, clip, samples, progress)
     try:
-        bank.save(bank_path(G, clip, samples, cache_dir))
+        bank.save(path)
     except OSError:
         pass  # a read-only cache only costs a rebuild next time
     return bank
