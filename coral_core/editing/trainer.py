@@ -392,7 +392,9 @@ def _contest_credit(run: _Run, step: int, pruned: dict[str, Any]) -> int:
     steps (issue 32's goal: 1.25x); measured in docs/history.md, session 13."""
     contest = pruned.get("contest")
     rows = int(run.direction.delta.shape[0]) if isinstance(run.direction, GlobalDirection) else 0
-    if not run.cfg.credit_contest or not contest or len(contest) < rows:
+    # per image only: a per-prompt run resumes from checkpoints, which keep no credit
+    if not run.cfg.credit_contest or run.cfg.mode != "per_image" or not contest or \
+            len(contest) < rows:
         return 0
     # at most half of what is left: the steps after the choice also adapt the masks
     return step + min(run.cfg.contest_steps, (run.last_step - step) // 2)
