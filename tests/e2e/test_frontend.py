@@ -110,9 +110,12 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
     browser = Browser(tmp_path / "profile")
     try:
         browser.goto(server.url + "/")
-        # the graph exists before the node definitions arrive: wait for ours
+        # the graph exists before the node definitions arrive: wait for ours, and for the
+        # front end's own Note node (the templates carry one; front end 1.58 registers it
+        # later, and a template loaded before that sends the Note as a node without a class)
         browser.wait_for("!!(window.comfyAPI?.app?.app?.graph && "
-                         "window.LiteGraph?.registered_node_types?.CoralTrainEdit)", timeout=180)
+                         "window.LiteGraph?.registered_node_types?.CoralTrainEdit && "
+                         "window.LiteGraph?.registered_node_types?.Note)", timeout=180)
         if nodes2:
             # Wait for the Vue renderer to mount the start-up graph. A workflow loaded before
             # that kept its live-view element detached from the page (drawn, done, never
