@@ -377,6 +377,39 @@ def bench_startup(repeats: int = 3) -> dict[str, float]:
     return out
 
 
+def bench_threads(steps: int = 100) -> dict[str, float]:
+    """The demo ``coral train`` (4 seeds) quiet and beside two busy processes, each in a new
+    process with the CLI's own thread policy (OMP_NUM_THREADS unset): what a shared machine
+    costs it. A first short run warms the caches so both timed runs do the same work."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    with tempfile.TemporaryDirectory() as folder:
+        def train(n: int) -> float:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "coral_core", "train", "--prompt",
+                            "an orange background", "--seeds", "0-3", "--steps", str(n),
+                            "--out", os.path.join(folder, "e.safetensors")], check=True,
+                           capture_output=True, env=env, timeout=1800)
+            return time.perf_counter() - t0
+
+        train(1)
+        quiet = train(steps)
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        try:
+            loaded = train(steps)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+    print(f"demo coral train ({steps} steps, 4 seeds): quiet {quiet:.1f} s, beside two busy "
+          f"processes {loaded:.1f} s ({loaded / quiet:.1f}x; goal 2.5x)")
+    return {"quiet_s": quiet, "loaded_s": loaded, "ratio": loaded / quiet}
+
+
 def _train_phases(info: dict[str, Any], steps: int) -> dict[str, float]:
     """A trained edit's time split as a user meets it: set-up before step 1 (catalogue pieces,
     sample bank, prior; once per edit), the region choice (contest and pruning; once per

@@ -211,7 +211,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import (bench_apply, bench_generate, bench_hotpath, bench_invert,
-                        bench_overhead, bench_prior, bench_startup, bench_train)
+                        bench_overhead, bench_prior, bench_startup, bench_threads,
+                        bench_train)
 
     if args.what == "train" and args.batch is not None:  # one size given as --batch
         args.batches = str(args.batch)
@@ -226,6 +227,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_overhead(args.steps, args.repeats, args.device)
     elif args.what == "startup":
         bench_startup(args.repeats)
+    elif args.what == "threads":
+        bench_threads(args.steps or 100)
     elif args.what == "apply":
         bench_apply(args.resolution, args.batch, args.repeats, args.device)
     elif args.what == "invert":
@@ -331,7 +334,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("bench", help="print speed / memory figures")
     s.set_defaults(run=cmd_bench)
     s.add_argument("what", choices=["generate", "apply", "train", "invert", "hotpath", "prior",
-                                    "overhead", "startup"],
+                                    "overhead", "startup", "threads"],
                    help="which path to time")
     s.add_argument("--resolution", type=int, default=256,
                    help="generate/apply/hotpath/prior: random config-f generator at this size")

@@ -105,3 +105,4 @@ def test_bench_startup_times_both_commands_in_new_processes(capsys) -> None:
     assert set(got) == {"coral --help", "coral apply (demo, one seed)"}
     assert all(0 < t < 300 for t in got.values())
     assert "coral --help" in capsys.readouterr().out
+
