@@ -331,9 +331,9 @@ def bench_overhead(steps: int | None = None, repeats: int = 3, device: str | Non
              "CORAL-SS, defaults": ("coral", {})}
     times: dict[str, list[float]] = {name: [] for name in forms}
     region: dict[str, list[float]] = {name: [] for name in forms}
+    chosen = {"steps": steps} if steps else {}
     for _ in range(repeats):
         for name, (preset, extra) in forms.items():
-            chosen = {"steps": steps} if steps else {}
             cfg = preset_config(preset, prompt="an orange background", batch=1, seed=0,
                                 **chosen, **extra)
             info = train_edit(G, C, cfg, latents=ws).edit.info
@@ -349,12 +349,21 @@ def bench_overhead(steps: int | None = None, repeats: int = 3, device: str | Non
     return out
 
 
+def _time_coral(args: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds a ``coral`` command takes in a new process, as a user runs it."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "coral_core", *args], check=True,
+                   capture_output=True, env=env, timeout=1800)
+    return time.perf_counter() - t0
+
+
 def bench_startup(repeats: int = 3) -> dict[str, float]:
     """Wall time of ``coral --help`` and of a demo ``coral apply`` of one seed, each in a new
     process as a user runs them (median of ``repeats``): start-up is most of both."""
     import statistics
-    import subprocess
-    import sys
     import tempfile
 
     from ..world.assets import DEMO_EDITS, require
@@ -366,13 +375,7 @@ def bench_startup(repeats: int = 3) -> dict[str, float]:
                 "coral apply (demo, one seed)": ["apply", "--edit", str(edit), "--seeds", "0",
                                                  "--out", folder]}
         for name, args in runs.items():
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "coral_core", *args], check=True,
-                               capture_output=True, timeout=300)
-                times.append(time.perf_counter() - t0)
-            out[name] = statistics.median(times)
+            out[name] = statistics.median(_time_coral(args) for _ in range(repeats))
             print(f"{name:>30}: {out[name]:.2f} s (median of {repeats})")
     return out
 
@@ -389,12 +392,9 @@ def bench_threads(steps: int = 100) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     with tempfile.TemporaryDirectory() as folder:
         def train(n: int) -> float:
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "coral_core", "train", "--prompt",
-                            "an orange background", "--seeds", "0-3", "--steps", str(n),
-                            "--out", os.path.join(folder, "e.safetensors")], check=True,
-                           capture_output=True, env=env, timeout=1800)
-            return time.perf_counter() - t0
+            return _time_coral(["train", "--prompt", "an orange background", "--seeds", "0-3",
+                                "--steps", str(n), "--out", os.path.join(folder, "e.safetensors")],
+                               env)
 
         train(1)
         quiet = train(steps)
