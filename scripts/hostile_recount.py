@@ -35,14 +35,23 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 MEMORY_CAP = 9 * 2**30
 TIMEOUT = 180
 WRAPPER = """
-import resource, sys
+import json, os, resource, sys
 from coral_core.cli import main
 try:
     code = main(sys.argv[1:])
 finally:
     sys.stderr.write("\\nRSS_KB %d\\n" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    listed = os.environ.get("CORAL_RECOUNT_LIST")
+    if listed:  # what the run left in a folder that vanishes with it (a private tmpfs)
+        left = [os.path.relpath(os.path.join(d, f), listed) for d, _, fs in os.walk(listed)
+                for f in fs]
+        sys.stderr.write("LEFT %s\\n" % json.dumps(sorted(left)))
 sys.exit(code)
 """
+# A folder that is a full disk for one run: a private tmpfs (a mount namespace of the run's
+# own, so no root is needed where user namespaces are allowed), filled to the last block.
+FULL_DISK = ('mount -t tmpfs -o size=512k tmpfs "$0" || exit 97; mkdir -p "$0/out"; '
+             'dd if=/dev/zero of="$0/fill" bs=4k 2>/dev/null; exec "$@"')
 
 
 @dataclass
@@ -52,6 +61,10 @@ class Case:
     argv: list[str]   # the coral command that reads it
     file: Path        # the file the error must name
     expect_load: bool = False  # a valid file beside the hostile ones: it must load
+    disk: Path | None = None   # this folder is a full disk during the run
+    twice: bool = False        # two processes run the command at once (two writers, one --out)
+    prepare: Callable[[], None] | None = None  # builds the state the run meets (a killed write)
+    verify: Callable[[dict], str | None] | None = None  # after the run: what was lost, or None
 
 
 def _deep_pickle(depth: int) -> bytes:
@@ -309,38 +322,213 @@ def checkpoint_cases(work: Path) -> list[Case]:
     return cases
 
 
+def _kept_at(result: dict, kind: str) -> str | None:
+    """The rescued result the error names must exist and load; nothing half-written may stay
+    on the full disk."""
+    import re
+
+    from coral_core.formats.integrity import read_safetensors
+
+    found = re.search(r"kept at (.+?): move it", result["stderr"])
+    if not found:
+        return "the error does not say where the result was kept"
+    try:
+        read_safetensors(Path(found.group(1)), kind, require_hash=False)
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        return f"the kept result does not load: {exc}"
+    return _no_temp_left(result)
+
+
+def _no_temp_left(result: dict) -> str | None:
+    temps = [f for f in result.get("left", []) if f.endswith(".tmp")]
+    return f"temp files left: {temps}" if temps else None
+
+
+def lost_work_cases(work: Path) -> list[Case]:
+    """Full disks, two writers of one output, a killed write, prompts that would fail late."""
+    import numpy as np
+    from PIL import Image
+
+    from coral_core.world.assets import DEMO_EDITS, DEMO_GENERATOR
+
+    photo = work / "photo.png"
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(photo)
+    edit = str(DEMO_EDITS / "orange_background.safetensors")
+    train = ["train", "--prompt", "a red circle", "--seeds", "0", "--steps", "2",
+             "--prior-samples", "0", "--out"]
+    cases = []
+    full: dict[str, tuple[list[str], str, Callable[[dict], str | None]]] = {
+        "generate": (["generate", "--generator", str(DEMO_GENERATOR), "--seeds", "0-1",
+                      "--out"], "gen", _no_temp_left),
+        "convert": (["convert", str(DEMO_GENERATOR)], "g.safetensors", _no_temp_left),
+        "apply": (["apply", "--edit", edit, "--seeds", "0", "--out"], "a", _no_temp_left),
+        "train": (train, "e.safetensors", lambda r: _kept_at(r, "edit")),
+        "invert": (["invert", "--image", str(photo), "--steps", "2", "--out"],
+                   "lat.safetensors", lambda r: _kept_at(r, "latents")),
+    }
+    for name, (argv, target, verify) in full.items():
+        disk = work / f"disk_{name}"
+        out = disk / "out" / target
+        cases.append(Case("full disk", name, [*argv, str(out)], out, disk=disk, verify=verify))
+    two = work / "two" / "e.safetensors"
+    cases.append(Case("two writers, one output", "coral train twice at once",
+                      [*train[:-3], "--steps", "3", "--prior-samples", "0", "--out", str(two)],
+                      two, expect_load=True, twice=True, verify=lambda r: _both_kept(two, r)))
+    killed = work / "killed" / "g.safetensors"
+    cases.append(Case("killed write", "coral convert killed mid-write, then run again",
+                      ["convert", str(_big_generator(work)), str(killed)], killed,
+                      expect_load=True, prepare=lambda: _kill_mid_write(killed),
+                      verify=lambda r: _swept(killed)))
+    prompts = {"a lone surrogate": os.fsdecode(b"a red \xed\xa0\x80 circle"),
+               "5,000 characters": "a red circle " * 385}
+    for name, prompt in prompts.items():
+        cases.append(Case("prompts that would fail late", name,
+                          ["train", "--prompt", prompt, "--seeds", "0", "--steps", "50",
+                           "--out", str(work / f"p_{len(cases)}.safetensors")], Path("prompt")))
+    long_prompt = ["train", "--prompt", "a red circle beside a blue square " * 12, "--seeds",
+                   "0", "--steps", "2", "--prior-samples", "0", "--out",
+                   str(work / "p_long.safetensors")]
+    cases.append(Case("prompts that would fail late", "beyond the CLIP's 77 tokens",
+                      long_prompt, Path("prompt"), expect_load=True,
+                      verify=lambda r: None if "phase=prompt warning=the CLIP reads" in r["stderr"]
+                      else "the cut was not reported before training"))
+    return cases
+
+
+def _both_kept(target: Path, result: dict) -> str | None:
+    from coral_core.formats.integrity import read_safetensors
+
+    files = sorted(target.parent.glob("*.safetensors"))
+    if len(files) != 2:
+        return f"{len(files)} results for two trainings: {[f.name for f in files]}"
+    for f in files:
+        read_safetensors(f, "edit", require_hash=False)
+    return None if "another job" in result["stderr"] else "no note names the second file"
+
+
+def _big_generator(work: Path) -> Path:
+    """A generator file big enough (about 100 MB) that a kill can land inside its write."""
+    from fabricate import random_generator, tiny_config
+
+    from coral_core.formats import save_generator
+
+    path = work / "big_generator.safetensors"
+    if not path.exists():
+        save_generator(random_generator(tiny_config(channel_base=2**17, channel_max=512)),
+                       path, {})
+    return path
+
+
+def _kill_mid_write(target: Path) -> None:
+    """Start ``coral convert`` and SIGKILL it once its temp file has bytes in it, then age
+    that leftover by two minutes (the time a user takes to run the command again)."""
+    import signal
+
+    src = _big_generator(target.parent.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-m", "coral_core", "convert", str(src),
+                                 str(target)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        while proc.poll() is None:
+            temps = [t for t in target.parent.glob(".*.tmp") if t.stat().st_size > 0]
+            if temps:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                left = [t for t in temps if t.exists()]  # else the write ended first
+                if left and not target.exists():
+                    old = time.time() - 120
+                    for t in left:
+                        os.utime(t, (old, old))
+                    return
+                break
+            time.sleep(0.001)
+        for t in target.parent.glob(".*.tmp"):
+            t.unlink()
+        target.unlink(missing_ok=True)
+    raise RuntimeError("could not catch coral convert inside its write in 20 tries")
+
+
+def _swept(target: Path) -> str | None:
+    from coral_core.formats import load_generator
+
+    left = [t.name for t in target.parent.glob(".*.tmp")]
+    if left:
+        return f"the killed write's temp file is still there: {left}"
+    load_generator(target)
+    return None
+
+
+def _command(case: Case) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", WRAPPER, *case.argv]
+    if case.disk is not None:
+        case.disk.mkdir(parents=True, exist_ok=True)
+        rescue = case.disk.parent / f"{case.disk.name}_rescue"
+        rescue.mkdir(exist_ok=True)
+        env.update(TMPDIR=str(rescue), CORAL_RECOUNT_LIST=str(case.disk))
+        cmd = ["unshare", "--mount", "--map-root-user", "--", "sh", "-c", FULL_DISK,
+               str(case.disk), *cmd]
+    return cmd, env
+
+
+def _classify(case: Case, returncode: int, err: str) -> str:
+    errors = [ln for ln in err.splitlines() if ": error: " in ln]
+    if returncode < 0:
+        return f"crash (signal {-returncode})"
+    if "Traceback (most recent call last)" in err:
+        return "traceback"
+    if returncode == 0:
+        return "loaded"
+    if returncode == 97 and case.disk is not None:
+        return "no full disk here (mount refused)"
+    if returncode == 2 and errors and (str(case.file) in errors[-1]
+                                       or case.file.name in errors[-1]):
+        return "named error"
+    return "error without the file" if returncode == 2 and errors else f"exit {returncode}"
+
+
 def run_case(case: Case) -> dict[str, object]:
     def cap() -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    if case.prepare is not None:
+        case.prepare()
+    cmd, env = _command(case)
     t0 = time.perf_counter()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=ROOT, preexec_fn=cap)
+             for _ in range(2 if case.twice else 1)]
+    outputs = []
     try:
-        proc = subprocess.run([sys.executable, "-c", WRAPPER, *case.argv], capture_output=True,
-                              text=True, timeout=TIMEOUT, env=env, cwd=ROOT, preexec_fn=cap)
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=max(1.0, TIMEOUT - time.perf_counter()
+                                                        + t0))[1])
     except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
         return {"outcome": "hang", "seconds": TIMEOUT, "rss_kb": 0, "message": ""}
-    err = proc.stderr
-    rss = int(err.rsplit("RSS_KB", 1)[1].split()[0]) if "RSS_KB" in err else 0
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("RSS_KB")]
+    outcomes = [_classify(case, proc.returncode, err) for proc, err in zip(procs, outputs)]
+    err = "\n".join(outputs)
+    rss = max((int(e.rsplit("RSS_KB", 1)[1].split()[0]) for e in outputs if "RSS_KB" in e),
+              default=0)
+    left = [json.loads(ln[5:]) for ln in err.splitlines() if ln.startswith("LEFT ")]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("RSS_KB",
+                                                                                 "LEFT "))]
     errors = [ln for ln in lines if ": error: " in ln]
-    if proc.returncode < 0:
-        outcome = f"crash (signal {-proc.returncode})"
-    elif "Traceback (most recent call last)" in err:
-        outcome = "traceback"
-    elif proc.returncode == 0:
-        outcome = "loaded"
-    elif proc.returncode == 2 and errors and (str(case.file) in errors[-1]
-                                              or case.file.name in errors[-1]):
-        outcome = "named error"
-    elif proc.returncode == 2 and errors:
-        outcome = "error without the file"
-    else:
-        outcome = f"exit {proc.returncode}"
+    outcome = next((o for o in outcomes if o != outcomes[0]), outcomes[0]) \
+        if len(set(outcomes)) > 1 else outcomes[0]
+    message = (errors[-1] if errors else (lines[-1] if lines else ""))[:300]
+    expected = "loaded" if case.expect_load else "named error"
+    if outcome == expected and case.verify is not None:
+        problem = case.verify({"stderr": err, "left": left[0] if left else []})
+        if problem:
+            outcome, message = "lost work", problem[:300]
     return {"outcome": outcome, "seconds": round(time.perf_counter() - t0, 1), "rss_kb": rss,
-            "message": (errors[-1] if errors else (lines[-1] if lines else ""))[:300]}
+            "message": message}
 
 
 def main() -> int:
@@ -354,7 +542,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="hostile_"))
     try:
         cases = [c for build in (clip_cases, generator_cases, edit_cases, latent_cases,
-                                 checkpoint_cases) for c in build(work)]
+                                 checkpoint_cases, lost_work_cases) for c in build(work)]
         if args.only:
             cases = [c for c in cases if args.only in c.cls]
         if args.list:

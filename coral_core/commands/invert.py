@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Callable
 
-from ..atomic import ensure_writable
+from ..atomic import ensure_writable, file_stamp, save_keeping_result
+from ..errors import InputError
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
@@ -20,6 +23,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from ..world.assets import DEMO_GENERATOR, require
 
     ensure_writable(args.out)
+    out = Path(args.out)
+    pti_out = out.with_name(out.stem + "_pti.safetensors")
+    stamps = {out: file_stamp(out), pti_out: file_stamp(pti_out)}
     photos = [load_photo(p) for p in args.image]
     G = get_generator(args.generator or require(DEMO_GENERATOR), args.device).generator
     target = torch.cat([prepare_images(p, G.img_resolution) for p in photos])
@@ -33,13 +39,28 @@ def cmd_invert(args: argparse.Namespace) -> int:
                                          pti_steps=args.pti), clip=clip,
                  vgg16_path=args.vgg16, init_ws=init,
                  reporter=Reporter(print_progress("invert"), every=25))
-    out = Path(args.out)
     meta = {"generator_fingerprint": (res.generator or G).fingerprint(), "space": args.space}
-    save_latents(res.ws, out, meta)
-    save_tensor_images(res.reconstruction, [out.with_name(f"{out.stem}_rec{i}.png")
+    results: list[tuple[Callable[[Path], object], Path]] = [
+        (lambda p: save_latents(res.ws, p, meta), out)]
+    tuned = res.generator
+    if tuned is not None:  # a tuned generator is minutes of work: keep it as well
+        results.append((lambda p: save_generator(tuned, p), pti_out))
+    problems: list[str] = []
+    notes: list[str] = []
+    written: list[Path] = []
+    for save, destination in results:  # each is attempted: one failure loses no other
+        try:
+            path, said = save_keeping_result(save, destination, stamps[destination])
+            written.append(path)
+            notes += said
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems))
+    save_tensor_images(res.reconstruction, [written[0].with_name(f"{written[0].stem}_rec{i}.png")
                                             for i in range(len(photos))])
-    if res.generator is not None:
-        save_generator(res.generator, out.with_name(out.stem + "_pti.safetensors"))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps({"psnr": res.psnr, "ssim": res.ssim, "seconds": round(res.seconds, 2),
                       "perceptual": res.perceptual}, indent=2))
     return 0

@@ -186,6 +186,11 @@ def _prepare(G: Generator, clip: CoralClip, cfg: TrainConfig, latents: torch.Ten
     direction = _make_direction(G, cfg, rows).to(device)
     prunes = cfg.prune_tolerance > 0 and not cfg.no_masks and (
         cfg.variant == "can" or segments is None or segments.shape[1] > 1)
+    cut = clip.tokens_beyond_context(cfg.prompt)
+    if cut and reporter is not None:  # said now, so a user can stop before the run, and again
+        reporter.update(0, cfg.steps, force=True, phase="prompt",  # in the edit's warnings
+                        warning=f"the CLIP reads {cut[1]} tokens and the prompt has {cut[0]}; "
+                                "the rest is ignored")
     if reporter is not None:  # building it (first use of a generator) takes seconds
         reporter.update(0, cfg.steps, force=True, phase="segment catalogue")
     catalogue = _choose_catalogue(G, cfg, segments, catalogue, prunes)

@@ -119,3 +119,83 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypat
     else:
         raise AssertionError("no error")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_two_jobs_ending_at_once_cannot_both_claim_the_output(tmp_path: Path) -> None:
+    """Job A is inside its write when job B (same --out, also started before A wrote) checks
+    the output: B must wait for A and then take a new name, not replace A's result."""
+    import threading
+
+    out = tmp_path / "e.safetensors"
+    inside = threading.Event()
+    claims: dict[str, tuple[Path, list[str]]] = {}
+
+    def slow_save(path: Path) -> None:
+        inside.set()
+        time.sleep(0.3)
+        path.write_text("A")
+
+    a = threading.Thread(target=lambda: claims.setdefault(
+        "a", save_keeping_result(slow_save, out, None)))
+    a.start()
+    inside.wait(5)
+    claims["b"] = save_keeping_result(_writer("B"), out, None)
+    a.join()
+    assert claims["a"][0] == out and out.read_text() == "A"
+    assert claims["b"][0] == tmp_path / "e-2.safetensors" and claims["b"][0].read_text() == "B"
+
+
+def test_a_killed_writers_temp_file_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    """A temp file names its writer: one whose writer has ended goes at the next write a
+    minute later, not an hour later; a live writer's (or this process's) stays."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    target = tmp_path / "g.safetensors"
+    killed = tmp_path / f".g.safetensors.{ended.stdout.strip()}.k1.tmp"
+    live = tmp_path / ".g.safetensors.1.k2.tmp"  # pid 1 runs as long as the machine does
+    own = tmp_path / f".g.safetensors.{os.getpid()}.k3.tmp"
+    just_killed = tmp_path / f".g.safetensors.{ended.stdout.strip()}.k4.tmp"
+    two_minutes_ago = time.time() - 120
+    for temp in (killed, live, own, just_killed):
+        temp.write_bytes(b"half a file")
+        if temp is not just_killed:
+            os.utime(temp, (two_minutes_ago, two_minutes_ago))
+    with atomic_path(target) as tmp:
+        assert tmp.name.startswith(f".g.safetensors.{os.getpid()}.")
+        tmp.write_text("ok")
+    assert not killed.exists()
+    assert live.exists() and own.exists() and just_killed.exists()
+
+
+def test_every_rescued_result_keeps_its_own_file(tmp_path: Path, monkeypatch) -> None:
+    """Two failed writes of results with one name: the second rescue must not replace the
+    first."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    out = tmp_path / "full" / "e.safetensors"
+    rescued = []
+    for text in ("first", "second"):
+        def save(path: Path, text: str = text) -> None:
+            if path == out:
+                raise OSError(28, "No space left on device")
+            rescued.append(path)
+            _writer(text)(path)
+        with pytest.raises(InputError):
+            save_keeping_result(save, out, None)
+    assert len(set(rescued)) == 2
+    assert [p.read_text() for p in rescued] == ["first", "second"]
+
+
+def test_a_prompt_longer_than_the_clip_reads_is_reported_before_training(G, clip) -> None:
+    from coral_core.editing.trainer import TrainConfig, train_edit
+    from coral_core.progress import Reporter
+
+    reports: list[dict] = []
+    prompt = "a red circle beside a blue square " * 8
+    result = train_edit(G, clip, TrainConfig(prompt=prompt, steps=1, batch=1, prior_samples=0),
+                        reporter=Reporter(lambda s, t, info: reports.append(info)))
+    first = reports[0]
+    assert first.get("phase") == "prompt" and "tokens" in first["warning"]
+    assert any("the rest was ignored" in w for w in result.edit.info["warnings"])
