@@ -238,7 +238,7 @@ class CoralSaveEdit:
         }}
 
     def save(self, edit: Edit, filename_prefix: str):
-        path = edit.save(host.numbered_path(host.edits_dir(), filename_prefix))
+        path = host.save_numbered(edit.save, host.edits_dir(), filename_prefix)
         return {"ui": {"text": [path.name]}}
 
 

@@ -154,6 +154,16 @@ def numbered_path(folder: Path, prefix: str, suffix: str = ".safetensors") -> Pa
     return folder / f"{safe}_{n:05d}{suffix}"
 
 
+def save_numbered(save: Callable[[Path], object], folder: Path, prefix: str) -> Path:
+    """Write a node's result as ``folder/prefix_NNNNN.safetensors`` without ever losing it:
+    a name another server took meanwhile gets the next one, and on a full disk the result is
+    kept in the system's temp folder and the node's error says where."""
+    from ..coral_core.atomic import save_keeping_result
+
+    path, _ = save_keeping_result(save, numbered_path(folder, prefix), None)
+    return path
+
+
 def device() -> torch.device:
     return mm.get_torch_device()
 
@@ -225,9 +235,10 @@ class Progress:
             pil = Image.fromarray(image_to_uint8(preview[:1])[0]).resize((256, 256),
                                                                           Image.Resampling.NEAREST)
         self.bar.update_absolute(step, total, ("JPEG", pil, 256) if pil is not None else None)
-        payload = {"node": self.node_id, "step": step, "total": total,
-                   "losses": info.get("losses", {}), "mask_area": info.get("mask_area", []),
-                   "phase": info.get("phase", "")}
+        losses = info.get("losses") or ({"total": info["loss"]} if "loss" in info else {})
+        payload = {"node": self.node_id, "step": step, "total": total,  # inversion: one loss
+                   "losses": losses, "mask_area": info.get("mask_area", []),
+                   "phase": info.get("phase", ""), "warning": info.get("warning", "")}
         if info.get("masks") is not None:
             payload["masks_png"] = masks_data_url(info["masks"])
         send_event(self.event, payload)

@@ -108,9 +108,9 @@ class CoralSaveLatents:
         }}
 
     def save(self, latents: Latents, filename_prefix: str):
-        path = save_latents(latents.ws, host.numbered_path(host.output_dir() / LATENT_SUBFOLDER,
-                                                           filename_prefix),
-                            {"generator_fingerprint": latents.fingerprint})
+        path = host.save_numbered(
+            lambda p: save_latents(latents.ws, p, {"generator_fingerprint": latents.fingerprint}),
+            host.output_dir() / LATENT_SUBFOLDER, filename_prefix)
         return {"ui": {"text": [str(path.name)]}}
 
 
@@ -210,6 +210,7 @@ class CoralInvert:
         reporter = Reporter(host.Progress(steps + pti_steps, unique_id, "invert"),
                             every=max(1, (steps + pti_steps) // 100),
                             poll=host.raise_if_interrupted)
+        host.send_event("start", {"node": unique_id, "total": steps + pti_steps})
         init = None
         if e4e_encoder and e4e_encoder != "none":
             from ..coral_core.inversion.e4e import load_e4e
@@ -228,6 +229,7 @@ class CoralInvert:
         final_G = out_model.loaded.generator
         metrics = {"psnr": res.psnr, "ssim": res.ssim, "seconds": round(res.seconds, 2),
                    "perceptual": res.perceptual}
+        host.send_event("done", {"node": unique_id, "summary": metrics})
         return (Latents(res.ws.cpu(), final_G.fingerprint()),
                 to_unit_range(res.reconstruction).cpu(), out_model, json.dumps(metrics))
 

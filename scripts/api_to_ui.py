@@ -86,7 +86,7 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
         outputs = [{"name": n, "type": t, "links": out_links.get((key, i), []), "slot_index": i}
                    for i, (t, n) in enumerate(zip(schema["output"], schema["output_name"]))]
         # stacked down each column by real heights, so no node overlaps the one below it;
-        # the Train node also holds the front end's live-training panel (web/js). Image
+        # the Train and Invert nodes also hold the front end's live view (web/js). Image
         # outputs go to a grid of OUTPUT_COLUMNS right of everything else, so their previews
         # sit side by side instead of in one tall column
         height = 60 + 26 * (len(widgets) + max(len(inputs), len(outputs)))
@@ -111,11 +111,12 @@ def convert(api: dict, object_info: dict, title: str = "") -> dict:
     for i, n in enumerate(order):
         n["order"] = i
     if title in NOTES:  # what the template does and what to change first, top left
-        nodes.append({"id": len(nodes) + 1, "type": "Note", "pos": [40, 60],
+        nodes.append({"id": NOTE_ID, "type": "Note", "pos": [40, 60],
                       "size": [320, NOTE_HEIGHT], "flags": {}, "order": len(nodes), "mode": 0,
                       "inputs": [], "outputs": [], "properties": {"text": ""},
                       "widgets_values": [NOTES[title]], "color": "#432", "bgcolor": "#653"})
-    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes,
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links),
+            "nodes": nodes,
             "links": links, "groups": [], "config": {},
             "extra": {"info": {"name": title}} if title else {}, "version": 0.4}
 
@@ -127,10 +128,15 @@ PREVIEW_HEIGHT = 270
 OUTPUT_WIDTH = 300
 OUTPUT_COLUMNS = 2
 IMAGE_OUTPUTS = ("SaveImage", "PreviewImage")
-EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralTrainEditSimple": 140, "CoralSaveEdit": 30,
+EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralTrainEditSimple": 140, "CoralInvert": 140,
+                "CoralSaveEdit": 30,
                 "CoralSaveLatents": 30, "SaveImage": PREVIEW_HEIGHT,
                 "PreviewImage": PREVIEW_HEIGHT}
 NOTE_HEIGHT = 200
+# The Note's id, far above any other node's: the front end keeps a run's image previews by
+# node id across workflows, and a Note sharing an id with another template's Save Image node
+# showed (and grew to fit) that picture when a user opened this template after running that.
+NOTE_ID = 99
 # One Note per template: what it does, what to change first.
 NOTES = {
     "train_apply_visualise": (

@@ -536,6 +536,8 @@ def main() -> int:
     parser.add_argument("--out", default="out/hostile_recount")
     parser.add_argument("--only", default=None, help="run only classes containing this text")
     parser.add_argument("--list", action="store_true", help="build the corpus, list, stop")
+    parser.add_argument("--server", action="store_true",
+                        help="also hand every input a node can read to a real ComfyUI server")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -563,32 +565,48 @@ def main() -> int:
                   f"({result['seconds']} s, +{rows[-1]['rss_above_baseline_mib']} MiB)"
                   + ("" if ok else f"  <-- {result['message']}"), flush=True)
         _report(rows, out)
+        if args.server:
+            from hostile_server import run_cases
+
+            server_rows = run_cases(cases, work, MEMORY_CAP)
+            _report(server_rows, out, "server")
+            rows += server_rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(r["ok"] for r in rows) else 1
 
 
-def _report(rows: list[dict], out: Path) -> None:
+def _report(rows: list[dict], out: Path, name: str = "recount") -> None:
+    """Per class: inputs and how they ended; for the server also whether it served the next
+    prompt after each. Raw exceptions in ComfyUI's error panel count as tracebacks."""
+    server = name == "server"
     by_class: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_class[r["class"]].append(r)
     lines = ["| class | inputs | named errors | correct loads | tracebacks | crashes | hangs "
-             "| other | peak RSS above baseline (MiB, max) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| other |" + (" next prompt served |" if server else "")
+             + " peak RSS above baseline (MiB, max) |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if server else "")]
     for cls, rs in by_class.items():
-        count = defaultdict(int)
+        count: dict[str, int] = defaultdict(int)
         for r in rs:
-            count[r["outcome"]] += 1
-        other = len(rs) - sum(count[k] for k in ("named error", "loaded", "traceback", "hang")) \
-            - sum(v for k, v in count.items() if k.startswith("crash"))
+            kind = r["outcome"]
+            kind = "traceback" if kind.startswith("raw ") else \
+                "crash" if kind.startswith("crash") else kind
+            count[kind] += 1
+        other = len(rs) - sum(count[k] for k in ("named error", "loaded", "traceback", "crash",
+                                                 "hang"))
         lines.append(f"| {cls} | {len(rs)} | {count['named error']} | {count['loaded']} | "
-                     f"{count['traceback']} | {sum(v for k, v in count.items() if k.startswith('crash'))} "
-                     f"| {count['hang']} | {other} | "
-                     f"{max(r['rss_above_baseline_mib'] for r in rs)} |")
+                     f"{count['traceback']} | {count['crash']} | {count['hang']} | {other} | "
+                     + (f"{sum(r['serves_next_prompt'] for r in rs)}/{len(rs)} | "
+                        if server else "")
+                     + f"{max(r['rss_above_baseline_mib'] for r in rs)} |")
     total_ok = sum(r["ok"] for r in rows)
     lines.append(f"\n{total_ok} of {len(rows)} inputs ended as expected (a named error, or a "
-                 "correct load for the controls).")
-    (out / "recount.md").write_text("\n".join(lines) + "\n")
-    (out / "recount.json").write_text(json.dumps(rows, indent=1))
+                 "correct load for the controls" + (", and the next prompt served)."
+                                                    if server else ")."))
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
 
 

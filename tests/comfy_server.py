@@ -34,6 +34,8 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
         self.proc: subprocess.Popen | None = None
+        self.wrap: list[str] = []       # a command prefix (e.g. a private mount namespace)
+        self.env: dict[str, str] = {}   # extra environment for the server
 
     def start(self, timeout: float = 120) -> "ComfyServer":
         packs = self.base / "packs"
@@ -50,9 +52,9 @@ class ComfyServer:
                "--database-url", "sqlite:///:memory:"]
         if self.front_end is not None:
             cmd += ["--front-end-root", str(self.front_end)]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **self.env)
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=HOST, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.wrap + cmd, cwd=HOST, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,108 @@ MEASURE = """(() => {
 })()"""
 
 
+LOG_EVENTS = """(() => {
+  const api = window.comfyAPI.api.api;
+  window.__coralLog = [];
+  for (const name of ["start", "train", "invert", "done"]) {
+    api.addEventListener("coralstyleclip." + name, ({ detail }) => window.__coralLog.push(
+      {t: performance.now() / 1000, name, node: String(detail.node), step: detail.step ?? -1,
+       phase: detail.phase || ""}));
+  }
+  return true;
+})()"""
+
+PANEL_STATE = """(() => {
+  const el = document.querySelector('.coral-live-training[data-node="' + %s + '"]');
+  if (!el) return null;
+  const app = window.comfyAPI.app.app;
+  const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
+  const all = app.graph.nodes.map(n => [n, box(n)]);
+  const anyOverlaps = [];
+  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
+    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
+        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) anyOverlaps.push([a.type, b.type]);
+  }));
+  return {step: +el.dataset.step, total: +el.dataset.total, points: +el.dataset.points,
+          done: el.dataset.done, cancelled: el.dataset.cancelled, phase: el.dataset.phase,
+          status: el.dataset.status, anyOverlaps};
+})()"""
+
+REQUEUE = """(async () => {
+  const app = window.comfyAPI.app.app;
+  const node = app.graph.getNodeById(%s);
+  node.widgets.find(w => w.name === "steps").value = %d;
+  await app.queuePrompt(0, 1);
+  return true;
+})()"""
+
+LOAD_INVERT = """(async () => {
+  const app = window.comfyAPI.app.app;
+  await app.loadGraphData(%s);
+  const node = app.graph.nodes.find(n => n.type === "CoralInvert");
+  node.widgets.find(w => w.name === "steps").value = %d;
+  await app.queuePrompt(0, 1);
+  return node.id;
+})()"""
+
+
+def _panel(browser, node_id) -> dict:
+    import json
+
+    return browser.evaluate(PANEL_STATE % json.dumps(node_id))
+
+
+def _cancel_then_run_again(browser, server, node_id, steps: int) -> tuple[dict, dict]:
+    """Queue a long run, press Cancel (the API call the Cancel button makes) once training is
+    under way, read the view; then queue a short run and read it when done."""
+    import json
+
+    browser.evaluate(REQUEUE % (json.dumps(node_id), 400))
+    browser.wait_for(f"(() => {{ const s = ({PANEL_STATE % json.dumps(node_id)}); "
+                     "return s && s.total === 400 && s.step >= 3 && s.points >= 2; })()",
+                     timeout=300, every=0.2)
+    server.post("/interrupt", {})
+    browser.wait_for(f"({PANEL_STATE % json.dumps(node_id)})?.cancelled === '1'", timeout=120)
+    cancelled = _panel(browser, node_id)
+    browser.evaluate(REQUEUE % (json.dumps(node_id), 6))
+    browser.wait_for(f"(() => {{ const s = ({PANEL_STATE % json.dumps(node_id)}); "
+                     "return s && s.total === 6 && s.done === '1'; })()", timeout=300)
+    return cancelled, _panel(browser, node_id)
+
+
+def _invert_with_live_view(browser, steps: int, shot: Path) -> dict:
+    import json
+
+    from comfy_server import ROOT
+
+    ui = json.loads((ROOT / "example_workflows" / "invert_photo_and_edit.json").read_text())
+    node_id = browser.evaluate(LOAD_INVERT % (json.dumps(ui), steps))
+    browser.wait_for(f"({PANEL_STATE % json.dumps(node_id)})?.done === '1'", timeout=300)
+    time.sleep(1.0)  # the outputs' previews arrive after the inversion ends
+    browser.evaluate(FOCUS % json.dumps(node_id))
+    time.sleep(0.5)
+    browser.screenshot(shot)
+    return _panel(browser, node_id)
+
+
+MAX_SILENCE_S = 15.0  # "a few seconds" on a loaded 2-core machine running a browser as well
+
+
+def _check_progress_never_stalls(events: list[dict], node_id) -> None:
+    """From the Train node's start to its end, some progress arrives at least every few
+    seconds, named by phase before the first step."""
+    mine = [e for e in events if e["node"] == str(node_id)]
+    start = next(i for i, e in enumerate(mine) if e["name"] == "start")
+    end = next(i for i, e in enumerate(mine) if e["name"] == "done")
+    run = mine[start:end + 1]
+    gaps = [(b["t"] - a["t"], a["phase"] or f"step {a['step']}") for a, b in zip(run, run[1:])]
+    worst = max(gaps)
+    assert worst[0] <= MAX_SILENCE_S, f"no progress for {worst[0]:.1f} s after {worst[1]}"
+    phases = [e["phase"] for e in run if e["phase"]]
+    assert any(p.startswith("segment catalogue") for p in phases), phases
+    assert any(e["name"] == "train" and not e["phase"] and e["step"] > 0 for e in run)
+
+
 FOCUS = """(() => {
   const app = window.comfyAPI.app.app;
   const node = app.graph.getNodeById(%s);
@@ -122,6 +225,7 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
             # shown): 2 of 4 runs after the classic test on a 2-core machine; 7 of 7 pass so.
             browser.wait_for("!!document.querySelector('[data-node-id]')", timeout=180)
         steps = 41 if nodes2 else 40  # a new run each time (an unchanged one is cached)
+        browser.evaluate(LOG_EVENTS)
         node_id = browser.evaluate(LOAD_AND_QUEUE % (json.dumps(ui), steps))
         browser.wait_for(f"document.querySelector('.coral-live-training[data-node=\"{node_id}\"]')"
                          "?.dataset.done === '1'", timeout=600)
@@ -139,11 +243,16 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
         newest = "_newest" if front_end != "server" else ""
         shot = browser.screenshot(
             tmp_path / f"live_view_{'nodes2' if nodes2 else 'classic'}{newest}.png")
+        events = browser.evaluate("window.__coralLog")
+        cancelled, rerun = _cancel_then_run_again(browser, server, node_id, steps)
+        inverted = _invert_with_live_view(browser, 12 + int(nodes2),
+                                          shot.with_name("invert_" + shot.name))
     finally:
         browser.close()
         server.post("/settings/Comfy.VueNodes.Enabled", False)
     if os.environ.get("CORAL_SCREENSHOTS"):
-        sh.copy(shot, Path(os.environ["CORAL_SCREENSHOTS"]) / shot.name)
+        for taken in (shot, shot.with_name("invert_" + shot.name)):
+            sh.copy(taken, Path(os.environ["CORAL_SCREENSHOTS"]) / taken.name)
     assert seen["width"] >= 150 and seen["height"] >= 60, seen  # on screen, at the zoom used
     assert seen["onTop"], f"something covers the live view: {seen}"
     assert seen["step"] == seen["total"] == steps and seen["points"] >= 2, seen
@@ -155,3 +264,16 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
     assert seen["saved"].split(": ")[1] in seen["loadEditChoices"], seen["loadEditChoices"]
     if nodes2:
         assert seen["insideVueNode"], seen
+    _check_progress_never_stalls(events, node_id)
+    # Cancel: the view says where it stopped; the next run starts a clean curve
+    assert cancelled["status"].startswith("cancelled at step "), cancelled
+    assert 3 <= cancelled["step"] < 400, cancelled
+    assert rerun["status"].startswith("step 6/6") and rerun["cancelled"] == "0", rerun
+    assert rerun["points"] <= 7, rerun  # not the cancelled run's curve continued
+    # Inversion has its own live view, inside its node, over no other node
+    assert inverted["status"].startswith(f"step {inverted['total']}/{inverted['total']}"), \
+        inverted
+    assert inverted["points"] >= 2 and inverted["done"] == "1", inverted
+    assert not inverted["anyOverlaps"], inverted["anyOverlaps"]
+    unhandled = [ln for ln in browser.console if "Unhandled message" in ln and "coral" in ln]
+    assert not unhandled, unhandled

@@ -1,5 +1,6 @@
-// CoralStyleCLIP front end: the live training view of "Train Edit (Coral)" (loss curves, current
-// per-layer masks, step), and the file names written by the Save nodes.
+// CoralStyleCLIP front end: the live view of "Train Edit (Coral)" and "Invert Images (Coral)"
+// (loss curves, current per-layer masks, step, phase, "cancelled at step N"), and the file names
+// written by the Save nodes.
 //
 // The live view is a DOM widget, not a drawing on the canvas: the node's layout reserves its
 // height (so ComfyUI's own progress preview goes below it and nothing below is overdrawn), and
@@ -8,6 +9,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const PANEL_HEIGHT = 130;
+const LIVE_VIEW_NODES = ["CoralTrainEdit", "CoralTrainEditSimple", "CoralInvert"];
 const runs = new Map(); // node id -> { losses, clip, masks, step, total, done, warnings }
 
 function runFor(nodeId) {
@@ -46,11 +48,11 @@ function drawPanel(node, panel, run) {
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
   const last = run.losses[run.losses.length - 1];
-  let status = run.total ? `step ${run.step}/${run.total}` : "live training view: waiting for a run";
+  let status = !run.total ? "live view: waiting for a run"
+    : run.cancelled ? `cancelled at step ${run.step}/${run.total}` : `step ${run.step}/${run.total}`;
   if (last !== undefined) status += `  loss ${last.toFixed(4)}`;
   if (run.phase && !run.done && !run.cancelled) status += `  (${run.phase})`;
-  if (run.cancelled) status += "  cancelled";
-  else if (run.done) status += run.warnings?.length ? "  done (see warning)" : "  done";
+  if (run.done && !run.cancelled) status += run.warnings?.length ? "  done (see warning)" : "  done";
   ctx.fillText(status, 6, 14);
   drawCurves(ctx, { x: 6, y: 20, w: canvas.width - 12, h: 50 }, run);
   if (run.masks && run.masks.complete && run.masks.naturalWidth) {
@@ -68,6 +70,9 @@ function drawPanel(node, panel, run) {
   element.dataset.points = String(run.losses.length);
   element.dataset.masks = run.masks ? "1" : "0";
   element.dataset.done = run.done ? "1" : "0";
+  element.dataset.cancelled = run.cancelled ? "1" : "0";
+  element.dataset.phase = run.phase || "";
+  element.dataset.status = status;
 }
 
 function addPanel(node) {
@@ -115,7 +120,7 @@ function addSavedName(node, names) {
 app.registerExtension({
   name: "CoralStyleCLIP.LiveTraining",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === "CoralTrainEdit" || nodeData.name === "CoralTrainEditSimple") {
+    if (LIVE_VIEW_NODES.includes(nodeData.name)) {
       const onCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         const result = onCreated?.apply(this, arguments);
@@ -141,8 +146,8 @@ app.registerExtension({
     } catch (err) {
       console.warn("CoralStyleCLIP: could not list templates", err);
     }
-    // A new run starts clean: the node says so before its first step (after a Cancel the old
-    // run's curve, preview and "done" must not carry over).
+    // A new run starts clean: the node says so (a "start" event) before its first step, so
+    // after a Cancel the old run's curve, preview and "done" do not carry over.
     const reset = (run) => {
       run.losses = []; run.clip = []; run.masks = null; run.done = false; run.cancelled = false;
       run.warnings = []; run.phase = ""; run.step = 0;
@@ -164,7 +169,7 @@ app.registerExtension({
     api.addEventListener("coralstyleclip.invert", ({ detail }) => {
       if (!detail || detail.node == null) return;
       const run = runFor(detail.node);
-      if (detail.step < run.step) reset(run);
+      if (detail.step < run.step || run.done || run.cancelled) reset(run);
       run.step = detail.step;
       run.total = detail.total;
       if (detail.losses?.total !== undefined) run.losses.push(detail.losses.total);
@@ -173,8 +178,9 @@ app.registerExtension({
     api.addEventListener("coralstyleclip.train", ({ detail }) => {
       if (!detail || detail.node == null) return;
       const run = runFor(detail.node);
-      if (detail.step <= 1 || detail.step < run.step || run.done || run.cancelled) reset(run);
+      if (detail.step < run.step || run.done || run.cancelled) reset(run);
       run.phase = detail.phase || "";
+      if (detail.warning) run.warnings = [detail.warning];  // said before the run (a long prompt)
       run.step = detail.step;
       run.total = detail.total;
       if (detail.losses?.total !== undefined) run.losses.push(detail.losses.total);
