@@ -25,6 +25,7 @@ CATEGORY = "CoralStyleCLIP/edit"
 # The engine's defaults, read once: the node keeps no numbers of its own.
 _TRAIN = preset_defaults()
 _WEIGHTS = _TRAIN.weights
+PREVIEW_PAIRS = 4  # Apply Edit shows before | after for this many pictures of a batch
 
 
 def segments_from_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -270,7 +271,8 @@ class CoralLoadEdit:
 
 class CoralApplyEdit:
     DESCRIPTION = ("Apply one or more CORAL edits (stacked in order) to latents, with a "
-                   "strength and an optional mask threshold.")
+                   "strength and an optional mask threshold. The node shows the first "
+                   f"{PREVIEW_PAIRS} pictures as before | after.")
     CATEGORY = CATEGORY
     FUNCTION = "apply"
     RETURN_TYPES = ("IMAGE", "IMAGE", "MASK", "MASK")
@@ -324,7 +326,11 @@ class CoralApplyEdit:
             F.interpolate(m[:1].float().cpu(), size=(G.img_resolution,) * 2,
                           mode="nearest")[0, 0] for m in res_masks])
         assert res.original is not None
-        return (to_unit_range(res.edited).cpu(), to_unit_range(res.original).cpu(), mask, layer)
+        edited, original = to_unit_range(res.edited).cpu(), to_unit_range(res.original).cpu()
+        # before | after on the node itself (no Preview node needed), the first few pictures
+        pairs = torch.cat([original[:PREVIEW_PAIRS], edited[:PREVIEW_PAIRS]], dim=2)
+        return {"ui": {"images": host.save_image_previews(pairs, "coral_apply")},
+                "result": (edited, original, mask, layer)}
 
 
 class CoralVisualizeMasks:

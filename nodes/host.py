@@ -270,18 +270,28 @@ def send_event(event: str, data: dict[str, Any]) -> None:
         pass
 
 
+PREVIEW_MIN_SIDE = 256  # small generators' pictures are enlarged to this for the node preview
+
+
 def save_image_previews(images: torch.Tensor, prefix: str) -> list[dict[str, str]]:
-    """Write [B, H, W, C] 0..1 images to ComfyUI's temp folder for the node's preview."""
+    """Write [B, H, W, C] 0..1 images to ComfyUI's temp folder for the node's preview,
+    enlarged by a whole factor (nearest, so pixels stay pixels) when smaller than
+    ``PREVIEW_MIN_SIDE``: the classic canvas draws a 64-px picture 64 px wide."""
     from PIL import Image
 
     out_dir = folder_paths.get_temp_directory()
     full, name, counter, sub, _ = folder_paths.get_save_image_path(prefix, out_dir,
                                                                    images.shape[2],
                                                                    images.shape[1])
+    factor = max(1, -(-PREVIEW_MIN_SIDE // min(images.shape[1], images.shape[2])))
     results = []
     for i, img in enumerate(images):
         arr = (img.cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
         file = f"{name}_{counter + i:05}_.png"
-        Image.fromarray(arr).save(os.path.join(full, file))
+        picture = Image.fromarray(arr)
+        if factor > 1:
+            picture = picture.resize((picture.width * factor, picture.height * factor),
+                                     Image.Resampling.NEAREST)
+        picture.save(os.path.join(full, file))
         results.append({"filename": file, "subfolder": sub, "type": "temp"})
     return results

@@ -129,7 +129,7 @@ OUTPUT_WIDTH = 300
 OUTPUT_COLUMNS = 2
 IMAGE_OUTPUTS = ("SaveImage", "PreviewImage")
 EXTRA_HEIGHT = {"CoralTrainEdit": 140, "CoralTrainEditSimple": 140, "CoralInvert": 140,
-                "CoralSaveEdit": 30,
+                "CoralSaveEdit": 30, "CoralApplyEdit": PREVIEW_HEIGHT,
                 "CoralSaveLatents": 30, "SaveImage": PREVIEW_HEIGHT,
                 "PreviewImage": PREVIEW_HEIGHT}
 NOTE_HEIGHT = 200

@@ -59,6 +59,14 @@ def test_apply_saved_edit_to_a_batch(server) -> None:
     assert len(edited) == 8
     assert np.mean([np.abs(e.astype(int) - o.astype(int)).mean()
                     for e, o in zip(edited, original)]) > 1
+    # Apply Edit shows before | after itself for the first four pictures
+    shown = output_images(server, outputs, "5")
+    assert len(shown) == 4
+    for pair, e, o in zip(shown, edited, original):  # enlarged 4x: 64-px pictures
+        small = pair[::4, ::4]
+        assert pair.shape[0] == 4 * e.shape[0] and small.shape[1] == 2 * e.shape[1]
+        assert np.array_equal(small[:, :e.shape[1]], o)
+        assert np.array_equal(small[:, e.shape[1]:], e)
 
 
 def test_invert_template_runs_as_shipped_and_on_an_uploaded_photo(server) -> None:
