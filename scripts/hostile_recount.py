@@ -289,18 +289,19 @@ def latent_cases(work: Path) -> list[Case]:
     cases = []
     arrays = {
         "compression bomb": ("savez_compressed", np.zeros((40_000, 18, 512), np.float32)),
-        "complex": ("savez", np.ones((1, 10, 64), np.complex64)),
+        "complex": ("savez", np.ones((1, 10, 128), np.complex64)),
         "object dtype": ("savez", np.array([object()] * 3, dtype=object)),
-        "NaN": ("savez", np.full((1, 10, 64), np.nan, np.float32)),
+        "NaN": ("savez", np.full((1, 10, 128), np.nan, np.float32)),
         "wrong shape": ("savez", np.ones((1, 3, 7), np.float32)),
-        "int64": ("savez", np.ones((1, 10, 64), np.int64)),
-        "huge batch": ("savez_compressed", np.zeros((100_000, 10, 64), np.float16)),
+        "int64": ("savez", np.ones((1, 10, 128), np.int64)),
+        "huge batch": ("savez_compressed", np.zeros((100_000, 10, 128), np.float16)),
     }
     for name, (how, arr) in arrays.items():
         p = work / f"lat_{name.replace(' ', '_')}.npz"
         getattr(np, how)(p, w=arr)
         cases.append(Case("latents", name, ["apply", "--edit", edit, "--latent", str(p),
-                                            "--transfer", "--out", str(work / f"l_{name}")], p))
+                                            "--transfer", "--out", str(work / f"l_{name}")], p,
+                          expect_load=name == "int64"))  # whole numbers are real: they load
     p = _torch_zip(work / "lat_deep.pt", _deep_pickle(200_000))
     cases.append(Case("latents", "deep pickle .pt", ["apply", "--edit", edit, "--latent", str(p),
                                                      "--out", str(work / "l_deep")], p))
@@ -538,6 +539,8 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="build the corpus, list, stop")
     parser.add_argument("--server", action="store_true",
                         help="also hand every input a node can read to a real ComfyUI server")
+    parser.add_argument("--server-only", action="store_true",
+                        help="only the server half (the CLI half takes about 20 minutes)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -552,6 +555,12 @@ def main() -> int:
                 print(f"{c.cls} / {c.name}: coral {' '.join(c.argv)[:120]}")
             print(f"{len(cases)} inputs")
             return 0
+        if args.server_only:
+            from hostile_server import run_cases
+
+            rows = run_cases(cases, work, MEMORY_CAP)
+            _report(rows, out, "server")
+            return 0 if all(r["ok"] for r in rows) else 1
         baseline = run_case(Case("baseline", "coral --help", ["info", "--help"], work))
         base_kb = int(baseline["rss_kb"])
         rows: list[dict] = []

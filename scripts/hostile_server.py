@@ -80,7 +80,7 @@ def node_prompt(case: Any, base: Path, tag: str) -> tuple[dict, str, str] | None
             value = f"{tag}/{src.name}"
         wf = _train_workflow(CoralLoadCLIP={"clip_name": value,
                                             "model_name": _arg(argv, "--clip-model") or ""})
-        return wf, "CoralLoadCLIP", value
+        return wf, "CoralLoadCLIP", tag  # the error may name the config beside the weights
     if argv[0] == "info":
         src = Path(argv[1])
         dest = base / MODEL_FOLDERS["generator"] / f"{tag}{src.suffix}"

@@ -27,7 +27,7 @@ if [ "$tier" = "all" ] || [ "$tier" = "unit" ]; then
   rm -rf "$types_dir"
   echo "== unit tier"
   "${PYTEST[@]}" -m "not e2e and not gpu" \
-    --cov=coral_core --cov-report=term:skip-covered
+    --cov=coral_core --cov-report=term:skip-covered --durations=15
 fi
 if [ "$tier" = "all" ] || [ "$tier" = "e2e" ]; then
   echo "== end-to-end tier (real ComfyUI server)"

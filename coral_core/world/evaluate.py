@@ -322,8 +322,8 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
                          "seconds_per_apply": t_apply, "peak_mib": _peak_mib(),
                          "selected_layers": selected, "warnings": warnings,
                          "reach": (edit.info.get("prompt_fit") or {}).get("reach")})
-            if method == "coral_ss":
-                tiles.append((_badness(scores), f"{case.kind}: {case.prompt}",
+            if method in ("coral_ss", "coral_can"):  # the pack's own edits, worst shown
+                tiles.append((_badness(scores), f"{method} {case.kind}: {case.prompt}",
                               _tile(res, G.img_resolution)))
             log(f"{method:>10} seed {case.seed:>3} {case.kind:>14} {case.prompt!r}: "
                 f"success={scores['success']} psnr_out={scores.get('psnr_outside', 0):.1f} "
