@@ -38,6 +38,7 @@ LOAD_AND_QUEUE = """(async () => {
   await app.loadGraphData(%s);
   const node = app.graph.nodes.find(n => n.type === "CoralTrainEdit");
   node.widgets.find(w => w.name === "steps").value = %d;
+  node.widgets.find(w => w.name === "prior_samples").value = %d;
   await app.queuePrompt(0, 1);
   return node.id;
 })()"""
@@ -171,7 +172,8 @@ def _check_progress_never_stalls(events: list[dict], node_id) -> None:
     worst = max(gaps)
     assert worst[0] <= MAX_SILENCE_S, f"no progress for {worst[0]:.1f} s after {worst[1]}"
     phases = [e["phase"] for e in run if e["phase"]]
-    assert any(p.startswith("segment catalogue") for p in phases), phases
+    for phase in ("segment catalogue", "sample bank", "region contest and pruning"):
+        assert any(p.startswith(phase) for p in phases), (phase, phases)
     assert any(e["name"] == "train" and not e["phase"] and e["step"] > 0 for e in run)
 
 
@@ -226,7 +228,9 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
             browser.wait_for("!!document.querySelector('[data-node-id]')", timeout=180)
         steps = 41 if nodes2 else 40  # a new run each time (an unchanged one is cached)
         browser.evaluate(LOG_EVENTS)
-        node_id = browser.evaluate(LOAD_AND_QUEUE % (json.dumps(ui), steps))
+        # a bank size of its own, so this run builds its sample bank and every phase shows
+        bank = 256 + 64 * (2 * int(nodes2) + int(front_end != "server"))
+        node_id = browser.evaluate(LOAD_AND_QUEUE % (json.dumps(ui), steps, bank))
         browser.wait_for(f"document.querySelector('.coral-live-training[data-node=\"{node_id}\"]')"
                          "?.dataset.done === '1'", timeout=600)
         time.sleep(1.0)  # the last mask image decodes
