@@ -158,6 +158,51 @@ def _invert_with_live_view(browser, steps: int, shot: Path) -> dict:
     return _panel(browser, node_id)
 
 
+RUN_TEMPLATE = """(async () => {
+  const app = window.comfyAPI.app.app;
+  await app.loadGraphData(%s);
+  await app.queuePrompt(0, 1);
+  return true;
+})()"""
+
+OVERLAPS = """(() => {
+  const app = window.comfyAPI.app.app;
+  const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
+  const all = app.graph.nodes.map(n => [n, box(n)]);
+  const found = [];
+  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
+    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
+        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) found.push([a.type, b.type]);
+  }));
+  const outs = app.nodeOutputs || {};  // Nodes 2.0 draws from these, the classic canvas n.imgs
+  const shown = app.graph.nodes.filter(n => n.type === "SaveImage" &&
+    (n.imgs?.length || outs[String(n.id)]?.images?.length)).length;
+  return {found, shown, outputs: app.graph.nodes.filter(n => n.type === "SaveImage").length};
+})()"""
+
+
+def _run_template(browser, server, name: str) -> list:
+    """Load a shipped template as a user does, run it, wait until every Save Image shows its
+    picture: the nodes that overlap (none expected)."""
+    import json
+
+    from comfy_server import ROOT
+
+    ui = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    browser.evaluate(RUN_TEMPLATE % json.dumps(ui))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        queue = server.get("/queue")
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            break
+        time.sleep(0.5)
+    state = browser.wait_for(f"(() => {{ const s = {OVERLAPS}; "
+                             "return s.shown === s.outputs && s.outputs > 0 ? s : null; })()",
+                             timeout=60)
+    time.sleep(1.0)  # the pictures take their size
+    return browser.evaluate(OVERLAPS)["found"] or state["found"]
+
+
 MAX_SILENCE_S = 15.0  # "a few seconds" on a loaded 2-core machine running a browser as well
 
 
@@ -251,6 +296,8 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
         cancelled, rerun = _cancel_then_run_again(browser, server, node_id, steps)
         inverted = _invert_with_live_view(browser, 12 + int(nodes2),
                                           shot.with_name("invert_" + shot.name))
+        others = {name: _run_template(browser, server, name)
+                  for name in ("apply_saved_edit", "segments_from_masks")}
     finally:
         browser.close()
         server.post("/settings/Comfy.VueNodes.Enabled", False)
@@ -279,5 +326,7 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
         inverted
     assert inverted["points"] >= 2 and inverted["done"] == "1", inverted
     assert not inverted["anyOverlaps"], inverted["anyOverlaps"]
+    for name, overlaps in others.items():  # every template's outputs, shown, cover nothing
+        assert not overlaps, (name, overlaps)
     unhandled = [ln for ln in browser.console if "Unhandled message" in ln and "coral" in ln]
     assert not unhandled, unhandled
