@@ -295,17 +295,23 @@ def _poll_server(server: str, in_flight: list, out_dir: Path | None) -> list:
 
 
 def _download_outputs(server: str, job: QueuedPrompt, out_dir: Path) -> list[Path]:
-    """Fetch every output image of a finished prompt, all of them before any is written (a
-    server dying half-way leaves no partial set behind), then write them atomically."""
+    """Fetch the images a finished prompt saved (Save Image and the like: type "output"; the
+    previews nodes show, type "temp", only when it saved none, e.g. a workflow ending in
+    Preview Image), all of them before any is written (a server dying half-way leaves no
+    partial set behind), then write them atomically."""
     _, hist = _request(server, f"/history/{job.prompt_id}")
     fetched: list[tuple[Path, bytes]] = []
-    for node_id, output in (hist.get(job.prompt_id, {}).get("outputs") or {}).items():
-        for img in output.get("images", []):
-            query = urllib.parse.urlencode({k: img.get(k, "") for k in
-                                            ("filename", "subfolder", "type")})
-            status, data = _request(server, f"/view?{query}")
-            if status == 200 and isinstance(data, bytes):
-                fetched.append((out_dir / job.label / f"{node_id}_{img['filename']}", data))
+    images = [(node_id, img) for node_id, output in
+              (hist.get(job.prompt_id, {}).get("outputs") or {}).items()
+              for img in output.get("images", [])]
+    if any(img.get("type") == "output" for _, img in images):
+        images = [(node_id, img) for node_id, img in images if img.get("type") == "output"]
+    for node_id, img in images:
+        query = urllib.parse.urlencode({k: img.get(k, "") for k in
+                                        ("filename", "subfolder", "type")})
+        status, data = _request(server, f"/view?{query}")
+        if status == 200 and isinstance(data, bytes):
+            fetched.append((out_dir / job.label / f"{node_id}_{img['filename']}", data))
     for path, data in fetched:
         write_bytes_atomic(path, data)
     return [path for path, _ in fetched]

@@ -188,3 +188,28 @@ def test_without_seeds_one_prompt_runs_and_its_outputs_land_in_one_folder(tmp_pa
     assert [r.label for r in results] == ["prompt"] and results[0].status == "success"
     assert [p.name for p in tmp_path.iterdir()] == ["prompt"]
     assert results[0].files[0].read_bytes() == b"9 from http://a"  # the override reached it
+
+
+@pytest.mark.parametrize("kinds,kept", [(["output", "temp", "output"], ["9", "11"]),
+                                        (["temp", "temp"], ["9", "10"])])
+def test_saved_images_are_collected_and_previews_only_when_nothing_was_saved(
+        tmp_path, monkeypatch, kinds: list[str], kept: list[str]) -> None:
+    """A node's own preview (Apply Edit's before | after, type "temp") is not a result when the
+    workflow saved its images; a workflow that only previews still returns its pictures."""
+    outputs = {str(9 + i): {"images": [{"filename": f"n{9 + i}.png", "subfolder": "",
+                                        "type": kind}]} for i, kind in enumerate(kinds)}
+
+    def server(url, path, body=None):
+        if path == "/prompt":
+            return 200, {"prompt_id": "p1"}
+        if path.startswith("/history/"):
+            return 200, {"p1": {"status": {"completed": True}, "outputs": outputs}}
+        if path.startswith("/view?"):
+            return 200, b"png"
+        raise AssertionError(path)
+
+    monkeypatch.setattr(comfy_client, "_request", server)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    results = comfy_client.queue_across_servers(["http://a"], WORKFLOW, [], [1], tmp_path,
+                                                timeout=30, in_flight=1, poll=0)
+    assert sorted(p.name.split("_")[0] for p in results[0].files) == sorted(kept)
