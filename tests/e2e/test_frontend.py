@@ -43,6 +43,19 @@ LOAD_AND_QUEUE = """(async () => {
   return node.id;
 })()"""
 
+# Every pair of nodes whose boxes overlap by more than a pixel, as [type, type] (a JavaScript
+# expression the snippets below embed; no "%" in it, they are %-formatted).
+NODE_OVERLAPS = """(() => {
+  const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
+  const all = window.comfyAPI.app.app.graph.nodes.map(n => [n, box(n)]);
+  const found = [];
+  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
+    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
+        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) found.push([a.type, b.type]);
+  }));
+  return found;
+})()"""
+
 MEASURE = """(() => {
   const app = window.comfyAPI.app.app;
   const node = app.graph.getNodeById(%s);
@@ -57,12 +70,7 @@ MEASURE = """(() => {
            o[1] < mine[1] + mine[3] - 1 && mine[1] < o[1] + o[3] - 1;
   }).map(n => n.type);
   // after the run every output node shows its images: no node may cover another anywhere
-  const all = app.graph.nodes.map(n => [n, box(n)]);
-  const anyOverlaps = [];
-  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
-    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
-        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) anyOverlaps.push([a.type, b.type]);
-  }));
+  const anyOverlaps = """ + NODE_OVERLAPS + """;
   const vueNode = document.querySelector(`[data-node-id="${node.id}"]`);
   // classic: the panel's own canvas is hit; Nodes 2.0: its node is (no other node covers it)
   return {width: r.width, height: r.height, onTop: vueNode ? vueNode.contains(hit) : el.contains(hit),
@@ -88,14 +96,7 @@ LOG_EVENTS = """(() => {
 PANEL_STATE = """(() => {
   const el = document.querySelector('.coral-live-training[data-node="' + %s + '"]');
   if (!el) return null;
-  const app = window.comfyAPI.app.app;
-  const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
-  const all = app.graph.nodes.map(n => [n, box(n)]);
-  const anyOverlaps = [];
-  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
-    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
-        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) anyOverlaps.push([a.type, b.type]);
-  }));
+  const anyOverlaps = """ + NODE_OVERLAPS + """;
   return {step: +el.dataset.step, total: +el.dataset.total, points: +el.dataset.points,
           done: el.dataset.done, cancelled: el.dataset.cancelled, phase: el.dataset.phase,
           status: el.dataset.status, anyOverlaps};
@@ -167,13 +168,7 @@ RUN_TEMPLATE = """(async () => {
 
 OVERLAPS = """(() => {
   const app = window.comfyAPI.app.app;
-  const box = n => { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; };
-  const all = app.graph.nodes.map(n => [n, box(n)]);
-  const found = [];
-  all.forEach(([a, p], i) => all.slice(i + 1).forEach(([b, q]) => {
-    if (q[0] < p[0] + p[2] - 1 && p[0] < q[0] + q[2] - 1 &&
-        q[1] < p[1] + p[3] - 1 && p[1] < q[1] + q[3] - 1) found.push([a.type, b.type]);
-  }));
+  const found = """ + NODE_OVERLAPS + """;
   const outs = app.nodeOutputs || {};  // Nodes 2.0 draws from these, the classic canvas n.imgs
   const shown = app.graph.nodes.filter(n => n.type === "SaveImage" &&
     (n.imgs?.length || outs[String(n.id)]?.images?.length)).length;
