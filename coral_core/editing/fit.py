@@ -16,13 +16,21 @@ their CLIP embeddings), so they cost one text encoding:
 - **already there**: the image scores at least as high as the samples that match the prompt
   best, less ``ALREADY_MARGIN`` of the range ("a cyan background" on a cyan background).
 
+- **nothing of it there**: the prompt names something the image lacks ("a cyan triangle" with
+  no triangle). With any one content word left out ("a triangle", "a cyan"), what remains
+  should already be in the image if only that word is the change; the image's score for each
+  such part is compared with the prompt's best bank samples' score for it. If every part
+  falls short by more than ``ABSENT_OWN_GAP`` of that part's own range on the bank and more
+  than ``ABSENT_PROMPT_GAP`` of the whole prompt's range, nothing the prompt names is there.
+  (Both: a part like "a background" that tells pictures apart poorly has a tiny range of its
+  own, so its shortfall alone is noise.) Prompts of one content word are not checked.
+
 After training, a third check reads how far the edit moved the image's CLIP score towards the
 bank's best samples (``PromptFit.judge_outcome``): too little (the edit did not do what the
 prompt says) or far too much (the CLIP reacts to words the generator draws nothing of) leaves
 the image unchanged, with a warning.
 
-What none of them can see: a prompt naming an object the image lacks ("a red circle" with only
-a triangle) when the edit paints another object so that the CLIP is satisfied.
+Thresholds and measurements: docs/method.md ("The prompt fit check").
 """
 from __future__ import annotations
 
@@ -40,6 +48,11 @@ ALREADY_MARGIN = 0.1
 # prompt's range (on the bank) past the best samples' score. Why both: an image that starts
 # close to the best samples makes the ratio explode (a correct recolour measured 2.2x, only
 # 0.12 of the range past the best). Measured values: docs/method.md ("The prompt fit check").
+ABSENT_OWN_GAP = 0.5
+ABSENT_PROMPT_GAP = 0.25
+# Words that name nothing on their own: leaving one out is not a test of the image.
+FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "at", "to",
+                            "beside", "by", "for", "from", "its", "his", "her", "their"})
 MIN_REACH = 0.5
 MAX_REACH = 1.5
 MAX_OVERSHOOT = 0.2
@@ -56,11 +69,13 @@ class PromptFit:
     reached: list[float] = field(default_factory=list)  # per image, after training
     off_target: list[bool] = field(default_factory=list)  # per image: reach out of bounds
     overshoot: list[float] = field(default_factory=list)  # per image: past the best, in ranges
+    absent: list[bool] = field(default_factory=list)  # per image: nothing it names is there
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
         return [i for i, already in enumerate(self.already)
-                if already or self.aimless or (i < len(self.off_target) and self.off_target[i])]
+                if already or self.aimless or (i < len(self.off_target) and self.off_target[i])
+                or (i < len(self.absent) and self.absent[i])]
 
     def judge_outcome(self, prompt: str, text_embedding: torch.Tensor,
                       edited_embeddings: torch.Tensor) -> None:
@@ -127,19 +142,52 @@ def best_range(bank: SampleBank, top: int, components: int = 8) -> float:
                for i in range(min(components, v.shape[0])) for sign in (1, -1))
 
 
+def prompt_parts(prompt: str) -> list[str]:
+    """The prompt with one content word left out, for each content word ("a cyan triangle":
+    "a triangle", "a cyan"); none for a prompt of fewer than two content words."""
+    words = prompt.split()
+    content = [i for i, w in enumerate(words) if w.lower().strip(".,;:!?") not in FUNCTION_WORDS]
+    if len(content) < 2:
+        return []
+    return [" ".join(words[:i] + words[i + 1:]) for i in content]
+
+
+def _absent(emb: torch.Tensor, best_rows: torch.Tensor, prompt_range: float,
+            part_embeddings: torch.Tensor, images: torch.Tensor, top: int) -> list[bool]:
+    """Per image: every part of the prompt (``prompt_parts``) falls short of the prompt's best
+    samples' score for it by more than both bounds (see the module's docstring)."""
+    short = torch.ones(images.shape[0], dtype=torch.bool)
+    for part in part_embeddings.float().cpu():
+        on_bank = emb @ part
+        own_range, _ = _range(on_bank, top)
+        gap = on_bank[best_rows].mean() - images @ part
+        short &= (gap > ABSENT_OWN_GAP * own_range) & (gap > ABSENT_PROMPT_GAP * prompt_range)
+    return short.tolist()
+
+
 def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
-                     image_embeddings: torch.Tensor, prompt: str, top: int) -> PromptFit:
+                     image_embeddings: torch.Tensor, prompt: str, top: int,
+                     part_embeddings: torch.Tensor | None = None) -> PromptFit:
     """``top``: the size of the prompt's best-matching group of bank samples (the prior's
-    ``prior_top``: one notion of "the generator's best pictures of the prompt")."""
+    ``prior_top``: one notion of "the generator's best pictures of the prompt").
+    ``part_embeddings``: the text embeddings of ``prompt_parts(prompt)`` (None or empty: the
+    "nothing of it there" check is skipped)."""
     emb = bank.embeddings.float()
     n_images = image_embeddings.shape[0]
     if emb.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest
         return PromptFit(1.0, [False] * n_images, [])
     t = text_embedding.reshape(-1).float().cpu()
-    rng, best = _range(emb @ t, top)
+    on_bank = emb @ t
+    rng, best = _range(on_bank, top)
     relative = rng / max(best_range(bank, top), 1e-8)
-    scores = image_embeddings.float().cpu() @ t
+    images = image_embeddings.float().cpu()
+    scores = images @ t
     already = [bool(rng > 0 and s >= best - ALREADY_MARGIN * rng) for s in scores]
+    absent = [False] * n_images
+    if part_embeddings is not None and part_embeddings.shape[0] and rng > 0:
+        best_rows = on_bank.topk(min(top, on_bank.numel())).indices
+        absent = [a and not al for a, al in zip(
+            _absent(emb, best_rows, rng, part_embeddings, images, top), already)]
     warnings = []
     if relative < MIN_RELATIVE_RANGE:
         warnings.append(
@@ -151,4 +199,11 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
         which = ", ".join(str(i) for i, a in enumerate(already) if a)
         warnings.append(f"prompt {prompt!r}: image(s) {which} already match it as well as the "
                         "generator's best samples do, so they are left unchanged")
-    return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng)
+    if relative >= MIN_RELATIVE_RANGE and any(absent):
+        which = ", ".join(str(i) for i, a in enumerate(absent) if a)
+        warnings.append(f"prompt {prompt!r}: image(s) {which} seem to lack what it names (with "
+                        "any one word left out, the rest is still far from the generator's "
+                        "best pictures of the prompt), so they are left unchanged; name "
+                        "something in the image")
+    return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng,
+                     absent=absent)

@@ -589,12 +589,15 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     sample bank)."""
     if cfg.mode != "per_image" or latents is None or bank is None or cfg.no_masks:
         return None
-    from .fit import check_prompt_fit
+    from .fit import check_prompt_fit, prompt_parts
 
+    parts = prompt_parts(cfg.prompt)
     with torch.no_grad():
         images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
-    return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top)
+        part_embeddings = clip.encode_text(parts) if parts else None
+    return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top,
+                            part_embeddings)
 
 
 def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,
