@@ -165,3 +165,33 @@ def test_an_edit_that_falls_short_or_overshoots_leaves_its_image_unchanged_and_s
     assert len(fit.warnings) == 2
     assert "image(s) 0 got only 5%" in fit.warnings[0]
     assert "image(s) 2 moved the CLIP 2.0 of the prompt's range past" in fit.warnings[1]
+
+
+def test_prompt_parts_leave_out_one_content_word_each() -> None:
+    from coral_core.editing.fit import prompt_parts
+
+    assert prompt_parts("a cyan triangle") == ["a triangle", "a cyan"]
+    assert prompt_parts("a face with a beard") == ["a with a beard", "a face with a"]
+    assert prompt_parts("a dog") == [] and prompt_parts("the") == []
+
+
+def test_an_object_the_scene_lacks_is_told_from_one_it_has() -> None:
+    """On the demo models: for a scene, "a <colour> <shape it lacks>" is flagged as naming
+    nothing there, "a <colour> <shape it has>" is not (no training needed: the check reads the
+    image, the prompt's parts and the sample bank)."""
+    from coral_core.editing.fit import check_prompt_fit, prompt_parts
+    from coral_core.editing.prior import sample_bank_for
+    from coral_core.world.evaluate import build_cases
+
+    G, clip = _models()
+    cases, ws, _ = build_cases(G, [149, 151], ("object colour", "absent"))
+    bank = sample_bank_for(G, clip, 1024)
+    with torch.no_grad():
+        images = clip.encode_image(G.synthesize(ws, noise_mode="const"))
+    for case in cases:
+        fit = check_prompt_fit(bank, clip.encode_text([case.prompt]),
+                               images[case.index:case.index + 1], case.prompt, 64,
+                               clip.encode_text(prompt_parts(case.prompt)))
+        assert fit.absent == [case.kind == "absent"], case.prompt
+        assert (fit.unchanged_rows() == [0]) == (case.kind == "absent")
+        assert any("seem to lack" in w for w in fit.warnings) == (case.kind == "absent")
