@@ -135,6 +135,10 @@ class TrainConfig:
     # Per image: check the prompt fits before editing (fit.py); an image it cannot or need
     # not change is left exactly as it was, with a warning. False: edit whatever the prompt.
     check_fit: bool = True
+    # ... including "nothing of it there" (fit.py: the prompt's one-word-less parts all far
+    # from the image): an image that lacks what the prompt names is left unchanged. False:
+    # the other fit checks only (what it costs and buys: docs/method.md).
+    check_absent: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
     segment_pool: str = "max"
     weights: LossWeights = field(default_factory=LossWeights)

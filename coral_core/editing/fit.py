@@ -49,7 +49,7 @@ ALREADY_MARGIN = 0.1
 # close to the best samples makes the ratio explode (a correct recolour measured 2.2x, only
 # 0.12 of the range past the best). Measured values: docs/method.md ("The prompt fit check").
 ABSENT_OWN_GAP = 0.5
-ABSENT_PROMPT_GAP = 0.25
+ABSENT_PROMPT_GAP = 0.3
 # Words that name nothing on their own: leaving one out is not a test of the image.
 FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "at", "to",
                             "beside", "by", "for", "from", "its", "his", "her", "their"})

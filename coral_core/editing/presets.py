@@ -23,7 +23,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # fit check, area-downsampled segments, one area weight for every layer
     "paper": {"segment_pieces": 0, "piece_min_cells": 0, "prune_tolerance": 0.0,
               "contest_steps": 0, "prior_samples": 0, "composite": False,
-              "harden_selection": False, "check_fit": False, "segment_pool": "area",
+              "harden_selection": False, "check_fit": False, "check_absent": False,
+              "segment_pool": "area",
               "weights": {"area_weighting": "uniform"}},
 }
 DEFAULT_PRESET = "coral"

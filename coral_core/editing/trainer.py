@@ -591,7 +591,7 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         return None
     from .fit import check_prompt_fit, prompt_parts
 
-    parts = prompt_parts(cfg.prompt)
+    parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
     with torch.no_grad():
         images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
