@@ -177,14 +177,17 @@ def test_prompt_parts_leave_out_one_content_word_each() -> None:
 
 def test_an_object_the_scene_lacks_is_told_from_one_it_has() -> None:
     """On the demo models: for a scene, "a <colour> <shape it lacks>" is flagged as naming
-    nothing there, "a <colour> <shape it has>" is not (no training needed: the check reads the
-    image, the prompt's parts and the sample bank)."""
+    nothing there, "a <colour> <shape it has>" and a background recolour are not (seed 151's
+    "a blue background" falls short on "a background" by 0.26 of the prompt's range: the
+    first bound tried, 0.25, left it unchanged). No training needed: the check reads the
+    image, the prompt's parts and the sample bank."""
     from coral_core.editing.fit import check_prompt_fit, prompt_parts
     from coral_core.editing.prior import sample_bank_for
     from coral_core.world.evaluate import build_cases
 
     G, clip = _models()
-    cases, ws, _ = build_cases(G, [149, 151], ("object colour", "absent"))
+    cases, ws, _ = build_cases(G, [149, 151], ("background", "object colour", "absent"))
+    assert "a blue background" in [c.prompt for c in cases]
     bank = sample_bank_for(G, clip, 1024)
     with torch.no_grad():
         images = clip.encode_image(G.synthesize(ws, noise_mode="const"))
@@ -195,3 +198,6 @@ def test_an_object_the_scene_lacks_is_told_from_one_it_has() -> None:
         assert fit.absent == [case.kind == "absent"], case.prompt
         assert (fit.unchanged_rows() == [0]) == (case.kind == "absent")
         assert any("seem to lack" in w for w in fit.warnings) == (case.kind == "absent")
+        unchecked = check_prompt_fit(bank, clip.encode_text([case.prompt]),  # check_absent off
+                                     images[case.index:case.index + 1], case.prompt, 64, None)
+        assert unchecked.absent == [False]
