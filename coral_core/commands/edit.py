@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("prune_at", args.prune_at),
                                 ("contest_steps", args.contest_steps),
                                 ("prune_batches", args.prune_batches),
-                                ("prior_samples", args.prior_samples)) if v is not None}
+                                ("prior_samples", args.prior_samples),
+                                ("check_absent", args.absent_check)) if v is not None}
     cfg = preset_config(args.preset, prompt=args.prompt, neutral=args.neutral or "",
                         variant=args.variant, direction=args.direction, mode=mode,
                         steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
@@ -292,6 +293,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prune-batches", type=int, default=None,
                    help="region pruning, per prompt: judge this many batches of samples, not "
                         f"only the step's (coral: {_TRAIN.prune_batches})")
+    s.add_argument("--absent-check", action=argparse.BooleanOptionalAction, default=None,
+                   help="per image: leave an image that seems to lack what the prompt names "
+                        "unchanged, with a warning (--no-absent-check: edit it anyway; coral: "
+                        f"{'on' if _TRAIN.check_absent else 'off'})")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from the mean w of the generator samples "
                         "(of this many, cached per generator and CLIP) that the CLIP ranks "

@@ -59,12 +59,14 @@ def test_cli_train_takes_a_preset_and_records_it(tmp_path: Path):
     out = tmp_path / "paper.safetensors"
     run = subprocess.run([sys.executable, "-m", "coral_core", "train", "--prompt",
                           "a green background", "--seeds", "3", "--steps", "2",
-                          "--preset", "paper", "--prune-tolerance", "0.1", "--out", str(out)],
+                          "--preset", "paper", "--prune-tolerance", "0.1", "--absent-check",
+                          "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     config = Edit.load(out).info["config"]
     assert config["composite"] is False and config["segment_pieces"] == 0
     assert config["prune_tolerance"] == 0.1  # set by the user: wins over the preset
+    assert config["check_absent"] is True and config["check_fit"] is False  # the same
     assert json.loads(run.stdout[:run.stdout.rindex("}") + 1])["prompt"] == "a green background"
 
 
