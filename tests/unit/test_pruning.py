@@ -88,9 +88,10 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
         return gate
 
     monkeypatch.setattr(region_module, "prune_selection", remove_segment_one)
-    # the region contest off: this test is about the greedy removal (contest: see below)
+    # the region contest off: this test is about the greedy removal (contest: see below); the
+    # absent-object check too (the tiny random models draw nothing of "a red circle")
     cfg = TrainConfig(prompt="a red circle", steps=6, batch=2, seed=3, prune_at=0.5,
-                      prune_tolerance=0.25, mask_init=0.9, contest_steps=0)
+                      prune_tolerance=0.25, mask_init=0.9, contest_steps=0, check_absent=False)
     ws = G.mapping_ws(G.z_from_seeds([3, 4]))
     res = train_edit(G, clip, cfg, latents=ws, segments=_halves(2, G.img_resolution))
     assert len(calls) == 1 and calls[0][1] == 0.25
