@@ -26,6 +26,7 @@ CATEGORY = "CoralStyleCLIP/edit"
 _TRAIN = preset_defaults()
 _WEIGHTS = _TRAIN.weights
 PREVIEW_PAIRS = 4  # Apply Edit shows before | after for this many pictures of a batch
+ABSENT_CHECK_CHOICES = ("preset", "on", "off")
 
 
 def segments_from_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -123,6 +124,13 @@ class CoralTrainEdit:
                            "this many generator samples, minus the mean of all; computed once "
                            "per generator and CLIP, then cached). Lets far-apart changes "
                            "(e.g. cyan to orange) be found at all. 0 = start at ~0."}),
+            "absent_check": (list(ABSENT_CHECK_CHOICES), {
+                "default": "preset",
+                "tooltip": "Per image: leave an image that seems to lack what the prompt "
+                           "names (\"a red circle\" with no circle) unchanged, with a "
+                           "warning, instead of painting another object. 'preset' follows "
+                           "the preset (coral: on); 'off' edits anyway, for when the warning "
+                           "is wrong."}),
             "preset": (list(PRESETS), {
                 "default": DEFAULT_PRESET,
                 "tooltip": "coral: the pack's defaults (every measured departure from the "
@@ -137,17 +145,19 @@ class CoralTrainEdit:
               area_weight: float = -1.0, tv_weight: float = -1.0, l2_weight: float = -1.0,
               area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
               region_pruning: float = -1.0, prior_samples: int = -1,
-              preset: str = DEFAULT_PRESET, unique_id: str | None = None):
+              absent_check: str = "preset", preset: str = DEFAULT_PRESET,
+              unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
                                latents, segments, neutral_prompt, directional, batch, lr,
                                area_weight, tv_weight, l2_weight, area_weighting, max_layer,
-                               segments_k, region_pruning, prior_samples, preset, unique_id)
+                               segments_k, region_pruning, prior_samples, absent_check, preset,
+                               unique_id)
 
     def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
                segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
                l2_weight, area_weighting, max_layer, segments_k, region_pruning,
-               prior_samples, preset, unique_id):
+               prior_samples, absent_check, preset, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
@@ -166,6 +176,8 @@ class CoralTrainEdit:
             ("prior_samples", prior_samples, _TRAIN.prior_samples),
             ("num_segments", segments_k, _TRAIN.num_segments))
             if value >= 0 and value != default and not (name == "num_segments" and value == 0)}
+        if absent_check in ("on", "off"):
+            chosen["check_absent"] = absent_check == "on"
         weights = {name: value for name, value, default in (
             ("area", area_weight, _WEIGHTS.area), ("tv", tv_weight, _WEIGHTS.tv),
             ("l2", l2_weight, -1.0)) if value >= 0 and value != default}

@@ -204,7 +204,7 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
         warnings.append(f"prompt {prompt!r}: image(s) {which} seem to lack what it names (with "
                         "any one word left out, the rest is still far from the generator's "
                         "best pictures of the prompt), so they are left unchanged; name "
-                        "something in the image, or switch this check off (check_absent, "
-                        "coral train --no-absent-check)")
+                        "something in the image, or switch this check off (coral train "
+                        "--no-absent-check; Train Edit Advanced: absent_check off)")
     return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng,
                      absent=absent)

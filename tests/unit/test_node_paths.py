@@ -215,3 +215,19 @@ def _capture_training_config(monkeypatch, editing):
         assets.DEMO_GENERATOR).generator})()
     clip = type("C", (), {"ready": lambda self: get_clip(assets.DEMO_CLIP)})()
     return seen, Stop, model, clip
+
+
+def test_train_node_absent_check_follows_the_preset_unless_set(monkeypatch) -> None:
+    """Train Edit Advanced's absent_check: 'preset' takes the preset's (coral on, paper off);
+    'on' / 'off' win over either preset."""
+    _host()
+    import coralpack.nodes.editing as editing  # type: ignore[import-not-found]
+
+    seen, Stop, model, clip = _capture_training_config(monkeypatch, editing)
+    for preset in ("coral", "paper"):
+        for choice in ("preset", "on", "off"):
+            with pytest.raises(Stop):
+                editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
+                                               "per image", 7, 3, absent_check=choice,
+                                               preset=preset)
+    assert [cfg.check_absent for cfg in seen] == [True, True, False, False, True, False]
