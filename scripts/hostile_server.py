@@ -111,18 +111,11 @@ def node_prompt(case: Any, base: Path, tag: str) -> tuple[dict, str, str] | None
 
 
 def _status_kb(pid: int, field: str) -> int:
+    """A memory figure of a running process: "VmRSS" now, "VmHWM" its peak (kB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
-
-
-def _peak_kb(pid: int) -> int:
-    return _status_kb(pid, "VmHWM")
-
-
-def _rss_kb(pid: int) -> int:
-    return _status_kb(pid, "VmRSS")
 
 
 def _reset_peak(pid: int) -> None:
@@ -177,7 +170,7 @@ def run_cases(cases: list, work: Path, cap_bytes: int, timeout: float = 180) -> 
                 continue
             wf, class_type, name = placed
             node_id = next(k for k, v in wf.items() if v["class_type"] == class_type)
-            before_kb = _rss_kb(server.proc.pid)
+            before_kb = _status_kb(server.proc.pid, "VmRSS")
             _reset_peak(server.proc.pid)
             t0 = time.perf_counter()
             try:
@@ -186,7 +179,7 @@ def run_cases(cases: list, work: Path, cap_bytes: int, timeout: float = 180) -> 
                 alive = server.proc.poll() is None
                 outcome = "hang" if alive else f"crash (exit {server.proc.returncode})"
                 message = str(exc)[:300]
-            peak = _peak_kb(server.proc.pid) if server.proc.poll() is None else 0
+            peak = _status_kb(server.proc.pid, "VmHWM") if server.proc.poll() is None else 0
             serves_next = False
             if server.proc.poll() is None and outcome != "hang":
                 try:
