@@ -314,23 +314,34 @@ class CoralApplyEdit:
                 "default": False,
                 "tooltip": "A per-image edit belongs to the latents it was trained on; allow "
                            "applying it to other latents anyway (the console says so)."}),
+            "clip": (CORAL_CLIP, {
+                "tooltip": "The CLIP a per-prompt edit was trained with. Connected, the edit "
+                           "leaves unchanged the images that lack what it names (a 'red circle' "
+                           "edit on a scene without a circle) or already show it, and the "
+                           "console says which; not connected, every image is edited."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def apply(self, model: StyleGANModel, latents: Latents, edit: Edit, strength: float,
               threshold: float, edit_2: Edit | None = None, strength_2: float = 1.0,
               edit_3: Edit | None = None, strength_3: float = 1.0,
-              transfer_per_image_edit: bool = False, unique_id: str | None = None):
+              transfer_per_image_edit: bool = False, clip: ClipModel | None = None,
+              unique_id: str | None = None):
         check_latents(model, latents)
         G = model.generator()
         edits = [edit] + [e for e in (edit_2, edit_3) if e is not None]
+        scene_clip = clip.ready() if clip is not None and any(
+            e.scene_check is not None for e in edits) else None
         strengths = [strength] + [s for e, s in ((edit_2, strength_2), (edit_3, strength_3))
                                   if e is not None]
         res = apply_in_chunks(G, latents.on(G.w_avg.device), edits, strengths,
                               threshold or None, transfer=transfer_per_image_edit,
-                              progress=host.counted_progress(unique_id))
+                              progress=host.counted_progress(unique_id), clip=scene_clip)
         for prompt in res.transferred:
             print(f"[CoralStyleCLIP] Apply Edit (Coral): per-image edit {prompt!r} transferred "
                   "to latents it was not trained on")
+        for warning in res.warnings(edits):
+            print(f"[CoralStyleCLIP] Apply Edit (Coral): {warning} (disconnect the clip input)"
+                  if "switch" in warning else f"[CoralStyleCLIP] Apply Edit (Coral): {warning}")
         res_masks = res.masks[-1]
         mask = effective_mask(res_masks, G.img_resolution).cpu()
         layer = torch.stack([

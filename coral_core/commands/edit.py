@@ -141,13 +141,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
         ws, names = _latents(args, G, "0-3")
     out = Path(args.out)
     strengths = [float(s) for s in str(args.strength).split(",")]
+    checks_scenes = args.scene_check and any(e.scene_check is not None for e in edits)
+    clip = _clip(args) if checks_scenes else None
     t0 = time.perf_counter()
     for s in strengths:
         res = apply_in_chunks(G, ws, edits, s, args.threshold, transfer=args.transfer,
-                              progress=_apply_progress(len(names)))
+                              progress=_apply_progress(len(names)), clip=clip)
         for prompt in res.transferred:
             print(f"note: per-image edit {prompt!r} applied to latents it was not trained on "
                   "(--transfer)", file=sys.stderr)
+        for warning in res.warnings(edits):
+            print(f"warning: {warning}" + (" (--no-scene-check)" if "switch" in warning
+                                           else ""), file=sys.stderr)
         tag = "" if len(strengths) == 1 else f"_s{s:g}"
         save_tensor_images(res.edited, [out / f"{n}_edited{tag}.png" for n in names])
     assert res.original is not None
@@ -314,7 +319,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("apply", help="apply edits to seeds or latents")
     s.set_defaults(run=cmd_apply)
-    _common(s)
+    _common(s, clip=True)
+    s.add_argument("--no-scene-check", dest="scene_check", action="store_false",
+                   help="per-prompt edits: edit every image, also those that lack what the "
+                        "edit names or already show it (default: they are left unchanged, "
+                        "judged with --clip, the CLIP the edit was trained with)")
     s.add_argument("--edit", action="append", required=True, help="repeat to stack edits")
     s.add_argument("--seeds", default=None)
     s.add_argument("--latent", default=None)

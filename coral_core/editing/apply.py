@@ -6,7 +6,7 @@ which every edit blends over the ones before it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -18,6 +18,22 @@ from .edit import Edit
 from .memory import images_per_chunk
 from .selectors import composite
 
+if TYPE_CHECKING:
+    from ..clip_model import CoralClip
+
+
+@dataclass
+class SceneVerdict:
+    """Which images a per-prompt edit left alone, and why (row indices of the batch)."""
+    already: list[int] = field(default_factory=list)   # already show what it names
+    absent: list[int] = field(default_factory=list)    # lack what it names
+    unchecked: str = ""                                # why the scenes were not checked
+    empty: list[int] = field(default_factory=list)     # the edit selects no region there
+
+    def offset(self, start: int) -> "SceneVerdict":
+        return SceneVerdict([i + start for i in self.already], [i + start for i in self.absent],
+                            self.unchecked, [i + start for i in self.empty])
+
 
 @dataclass
 class ApplyResult:
@@ -25,15 +41,41 @@ class ApplyResult:
     original: torch.Tensor | None                 # [B, 3, H, W] (None if not requested)
     masks: list[list[torch.Tensor | None]]        # per edit, per conv layer
     transferred: list[str] = field(default_factory=list)  # per-image edits used on other latents
+    scenes: list[SceneVerdict | None] = field(default_factory=list)  # per edit (None: no check)
+
+    def warnings(self, edits: Sequence[Edit]) -> list[str]:
+        """What the scene check did, in words a user can act on."""
+        out = []
+        for e, v in zip(edits, self.scenes):
+            if v is None:
+                continue
+            if v.unchecked:
+                out.append(f"edit {e.prompt!r}: scenes not checked ({v.unchecked})")
+            if v.absent:
+                out.append(f"edit {e.prompt!r}: image(s) {_rows(v.absent)} seem to lack what "
+                           "it names, so they are left unchanged (switch the scene check off "
+                           "to edit them anyway)")
+            if v.already:
+                out.append(f"edit {e.prompt!r}: image(s) {_rows(v.already)} already match it "
+                           "as well as the generator's best samples do, so they are left "
+                           "unchanged")
+            if v.empty:
+                out.append(f"edit {e.prompt!r}: selects no region in image(s) {_rows(v.empty)}, "
+                           "which stay as they were (a per-prompt edit's regions come from "
+                           "the scenes it was trained on; train a per-image edit for these)")
+        return out
 
 
 @torch.no_grad()
 def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
                 strength: float | Sequence[float] = 1.0, threshold: float | None = None,
                 noise_mode: str = "const", return_original: bool = True,
-                transfer: bool = False) -> ApplyResult:
+                transfer: bool = False, clip: CoralClip | None = None) -> ApplyResult:
     """Edited (and original) images for W+ codes ``ws``, plus every edit's per-layer masks.
 
+    With ``clip``, a per-prompt edit that carries a scene check (fit.SceneCheck) leaves alone
+    the images that lack what it names or already show it (``ApplyResult.scenes`` says
+    which); without it every image is edited.
     Without ``return_original`` the plain pass only runs as far as the masks need features
     (the SS catalogue layer, or every layer for CAN), and the blended pass reuses it up to the
     first selected layer: the cheapest way to get the edited image.
@@ -58,22 +100,86 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         e.to(ws.device)
     noise = G.make_noise(ws.shape[0], noise_mode)
     original = None
-    if return_original or any(e.composite for e in edits):
+    checks = clip is not None and any(e.scene_check is not None for e in edits)
+    if return_original or checks or any(e.composite for e in edits):
         original, feats = G.synthesize_with_features(ws, noise=noise)
     else:
         feats = G.features_up_to(ws, noise, max(e.feature_layers_needed(G) for e in edits))
+    scenes = [_scene_verdict(e, clip if checks else None, original) for e in edits]
     pairs, all_masks, regions = [], [], []
-    for e, s in zip(edits, strengths):
+    for e, s, verdict in zip(edits, strengths, scenes):
         masks = e.masks(G, feats, threshold)
         if s != 0:  # strength 0 is the identity exactly, not just up to rounding
-            pairs.append((e.delta(ws) * s, masks))
+            delta = e.delta(ws) * s
+            if verdict is not None and (verdict.absent or verdict.already):
+                keep = torch.ones(ws.shape[0], 1, 1, device=delta.device, dtype=delta.dtype)
+                keep[verdict.absent + verdict.already] = 0.0
+                delta = delta * keep
+            pairs.append((delta, masks))
             regions.append(e.region(G, feats, original))
+            if verdict is not None:
+                left = set(verdict.absent + verdict.already)
+                verdict.empty = [i for i in _selects_nothing(masks, regions[-1], ws.shape[0])
+                                 if i not in left]
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
+    untouched = _left_by_every_edit(scenes, strengths)
+    if untouched and original is not None:  # exactly as they were, not up to the blend's rounding
+        edited[untouched] = original[untouched]
     if regions and all(r is not None for r in regions) and original is not None:
         union = torch.stack([r for r in regions if r is not None]).amax(0)
         edited = composite(edited, original, union)
-    return ApplyResult(edited, original if return_original else None, all_masks, transferred)
+    return ApplyResult(edited, original if return_original else None, all_masks, transferred,
+                       scenes)
+
+
+def _scene_verdict(edit: Edit, clip: CoralClip | None, original: torch.Tensor | None
+                   ) -> SceneVerdict | None:
+    """Which images a per-prompt ``edit`` should leave alone (None: a per-image edit, checked
+    when it was trained); the scene check runs only with ``clip``."""
+    if edit.latents is not None:
+        return None
+    check = edit.scene_check
+    if check is None or clip is None or original is None:
+        return SceneVerdict()
+    if clip.fingerprint() != edit.scene_check_clip:
+        return SceneVerdict(unchecked="the edit was trained with another CLIP "
+                                      f"({edit.clip_model_id or 'unknown'}); give that CLIP")
+    embeddings = clip.encode_image(original)
+    already = check.already(embeddings)
+    absent = check.absent(embeddings)
+    return SceneVerdict([i for i, a in enumerate(already) if a],
+                        [i for i, a in enumerate(absent) if a])
+
+
+EMPTY_MASK = 1e-3  # a mask this weak changes no 8-bit pixel
+
+
+def _selects_nothing(masks: list[torch.Tensor | None], region: torch.Tensor | None,
+                     batch: int) -> list[int]:
+    """Rows on which the edit acts nowhere: its final region (or, without one, every layer's
+    mask) is empty."""
+    if region is not None:
+        peak = region.flatten(1).amax(1)
+    else:
+        peaks = [m.flatten(1).amax(1) for m in masks if m is not None]
+        peak = torch.stack(peaks).amax(0) if peaks else torch.zeros(batch)
+    return [i for i, p in enumerate(peak.expand(batch).tolist()) if p <= EMPTY_MASK]
+
+
+def _left_by_every_edit(scenes: list[SceneVerdict | None], strengths: list[float]
+                        ) -> list[int]:
+    """The rows that no edit of nonzero strength acts on."""
+    active = [v for v, s in zip(scenes, strengths) if s != 0]
+    if not active or any(v is None for v in active):
+        return []
+    left = [set(v.absent + v.already) for v in active if v is not None]
+    return sorted(set.intersection(*left))
+
+
+def _rows(rows: list[int]) -> str:
+    shown = ", ".join(str(i) for i in rows[:12])
+    return shown + (f" and {len(rows) - 12} more" if len(rows) > 12 else "")
 
 
 # (latents done, latents in all); may raise to cancel
@@ -83,7 +189,8 @@ ApplyProgress = Callable[[int, int], None]
 def apply_in_chunks(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
                     strength: float | Sequence[float] = 1.0, threshold: float | None = None,
                     transfer: bool = False, chunk: int | None = None,
-                    progress: ApplyProgress | None = None) -> ApplyResult:
+                    progress: ApplyProgress | None = None,
+                    clip: CoralClip | None = None) -> ApplyResult:
     """``apply_edits`` over many latents, ``chunk`` at a time (default: as many as fit the
     memory budget, memory.images_per_chunk), reporting progress before each chunk, so a large
     batch neither runs out of memory nor sits silent. The result is one call's (up to float
@@ -100,7 +207,7 @@ def apply_in_chunks(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         if progress is not None:
             progress(start, n)
         results.append(apply_edits(G, ws[start:stop], edits, strength, threshold,
-                                   transfer=transfer))
+                                   transfer=transfer, clip=clip))
     if progress is not None:
         progress(n, n)
     if len(results) == 1:
@@ -108,8 +215,25 @@ def apply_in_chunks(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     masks = [[_stacked(list(layer)) for layer in zip(*(r.masks[e] for r in results))]
              for e in range(len(edits))]
     original = _stacked([r.original for r in results])
+    scenes = [_merged([r.scenes[e] for r in results], [start for start, _ in parts])
+              for e in range(len(edits))]
     return ApplyResult(torch.cat([r.edited for r in results]), original, masks,
-                       results[0].transferred)
+                       results[0].transferred, scenes)
+
+
+def _merged(verdicts: list[SceneVerdict | None], starts: list[int]) -> SceneVerdict | None:
+    """One edit's chunk verdicts as one, with the chunks' rows counted from the batch start."""
+    if all(v is None for v in verdicts):
+        return None
+    merged = SceneVerdict()
+    for v, start in zip(verdicts, starts):
+        if v is not None:
+            shifted = v.offset(start)
+            merged.already += shifted.already
+            merged.absent += shifted.absent
+            merged.empty += shifted.empty
+            merged.unchecked = merged.unchecked or v.unchecked
+    return merged
 
 
 def _stacked(parts: list[torch.Tensor | None]) -> torch.Tensor | None:

@@ -22,6 +22,7 @@ from .blend import mask_policy
 from .catalogue import SegmentCatalogue
 from .config import DIRECTIONS, MODES, VARIANTS  # noqa: F401 (their home: config.py)
 from .directions import GlobalDirection, LatentMapper
+from .fit import SceneCheck
 from .selectors import AttentionSelector, SegmentSelector
 
 EDIT_FORMAT = "coral-edit"
@@ -51,6 +52,10 @@ class Edit:
     no_masks: bool = False
     composite: bool = False  # keep the original pixels outside the selected segments
     info: dict[str, Any] = field(default_factory=dict)
+    # per prompt: what a scene must show for the edit to act (apply leaves the rest alone),
+    # and the fingerprint of the CLIP whose embeddings it holds
+    scene_check: SceneCheck | None = None
+    scene_check_clip: str = ""
 
     # ---- use -------------------------------------------------------------------------------
     def check_generator(self, G: Generator, source: str = "edit") -> None:
@@ -198,6 +203,9 @@ class Edit:
             tensors["segments"] = self.segments
         if self.latents is not None:
             tensors["latents"] = self.latents
+        if self.scene_check is not None:
+            tensors.update({f"{SCENE_CHECK_PREFIX}{k}": v
+                            for k, v in self.scene_check.tensors().items()})
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
                    for k, v in tensors.items()}
         bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
@@ -224,6 +232,7 @@ class Edit:
             if self.catalogue is not None else "",
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
             "info": json.dumps(self.info, default=str),
+            "scene_check_clip": self.scene_check_clip,
         }
         return write_safetensors(path, tensors, meta)
 
@@ -275,7 +284,9 @@ class Edit:
                    if meta.get("only_layers") not in (None, "", "null") else None,
                    no_masks=bool(meta.get("no_masks")),
                    composite=bool(meta.get("composite")),
-                   info=_meta_info(meta, path))
+                   info=_meta_info(meta, path),
+                   scene_check=_scene_check_from(meta, tensors, path),
+                   scene_check_clip=meta.get("scene_check_clip", ""))
 
 
 def _direction_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path,
@@ -295,6 +306,37 @@ def _direction_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path
         raise ModelFormatError(f"{path}: the edit's direction tensors do not fit its "
                                f"metadata ({str(exc)[:300]})") from exc
     return direction
+
+
+SCENE_CHECK_PREFIX = "scene_check."
+_SCENE_CHECK_KEYS = ("text", "parts", "stats", "part_stats")
+MAX_SCENE_CHECK_PARTS = 64  # prompt_parts gives one per content word
+
+
+def _scene_check_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path
+                      ) -> SceneCheck | None:
+    """The per-prompt edit's scene check (fit.SceneCheck), its shapes checked against each
+    other; None when the file has none (edits before it, per-image edits)."""
+    sub = {k[len(SCENE_CHECK_PREFIX):]: v for k, v in tensors.items()
+           if k.startswith(SCENE_CHECK_PREFIX)}
+    if not sub:
+        return None
+    clip_id = meta.get("scene_check_clip", "")
+    text, parts = sub.get("text"), sub.get("parts")
+    stats, part_stats = sub.get("stats"), sub.get("part_stats")
+    fits = (set(sub) == set(_SCENE_CHECK_KEYS) and text is not None and parts is not None
+            and stats is not None and part_stats is not None
+            and text.ndim == 1 and 1 <= text.numel() <= 8192 and parts.ndim == 2
+            and parts.shape[0] <= MAX_SCENE_CHECK_PARTS
+            and (parts.shape[0] == 0 or parts.shape[1] == text.numel())
+            and tuple(stats.shape) == (2,) and tuple(part_stats.shape) == (parts.shape[0], 2)
+            and 0 < len(clip_id) <= 64 and clip_id.isalnum())
+    if not fits:
+        raise ModelFormatError(
+            f"{path}: the edit's scene check does not fit together (expected {SCENE_CHECK_PREFIX}"
+            f"text [D], parts [P<={MAX_SCENE_CHECK_PARTS}, D], stats [2], part_stats [P, 2] "
+            "and a CLIP fingerprint in scene_check_clip)")
+    return SceneCheck.from_tensors(sub)
 
 
 def _selector_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path,

@@ -152,17 +152,74 @@ def prompt_parts(prompt: str) -> list[str]:
     return [" ".join(words[:i] + words[i + 1:]) for i in content]
 
 
-def _absent(emb: torch.Tensor, best_rows: torch.Tensor, prompt_range: float,
-            part_embeddings: torch.Tensor, images: torch.Tensor, top: int) -> list[bool]:
-    """Per image: every part of the prompt (``prompt_parts``) falls short of the prompt's best
-    samples' score for it by more than both bounds (see the module's docstring)."""
-    short = torch.ones(images.shape[0], dtype=torch.bool)
-    for part in part_embeddings.float().cpu():
-        on_bank = emb @ part
-        own_range, _ = _range(on_bank, top)
-        gap = on_bank[best_rows].mean() - images @ part
-        short &= (gap > ABSENT_OWN_GAP * own_range) & (gap > ABSENT_PROMPT_GAP * prompt_range)
-    return short.tolist()
+@dataclass
+class SceneCheck:
+    """What a scene must show for an edit to act on it, read off the sample bank once so that
+    it can travel in a per-prompt edit's file and judge scenes at apply time with nothing but
+    the same CLIP's image encoder (a per-prompt edit applied to a batch meets scenes nobody
+    checked at training). Per image: ``already`` (it matches the prompt as well as the bank's
+    best samples, less ``ALREADY_MARGIN`` of the range) and ``absent`` (every ``prompt_parts``
+    part falls short of the best samples' score for it by more than both bounds; see the
+    module's docstring)."""
+    text: torch.Tensor           # [D] the prompt's text embedding
+    best_score: float            # mean score of the prompt's best bank samples
+    prompt_range: float          # best_score minus the bank's mean score
+    parts: torch.Tensor          # [P, D] text embeddings of prompt_parts (P may be 0)
+    part_targets: torch.Tensor   # [P] the best samples' mean score for each part
+    part_ranges: torch.Tensor    # [P] each part's own range on the bank
+
+    @classmethod
+    def from_bank(cls, bank: SampleBank, text_embedding: torch.Tensor, top: int,
+                  part_embeddings: torch.Tensor | None = None) -> "SceneCheck":
+        emb = bank.embeddings.float()
+        t = text_embedding.reshape(-1).float().cpu()
+        on_bank = emb @ t
+        rng, best = _range(on_bank, top)
+        parts = (part_embeddings.float().cpu() if part_embeddings is not None
+                 else torch.zeros(0, t.numel()))
+        best_rows = on_bank.topk(min(top, on_bank.numel())).indices
+        targets, ranges = [], []
+        for part in parts:
+            part_on_bank = emb @ part
+            targets.append(float(part_on_bank[best_rows].mean()))
+            ranges.append(_range(part_on_bank, top)[0])
+        return cls(t, best, rng, parts, torch.tensor(targets, dtype=torch.float32),
+                   torch.tensor(ranges, dtype=torch.float32))
+
+    def scores(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        return image_embeddings.float().cpu() @ self.text
+
+    def already(self, image_embeddings: torch.Tensor) -> list[bool]:
+        rng = self.prompt_range
+        return [bool(rng > 0 and s >= self.best_score - ALREADY_MARGIN * rng)
+                for s in self.scores(image_embeddings).tolist()]
+
+    def absent(self, image_embeddings: torch.Tensor) -> list[bool]:
+        """Per image: nothing the prompt names is there (False for all when the prompt has
+        fewer than two content words or no range on the bank, and where ``already``)."""
+        images = image_embeddings.float().cpu()
+        n = images.shape[0]
+        if self.parts.shape[0] == 0 or not self.prompt_range > 0:
+            return [False] * n
+        short = torch.ones(n, dtype=torch.bool)
+        for part, target, own_range in zip(self.parts, self.part_targets, self.part_ranges):
+            gap = target - images @ part
+            short &= (gap > ABSENT_OWN_GAP * own_range) & \
+                (gap > ABSENT_PROMPT_GAP * self.prompt_range)
+        return [a and not al for a, al in zip(short.tolist(), self.already(images))]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """For the edit file (edit.py): every number as a tensor, nothing to parse."""
+        return {"text": self.text, "parts": self.parts,
+                "stats": torch.tensor([self.best_score, self.prompt_range]),
+                "part_stats": torch.stack([self.part_targets, self.part_ranges], 1)
+                if self.parts.shape[0] else torch.zeros(0, 2)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "SceneCheck":
+        stats, part_stats = t["stats"].float(), t["part_stats"].float()
+        return cls(t["text"].float(), float(stats[0]), float(stats[1]), t["parts"].float(),
+                   part_stats[:, 0].contiguous(), part_stats[:, 1].contiguous())
 
 
 def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
@@ -172,28 +229,21 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
     ``prior_top``: one notion of "the generator's best pictures of the prompt").
     ``part_embeddings``: the text embeddings of ``prompt_parts(prompt)`` (None or empty: the
     "nothing of it there" check is skipped)."""
-    emb = bank.embeddings.float()
     n_images = image_embeddings.shape[0]
-    if emb.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest
+    if bank.embeddings.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest
         return PromptFit(1.0, [False] * n_images, [])
-    t = text_embedding.reshape(-1).float().cpu()
-    on_bank = emb @ t
-    rng, best = _range(on_bank, top)
+    scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings)
+    rng, best = scene.prompt_range, scene.best_score
     relative = rng / max(best_range(bank, top), 1e-8)
-    images = image_embeddings.float().cpu()
-    scores = images @ t
-    already = [bool(rng > 0 and s >= best - ALREADY_MARGIN * rng) for s in scores]
-    absent = [False] * n_images
-    if part_embeddings is not None and part_embeddings.shape[0] and rng > 0:
-        best_rows = on_bank.topk(min(top, on_bank.numel())).indices
-        absent = [a and not al for a, al in zip(
-            _absent(emb, best_rows, rng, part_embeddings, images, top), already)]
+    scores = scene.scores(image_embeddings)
+    already = scene.already(image_embeddings)
+    absent = scene.absent(image_embeddings)
     warnings = []
     if relative < MIN_RELATIVE_RANGE:
         warnings.append(
             f"prompt {prompt!r}: the CLIP finds nothing like it in this generator's pictures "
             f"(it separates them {relative:.2f} as well as the clearest direction; at least "
-            f"{MIN_RELATIVE_RANGE} expected), so the image is left unchanged; describe "
+            f"{MIN_RELATIVE_RANGE} expected), so the edit changes nothing; describe "
             "something the generator draws")
     elif any(already):
         which = ", ".join(str(i) for i, a in enumerate(already) if a)

@@ -42,7 +42,8 @@ def leave_unchanged(direction: nn.Module, selector: nn.Module, fit: PromptFit) -
     """Zero the edit for every image the prompt does not fit (all of them when it has nothing
     to aim at): its direction row is 0 and its masks are empty, so applying it gives the
     original image exactly."""
-    rows = fit.unchanged_rows()
+    rows = list(range(direction.delta.shape[0])) if fit.aimless and isinstance(
+        direction, GlobalDirection) else fit.unchanged_rows()
     if not rows or not isinstance(direction, GlobalDirection):
         return
     for i in rows:

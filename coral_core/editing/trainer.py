@@ -29,7 +29,7 @@ from .catalogue import SegmentCatalogue, catalogue_for
 from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
 from .edit import Edit
-from .fit import PromptFit
+from .fit import PromptFit, SceneCheck
 from .losses import mask_areas
 from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
@@ -101,6 +101,7 @@ class _Run:
     prune_step: int  # the step of the region choice; -1: none
     sampler: _Sampler
     fit: PromptFit | None = None
+    scene_check: SceneCheck | None = None  # per prompt: what a scene must show, for apply
     prior: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     fixed_original: _Original | None = None  # per image: the one batch, computed once
@@ -268,7 +269,7 @@ def _start_from_bank(run: _Run) -> None:
     global direction and the per-image prompt fit check; either may be off."""
     cfg = run.cfg
     wants_prior = isinstance(run.direction, GlobalDirection) and run.start_step == 0
-    wants_fit = cfg.check_fit and cfg.mode == "per_image" and not cfg.no_masks
+    wants_fit = cfg.check_fit and not cfg.no_masks  # per prompt: the scene check for apply
     bank = None
     if cfg.prior_samples > 0 and (wants_prior or wants_fit):
         bank = sample_bank_for(run.G, run.clip, cfg.prior_samples, cfg.catalogue_dir,
@@ -278,6 +279,8 @@ def _start_from_bank(run: _Run) -> None:
         run.prior = _start_from_prior(cfg, run.direction, run.target, bank)
     if cfg.check_fit:
         run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank)
+    if wants_fit and cfg.mode == "per_prompt" and bank is not None:
+        run.scene_check = _scene_check(run.clip, cfg, run.target, bank)
 
 
 # --- one step ---------------------------------------------------------------------------------
@@ -445,8 +448,8 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
     if isinstance(selector, SegmentSelector):
         selector.bake_gate()
     if run.fit is not None:
-        if progress.last is not None and not run.fit.aimless and \
-                isinstance(direction, GlobalDirection):
+        if progress.last is not None and not run.fit.aimless and cfg.mode == "per_image" \
+                and isinstance(direction, GlobalDirection):
             with torch.no_grad():
                 run.fit.judge_outcome(cfg.prompt, run.target, run.clip.encode_image(
                     progress.last.edited.detach()))
@@ -482,7 +485,8 @@ def _make_edit(run: _Run) -> Edit:
                 segments=run.segments,
                 latents=run.latents if cfg.mode == "per_image" else None,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks,
-                composite=run.uses_composite)
+                composite=run.uses_composite, scene_check=run.scene_check,
+                scene_check_clip=run.clip.fingerprint() if run.scene_check is not None else "")
 
 
 def _record_run(run: _Run, progress: _Progress, info: dict[str, Any]) -> None:
@@ -585,11 +589,15 @@ def _counted_heartbeat(reporter: Reporter | None, total_steps: int, phase: str
 def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 latents: torch.Tensor | None, target: torch.Tensor,
                 bank: SampleBank | None) -> PromptFit | None:
-    """fit.py's checks for a per-image edit (None where they do not apply: per prompt, no
-    sample bank)."""
-    if cfg.mode != "per_image" or latents is None or bank is None or cfg.no_masks:
+    """fit.py's checks for a per-image edit; for a per-prompt edit only "nothing to aim at"
+    (its scenes are met at apply time: ``_scene_check``). None without a sample bank."""
+    if bank is None or cfg.no_masks:
         return None
     from .fit import check_prompt_fit, prompt_parts
+
+    if cfg.mode != "per_image" or latents is None:
+        no_images = torch.zeros(0, bank.embeddings.shape[1])
+        return check_prompt_fit(bank, target, no_images, cfg.prompt, cfg.prior_top)
 
     parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
     with torch.no_grad():
@@ -598,6 +606,21 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         part_embeddings = clip.encode_text(parts) if parts else None
     return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top,
                             part_embeddings)
+
+
+def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
+                 bank: SampleBank) -> SceneCheck | None:
+    """A per-prompt edit meets its scenes only at apply time: the numbers the prompt fit
+    check needs travel in its file (fit.SceneCheck), so apply can leave alone the scenes
+    that lack what it names or already show it."""
+    from .fit import prompt_parts
+
+    if bank.embeddings.shape[0] <= 2 * cfg.prior_top:
+        return None
+    parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
+    with torch.no_grad():
+        part_embeddings = clip.encode_text(parts) if parts else None
+    return SceneCheck.from_bank(bank, target, cfg.prior_top, part_embeddings)
 
 
 def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,

@@ -308,10 +308,10 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
                 edit = train_edit(G, clip, cfg, latents=ws, segments=region).edit
             t_edit = time.perf_counter() - t0
             t1 = time.perf_counter()
-            res = apply_edits(G, ws, [edit])
+            res = apply_edits(G, ws, [edit], clip=clip)  # a user's Apply with its CLIP
             t_apply = time.perf_counter() - t1
             assert res.original is not None
-            warnings = list(edit.info.get("warnings") or [])
+            warnings = list(edit.info.get("warnings") or []) + res.warnings([edit])
             scores = score_case(case, judge, scenes, res.original, res.edited, warnings)
             if case.after is not None:
                 scores["iou"] = _mask_iou(res, case, G.img_resolution)

@@ -201,3 +201,106 @@ def test_an_object_the_scene_lacks_is_told_from_one_it_has() -> None:
         unchecked = check_prompt_fit(bank, clip.encode_text([case.prompt]),  # check_absent off
                                      images[case.index:case.index + 1], case.prompt, 64, None)
         assert unchecked.absent == [False]
+
+
+def test_a_per_prompt_edit_leaves_alone_the_scenes_that_lack_what_it_names(tmp_path) -> None:
+    """A per-prompt edit meets its scenes only when applied (a ComfyUI batch): with the CLIP
+    it was trained with, the scene that lacks the named shape comes back exactly as it was and
+    the warning names its row; the check survives the edit file; without a CLIP, or with
+    another one, every scene is edited (and the second says it was not checked)."""
+    from coral_core.world.evaluate import build_cases
+
+    G, clip = _models()
+    cases, ws, _ = build_cases(G, [149, 151], ("absent",))
+    case = cases[0]
+    cfg = TrainConfig(prompt=case.prompt, variant="can", mode="per_prompt", steps=4, batch=2,
+                      seed=0, truncation=1.0)
+    edit = Edit.load(train_edit(G, clip, cfg).edit.save(tmp_path / "can.safetensors"))
+    assert edit.scene_check is not None and edit.scene_check.parts.shape[0] == 2
+    others = G.mapping_ws(G.z_from_seeds([5, 6, 7]), 1.0)
+    batch = torch.cat([others[:1], ws[case.index:case.index + 1], others[1:]])
+    checked = apply_edits(G, batch, [edit], clip=clip)
+    verdict = checked.scenes[0]
+    assert verdict is not None and 1 in verdict.absent
+    assert checked.original is not None
+    assert torch.equal(checked.edited[1], checked.original[1])
+    left = set(verdict.absent + verdict.already)
+    for row in set(range(4)) - left:
+        assert not torch.equal(checked.edited[row], checked.original[row]), row
+    [warning] = [w for w in checked.warnings([edit]) if "lack" in w]
+    assert f"image(s) {', '.join(map(str, verdict.absent))} seem to lack" in warning
+    unchecked = apply_edits(G, batch, [edit])
+    assert unchecked.scenes[0] is not None and unchecked.scenes[0].absent == []
+    assert not [w for w in unchecked.warnings([edit]) if "lack" in w]
+    assert not torch.equal(unchecked.edited[1], checked.original[1])
+    edit.scene_check_clip = "0" * 16  # as if trained with another CLIP
+    other = apply_edits(G, batch, [edit], clip=clip)
+    assert other.warnings([edit]) and "not checked" in other.warnings([edit])[0]
+    assert torch.equal(other.edited, unchecked.edited)
+
+
+def test_a_scene_check_that_does_not_fit_together_is_refused(tmp_path) -> None:
+    """The scene check's tensors come from a file: shapes that disagree, a missing part or a
+    CLIP fingerprint that is not one are a named error, not a crash at apply time."""
+    import pytest
+    from safetensors.torch import load_file
+
+    from coral_core.errors import ModelFormatError
+    from coral_core.formats.integrity import HASH_KEY, read_safetensors, write_safetensors
+
+    G, clip = _models()
+    cfg = TrainConfig(prompt="a red circle", variant="can", mode="per_prompt", steps=2,
+                      batch=2, seed=0, truncation=1.0)
+    good = train_edit(G, clip, cfg).edit.save(tmp_path / "good.safetensors")
+    meta, tensors = read_safetensors(good, "edit", require_hash=True)
+    assert set(load_file(str(good))) >= {"scene_check.text", "scene_check.parts"}
+    d = tensors["scene_check.text"].numel()
+    for name, change in (
+            ("parts of another width", {"scene_check.parts": torch.zeros(2, d + 1)}),
+            ("stats of the wrong length", {"scene_check.stats": torch.zeros(3)}),
+            ("a part without its stats", {"scene_check.parts": torch.zeros(3, d)}),
+            ("no text", {"scene_check.text": None}),
+            ("bad fingerprint", {"meta:scene_check_clip": "../x"})):
+        t, m = dict(tensors), dict(meta)
+        for k, v in change.items():
+            if k.startswith("meta:"):
+                m[k[5:]] = v
+            elif v is None:
+                del t[k]
+            else:
+                t[k] = v
+        m.pop(HASH_KEY, None)
+        path = write_safetensors(tmp_path / f"{name}.safetensors", t, m)
+        with pytest.raises(ModelFormatError, match="scene check"):
+            Edit.load(path)
+
+
+def test_a_per_prompt_edit_of_words_the_generator_draws_nothing_of_changes_nothing() -> None:
+    """"a dog" on the shapes world: the per-prompt edit is trained for no step, applies as
+    the identity to any scene and says why."""
+    G, clip = _models()
+    cfg = TrainConfig(prompt="a dog", variant="can", mode="per_prompt", steps=4, batch=2,
+                      seed=0, truncation=1.0)
+    result = train_edit(G, clip, cfg)
+    assert result.history == []
+    [warning] = result.edit.info["warnings"]
+    assert "finds nothing like it" in warning and "changes nothing" in warning
+    ws = G.mapping_ws(G.z_from_seeds([1, 2]), 1.0)
+    res = apply_edits(G, ws, [result.edit])
+    assert res.original is not None
+    assert (res.edited - res.original).abs().max() < 1e-5
+
+
+def test_the_shipped_per_prompt_edit_says_which_scenes_it_selects_nothing_in() -> None:
+    """The template's edit on its own eight scenes: every scene either changes or is named in
+    a warning; none stays the same in silence."""
+    G = _models()[0]
+    edit = Edit.load(assets.DEMO_EDITS / "orange_background.safetensors")
+    res = apply_edits(G, G.mapping_ws(G.z_from_seeds(range(8)), 1.0), [edit])
+    assert res.original is not None
+    same = [i for i in range(8) if torch.equal(res.edited[i], res.original[i])]
+    verdict = res.scenes[0]
+    assert verdict is not None and verdict.empty == same
+    if same:
+        [warning] = res.warnings([edit])
+        assert f"selects no region in image(s) {', '.join(map(str, same))}" in warning

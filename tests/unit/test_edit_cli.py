@@ -52,3 +52,25 @@ def test_train_apply_masks_invert(tmp_path, clip_files, capsys) -> None:
     assert main(["apply", *common, "--edit", str(edit), "--latent", str(lat),
                  "--out", str(tmp_path / "b")]) == 2  # per-image edit of 2 vs 1 latent
     assert "per-image edit holds 2" in capsys.readouterr().err
+
+
+def test_apply_leaves_alone_the_seeds_a_per_prompt_edit_does_not_fit(tmp_path, capsys) -> None:
+    """On the demo models: a per-prompt "a red circle" edit applied with `coral apply` leaves
+    seed 0 (no circle in it) exactly as it was and says so on stderr; --no-scene-check edits
+    it, silently."""
+    edit = tmp_path / "circle.safetensors"
+    assert main(["train", "--prompt", "a red circle", "--mode", "per-prompt", "--variant",
+                 "can", "--steps", "2", "--out", str(edit)]) == 0
+    capsys.readouterr()
+    assert main(["apply", "--edit", str(edit), "--seeds", "0-1", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "image(s) 0 seem to lack what it names" in err and "--no-scene-check" in err
+
+    def png(folder: str, name: str) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / folder / name))
+
+    assert np.array_equal(png("a", "seed0000_edited.png"), png("a", "seed0000_original.png"))
+    assert main(["apply", "--edit", str(edit), "--seeds", "0-1", "--no-scene-check",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert "lack" not in capsys.readouterr().err
+    assert not np.array_equal(png("b", "seed0000_edited.png"), png("b", "seed0000_original.png"))
