@@ -1,48 +1,125 @@
 """Mutation score per module with mutmut 3 (issue 28): not part of CI (it is long).
 
-    .venv/bin/python scripts/mutation_score.py                 # the default module set
-    .venv/bin/python scripts/mutation_score.py coral_core.validate coral_core.seeds
+    .venv/bin/python scripts/mutation_score.py                       # the default module set
+    .venv/bin/python scripts/mutation_score.py coral_core.comfy_client
+    .venv/bin/python scripts/mutation_score.py --tests tests/unit/test_x.py coral_core.x
 
 Why mutmut: it is maintained, mutates with libcst (so every mutant is valid Python), records
 in a first run which tests reach each function and then runs only those per mutant, and keeps
-its results in ``mutants/`` so a re-run tests only mutants of code that changed. Its settings
-are in pyproject.toml ([tool.mutmut]). The score printed is killed (or timed out) / tested per
-module; survivors are listed so each can be read with ``mutmut show NAME``.
+its results so a re-run tests only mutants of code that changed.
+
+Why a scoped copy: mutmut mutates every file under its source paths and its first run executes
+every selected test under its tracer; over the whole engine and the whole unit tier that is
+23,000 mutants and a first run longer than the tier itself, which never finished on 2 cores.
+Each run here works in ``.mutation/<name>/`` (ignored by git, kept between runs: mutmut's cache),
+a copy of the tree whose pyproject.toml tells mutmut to mutate only the named modules' files
+(``only_mutate``) and to run only the test files that exercise them (``MODULE_TESTS``, or
+``--tests``). The score printed is killed (or timed out) / tested per module; survivors are
+listed so each can be read with ``mutmut show NAME`` in that folder.
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODULES = ("coral_core.validate", "coral_core.seeds", "coral_core.formats.bounded_json",
-                   "coral_core.editing.pruning", "coral_core.cache")
+SCRATCH = ROOT / ".mutation"
+DEFAULT_MODULES = ("coral_core.validate", "coral_core.comfy_client", "coral_core.cache",
+                   "coral_core.formats.bounded_json", "coral_core.formats.integrity")
+# The test files that exercise each module (the unit tier's own tests of it, found with grep):
+# mutmut then picks, per mutant, the tests among these that reach the mutated function.
+MODULE_TESTS = {
+    "coral_core.comfy_client": ["tests/unit/test_queue_client.py"],
+    "coral_core.validate": ["tests/unit/test_bad_values.py", "tests/unit/test_lost_work.py"],
+    "coral_core.seeds": ["tests/unit/test_bad_values.py", "tests/unit/test_fuzz_parsers.py"],
+    "coral_core.cache": ["tests/unit/test_cache.py"],
+    "coral_core.formats.bounded_json": ["tests/unit/test_fuzz_parsers.py"],
+    "coral_core.formats.integrity": ["tests/unit/test_fuzz_parsers.py",
+                                     "tests/unit/test_corrupt_files.py"],
+    "coral_core.formats.safe_pickle": ["tests/unit/test_fuzz_parsers.py",
+                                       "tests/unit/test_hostile_files.py"],
+    "coral_core.editing.pruning": ["tests/unit/test_pruning.py"],
+}
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".host", "out", "mutants", ".mutation", ".git",
+                                     "__pycache__", "*.ckpt.pt", ".mypy_cache", ".pytest_cache")
+
+
+def module_file(module: str) -> str:
+    path = Path(*module.split(".")).with_suffix(".py")
+    if not (ROOT / path).is_file():
+        raise SystemExit(f"no such module file: {path}")
+    return str(path)
+
+
+def prepare(modules: list[str], tests: list[str]) -> Path:
+    """The scoped copy: sources refreshed from the tree (mutmut compares them with its
+    cache), pyproject.toml's [tool.mutmut] narrowed to ``modules`` and ``tests``."""
+    key = hashlib.sha256("\n".join(sorted(modules) + ["--"] + sorted(tests)).encode())
+    work = SCRATCH / key.hexdigest()[:12]
+    work.mkdir(parents=True, exist_ok=True)
+    for item in ROOT.iterdir():
+        if item.name in {".venv", ".host", "out", "mutants", ".mutation", ".git"}:
+            continue
+        dest = work / item.name
+        if item.is_dir():
+            shutil.copytree(item, dest, ignore=COPY_IGNORE, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, dest)
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    config.update(only_mutate=[module_file(m) for m in modules],
+                  pytest_add_cli_args_test_selection=tests)
+    lines = ["[tool.mutmut]"] + [f"{k} = {_toml(v)}" for k, v in config.items()]
+    text = (ROOT / "pyproject.toml").read_text()
+    head = text.split("[tool.mutmut]")[0]
+    (work / "pyproject.toml").write_text(head + "\n".join(lines) + "\n")
+    (work / "README.txt").write_text(f"mutmut scope: {modules} with {tests}\n")
+    return work
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def main(argv: list[str]) -> int:
-    modules = tuple(argv) or DEFAULT_MODULES
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    globs = [f"{m}.*" for m in modules]
-    run = subprocess.run([mutmut, "run", "--max-children", "2", *globs], cwd=ROOT, env=env)
-    if run.returncode != 0:
-        print(f"mutmut run failed ({run.returncode})", file=sys.stderr)
-        return run.returncode
-    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=ROOT, env=env,
-                         capture_output=True, text=True).stdout
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("modules", nargs="*", default=list(DEFAULT_MODULES))
+    ap.add_argument("--tests", nargs="+", default=None,
+                    help="test files to run (default: MODULE_TESTS of the modules)")
+    ap.add_argument("--children", type=int, default=2, help="mutants tested at once")
+    args = ap.parse_args(argv)
+    modules = list(args.modules)
     status: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
-    for line in out.splitlines():
-        name, _, state = line.strip().rpartition(": ")
-        module = next((m for m in modules if name.startswith(m + ".")), None)
-        if module is None:
-            continue
-        status[module][state] += 1
-        if state == "survived":
-            survivors[module].append(name)
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for module in modules:  # one scope per module: each runs only its own tests
+        tests = args.tests or MODULE_TESTS.get(module) or ["tests/unit"]
+        work = prepare([module], tests)
+        run = subprocess.run([mutmut, "run", "--max-children", str(args.children)], cwd=work,
+                             env=env)
+        if run.returncode != 0:
+            print(f"mutmut run failed for {module} ({run.returncode}) in {work}",
+                  file=sys.stderr)
+            return run.returncode
+        out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            name, _, state = line.strip().rpartition(": ")
+            if name.startswith(module + "."):
+                status[module][state] += 1
+                if state == "survived":
+                    survivors[module].append(f"{name}  (in {work.relative_to(ROOT)})")
     print(f"{'module':42} {'killed':>7} {'survived':>9} {'other':>6} {'score':>6}")
     for module in modules:
         c = status[module]

@@ -329,12 +329,14 @@ def _scene_check_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], pa
             and text.ndim == 1 and 1 <= text.numel() <= 8192 and parts.ndim == 2
             and parts.shape[0] <= MAX_SCENE_CHECK_PARTS
             and (parts.shape[0] == 0 or parts.shape[1] == text.numel())
-            and tuple(stats.shape) == (2,) and tuple(part_stats.shape) == (parts.shape[0], 2)
+            and tuple(stats.shape) == (2,) and tuple(part_stats.shape) == (parts.shape[0], 3)
+            and bool(((part_stats[:, 2] >= 0) & (part_stats[:, 2] < MAX_SCENE_CHECK_PARTS) &
+                      (part_stats[:, 2] == part_stats[:, 2].round())).all())
             and 0 < len(clip_id) <= 64 and clip_id.isalnum())
     if not fits:
         raise ModelFormatError(
             f"{path}: the edit's scene check does not fit together (expected {SCENE_CHECK_PREFIX}"
-            f"text [D], parts [P<={MAX_SCENE_CHECK_PARTS}, D], stats [2], part_stats [P, 2] "
+            f"text [D], parts [P<={MAX_SCENE_CHECK_PARTS}, D], stats [2], part_stats [P, 3] "
             "and a CLIP fingerprint in scene_check_clip)")
     return SceneCheck.from_tensors(sub)
 

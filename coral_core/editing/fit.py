@@ -53,6 +53,9 @@ ABSENT_PROMPT_GAP = 0.3
 # Words that name nothing on their own: leaving one out is not a test of the image.
 FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "at", "to",
                             "beside", "by", "for", "from", "its", "his", "her", "their"})
+# Words that join two things named at once ("a red square on a blue background"): each side
+# is checked on its own, since no one word left out of the whole prompt leaves what is there.
+CLAUSE_WORDS = frozenset({"on", "in", "with", "and", "at", "beside", "by"})
 MIN_REACH = 0.5
 MAX_REACH = 1.5
 MAX_OVERSHOOT = 0.2
@@ -142,14 +145,35 @@ def best_range(bank: SampleBank, top: int, components: int = 8) -> float:
                for i in range(min(components, v.shape[0])) for sign in (1, -1))
 
 
-def prompt_parts(prompt: str) -> list[str]:
-    """The prompt with one content word left out, for each content word ("a cyan triangle":
-    "a triangle", "a cyan"); none for a prompt of fewer than two content words."""
-    words = prompt.split()
-    content = [i for i, w in enumerate(words) if w.lower().strip(".,;:!?") not in FUNCTION_WORDS]
-    if len(content) < 2:
-        return []
-    return [" ".join(words[:i] + words[i + 1:]) for i in content]
+def prompt_clauses(prompt: str) -> list[str]:
+    """The things a prompt names, split at the words that join them ("a red square on a blue
+    background": "a red square", "a blue background")."""
+    clauses: list[str] = []
+    current: list[str] = []
+    for word in prompt.replace(",", " , ").replace(";", " ; ").split():
+        if word.lower() in CLAUSE_WORDS or word in (",", ";"):
+            if current:
+                clauses.append(" ".join(current))
+            current = []
+        else:
+            current.append(word)
+    if current:
+        clauses.append(" ".join(current))
+    return clauses
+
+
+def prompt_parts(prompt: str) -> list[tuple[int, str]]:
+    """(clause, the clause with one content word left out), for each content word of each
+    clause of two or more ("a cyan triangle": "a triangle", "a cyan"; "a red square on a blue
+    background": "a square", "a red", "a background", "a blue"); none for a clause of one."""
+    parts = []
+    for c, clause in enumerate(prompt_clauses(prompt)):
+        words = clause.split()
+        content = [i for i, w in enumerate(words)
+                   if w.lower().strip(".,;:!?") not in FUNCTION_WORDS]
+        if len(content) >= 2:
+            parts += [(c, " ".join(words[:i] + words[i + 1:])) for i in content]
+    return parts
 
 
 @dataclass
@@ -167,10 +191,12 @@ class SceneCheck:
     parts: torch.Tensor          # [P, D] text embeddings of prompt_parts (P may be 0)
     part_targets: torch.Tensor   # [P] the best samples' mean score for each part
     part_ranges: torch.Tensor    # [P] each part's own range on the bank
+    part_clauses: torch.Tensor   # [P] which clause of the prompt each part comes from
 
     @classmethod
     def from_bank(cls, bank: SampleBank, text_embedding: torch.Tensor, top: int,
-                  part_embeddings: torch.Tensor | None = None) -> "SceneCheck":
+                  part_embeddings: torch.Tensor | None = None,
+                  part_clauses: list[int] | None = None) -> "SceneCheck":
         emb = bank.embeddings.float()
         t = text_embedding.reshape(-1).float().cpu()
         on_bank = emb @ t
@@ -183,8 +209,12 @@ class SceneCheck:
             part_on_bank = emb @ part
             targets.append(float(part_on_bank[best_rows].mean()))
             ranges.append(_range(part_on_bank, top)[0])
+        clauses = part_clauses if part_clauses is not None else [0] * parts.shape[0]
+        if len(clauses) != parts.shape[0]:
+            raise ValueError(f"{len(clauses)} clause numbers for {parts.shape[0]} parts")
         return cls(t, best, rng, parts, torch.tensor(targets, dtype=torch.float32),
-                   torch.tensor(ranges, dtype=torch.float32))
+                   torch.tensor(ranges, dtype=torch.float32),
+                   torch.tensor(clauses, dtype=torch.float32))
 
     def scores(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         return image_embeddings.float().cpu() @ self.text
@@ -195,44 +225,49 @@ class SceneCheck:
                 for s in self.scores(image_embeddings).tolist()]
 
     def absent(self, image_embeddings: torch.Tensor) -> list[bool]:
-        """Per image: nothing the prompt names is there (False for all when the prompt has
-        fewer than two content words or no range on the bank, and where ``already``)."""
+        """Per image: something the prompt names is not there: every part of some clause
+        falls short (False for all when no clause has two content words or the prompt has
+        no range on the bank, and where ``already``)."""
         images = image_embeddings.float().cpu()
         n = images.shape[0]
         if self.parts.shape[0] == 0 or not self.prompt_range > 0:
             return [False] * n
-        short = torch.ones(n, dtype=torch.bool)
-        for part, target, own_range in zip(self.parts, self.part_targets, self.part_ranges):
-            gap = target - images @ part
-            short &= (gap > ABSENT_OWN_GAP * own_range) & \
-                (gap > ABSENT_PROMPT_GAP * self.prompt_range)
-        return [a and not al for a, al in zip(short.tolist(), self.already(images))]
+        gaps = self.part_targets[None, :] - images @ self.parts.T  # [N, P]
+        short = (gaps > ABSENT_OWN_GAP * self.part_ranges[None, :]) & \
+            (gaps > ABSENT_PROMPT_GAP * self.prompt_range)
+        lacking = torch.zeros(n, dtype=torch.bool)
+        for clause in self.part_clauses.unique():
+            lacking |= short[:, self.part_clauses == clause].all(1)
+        return [a and not al for a, al in zip(lacking.tolist(), self.already(images))]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """For the edit file (edit.py): every number as a tensor, nothing to parse."""
         return {"text": self.text, "parts": self.parts,
                 "stats": torch.tensor([self.best_score, self.prompt_range]),
-                "part_stats": torch.stack([self.part_targets, self.part_ranges], 1)
-                if self.parts.shape[0] else torch.zeros(0, 2)}
+                "part_stats": torch.stack([self.part_targets, self.part_ranges,
+                                           self.part_clauses], 1)
+                if self.parts.shape[0] else torch.zeros(0, 3)}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "SceneCheck":
         stats, part_stats = t["stats"].float(), t["part_stats"].float()
         return cls(t["text"].float(), float(stats[0]), float(stats[1]), t["parts"].float(),
-                   part_stats[:, 0].contiguous(), part_stats[:, 1].contiguous())
+                   part_stats[:, 0].contiguous(), part_stats[:, 1].contiguous(),
+                   part_stats[:, 2].contiguous())
 
 
 def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
                      image_embeddings: torch.Tensor, prompt: str, top: int,
-                     part_embeddings: torch.Tensor | None = None) -> PromptFit:
+                     part_embeddings: torch.Tensor | None = None,
+                     part_clauses: list[int] | None = None) -> PromptFit:
     """``top``: the size of the prompt's best-matching group of bank samples (the prior's
     ``prior_top``: one notion of "the generator's best pictures of the prompt").
-    ``part_embeddings``: the text embeddings of ``prompt_parts(prompt)`` (None or empty: the
-    "nothing of it there" check is skipped)."""
+    ``part_embeddings``, ``part_clauses``: the text embeddings and clause numbers of
+    ``prompt_parts(prompt)`` (None or empty: the "nothing of it there" check is skipped)."""
     n_images = image_embeddings.shape[0]
     if bank.embeddings.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest
         return PromptFit(1.0, [False] * n_images, [])
-    scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings)
+    scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings, part_clauses)
     rng, best = scene.prompt_range, scene.best_score
     relative = rng / max(best_range(bank, top), 1e-8)
     scores = scene.scores(image_embeddings)

@@ -603,9 +603,9 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     with torch.no_grad():
         images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
-        part_embeddings = clip.encode_text(parts) if parts else None
+        part_embeddings = clip.encode_text([p for _, p in parts]) if parts else None
     return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top,
-                            part_embeddings)
+                            part_embeddings, [c for c, _ in parts])
 
 
 def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
@@ -619,8 +619,9 @@ def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
         return None
     parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
     with torch.no_grad():
-        part_embeddings = clip.encode_text(parts) if parts else None
-    return SceneCheck.from_bank(bank, target, cfg.prior_top, part_embeddings)
+        part_embeddings = clip.encode_text([p for _, p in parts]) if parts else None
+    return SceneCheck.from_bank(bank, target, cfg.prior_top, part_embeddings,
+                                [c for c, _ in parts])
 
 
 def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,

@@ -170,8 +170,14 @@ def test_an_edit_that_falls_short_or_overshoots_leaves_its_image_unchanged_and_s
 def test_prompt_parts_leave_out_one_content_word_each() -> None:
     from coral_core.editing.fit import prompt_parts
 
-    assert prompt_parts("a cyan triangle") == ["a triangle", "a cyan"]
-    assert prompt_parts("a face with a beard") == ["a with a beard", "a face with a"]
+    assert prompt_parts("a cyan triangle") == [(0, "a triangle"), (0, "a cyan")]
+    # two things named at once: each is checked on its own (no one word left out of the
+    # whole prompt leaves what a scene with both changes already shows)
+    assert prompt_parts("a red square on a blue background") == [
+        (0, "a square"), (0, "a red"), (1, "a background"), (1, "a blue")]
+    assert prompt_parts("a red circle, a green square") == [
+        (0, "a circle"), (0, "a red"), (1, "a square"), (1, "a green")]
+    assert prompt_parts("a face with a beard") == []  # two things of one word each
     assert prompt_parts("a dog") == [] and prompt_parts("the") == []
 
 
@@ -186,15 +192,18 @@ def test_an_object_the_scene_lacks_is_told_from_one_it_has() -> None:
     from coral_core.world.evaluate import build_cases
 
     G, clip = _models()
-    cases, ws, _ = build_cases(G, [149, 151], ("background", "object colour", "absent"))
+    cases, ws, _ = build_cases(G, [149, 151], ("background", "object colour", "absent",
+                                               "two attributes"))
+    assert "two attributes" in [c.kind for c in cases]
     assert "a blue background" in [c.prompt for c in cases]
     bank = sample_bank_for(G, clip, 1024)
     with torch.no_grad():
         images = clip.encode_image(G.synthesize(ws, noise_mode="const"))
     for case in cases:
+        parts = prompt_parts(case.prompt)
         fit = check_prompt_fit(bank, clip.encode_text([case.prompt]),
                                images[case.index:case.index + 1], case.prompt, 64,
-                               clip.encode_text(prompt_parts(case.prompt)))
+                               clip.encode_text([p for _, p in parts]), [c for c, _ in parts])
         assert fit.absent == [case.kind == "absent"], case.prompt
         assert (fit.unchanged_rows() == [0]) == (case.kind == "absent")
         assert any("seem to lack" in w for w in fit.warnings) == (case.kind == "absent")
