@@ -339,7 +339,7 @@ class CoralApplyEdit:
         for prompt in res.transferred:
             print(f"[CoralStyleCLIP] Apply Edit (Coral): per-image edit {prompt!r} transferred "
                   "to latents it was not trained on")
-        for warning in res.warnings(edits):
+        for warning in res.warnings():
             print(f"[CoralStyleCLIP] Apply Edit (Coral): {warning} (disconnect the clip input)"
                   if "switch" in warning else f"[CoralStyleCLIP] Apply Edit (Coral): {warning}")
         res_masks = res.masks[-1]

@@ -150,7 +150,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         for prompt in res.transferred:
             print(f"note: per-image edit {prompt!r} applied to latents it was not trained on "
                   "(--transfer)", file=sys.stderr)
-        for warning in res.warnings(edits):
+        for warning in res.warnings():
             print(f"warning: {warning}" + (" (--no-scene-check)" if "switch" in warning
                                            else ""), file=sys.stderr)
         tag = "" if len(strengths) == 1 else f"_s{s:g}"

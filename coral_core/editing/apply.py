@@ -41,26 +41,28 @@ class ApplyResult:
     original: torch.Tensor | None                 # [B, 3, H, W] (None if not requested)
     masks: list[list[torch.Tensor | None]]        # per edit, per conv layer
     transferred: list[str] = field(default_factory=list)  # per-image edits used on other latents
-    scenes: list[SceneVerdict | None] = field(default_factory=list)  # per edit (None: no check)
+    # per edit laid (each clause of a chained edit counts): None for a per-image edit
+    scenes: list[SceneVerdict | None] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # per edit laid, as ``scenes``
 
-    def warnings(self, edits: Sequence[Edit]) -> list[str]:
+    def warnings(self) -> list[str]:
         """What the scene check did, in words a user can act on."""
         out = []
-        for e, v in zip(edits, self.scenes):
+        for prompt, v in zip(self.prompts, self.scenes):
             if v is None:
                 continue
             if v.unchecked:
-                out.append(f"edit {e.prompt!r}: scenes not checked ({v.unchecked})")
+                out.append(f"edit {prompt!r}: scenes not checked ({v.unchecked})")
             if v.absent:
-                out.append(f"edit {e.prompt!r}: image(s) {_rows(v.absent)} seem to lack what "
+                out.append(f"edit {prompt!r}: image(s) {_rows(v.absent)} seem to lack what "
                            "it names, so they are left unchanged (switch the scene check off "
                            "to edit them anyway)")
             if v.already:
-                out.append(f"edit {e.prompt!r}: image(s) {_rows(v.already)} already match it "
+                out.append(f"edit {prompt!r}: image(s) {_rows(v.already)} already match it "
                            "as well as the generator's best samples do, so they are left "
                            "unchanged")
             if v.empty:
-                out.append(f"edit {e.prompt!r}: selects no region in image(s) {_rows(v.empty)}, "
+                out.append(f"edit {prompt!r}: selects no region in image(s) {_rows(v.empty)}, "
                            "which stay as they were (a per-prompt edit's regions come from "
                            "the scenes it was trained on; train a per-image edit for these)")
         return out
@@ -91,6 +93,8 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         else [float(s) for s in strength]
     if len(strengths) != len(edits):
         raise InputError(f"{len(strengths)} strengths for {len(edits)} edits")
+    laid = [(link, s) for e, s in zip(edits, strengths) for link in e.chain()]
+    edits, strengths = [link for link, _ in laid], [s for _, s in laid]
     transferred = []
     for e in edits:
         e.check_generator(G)
@@ -130,7 +134,7 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         union = torch.stack([r for r in regions if r is not None]).amax(0)
         edited = composite(edited, original, union)
     return ApplyResult(edited, original if return_original else None, all_masks, transferred,
-                       scenes)
+                       scenes, [e.prompt for e in edits])
 
 
 def _scene_verdict(edit: Edit, clip: CoralClip | None, original: torch.Tensor | None
@@ -213,12 +217,12 @@ def apply_in_chunks(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     if len(results) == 1:
         return results[0]
     masks = [[_stacked(list(layer)) for layer in zip(*(r.masks[e] for r in results))]
-             for e in range(len(edits))]
+             for e in range(len(results[0].masks))]
     original = _stacked([r.original for r in results])
     scenes = [_merged([r.scenes[e] for r in results], [start for start, _ in parts])
-              for e in range(len(edits))]
+              for e in range(len(results[0].scenes))]
     return ApplyResult(torch.cat([r.edited for r in results]), original, masks,
-                       results[0].transferred, scenes)
+                       results[0].transferred, scenes, results[0].prompts)
 
 
 def _merged(verdicts: list[SceneVerdict | None], starts: list[int]) -> SceneVerdict | None:

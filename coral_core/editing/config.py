@@ -111,10 +111,6 @@ class TrainConfig:
     # alone gets a short re-optimisation of the direction, and the best by the pruning loss
     # wins (see _contest_regions). 0 switches it off.
     contest_steps: int = 15
-    # ... and the two best regions together contest as well: the pair wins where it improves
-    # on the best single region by more than this share of what that region gained over no
-    # edit (two things named at once). 0 switches the pair off.
-    contest_pair_gain: float = 0.0
     # The contest's winner trained contest_steps steps on its own region and carries on, so
     # the run skips as many of its remaining steps (see trainer._contest_credit).
     credit_contest: bool = True
@@ -143,6 +139,12 @@ class TrainConfig:
     # from the image): an image that lacks what the prompt names is left unchanged. False:
     # the other fit checks only (what it costs and buys: docs/method.md).
     check_absent: bool = True
+    # A prompt that joins two things ("a red circle on a green background": fit.prompt_clauses)
+    # is learned as one edit per thing, applied one over the other: one direction and one set
+    # of masks cannot paint two regions two colours (one region won the contest and 0 of 43
+    # such prompts succeeded, session 14; docs/method.md). False: one edit for the whole
+    # prompt (the paper's). A neutral prompt keeps the prompt whole.
+    split_clauses: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
     segment_pool: str = "max"
     weights: LossWeights = field(default_factory=LossWeights)
@@ -198,7 +200,6 @@ class TrainConfig:
             whole("segment_pieces", self.segment_pieces, 2, 256)
         whole("piece_min_cells", self.piece_min_cells, 0, 256)
         whole("contest_steps", self.contest_steps, 0, MAX_STEPS)
-        finite("contest_pair_gain", self.contest_pair_gain, 0.0, 100.0)
         if self.prior_samples:
             whole("prior_samples", self.prior_samples, 2, 1_000_000)
             whole("prior_top", self.prior_top, 1, self.prior_samples)

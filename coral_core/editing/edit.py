@@ -56,6 +56,17 @@ class Edit:
     # and the fingerprint of the CLIP whose embeddings it holds
     scene_check: SceneCheck | None = None
     scene_check_clip: str = ""
+    # a prompt that joins two things: the edit of the next one, laid over this one at apply
+    # (trainer._train_clauses); its file keeps it under CLAUSE_PREFIX
+    then: "Edit | None" = None
+
+    def chain(self) -> list["Edit"]:
+        """This edit and the clauses' edits that follow it, in the order apply lays them."""
+        links, link = [], self
+        while link is not None:
+            links.append(link)
+            link = link.then
+        return links
 
     # ---- use -------------------------------------------------------------------------------
     def check_generator(self, G: Generator, source: str = "edit") -> None:
@@ -185,11 +196,34 @@ class Edit:
         out.update({k: self.info[k] for k in ("selection", "final_losses", "mask_area",
                                                "steps", "wall_seconds", "partial", "warnings")
                     if k in self.info})
+        if self.then is not None:
+            out["clauses"] = [link.prompt for link in self.chain()]
         return out
 
     # ---- file ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        meta, tensors = self._file_parts()
+        links = self.chain()[1:]
+        if len(links) >= MAX_CLAUSES:
+            raise ModelFormatError(f"{path}: an edit of {len(links) + 1} clauses; at most "
+                                   f"{MAX_CLAUSES} are kept")
+        if links:
+            metas = []
+            for i, link in enumerate(links, 1):
+                link_meta, link_tensors = link._file_parts()
+                metas.append(link_meta)
+                tensors.update({f"{CLAUSE_PREFIX}{i}.{k}": v.clone()  # none shares memory
+                                for k, v in link_tensors.items()})
+            meta["clauses"] = json.dumps(metas)
+        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise ModelFormatError(f"{path}: refusing to save an edit with non-finite values "
+                                   f"in {bad[:3]} (the training diverged)")
+        return write_safetensors(path, tensors, meta)
+
+    def _file_parts(self) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+        """This edit alone as file metadata and tensors (its chain's links not included)."""
         tensors: dict[str, torch.Tensor] = {}
         for k, v in self.direction.state_dict().items():
             tensors[f"direction.{k}"] = v
@@ -208,10 +242,6 @@ class Edit:
                             for k, v in self.scene_check.tensors().items()})
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
                    for k, v in tensors.items()}
-        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise ModelFormatError(f"{path}: refusing to save an edit with non-finite values "
-                                   f"in {bad[:3]} (the training diverged)")
         meta = {
             "format": EDIT_FORMAT, "format_version": EDIT_VERSION,
             "prompt": self.prompt, "neutral_prompt": self.neutral, "variant": self.variant,
@@ -234,7 +264,7 @@ class Edit:
             "info": json.dumps(self.info, default=str),
             "scene_check_clip": self.scene_check_clip,
         }
-        return write_safetensors(path, tensors, meta)
+        return meta, tensors
 
     @classmethod
     def load(cls, path: str | Path) -> "Edit":
@@ -258,6 +288,26 @@ class Edit:
                                    "update ComfyUI-CoralStyleCLIP")
         if version != "1" and HASH_KEY not in meta:
             raise ModelFormatError(f"{path}: edit without its content hash: tampered or corrupt")
+        head = cls._from_parts(meta, {k: v for k, v in tensors.items()
+                                      if not k.startswith(CLAUSE_PREFIX)}, path)
+        links = _clause_metas(meta, path)
+        unknown = {k.split(".")[0] for k in tensors if k.startswith(CLAUSE_PREFIX)} - {
+            f"{CLAUSE_PREFIX}{i}" for i in range(1, len(links) + 1)}
+        if unknown:
+            raise ModelFormatError(f"{path}: tensors of clauses {sorted(unknown)[:3]} that the "
+                                   "edit's metadata does not describe")
+        last = head
+        for i, link_meta in enumerate(links, 1):
+            prefix = f"{CLAUSE_PREFIX}{i}."
+            last.then = cls._from_parts(link_meta, {k[len(prefix):]: v for k, v in tensors.items()
+                                                    if k.startswith(prefix)}, path)
+            last = last.then
+        return head
+
+    @classmethod
+    def _from_parts(cls, meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path
+                    ) -> "Edit":
+        """One edit (no chain) from its checked metadata and tensors."""
         _check_edit_meta(meta, tensors, path)
         num_ws, w_dim = int(meta["num_ws"]), int(meta["w_dim"])
         direction = _direction_from(meta, tensors, path, num_ws, w_dim)
@@ -306,6 +356,23 @@ def _direction_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path
         raise ModelFormatError(f"{path}: the edit's direction tensors do not fit its "
                                f"metadata ({str(exc)[:300]})") from exc
     return direction
+
+
+CLAUSE_PREFIX = "clause"  # clause1.direction.delta: the second clause's edit (Edit.then)
+MAX_CLAUSES = 8
+
+
+def _clause_metas(meta: dict[str, str], path: Path) -> list[dict[str, str]]:
+    """The metadata of the edits chained after the first (a prompt joining several things)."""
+    if not meta.get("clauses"):
+        return []
+    value = _meta_json(meta, "clauses", path)
+    if not isinstance(value, list) or not 1 <= len(value) < MAX_CLAUSES or not all(
+            isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                        for k, v in m.items()) for m in value):
+        raise ModelFormatError(f"{path}: edit metadata clauses is not a list of 1-"
+                               f"{MAX_CLAUSES - 1} tables of text fields")
+    return value
 
 
 SCENE_CHECK_PREFIX = "scene_check."

@@ -209,8 +209,6 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
             best_loss = torch.where(better, final, best_loss)
             best_piece = torch.where(better, piece, best_piece)
             best_delta[better] = rival.delta.detach()[better]
-        pairs = _contest_pair(judge, selector, direction, allowed, counts, ranked, losses,
-                              best_loss) if judge.cfg.contest_pair_gain > 0 else None
     finally:
         selector.gate = previous_gate
     contested = counts >= 2
@@ -221,46 +219,7 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
         losers[p, best_piece[p]] = False
     report = [{"row": p, "pieces": ranked[p, :int(counts[p])].tolist(), "losses": losses[p],
                "winner": int(best_piece[p])} for p in contested.nonzero().flatten().tolist()]
-    if pairs is not None:
-        won, pair_delta, pieces, pair_report = pairs
-        with torch.no_grad():
-            direction.delta[won] = pair_delta[won]
-        for p in won.nonzero().flatten().tolist():
-            losers[p, pieces[p]] = False
-        for entry in report:
-            entry.update(pair_report.get(entry["row"], {}))
     return allowed & ~losers[:, None], report
-
-
-def _contest_pair(judge: RegionJudge, selector: SegmentSelector, direction: GlobalDirection,
-                  allowed: torch.Tensor, counts: torch.Tensor, ranked: torch.Tensor,
-                  losses: list[list[float]], best_loss: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], dict[int, Any]]:
-    """The two best regions together contest too, for prompts that name two things ("a red
-    circle on a green background"): the pair wins where it improves on the best single
-    region by more than ``contest_pair_gain`` of what that region gained over no edit at
-    all. Returns where it won, its direction, each row's two pieces and the report."""
-    rows = int(selector.logits.shape[0])
-    gate = torch.zeros_like(allowed)
-    pieces: list[list[int]] = [[] for _ in range(rows)]
-    for p in (counts >= 2).nonzero().flatten().tolist():
-        order = sorted(range(len(losses[p])), key=lambda j: losses[p][j])[:2]
-        pieces[p] = [int(ranked[p, j]) for j in order]
-        for piece in pieces[p]:
-            gate[p, :, piece] = allowed[p, :, piece]
-    selector.gate = gate.float()
-    masks = judge.masks(selector)
-    none = GlobalDirection(judge.G.num_ws, judge.G.w_dim, rows,
-                           scale=direction.scale).to(judge.ws.device)
-    with torch.no_grad():
-        none_loss = judge.loss(selector, masks, none, rows)
-    rival, pair_loss = _train_rival(judge, selector, direction, rows)
-    gain = none_loss - best_loss
-    won = (counts >= 2) & (best_loss - pair_loss > judge.cfg.contest_pair_gain * gain)
-    report = {p: {"pair": pieces[p], "pair_loss": round(float(pair_loss[p]), 4),
-                  "none_loss": round(float(none_loss[p]), 4), "pair_won": bool(won[p])}
-              for p in (counts >= 2).nonzero().flatten().tolist()}
-    return won, rival.delta.detach(), pieces, report
 
 
 def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: GlobalDirection,

@@ -154,8 +154,12 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                catalogue: SegmentCatalogue | None = None) -> TrainResult:
     """Learn a CORAL edit for ``cfg.prompt``. ``latents`` [B, N, D] fix the images (per image;
     default: seeds from ``cfg.seed``); ``segments`` [B|1, K, H, W] replace the catalogue.
-    Seeded by ``cfg.seed`` without touching the caller's global RNG state."""
+    Seeded by ``cfg.seed`` without touching the caller's global RNG state. A prompt that
+    joins two things is learned clause by clause (``TrainConfig.split_clauses``)."""
     cfg.validate(G)
+    clauses = _clauses_to_split(cfg)
+    if clauses:
+        return _train_clauses(G, clip, cfg, clauses, latents, segments, reporter, catalogue)
     with isolated_rng(cfg.seed, G.w_avg.device):
         t0 = time.perf_counter()
         run = _prepare(G, clip, cfg, latents, segments, reporter, catalogue)
@@ -170,6 +174,44 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 f"{len(progress.history)}"
         _restore_after_stop(run, progress)
         return _finish(run, progress, time.perf_counter() - t0)
+
+
+def _clauses_to_split(cfg: TrainConfig) -> list[str]:
+    """The things the prompt joins, when it is learned one edit per thing (else [])."""
+    from .fit import prompt_clauses
+
+    clauses = prompt_clauses(cfg.prompt)
+    if not cfg.split_clauses or cfg.neutral or len(clauses) < 2:
+        return []
+    return clauses
+
+
+def _train_clauses(G: Generator, clip: CoralClip, cfg: TrainConfig, clauses: list[str],
+                   latents: torch.Tensor | None, segments: torch.Tensor | None,
+                   reporter: Reporter | None, catalogue: SegmentCatalogue | None
+                   ) -> TrainResult:
+    """One edit per clause, each learned alone on the same images, chained (``Edit.then``)
+    so that apply lays the second over the first. A cancel keeps the clauses done so far."""
+    results: list[TrainResult] = []
+    for i, clause in enumerate(clauses):
+        checkpoint = None if cfg.checkpoint is None else \
+            Path(cfg.checkpoint).with_name(f"{Path(cfg.checkpoint).name}.clause{i}")
+        part = train_edit(G, clip, replace(cfg, prompt=clause, split_clauses=False,
+                                           checkpoint=checkpoint),
+                          latents, segments, reporter, catalogue)
+        results.append(part)
+        if part.partial:
+            break
+    head = results[0].edit
+    for before, after in zip(results, results[1:]):
+        before.edit.then = after.edit
+    warnings = [w for r in results for w in r.edit.info.get("warnings", [])]
+    if warnings:
+        head.info["warnings"] = warnings
+    head.info["clauses"] = clauses[:len(results)]
+    last = results[-1]
+    return TrainResult(head, last.partial, [h for r in results for h in r.history],
+                       last.stopped_reason)
 
 
 # --- set-up -----------------------------------------------------------------------------------

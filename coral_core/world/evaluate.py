@@ -311,12 +311,12 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
             res = apply_edits(G, ws, [edit], clip=clip)  # a user's Apply with its CLIP
             t_apply = time.perf_counter() - t1
             assert res.original is not None
-            warnings = list(edit.info.get("warnings") or []) + res.warnings([edit])
+            warnings = list(edit.info.get("warnings") or []) + res.warnings()
             scores = score_case(case, judge, scenes, res.original, res.edited, warnings)
             if case.after is not None:
                 scores["iou"] = _mask_iou(res, case, G.img_resolution)
-            selected = [i + 1 for i, m in enumerate(res.masks[0])
-                        if m is not None and float(m.max()) >= 0.5]
+            selected = sorted({i + 1 for masks in res.masks for i, m in enumerate(masks)
+                               if m is not None and float(m.max()) >= 0.5})
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **scores, "seconds_per_edit": t_edit,
                          "seconds_per_apply": t_apply, "peak_mib": _peak_mib(),
@@ -366,8 +366,10 @@ def _badness(scores: dict[str, Any]) -> float:
 
 
 def _tile(res: Any, resolution: int) -> np.ndarray:
-    eff = effective_mask(res.masks[0], resolution) \
-        if any(m is not None for m in res.masks[0]) else torch.zeros(1, resolution, resolution)
+    """Original, edited, where the edit acts (every clause's mask together) and the change."""
+    effs = [effective_mask(masks, resolution) for masks in res.masks
+            if any(m is not None for m in masks)]
+    eff = torch.stack(effs).amax(0) if effs else torch.zeros(1, resolution, resolution)
     m_img = (eff[0].cpu().numpy() * 255).astype(np.uint8)
     diff = ((res.edited - res.original).abs().amax(1)[0].cpu().numpy() * 127).clip(0, 255)
     return np.concatenate([image_to_uint8(res.original)[0], image_to_uint8(res.edited)[0],

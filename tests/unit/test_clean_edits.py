@@ -236,15 +236,15 @@ def test_a_per_prompt_edit_leaves_alone_the_scenes_that_lack_what_it_names(tmp_p
     left = set(verdict.absent + verdict.already)
     for row in set(range(4)) - left:
         assert not torch.equal(checked.edited[row], checked.original[row]), row
-    [warning] = [w for w in checked.warnings([edit]) if "lack" in w]
+    [warning] = [w for w in checked.warnings() if "lack" in w]
     assert f"image(s) {', '.join(map(str, verdict.absent))} seem to lack" in warning
     unchecked = apply_edits(G, batch, [edit])
     assert unchecked.scenes[0] is not None and unchecked.scenes[0].absent == []
-    assert not [w for w in unchecked.warnings([edit]) if "lack" in w]
+    assert not [w for w in unchecked.warnings() if "lack" in w]
     assert not torch.equal(unchecked.edited[1], checked.original[1])
     edit.scene_check_clip = "0" * 16  # as if trained with another CLIP
     other = apply_edits(G, batch, [edit], clip=clip)
-    assert other.warnings([edit]) and "not checked" in other.warnings([edit])[0]
+    assert other.warnings() and "not checked" in other.warnings()[0]
     assert torch.equal(other.edited, unchecked.edited)
 
 
@@ -311,5 +311,44 @@ def test_the_shipped_per_prompt_edit_says_which_scenes_it_selects_nothing_in() -
     verdict = res.scenes[0]
     assert verdict is not None and verdict.empty == same
     if same:
-        [warning] = res.warnings([edit])
+        [warning] = res.warnings()
         assert f"selects no region in image(s) {', '.join(map(str, same))}" in warning
+
+
+def test_a_prompt_naming_two_things_is_learned_and_applied_as_two_edits(tmp_path) -> None:
+    """"a blue square on a green background": one edit per thing, kept in one file and laid
+    one over the other at apply; the paper's preset keeps the prompt whole. A file whose
+    clauses do not add up is a named error."""
+    import pytest
+    from coral_core.editing.presets import preset_config
+    from coral_core.errors import ModelFormatError
+    from coral_core.formats.integrity import HASH_KEY, read_safetensors, write_safetensors
+
+    G, clip = _models()
+    ws = G.mapping_ws(G.z_from_seeds([148]))
+    prompt = "a blue square on a green background"
+    result = train_edit(G, clip, TrainConfig(prompt=prompt, steps=4, batch=1, seed=148),
+                        latents=ws)
+    path = result.edit.save(tmp_path / "two.safetensors")
+    edit = Edit.load(path)
+    assert [e.prompt for e in edit.chain()] == ["a blue square", "a green background"]
+    assert edit.summary()["clauses"] == ["a blue square", "a green background"]
+    res = apply_edits(G, ws, [edit])
+    assert res.prompts == ["a blue square", "a green background"] and len(res.masks) == 2
+    first = Edit.load(path)
+    first.then = None
+    alone = apply_edits(G, ws, [first])
+    assert not torch.equal(res.edited, alone.edited)  # the second clause is laid over
+    whole = train_edit(G, clip, preset_config("paper", prompt=prompt, steps=2, batch=1,
+                                              seed=148), latents=ws).edit
+    assert whole.then is None and whole.prompt == prompt
+
+    meta, tensors = read_safetensors(path, "edit", require_hash=True)
+    meta.pop(HASH_KEY)
+    for name, m, t in (
+            ("no clause metadata", {k: v for k, v in meta.items() if k != "clauses"}, tensors),
+            ("clauses not a list", {**meta, "clauses": '{"a": "b"}'}, tensors),
+            ("a clause missing its fields", {**meta, "clauses": '[{"prompt": "x"}]'}, tensors)):
+        bad = write_safetensors(tmp_path / f"{name}.safetensors", t, m)
+        with pytest.raises(ModelFormatError):
+            Edit.load(bad)
