@@ -131,6 +131,12 @@ class CoralTrainEdit:
                            "warning, instead of painting another object. 'preset' follows "
                            "the preset (coral: on); 'off' edits anyway, for when the warning "
                            "is wrong."}),
+            "split_clauses": (list(ABSENT_CHECK_CHOICES), {
+                "default": "preset",
+                "tooltip": "A prompt that joins two things (\"a red square on a blue "
+                           "background\") is learned as one edit per thing, laid one over the "
+                           "other (the live view runs once per thing). 'preset' follows the "
+                           "preset (coral: on); 'off' learns one edit for the whole prompt."}),
             "preset": (list(PRESETS), {
                 "default": DEFAULT_PRESET,
                 "tooltip": "coral: the pack's defaults (every measured departure from the "
@@ -146,18 +152,18 @@ class CoralTrainEdit:
               area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
               region_pruning: float = -1.0, prior_samples: int = -1,
               absent_check: str = "preset", preset: str = DEFAULT_PRESET,
-              unique_id: str | None = None):
+              split_clauses: str = "preset", unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
                                latents, segments, neutral_prompt, directional, batch, lr,
                                area_weight, tv_weight, l2_weight, area_weighting, max_layer,
                                segments_k, region_pruning, prior_samples, absent_check, preset,
-                               unique_id)
+                               split_clauses, unique_id)
 
     def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
                segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
                l2_weight, area_weighting, max_layer, segments_k, region_pruning,
-               prior_samples, absent_check, preset, unique_id):
+               prior_samples, absent_check, preset, split_clauses, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
@@ -176,8 +182,9 @@ class CoralTrainEdit:
             ("prior_samples", prior_samples, _TRAIN.prior_samples),
             ("num_segments", segments_k, _TRAIN.num_segments))
             if value >= 0 and value != default and not (name == "num_segments" and value == 0)}
-        if absent_check in ("on", "off"):
-            chosen["check_absent"] = absent_check == "on"
+        for name, choice in (("check_absent", absent_check), ("split_clauses", split_clauses)):
+            if choice in ("on", "off"):
+                chosen[name] = choice == "on"
         weights = {name: value for name, value, default in (
             ("area", area_weight, _WEIGHTS.area), ("tv", tv_weight, _WEIGHTS.tv),
             ("l2", l2_weight, -1.0)) if value >= 0 and value != default}

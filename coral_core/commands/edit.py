@@ -96,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("contest_steps", args.contest_steps),
                                 ("prune_batches", args.prune_batches),
                                 ("prior_samples", args.prior_samples),
-                                ("check_absent", args.absent_check)) if v is not None}
+                                ("check_absent", args.absent_check),
+                                ("split_clauses", args.split_clauses)) if v is not None}
     cfg = preset_config(args.preset, prompt=args.prompt, neutral=args.neutral or "",
                         variant=args.variant, direction=args.direction, mode=mode,
                         steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
@@ -298,6 +299,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prune-batches", type=int, default=None,
                    help="region pruning, per prompt: judge this many batches of samples, not "
                         f"only the step's (coral: {_TRAIN.prune_batches})")
+    s.add_argument("--split-clauses", action=argparse.BooleanOptionalAction, default=None,
+                   help="a prompt that joins two things ('a red square on a blue background') "
+                        "is learned as one edit per thing, laid one over the other "
+                        f"(--no-split-clauses: one edit for the whole prompt; coral: "
+                        f"{'on' if _TRAIN.split_clauses else 'off'})")
     s.add_argument("--absent-check", action=argparse.BooleanOptionalAction, default=None,
                    help="per image: leave an image that seems to lack what the prompt names "
                         "unchanged, with a warning (--no-absent-check: edit it anyway; coral: "

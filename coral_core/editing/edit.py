@@ -62,7 +62,8 @@ class Edit:
 
     def chain(self) -> list["Edit"]:
         """This edit and the clauses' edits that follow it, in the order apply lays them."""
-        links, link = [], self
+        links: list[Edit] = []
+        link: Edit | None = self
         while link is not None:
             links.append(link)
             link = link.then
@@ -191,8 +192,8 @@ class Edit:
         return self
 
     def summary(self) -> dict[str, Any]:
-        out = {"prompt": self.prompt, "variant": self.variant,
-               "direction": self.direction_form, "mode": self.mode}
+        out: dict[str, Any] = {"prompt": self.prompt, "variant": self.variant,
+                               "direction": self.direction_form, "mode": self.mode}
         out.update({k: self.info[k] for k in ("selection", "final_losses", "mask_area",
                                                "steps", "wall_seconds", "partial", "warnings")
                     if k in self.info})
