@@ -5,7 +5,7 @@ which every edit blends over the ones before it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -84,6 +84,8 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     """
     if not edits:
         raise InputError("no edit given")
+    if len(edits) == 1 and edits[0].then is not None:
+        return _lay_clauses(G, ws, edits[0], strength, threshold, noise_mode, transfer, clip)
     for value in ([strength] if isinstance(strength, (int, float)) else list(strength)):
         finite("strength", value, -MAX_STRENGTH, MAX_STRENGTH)
     if threshold is not None:
@@ -135,6 +137,31 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         edited = composite(edited, original, union)
     return ApplyResult(edited, original if return_original else None, all_masks, transferred,
                        scenes, [e.prompt for e in edits])
+
+
+def _lay_clauses(G: Generator, ws: torch.Tensor, edit: Edit,
+                 strength: float | Sequence[float], threshold: float | None, noise_mode: str,
+                 transfer: bool, clip: CoralClip | None) -> ApplyResult:
+    """A prompt that joined two things: each clause's edit applied alone, and each pixel
+    given the change of the last clause whose region holds it. Why not one stacked pass: a
+    coarse layer's mask of the second clause (a background) reaches over the first clause's
+    object, and its features overwrote that object's new colour (session 15's first try)."""
+    s = strength if isinstance(strength, (int, float)) else list(strength)[0]
+    results = []
+    for link in edit.chain():
+        alone = replace(link, then=None)
+        results.append(apply_edits(G, ws, [alone], s, threshold, noise_mode, True, transfer,
+                                   clip))
+    original = results[0].original
+    assert original is not None
+    edited = original.clone()
+    for res in results:
+        change = res.edited - original
+        moved = change.abs().amax(1, keepdim=True) > 0
+        edited = torch.where(moved.expand_as(edited), res.edited, edited)
+    return ApplyResult(edited, original, [m for r in results for m in r.masks],
+                       results[0].transferred, [v for r in results for v in r.scenes],
+                       [p for r in results for p in r.prompts])
 
 
 def _scene_verdict(edit: Edit, clip: CoralClip | None, original: torch.Tensor | None
