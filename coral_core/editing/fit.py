@@ -55,7 +55,8 @@ FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "
                             "beside", "by", "for", "from", "its", "his", "her", "their"})
 # Words that join two things named at once ("a red square on a blue background"): each side
 # is checked on its own, since no one word left out of the whole prompt leaves what is there.
-CLAUSE_WORDS = frozenset({"on", "in", "with", "and", "at", "beside", "by"})
+# Not "with" or "in": "a face with a beard" names one thing with a detail of it.
+CLAUSE_WORDS = frozenset({"on", "and", "beside"})
 MIN_REACH = 0.5
 MAX_REACH = 1.5
 MAX_OVERSHOOT = 0.2

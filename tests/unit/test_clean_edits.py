@@ -177,7 +177,8 @@ def test_prompt_parts_leave_out_one_content_word_each() -> None:
         (0, "a square"), (0, "a red"), (1, "a background"), (1, "a blue")]
     assert prompt_parts("a red circle, a green square") == [
         (0, "a circle"), (0, "a red"), (1, "a square"), (1, "a green")]
-    assert prompt_parts("a face with a beard") == []  # two things of one word each
+    assert prompt_parts("a face with a beard") == [  # one thing and a detail of it
+        (0, "a with a beard"), (0, "a face with a")]
     assert prompt_parts("a dog") == [] and prompt_parts("the") == []
 
 
