@@ -149,15 +149,8 @@ def queue_workflows(server: str, workflow: dict, sets: list[str], seeds: list[in
     results: list[QueuedPrompt] = []
     try:
         for seed in (seeds if seeds is not None else [None]):
-            wf = copy.deepcopy(base)
+            wf = _prompt_for(base, seed)
             label = "prompt" if seed is None else f"seed{seed}"
-            if seed is not None:
-                targets = seed_inputs(wf)
-                if not targets:
-                    raise InputError("--seeds given but no node in the workflow has a 'seed' "
-                                     "input")
-                for node, name in targets:
-                    wf[node]["inputs"][name] = seed
             job = QueuedPrompt(label)
             results.append(job)
             status, body = _request(server, "/prompt", {"prompt": wf, "client_id": client_id})
@@ -169,12 +162,31 @@ def queue_workflows(server: str, workflow: dict, sets: list[str], seeds: list[in
             jobs[job.prompt_id] = job
             print(f"queued {label}: {job.prompt_id}", file=sys.stderr)
         pending = set(jobs)
-        deadline = time.time() + timeout
-        for msg in reader.messages() if pending else iter(()):
-            data = msg.get("data") or {}
-            pid = data.get("prompt_id")
-            if pid not in pending:
-                continue
+        try:
+            _follow(reader, jobs, pending, time.time() + timeout)
+        except TimeoutError:
+            pass  # the server went silent: what is still pending is reported as timed out
+        except OSError as exc:  # the server closed the websocket or went away
+            for pid in pending:
+                jobs[pid].status, jobs[pid].error = "failed", f"lost the server's websocket ({exc})"
+    finally:
+        reader.close()
+    for job in results:
+        if job.status == "success" and out_dir is not None and job.prompt_id:
+            job.files = _download_outputs(server, job, out_dir)
+        elif job.status == "pending":
+            job.status, job.error = "timeout", f"not finished after {timeout}s"
+    return results
+
+
+def _follow(reader: WebSocketReader, jobs: dict[str, QueuedPrompt], pending: set[str],
+            deadline: float) -> None:
+    """Read the server's messages until every pending prompt ended or the deadline passed
+    (the socket's own timeout stops a silent server; the caller reports what is left)."""
+    for msg in reader.messages() if pending else iter(()):
+        data = msg.get("data") or {}
+        pid = data.get("prompt_id")
+        if pid in pending:
             kind = msg.get("type")
             if kind == "progress":
                 print(f"{jobs[pid].label}: {data.get('value')}/{data.get('max')}",
@@ -186,16 +198,9 @@ def queue_workflows(server: str, workflow: dict, sets: list[str], seeds: list[in
             elif kind == "executing" and data.get("node") is None:
                 jobs[pid].status = "success"
                 pending.discard(pid)
-            if not pending or time.time() > deadline:
-                break
-    finally:
-        reader.close()
-    for job in results:
-        if job.status == "success" and out_dir is not None and job.prompt_id:
-            job.files = _download_outputs(server, job, out_dir)
-        elif job.status == "pending":
-            job.status, job.error = "timeout", f"not finished after {timeout}s"
-    return results
+        if not pending or time.time() > deadline:
+            return
+        reader.sock.settimeout(max(0.1, deadline - time.time()))
 
 
 def _prompt_for(base: dict, seed: int | None) -> dict:

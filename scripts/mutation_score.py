@@ -36,7 +36,8 @@ DEFAULT_MODULES = ("coral_core.validate", "coral_core.comfy_client", "coral_core
 # The test files that exercise each module (the unit tier's own tests of it, found with grep):
 # mutmut then picks, per mutant, the tests among these that reach the mutated function.
 MODULE_TESTS = {
-    "coral_core.comfy_client": ["tests/unit/test_queue_client.py"],
+    "coral_core.comfy_client": ["tests/unit/test_queue_client.py",
+                                "tests/unit/test_queue_server.py"],
     "coral_core.validate": ["tests/unit/test_bad_values.py", "tests/unit/test_lost_work.py"],
     "coral_core.seeds": ["tests/unit/test_bad_values.py", "tests/unit/test_fuzz_parsers.py"],
     "coral_core.cache": ["tests/unit/test_cache.py"],

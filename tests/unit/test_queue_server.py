@@ -1,0 +1,196 @@
+"""``coral queue`` against one server, over real sockets: a fake ComfyUI in a thread speaks its
+HTTP API and its /ws websocket (the frames a real server sends: text JSON, long ones with the
+16-bit length, previews as binary frames, a text message split over fragments), so the client's
+own HTTP and websocket code is exercised, not stubbed."""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from coral_core import comfy_client
+
+WORKFLOW = {"1": {"class_type": "CoralDemoPhoto", "inputs": {"seed": 0}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+PNG = b"\x89PNG\r\n\x1a\n fake image bytes"
+
+
+def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        return head + bytes([n]) + payload
+    if n < 1 << 16:
+        return head + bytes([126]) + struct.pack(">H", n) + payload
+    return head + bytes([127]) + struct.pack(">Q", n) + payload
+
+
+class FakeComfy(ThreadingHTTPServer):
+    """``outcome(seed)``: "success", "error" or "never"; ``reject``: seeds refused at /prompt."""
+
+    def __init__(self, outcome, reject=(), expected: int = 1) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.outcome, self.reject, self.expected = outcome, set(reject), expected
+        self.prompts: dict[str, int] = {}
+        self.all_queued = threading.Event()
+        self.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FakeComfy
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _json(self, status: int, body) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        seed = body["prompt"]["1"]["inputs"]["seed"]
+        if seed in self.server.reject:
+            self._json(400, {"error": "invalid prompt", "node_errors": {"1": "bad seed"}})
+        else:
+            pid = f"p{seed}"
+            self.server.prompts[pid] = seed
+            self._json(200, {"prompt_id": pid})
+        queued = len(self.server.prompts) + len(self.server.reject)
+        if queued >= self.server.expected:
+            self.server.all_queued.set()
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/ws"):
+            return self._websocket()
+        if self.path.startswith("/history/"):
+            pid = self.path.rsplit("/", 1)[1]
+            image = {"filename": f"{pid}.png", "subfolder": "", "type": "output"}
+            return self._json(200, {pid: {"outputs": {"9": {"images": [image]}}}})
+        if self.path.startswith("/view?"):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+            return None
+        return self._json(404, {"error": "no such path"})
+
+    def _websocket(self) -> None:
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.write(frame(json.dumps({"type": "status", "data": {}}).encode()))
+        self.server.all_queued.wait(10)
+        for pid, seed in sorted(self.server.prompts.items()):
+            outcome = self.server.outcome(seed)
+            progress = json.dumps({"type": "progress", "data": {
+                "prompt_id": pid, "value": 1, "max": 2, "padding": "x" * 300}}).encode()
+            self.wfile.write(frame(progress))  # over 125 bytes: the 16-bit length
+            self.wfile.write(frame(b"\x00\x01preview", opcode=0x2))  # a binary preview
+            if outcome == "success":
+                done = json.dumps({"type": "executing",
+                                   "data": {"prompt_id": pid, "node": None}}).encode()
+                half = len(done) // 2  # one message in two fragments
+                self.wfile.write(frame(done[:half], fin=False) + frame(done[half:], opcode=0))
+            elif outcome == "error":
+                self.wfile.write(frame(json.dumps({"type": "execution_error", "data": {
+                    "prompt_id": pid, "exception_message": f"boom {seed}"}}).encode()))
+        outcomes = {self.server.outcome(s) for s in self.server.prompts.values()}
+        if "never" in outcomes:
+            time.sleep(3)  # a prompt that never finishes: the client's deadline ends it
+        elif "vanish" not in outcomes:  # vanish: the connection just drops
+            self.wfile.write(frame(b"", opcode=0x8))
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(outcome, reject=(), expected=1) -> FakeComfy:
+        server = FakeComfy(outcome, reject, expected)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_each_seed_is_queued_followed_and_its_saved_image_fetched(serve, tmp_path, capsys
+                                                                    ) -> None:
+    server = serve(lambda seed: "success", expected=3)
+    jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [4, 5, 6], tmp_path)
+    assert [(j.label, j.status) for j in jobs] == [("seed4", "success"), ("seed5", "success"),
+                                                   ("seed6", "success")]
+    assert sorted(server.prompts.values()) == [4, 5, 6]  # the seed input set per prompt
+    for job in jobs:
+        [path] = job.files
+        assert path == tmp_path / job.label / f"9_p{job.label[4:]}.png"
+        assert path.read_bytes() == PNG
+    err = capsys.readouterr().err
+    assert "queued seed4: p4" in err and "seed5: 1/2" in err
+
+
+def test_a_refused_prompt_and_a_failed_one_are_reported_with_the_servers_words(serve, tmp_path
+                                                                               ) -> None:
+    server = serve(lambda seed: "error" if seed == 2 else "success", reject=[1], expected=3)
+    jobs = {j.label: j for j in comfy_client.queue_workflows(server.url, WORKFLOW, [],
+                                                             [1, 2, 3], tmp_path)}
+    assert jobs["seed1"].status == "rejected" and "bad seed" in jobs["seed1"].error
+    assert jobs["seed1"].prompt_id is None
+    assert jobs["seed2"].status == "failed" and jobs["seed2"].error == "boom 2"
+    assert jobs["seed2"].files == [] and not (tmp_path / "seed2").exists()
+    assert jobs["seed3"].status == "success" and jobs["seed3"].files
+
+
+def test_a_prompt_that_never_finishes_is_a_timeout(serve, tmp_path) -> None:
+    server = serve(lambda seed: "never" if seed == 8 else "success", expected=2)
+    jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [7, 8], tmp_path, timeout=1.5)
+    assert [(j.label, j.status) for j in jobs] == [("seed7", "success"), ("seed8", "timeout")]
+    assert "1.5" in jobs[1].error
+
+
+def test_a_server_that_is_not_comfyui_fails_the_handshake_with_what_it_said(serve) -> None:
+    server = serve(lambda seed: "success")
+    with pytest.raises(ConnectionError, match="handshake failed.*404"):
+        comfy_client.WebSocketReader(server.url.replace("http", "ws") + "/nows", timeout=5)
+
+
+def test_the_request_helper_returns_json_bytes_and_error_bodies(serve) -> None:
+    server = serve(lambda seed: "success")
+    status, body = comfy_client._request(server.url, "/history/p3")
+    assert status == 200 and body["p3"]["outputs"]["9"]["images"][0]["filename"] == "p3.png"
+    assert comfy_client._request(server.url, "/view?filename=x") == (200, PNG)
+    status, body = comfy_client._request(server.url, "/missing")
+    assert status == 404 and body == {"error": "no such path"}
+
+
+def test_without_an_output_folder_nothing_is_fetched(serve, tmp_path) -> None:
+    server = serve(lambda seed: "success")
+    [job] = comfy_client.queue_workflows(server.url, WORKFLOW, [], [3], None)
+    assert job.status == "success" and job.files == []
+    assert Path(tmp_path).exists() and not any(tmp_path.iterdir())
+
+
+def test_a_server_that_drops_the_websocket_fails_what_was_running_and_keeps_the_rest(
+        serve, tmp_path) -> None:
+    server = serve(lambda seed: "success" if seed == 1 else "vanish", expected=2)
+    jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [1, 2], tmp_path)
+    assert jobs[0].status == "success" and jobs[0].files
+    assert jobs[1].status == "failed" and "lost the server's websocket" in jobs[1].error
