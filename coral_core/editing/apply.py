@@ -82,28 +82,13 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     (the SS catalogue layer, or every layer for CAN), and the blended pass reuses it up to the
     first selected layer: the cheapest way to get the edited image.
     """
-    if not edits:
-        raise InputError("no edit given")
+    strengths = _checked_strengths(edits, strength, threshold)
     if len(edits) == 1 and edits[0].then is not None:
         return _lay_clauses(G, ws, edits[0], strength, threshold, noise_mode, transfer, clip)
-    for value in ([strength] if isinstance(strength, (int, float)) else list(strength)):
-        finite("strength", value, -MAX_STRENGTH, MAX_STRENGTH)
-    if threshold is not None:
-        finite("threshold", threshold, 0.0, 1.0)
     ws = G.check_ws(ws.to(G.w_avg.device))
-    strengths = [float(strength)] * len(edits) if isinstance(strength, (int, float)) \
-        else [float(s) for s in strength]
-    if len(strengths) != len(edits):
-        raise InputError(f"{len(strengths)} strengths for {len(edits)} edits")
     laid = [(link, s) for e, s in zip(edits, strengths) for link in e.chain()]
     edits, strengths = [link for link, _ in laid], [s for _, s in laid]
-    transferred = []
-    for e in edits:
-        e.check_generator(G)
-        e.check_batch(ws.shape[0])
-        if e.check_latents(ws, transfer):
-            transferred.append(e.prompt)
-        e.to(ws.device)
+    transferred = _ready(G, ws, edits, transfer)
     noise = G.make_noise(ws.shape[0], noise_mode)
     original = None
     checks = clip is not None and any(e.scene_check is not None for e in edits)
@@ -116,12 +101,7 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
     for e, s, verdict in zip(edits, strengths, scenes):
         masks = e.masks(G, feats, threshold)
         if s != 0:  # strength 0 is the identity exactly, not just up to rounding
-            delta = e.delta(ws) * s
-            if verdict is not None and (verdict.absent or verdict.already):
-                keep = torch.ones(ws.shape[0], 1, 1, device=delta.device, dtype=delta.dtype)
-                keep[verdict.absent + verdict.already] = 0.0
-                delta = delta * keep
-            pairs.append((delta, masks))
+            pairs.append((_kept_rows(e.delta(ws) * s, verdict, ws.shape[0]), masks))
             regions.append(e.region(G, feats, original))
             if verdict is not None:
                 left = set(verdict.absent + verdict.already)
@@ -129,14 +109,60 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
                                  if i not in left]
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
-    untouched = _left_by_every_edit(scenes, strengths)
-    if untouched and original is not None:  # exactly as they were, not up to the blend's rounding
-        edited[untouched] = original[untouched]
-    if regions and all(r is not None for r in regions) and original is not None:
-        union = torch.stack([r for r in regions if r is not None]).amax(0)
-        edited = composite(edited, original, union)
+    if original is not None:
+        edited = _finished(edited, original, regions, _left_by_every_edit(scenes, strengths))
     return ApplyResult(edited, original if return_original else None, all_masks, transferred,
                        scenes, [e.prompt for e in edits])
+
+
+def _checked_strengths(edits: Sequence[Edit], strength: float | Sequence[float],
+                       threshold: float | None) -> list[float]:
+    """One finite strength per edit (a single value is every edit's), the threshold in [0, 1]."""
+    if not edits:
+        raise InputError("no edit given")
+    for value in ([strength] if isinstance(strength, (int, float)) else list(strength)):
+        finite("strength", value, -MAX_STRENGTH, MAX_STRENGTH)
+    if threshold is not None:
+        finite("threshold", threshold, 0.0, 1.0)
+    strengths = [float(strength)] * len(edits) if isinstance(strength, (int, float)) \
+        else [float(s) for s in strength]
+    if len(strengths) != len(edits):
+        raise InputError(f"{len(strengths)} strengths for {len(edits)} edits")
+    return strengths
+
+
+def _ready(G: Generator, ws: torch.Tensor, edits: Sequence[Edit], transfer: bool) -> list[str]:
+    """Check every edit against the generator and latents and move it to their device;
+    return the per-image edits being transferred to other latents."""
+    transferred = []
+    for e in edits:
+        e.check_generator(G)
+        e.check_batch(ws.shape[0])
+        if e.check_latents(ws, transfer):
+            transferred.append(e.prompt)
+        e.to(ws.device)
+    return transferred
+
+
+def _kept_rows(delta: torch.Tensor, verdict: SceneVerdict | None, batch: int) -> torch.Tensor:
+    """The direction (one row, or one per image) for ``batch`` images, 0 on the rows the
+    scene check leaves alone."""
+    if verdict is None or not (verdict.absent or verdict.already):
+        return delta
+    keep = torch.ones(batch, 1, 1, device=delta.device, dtype=delta.dtype)
+    keep[verdict.absent + verdict.already] = 0.0
+    return delta * keep
+
+
+def _finished(edited: torch.Tensor, original: torch.Tensor, regions: list,
+              untouched: list[int]) -> torch.Tensor:
+    """The rows no edit acts on exactly as they were (not up to the blend's rounding), then
+    the SS composite over the union of the edits' regions."""
+    if untouched:
+        edited[untouched] = original[untouched]
+    if regions and all(r is not None for r in regions):
+        edited = composite(edited, original, torch.stack(regions).amax(0))
+    return edited
 
 
 def _lay_clauses(G: Generator, ws: torch.Tensor, edit: Edit,

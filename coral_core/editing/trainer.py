@@ -176,12 +176,15 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         return _finish(run, progress, time.perf_counter() - t0)
 
 
+MAX_SPLIT_CLAUSES = 4  # a prompt joining more things is learned whole (one training per thing)
+
+
 def _clauses_to_split(cfg: TrainConfig) -> list[str]:
     """The things the prompt joins, when it is learned one edit per thing (else [])."""
     from .fit import prompt_clauses
 
-    clauses = prompt_clauses(cfg.prompt)
-    if not cfg.split_clauses or cfg.neutral or len(clauses) < 2:
+    clauses = list(dict.fromkeys(prompt_clauses(cfg.prompt)))  # each thing once, in order
+    if not cfg.split_clauses or cfg.neutral or not 2 <= len(clauses) <= MAX_SPLIT_CLAUSES:
         return []
     return clauses
 

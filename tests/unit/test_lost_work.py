@@ -193,7 +193,7 @@ def test_a_prompt_longer_than_the_clip_reads_is_reported_before_training(G, clip
     from coral_core.progress import Reporter
 
     reports: list[dict] = []
-    prompt = "a red circle beside a blue square " * 8
+    prompt = "a red circle with a blue edge " * 10  # one thing (no word that joins two)
     result = train_edit(G, clip, TrainConfig(prompt=prompt, steps=1, batch=1, prior_samples=0),
                         reporter=Reporter(lambda s, t, info: reports.append(info)))
     first = reports[0]
