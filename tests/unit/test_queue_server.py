@@ -4,11 +4,13 @@ HTTP API and its /ws websocket (the frames a real server sends: text JSON, long 
 own HTTP and websocket code is exercised, not stubbed."""
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,8 @@ class FakeComfy(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.outcome, self.reject, self.expected = outcome, set(reject), expected
         self.prompts: dict[str, int] = {}
+        self.client_ids: list[str] = []  # of the websockets opened
+        self.prompt_clients: list[str] = []  # of the prompts queued
         self.all_queued = threading.Event()
         self.daemon_threads = True
 
@@ -60,7 +64,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:
+        if self.path != "/prompt" or self.headers.get("Content-Type") != "application/json":
+            return self._json(404, {"error": "no such path"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.prompt_clients.append(body["client_id"])
         seed = body["prompt"]["1"]["inputs"]["seed"]
         if seed in self.server.reject:
             self._json(400, {"error": "invalid prompt", "node_errors": {"1": "bad seed"}})
@@ -73,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
             self.server.all_queued.set()
 
     def do_GET(self) -> None:
-        if self.path.startswith("/ws"):
+        if self.path.startswith("/ws") or self.path.startswith("/nows"):
             return self._websocket()
         if self.path.startswith("/history/"):
             pid = self.path.rsplit("/", 1)[1]
@@ -89,6 +96,18 @@ class Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": "no such path"})
 
     def _websocket(self) -> None:
+        """Refuse a handshake a real server would refuse (RFC 6455, 4.2.1), then send."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        valid = (urllib.parse.urlparse(self.path).path == "/ws" and "clientId" in query
+                 and self.headers.get("Upgrade", "").lower() == "websocket"
+                 and "upgrade" in self.headers.get("Connection", "").lower()
+                 and self.headers.get("Sec-WebSocket-Version") == "13"
+                 and len(base64.b64decode(key + "==")) == 16
+                 and self.headers.get("Host") == f"127.0.0.1:{self.server.server_address[1]}")
+        if not valid:
+            return self._json(400, {"error": "bad websocket handshake"})
+        self.server.client_ids.append(query["clientId"][0])
         self.send_response(101)
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -139,6 +158,8 @@ def test_each_seed_is_queued_followed_and_its_saved_image_fetched(serve, tmp_pat
     assert [(j.label, j.status) for j in jobs] == [("seed4", "success"), ("seed5", "success"),
                                                    ("seed6", "success")]
     assert sorted(server.prompts.values()) == [4, 5, 6]  # the seed input set per prompt
+    # the prompts name the websocket's client, so the server sends their progress there
+    assert len(server.client_ids) == 1 and server.prompt_clients == server.client_ids * 3
     for job in jobs:
         [path] = job.files
         assert path == tmp_path / job.label / f"9_p{job.label[4:]}.png"
@@ -168,7 +189,7 @@ def test_a_prompt_that_never_finishes_is_a_timeout(serve, tmp_path) -> None:
 
 def test_a_server_that_is_not_comfyui_fails_the_handshake_with_what_it_said(serve) -> None:
     server = serve(lambda seed: "success")
-    with pytest.raises(ConnectionError, match="handshake failed.*404"):
+    with pytest.raises(ConnectionError, match="handshake failed.*400"):
         comfy_client.WebSocketReader(server.url.replace("http", "ws") + "/nows", timeout=5)
 
 
@@ -194,3 +215,32 @@ def test_a_server_that_drops_the_websocket_fails_what_was_running_and_keeps_the_
     jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [1, 2], tmp_path)
     assert jobs[0].status == "success" and jobs[0].files
     assert jobs[1].status == "failed" and "lost the server's websocket" in jobs[1].error
+
+
+def test_the_reader_takes_every_frame_form_a_server_may_send() -> None:
+    """Masked frames, the 64-bit length, pings and binary frames between the fragments of a
+    text message, and the close frame ending the stream; a stream cut short is an error."""
+    import socket
+
+    def reader_over(data: bytes) -> comfy_client.WebSocketReader:
+        ours, theirs = socket.socketpair()
+        theirs.sendall(data)
+        theirs.close()
+        reader = object.__new__(comfy_client.WebSocketReader)
+        reader.sock, reader.buf = ours, b""
+        return reader
+
+    long_text = json.dumps({"type": "long", "data": {"x": "y" * 70000}}).encode()
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(b'{"type": "masked"}'))
+    part = b'{"type": "split"}'
+    stream = (frame(long_text)  # 70 kB: the 64-bit length
+              + bytes([0x81, 0x80 | len(masked)]) + mask + masked
+              + frame(part[:5], fin=False) + frame(b"ping", opcode=0x9)
+              + frame(b"\x00", opcode=0x2) + frame(part[5:], opcode=0x0)
+              + frame(b"", opcode=0x8) + frame(b'{"type": "after close"}'))
+    messages = list(reader_over(stream).messages())
+    assert [m["type"] for m in messages] == ["long", "masked", "split"]
+    assert len(messages[0]["data"]["x"]) == 70000
+    with pytest.raises(ConnectionError, match="closed"):
+        list(reader_over(frame(b'{"type": "cut"}')[:-3]).messages())
