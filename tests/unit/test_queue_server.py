@@ -130,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
                     "prompt_id": pid, "exception_message": f"boom {seed}"}}).encode()))
         outcomes = {self.server.outcome(s) for s in self.server.prompts.values()}
         if "never" in outcomes:
-            time.sleep(3)  # a prompt that never finishes: the client's deadline ends it
+            time.sleep(1.5)  # a prompt that never finishes: the client's deadline ends it
         elif "vanish" not in outcomes:  # vanish: the connection just drops
             self.wfile.write(frame(b"", opcode=0x8))
 
@@ -141,7 +141,8 @@ def serve():
 
     def start(outcome, reject=(), expected=1) -> FakeComfy:
         server = FakeComfy(outcome, reject, expected)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
         servers.append(server)
         return server
 
@@ -182,9 +183,9 @@ def test_a_refused_prompt_and_a_failed_one_are_reported_with_the_servers_words(s
 
 def test_a_prompt_that_never_finishes_is_a_timeout(serve, tmp_path) -> None:
     server = serve(lambda seed: "never" if seed == 8 else "success", expected=2)
-    jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [7, 8], tmp_path, timeout=1.5)
+    jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [7, 8], tmp_path, timeout=0.5)
     assert [(j.label, j.status) for j in jobs] == [("seed7", "success"), ("seed8", "timeout")]
-    assert "1.5" in jobs[1].error
+    assert "0.5" in jobs[1].error
 
 
 def test_a_server_that_is_not_comfyui_fails_the_handshake_with_what_it_said(serve) -> None:
