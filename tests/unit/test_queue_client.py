@@ -213,3 +213,28 @@ def test_saved_images_are_collected_and_previews_only_when_nothing_was_saved(
     results = comfy_client.queue_across_servers(["http://a"], WORKFLOW, [], [1], tmp_path,
                                                 timeout=30, in_flight=1, poll=0)
     assert sorted(p.name.split("_")[0] for p in results[0].files) == sorted(kept)
+
+
+def test_a_prompt_that_failed_on_the_server_reports_its_exception(tmp_path, monkeypatch) -> None:
+    """The history of a failed prompt: status_str "error" with the execution_error message
+    (another message kind before it); one without a message still fails, with a reason."""
+    def history_of(pid: str, messages: list) -> dict:
+        return {pid: {"status": {"status_str": "error", "completed": False,
+                                 "messages": messages}, "outputs": {}}}
+
+    replies = {"p1": history_of("p1", [["execution_start", {}], ["execution_error", {
+        "exception_message": "CUDA out of memory"}]]), "p2": history_of("p2", [])}
+
+    def server(server_url, path, body=None):
+        if path == "/prompt":
+            return 200, {"prompt_id": f"p{body['prompt']['1']['inputs']['seed']}"}
+        assert path.startswith("/history/"), path
+        return 200, replies[path.rsplit("/", 1)[1]]
+
+    monkeypatch.setattr(comfy_client, "_request", server)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    results = comfy_client.queue_across_servers(["http://a"], WORKFLOW, [], [1, 2], tmp_path,
+                                                timeout=5, in_flight=2, poll=0)
+    assert [(r.status, r.error) for r in results] == [("failed", "CUDA out of memory"),
+                                                      ("failed", "execution error")]
+    assert not any(tmp_path.iterdir())

@@ -86,6 +86,12 @@ class Handler(BaseHTTPRequestHandler):
             pid = self.path.rsplit("/", 1)[1]
             image = {"filename": f"{pid}.png", "subfolder": "", "type": "output"}
             return self._json(200, {pid: {"outputs": {"9": {"images": [image]}}}})
+        if self.path.startswith("/broken"):  # an error page that is not JSON nor UTF-8
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"internal \xff error")
+            return None
         if self.path.startswith("/view?"):
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -128,8 +134,11 @@ class Handler(BaseHTTPRequestHandler):
             elif outcome == "error":
                 self.wfile.write(frame(json.dumps({"type": "execution_error", "data": {
                     "prompt_id": pid, "exception_message": f"boom {seed}"}}).encode()))
+            elif outcome == "interrupted":  # Cancel in the UI: no exception message
+                self.wfile.write(frame(json.dumps({"type": "execution_interrupted",
+                                                   "data": {"prompt_id": pid}}).encode()))
         outcomes = {self.server.outcome(s) for s in self.server.prompts.values()}
-        if "never" in outcomes:
+        if "never" in outcomes or not self.server.prompts:
             time.sleep(1.5)  # a prompt that never finishes: the client's deadline ends it
         elif "vanish" not in outcomes:  # vanish: the connection just drops
             self.wfile.write(frame(b"", opcode=0x8))
@@ -245,3 +254,29 @@ def test_the_reader_takes_every_frame_form_a_server_may_send() -> None:
     assert len(messages[0]["data"]["x"]) == 70000
     with pytest.raises(ConnectionError, match="closed"):
         list(reader_over(frame(b'{"type": "cut"}')[:-3]).messages())
+
+
+def test_a_cancelled_prompt_is_interrupted_and_a_url_may_end_in_a_slash(serve, tmp_path) -> None:
+    server = serve(lambda seed: "interrupted", expected=1)
+    [job] = comfy_client.queue_workflows(server.url + "/", WORKFLOW, [], [1], tmp_path)
+    assert (job.status, job.error) == ("interrupted", "execution_interrupted")
+
+
+def test_when_every_prompt_is_refused_nothing_waits_for_the_server(serve, tmp_path) -> None:
+    server = serve(lambda seed: "success", reject=[1, 2], expected=2)
+    t0 = time.perf_counter()
+    jobs = comfy_client.queue_workflows(server.url, WORKFLOW, [], [1, 2], tmp_path, timeout=5)
+    assert [j.status for j in jobs] == ["rejected", "rejected"]
+    assert time.perf_counter() - t0 < 1.0  # the silent websocket is not read at all
+
+
+def test_an_error_page_that_is_not_json_comes_back_as_text(serve) -> None:
+    server = serve(lambda seed: "success")
+    assert comfy_client._request(server.url, "/broken") == (500, "internal \ufffd error")
+
+
+def test_a_workflow_queued_once_without_seeds_keeps_its_own_seed(serve, tmp_path) -> None:
+    server = serve(lambda seed: "success")
+    [job] = comfy_client.queue_workflows(server.url, WORKFLOW, [], None, tmp_path)
+    assert (job.label, job.status) == ("prompt", "success") and server.prompts == {"p0": 0}
+    assert [p.parent.name for p in job.files] == ["prompt"]
