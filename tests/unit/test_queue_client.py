@@ -238,3 +238,42 @@ def test_a_prompt_that_failed_on_the_server_reports_its_exception(tmp_path, monk
     assert [(r.status, r.error) for r in results] == [("failed", "CUDA out of memory"),
                                                       ("failed", "execution error")]
     assert not any(tmp_path.iterdir())
+
+
+def test_the_user_is_told_where_each_prompt_went_and_when_a_server_left(tmp_path, monkeypatch,
+                                                                         capsys) -> None:
+    """Server a answers the first prompt, then dies: the console names the prompt, its server
+    and id, then that a went away and its prompts were queued elsewhere; every prompt body
+    names the client (the server's progress messages go to it), and each picture is fetched
+    with its subfolder and type (a server keeps temp and output apart)."""
+    fake = FakeServers({"http://a": 1, "http://b": None}, 0, 1)
+    bodies, views = [], []
+
+    def recording(server, path, body=None):
+        if body is not None:
+            bodies.append(body)
+        if path.startswith("/view?"):
+            views.append(urllib.parse.parse_qs(path[len("/view?"):], keep_blank_values=True))
+        return fake.request(server, path, body)
+
+    monkeypatch.setattr(comfy_client, "_request", recording)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    results = comfy_client.queue_across_servers(["http://a", "http://b/"], WORKFLOW, [], [1, 2],
+                                                tmp_path, timeout=60, in_flight=1, poll=0)
+    assert [r.status for r in results] == ["success", "success"]
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["queued seed1 on http://a: a-1", "queued seed2 on http://b: b-2",
+                                "http://a: went away; re-queueing its prompts",
+                                "queued seed1 on http://b: b-3"]
+    ids = {b["client_id"] for b in bodies}
+    assert len(ids) == 1 and all(len(i) == 32 for i in ids)
+    assert views and all(v["type"] == ["output"] and v["subfolder"] == [""] for v in views)
+
+
+def test_a_server_that_refuses_connections_hands_its_prompt_on_first_in_line(
+        tmp_path, monkeypatch, capsys) -> None:
+    results, _ = _run(tmp_path, monkeypatch, {"http://a": 0, "http://b": None}, 0, 2, [1, 2, 3])
+    assert [r.status for r in results] == ["success"] * 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "http://a: not answering; its prompts go elsewhere"
+    assert err[1].startswith("queued seed1 on http://b: ")  # seed 1 kept its place in line
