@@ -131,7 +131,9 @@ class Handler(BaseHTTPRequestHandler):
                                    "data": {"prompt_id": pid, "node": None}}).encode()
                 half = len(done) // 2  # one message in two fragments
                 self.wfile.write(frame(done[:half], fin=False) + frame(done[half:], opcode=0))
-            elif outcome == "error":
+            elif outcome == "error":  # a node runs, then the prompt fails
+                self.wfile.write(frame(json.dumps({"type": "executing", "data": {
+                    "prompt_id": pid, "node": "1"}}).encode()))
                 self.wfile.write(frame(json.dumps({"type": "execution_error", "data": {
                     "prompt_id": pid, "exception_message": f"boom {seed}"}}).encode()))
             elif outcome == "interrupted":  # Cancel in the UI: no exception message
