@@ -18,7 +18,7 @@ def finite(name: str, value: Any, low: float | None = None, high: float | None =
     if not math.isfinite(number):
         raise InputError(f"{name} must be a finite number, got {value!r}")
     if (low is not None and number < low) or (high is not None and number > high):
-        span = f"{'-inf' if low is None else low:g}..{'inf' if high is None else high:g}"
+        span = f"{'-inf' if low is None else f'{low:g}'}..{'inf' if high is None else f'{high:g}'}"
         raise InputError(f"{name} must be in {span}, got {number:g}")
     return number
 

@@ -38,7 +38,8 @@ DEFAULT_MODULES = ("coral_core.validate", "coral_core.comfy_client", "coral_core
 MODULE_TESTS = {
     "coral_core.comfy_client": ["tests/unit/test_queue_client.py",
                                 "tests/unit/test_queue_server.py"],
-    "coral_core.validate": ["tests/unit/test_bad_values.py", "tests/unit/test_lost_work.py"],
+    "coral_core.validate": ["tests/unit/test_validate.py", "tests/unit/test_bad_values.py",
+                            "tests/unit/test_lost_work.py"],
     "coral_core.seeds": ["tests/unit/test_bad_values.py", "tests/unit/test_fuzz_parsers.py"],
     "coral_core.cache": ["tests/unit/test_cache.py"],
     "coral_core.formats.bounded_json": ["tests/unit/test_fuzz_parsers.py"],
