@@ -41,7 +41,7 @@ MODULE_TESTS = {
     "coral_core.validate": ["tests/unit/test_validate.py", "tests/unit/test_bad_values.py",
                             "tests/unit/test_lost_work.py"],
     "coral_core.seeds": ["tests/unit/test_bad_values.py", "tests/unit/test_fuzz_parsers.py"],
-    "coral_core.cache": ["tests/unit/test_cache.py"],
+    "coral_core.cache": ["tests/unit/test_cache.py", "tests/unit/test_cache_fingerprint.py"],
     "coral_core.formats.bounded_json": ["tests/unit/test_fuzz_parsers.py"],
     "coral_core.formats.integrity": ["tests/unit/test_fuzz_parsers.py",
                                      "tests/unit/test_corrupt_files.py"],

@@ -1,0 +1,60 @@
+"""The model cache's file fingerprint decides whether a loader reads a file again: every change
+a user can make to a model file or folder must change it, and nothing else may."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from coral_core.cache import file_fingerprint
+
+MIB = 1 << 20
+
+
+def _write(path: Path, data: bytes, mtime_ns: int = 1_700_000_000_000_000_000) -> Path:
+    path.write_bytes(data)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def test_a_large_file_changes_its_fingerprint_with_its_head_tail_size_time_and_name(
+        tmp_path) -> None:
+    data = bytes(range(256)) * (3 * MIB // 256)  # 3 MiB: a head, a middle and a tail MiB
+    f = _write(tmp_path / "g.safetensors", data)
+    base = file_fingerprint(f)
+    assert len(base) == 16 and base == file_fingerprint(str(f))
+    assert file_fingerprint(_write(tmp_path / "copy.safetensors", data)) != base  # name
+    changed = {}
+    for where, at in (("head", 10), ("tail", len(data) - 10), ("last head byte", MIB - 1),
+                      ("first tail byte", len(data) - MIB)):
+        edited = bytearray(data)
+        edited[at] ^= 0xFF
+        changed[where] = file_fingerprint(_write(f, bytes(edited)))
+    changed["size"] = file_fingerprint(_write(f, data + b"\0"))
+    changed["time"] = file_fingerprint(_write(f, data, 1_800_000_000_000_000_000))
+    assert all(v != base for v in changed.values()), changed
+    assert file_fingerprint(_write(f, data)) == base  # the same bytes and time: the same
+
+
+def test_a_small_file_is_read_whole(tmp_path) -> None:
+    data = b"x" * (2 * MIB)  # not above 2 MiB: only its first MiB and its stat are read
+    f = _write(tmp_path / "c.pt", data)
+    base = file_fingerprint(f)
+    edited = bytearray(data)
+    edited[5] = ord("y")
+    assert file_fingerprint(_write(f, bytes(edited))) != base
+
+
+def test_a_folder_changes_with_any_file_in_it_and_reads_the_same_with_its_prefix(tmp_path
+                                                                                  ) -> None:
+    folder = tmp_path / "clip"
+    (folder / "sub").mkdir(parents=True)
+    _write(folder / "open_clip_config.json", b"{}")
+    _write(folder / "sub" / "weights.bin", b"w" * 100)
+    base = file_fingerprint(folder)
+    assert file_fingerprint(f"local-dir:{folder}") == base
+    _write(folder / "sub" / "weights.bin", b"v" + b"w" * 99)
+    assert file_fingerprint(folder) != base
+    _write(folder / "sub" / "weights.bin", b"w" * 100)
+    assert file_fingerprint(folder) == base
+    _write(folder / "extra.txt", b"")
+    assert file_fingerprint(folder) != base
