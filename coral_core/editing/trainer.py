@@ -638,19 +638,28 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     (its scenes are met at apply time: ``_scene_check``). None without a sample bank."""
     if bank is None or cfg.no_masks:
         return None
-    from .fit import check_prompt_fit, prompt_parts
+    from .fit import check_prompt_fit
 
     if cfg.mode != "per_image" or latents is None:
         no_images = torch.zeros(0, bank.embeddings.shape[1])
         return check_prompt_fit(bank, target, no_images, cfg.prompt, cfg.prior_top)
-
-    parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
     with torch.no_grad():
         images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
-        part_embeddings = clip.encode_text([p for _, p in parts]) if parts else None
     return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top,
-                            part_embeddings, [c for c, _ in parts])
+                            *_prompt_parts_encoded(clip, cfg))
+
+
+def _prompt_parts_encoded(clip: CoralClip, cfg: TrainConfig
+                          ) -> tuple[torch.Tensor | None, list[int]]:
+    """The text embeddings of fit.prompt_parts and each part's clause (none with the
+    absent check off)."""
+    from .fit import prompt_parts
+
+    parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
+    with torch.no_grad():
+        embeddings = clip.encode_text([p for _, p in parts]) if parts else None
+    return embeddings, [c for c, _ in parts]
 
 
 def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
@@ -658,15 +667,9 @@ def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
     """A per-prompt edit meets its scenes only at apply time: the numbers the prompt fit
     check needs travel in its file (fit.SceneCheck), so apply can leave alone the scenes
     that lack what it names or already show it."""
-    from .fit import prompt_parts
-
     if bank.embeddings.shape[0] <= 2 * cfg.prior_top:
         return None
-    parts = prompt_parts(cfg.prompt) if cfg.check_absent else []
-    with torch.no_grad():
-        part_embeddings = clip.encode_text([p for _, p in parts]) if parts else None
-    return SceneCheck.from_bank(bank, target, cfg.prior_top, part_embeddings,
-                                [c for c, _ in parts])
+    return SceneCheck.from_bank(bank, target, cfg.prior_top, *_prompt_parts_encoded(clip, cfg))
 
 
 def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,
