@@ -102,6 +102,11 @@ class TrainConfig:
     # the pictures), so four samples decided for every picture; "an orange background" kept only
     # a cluster present in 9 % of pictures and selected nothing (session 12; history.md).
     prune_batches: int = 4
+    # Per prompt: a unit also stays if removing it leaves any judged picture the edit clearly
+    # moves with less than this share of its own CLIP gain (pruning.prune_selection): the
+    # mean alone dropped a background cluster of a third of the pictures (session 15: the
+    # edit then selected nothing in 4 of 12 unseen scenes). 0: the mean alone.
+    prune_image_keep: float = 0.3
     prune_layers: bool = False
     # With a neutral prompt, region pruning judges the candidate regions by the directional
     # CLIP loss (the change must point from the neutral text to the prompt), whatever loss
@@ -139,6 +144,12 @@ class TrainConfig:
     # from the image): an image that lacks what the prompt names is left unchanged. False:
     # the other fit checks only (what it costs and buys: docs/method.md).
     check_absent: bool = True
+    # Per prompt: a training sample the scene check finds lacking what the prompt names, or
+    # already showing it, adds nothing to the CLIP term (only the area term acts there, so the
+    # masks learn to stay off such scenes): trained on every sample, "a red circle" learned
+    # to recolour the square of a scene without a circle. False: every sample counts (the
+    # paper's). Needs ``check_fit`` (the scene check).
+    fit_scenes_only: bool = True
     # A prompt that joins two things ("a red circle on a green background": fit.prompt_clauses)
     # is learned as one edit per thing, applied one over the other: one direction and one set
     # of masks cannot paint two regions two colours (one region won the contest and 0 of 43
@@ -214,6 +225,7 @@ class TrainConfig:
         finite("prune_at", self.prune_at, 0.0, 1.0)
         whole("prune_batches", self.prune_batches, 1, 64)
         finite("prune_tolerance", self.prune_tolerance, 0.0, 0.99)
+        finite("prune_image_keep", self.prune_image_keep, 0.0, 1.0)
 
     def direction_lr(self) -> float:
         """Global offsets are in w-spread units, so one rate suits every generator; the

@@ -173,8 +173,22 @@ def prompt_parts(prompt: str) -> list[tuple[int, str]]:
         content = [i for i, w in enumerate(words)
                    if w.lower().strip(".,;:!?") not in FUNCTION_WORDS]
         if len(content) >= 2:
-            parts += [(c, " ".join(words[:i] + words[i + 1:])) for i in content]
+            parts += [(c, _fix_articles(words[:i] + words[i + 1:])) for i in content]
     return parts
+
+
+def _fix_articles(words: list[str]) -> str:
+    """The words joined, each "a"/"an" made to suit the word now after it: "an orange circle"
+    less "orange" is "a circle", not "an circle" (the CLIP reads the two differently: on the
+    demo bank "an circle" separates the pictures twice as well as "a circle", and the check
+    wrongly found orange circles missing)."""
+    out = list(words)
+    for i in range(len(out) - 1):
+        if out[i].lower() in ("a", "an"):
+            vowel = out[i + 1][:1].lower() in "aeiou"
+            article = "an" if vowel else "a"
+            out[i] = article.capitalize() if out[i][:1].isupper() else article
+    return " ".join(out)
 
 
 @dataclass

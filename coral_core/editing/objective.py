@@ -24,7 +24,7 @@ from ..stylegan import Generator
 from .blend import blended_synthesis, mask_policy
 from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
-from .losses import area_betas, area_loss, clip_loss, leak_loss, tv_loss
+from .losses import area_betas, area_loss, clip_loss, clip_loss_per_image, leak_loss, tv_loss
 from .selectors import AttentionSelector, SegmentSelector, composite
 
 LOSS_NAMES = ("total", "clip", "l2", "area", "tv", "identity", "leak")
@@ -70,17 +70,20 @@ class CoralObjective:
     def __call__(self, direction: GlobalDirection | LatentMapper, ws: torch.Tensor,
                  masks: list[torch.Tensor | None], noise: list, original: torch.Tensor,
                  source: torch.Tensor | None, directional_share: float,
-                 region: torch.Tensor | None = None, recompute: bool = False) -> StepLoss:
+                 region: torch.Tensor | None = None, recompute: bool = False,
+                 image_weights: torch.Tensor | None = None) -> StepLoss:
+        """``image_weights`` [B]: each image's share in the CLIP term (None: all alike;
+        all 0: no CLIP term this step, the regularisers alone)."""
         G, w = self.G, self.cfg.weights
         delta = direction(ws)
         edited = blended_synthesis(G, ws, delta, masks, noise, recompute=recompute)
         if region is not None:  # departure: the composite (selectors.composite)
             edited = composite(edited, original, region)
-        l_clip = self._clip(edited, source, directional_share)
+        l_clip = self._clip(edited, source, directional_share, image_weights)
         if w.clip_on_edit > 0:  # departure: part of the CLIP term on the unmasked edit
             unmasked = G.synthesize(ws + delta, noise=noise)
-            l_clip = (1 - w.clip_on_edit) * l_clip + \
-                w.clip_on_edit * self._clip(unmasked, source, directional_share)
+            l_clip = (1 - w.clip_on_edit) * l_clip + w.clip_on_edit * self._clip(
+                unmasked, source, directional_share, image_weights)
         zero = torch.zeros((), device=ws.device)
         l_l2 = direction.l2() if isinstance(direction, GlobalDirection) else direction.l2(delta)
         l_area = area_loss(masks, self.betas)
@@ -93,5 +96,10 @@ class CoralObjective:
         return StepLoss(total, {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)},
                         edited, masks)
 
-    def _clip(self, images: torch.Tensor, source: torch.Tensor | None, share: float) -> Any:
-        return clip_loss(self.clip, images, self.target, source, self.text_direction, share)
+    def _clip(self, images: torch.Tensor, source: torch.Tensor | None, share: float,
+              image_weights: torch.Tensor | None = None) -> Any:
+        if image_weights is None:
+            return clip_loss(self.clip, images, self.target, source, self.text_direction, share)
+        per_image = clip_loss_per_image(self.clip, images, self.target, source,
+                                        self.text_direction, share)
+        return (per_image * image_weights).sum() / image_weights.sum().clamp_min(1.0)

@@ -27,21 +27,35 @@ from typing import Callable
 
 import torch
 
-# gate [P, L, K] (1 = (layer, segment) may be used) -> CLIP loss per selector row [P]
+# gate [P, L, K] (1 = (layer, segment) may be used) -> CLIP loss per selector row [P], or per
+# row and judged image [P, N] (a per-prompt edit: see ``image_keep``)
 GateScore = Callable[[torch.Tensor], torch.Tensor]
+# With per-image losses, only the images whose own gain is at least this share of the row's
+# mean gain are guarded by ``image_keep``: a picture the edit barely moves (one without what
+# the prompt names) must not keep a unit for the sake of its noise.
+GUARDED_GAIN_SHARE = 0.5
 
 
 def prune_selection(active: torch.Tensor, score: GateScore, tolerance: float,
-                    layers: bool = False) -> torch.Tensor:
+                    layers: bool = False, image_keep: float = 0.0) -> torch.Tensor:
     """The gate [P, L, K] of what is kept, row by row (rows are independent images or prompts).
     ``active`` [P, L, K]: the (layer, segment) weights selected now; the others are off. Units
     are whole segments, and with ``layers`` whole layers too. A row whose edit has no CLIP gain
-    yet keeps its selection: there is nothing to measure."""
+    yet keeps its selection: there is nothing to measure.
+
+    When ``score`` gives a loss per judged image ([P, N]; a row's loss is their mean) and
+    ``image_keep`` > 0, a unit also stays if removing it leaves any guarded image (see
+    ``GUARDED_GAIN_SHARE``) with less than ``image_keep`` of its own gain. Why: a per-prompt
+    edit must work on every scene, not on average; the catalogue splits the background into
+    clusters by colour, and with the mean alone "an orange background" dropped the cluster
+    of a third of the pictures (the edit then selected nothing there)."""
     keep = active.clone()
-    none = score(torch.zeros_like(keep, dtype=torch.float32))
-    full = score(keep.float())
+    none_all = score(torch.zeros_like(keep, dtype=torch.float32))
+    full_all = score(keep.float())
+    none, full = _row_loss(none_all), _row_loss(full_all)
     floor = none - (1 - tolerance) * (none - full)  # the highest loss a pruned edit may have
     can_prune = full < none
+    guard = _image_guard(none_all, full_all, image_keep)
     rows = torch.arange(keep.shape[0], device=keep.device)
     units: list[tuple[int | None, int | None]] = [(None, k) for k in range(keep.shape[2])]
     if layers:
@@ -59,8 +73,9 @@ def prune_selection(active: torch.Tensor, score: GateScore, tolerance: float,
             if not bool(candidate.any()):
                 continue
             trial = torch.where(candidate[:, None, None], trial, keep)
-            loss = score(trial.float())
-            better = candidate & (loss <= floor) & (loss < best_loss)
+            loss_all = score(trial.float())
+            loss = _row_loss(loss_all)
+            better = candidate & (loss <= floor) & (loss < best_loss) & guard(loss_all)
             best_loss = torch.where(better, loss, best_loss)
             best_unit = torch.where(better, torch.full_like(best_unit, u), best_unit)
         if not bool((best_unit >= 0).any()):
@@ -71,3 +86,19 @@ def prune_selection(active: torch.Tensor, score: GateScore, tolerance: float,
                 keep[row, :, seg] = False
             else:
                 keep[row, layer, :] = False
+
+
+def _row_loss(loss: torch.Tensor) -> torch.Tensor:
+    return loss.mean(1) if loss.dim() == 2 else loss
+
+
+def _image_guard(none: torch.Tensor, full: torch.Tensor, image_keep: float
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """loss [P, N] -> [P]: whether every guarded image keeps ``image_keep`` of its own gain
+    (all True without per-image losses or with ``image_keep`` 0)."""
+    if none.dim() != 2 or image_keep <= 0:
+        return lambda loss: torch.ones(none.shape[0], dtype=torch.bool, device=none.device)
+    gains = none - full
+    guarded = (gains > 0) & (gains >= GUARDED_GAIN_SHARE * gains.mean(1, keepdim=True))
+    image_floor = none - image_keep * gains
+    return lambda loss: ((loss <= image_floor) | ~guarded).all(1)

@@ -48,6 +48,15 @@ class RegionJudge:
     # change kept inside the region only); None judges the blended picture as it is
     original: torch.Tensor | None = None
     layers: list[int] | None = None
+    # per prompt: [B] 1 for the images the scene check lets the edit act on (trainer's
+    # ``fit_scenes_only``); the others are not judged. None: every image is.
+    fits: torch.Tensor | None = None
+
+    def judged(self) -> torch.Tensor:
+        """[B] bool: the images whose losses count (all, unless none would)."""
+        if self.fits is None or not bool((self.fits > 0).any()):
+            return torch.ones(self.ws.shape[0], dtype=torch.bool, device=self.ws.device)
+        return self.fits > 0
 
     def masks(self, selector: Selector) -> list[torch.Tensor | None]:
         """The selector's masks as its gate now stands (float32, no gradient)."""
@@ -55,9 +64,11 @@ class RegionJudge:
             return layer_masks(selector, self.G, self.feats, self.segs, self.cfg)
 
     def loss(self, selector: Selector, masks: list[torch.Tensor | None],
-             direction: torch.nn.Module, rows: int, recompute: bool = False) -> torch.Tensor:
-        """The judged loss per row (one row: the mean over the images) of ``direction``
-        blended through ``masks`` (the selector's, as its gate now stands)."""
+             direction: torch.nn.Module, rows: int, recompute: bool = False,
+             per_image: bool = False) -> torch.Tensor:
+        """The judged loss per row (one row: the mean over the images; with ``per_image``,
+        [1, N], each image's) of ``direction`` blended through ``masks`` (the selector's, as
+        its gate now stands)."""
         with self.memory.autocast():
             img = blended_synthesis(self.G, self.ws, direction(self.ws), masks, self.noise,
                                     recompute=recompute)
@@ -68,6 +79,8 @@ class RegionJudge:
                         gated=True)
                 img = composite(img, self.original, region)
             loss = self.image_loss(img).float()
+        if per_image and rows == 1:
+            return loss[None]
         return loss.mean(0, keepdim=True) if rows == 1 else loss
 
 
@@ -133,9 +146,14 @@ def prune_region(judge: RegionJudge, selector: Selector, direction: torch.nn.Mod
     if rows > 1 and more:
         raise ValueError("only a per-prompt edit (one row) is judged on several batches")
 
+    per_image = judge.cfg.mode == "per_prompt" and rows == 1
+
     def gate_score(gate: torch.Tensor) -> torch.Tensor:
         _set_gate(selector, gate)
         with torch.no_grad():
+            if per_image:  # [1, N]: each judged image's loss (pruning.prune_selection)
+                return torch.cat([j.loss(selector, j.masks(selector), direction, rows,
+                                         per_image=True)[:, j.judged()] for j in judges], 1)
             return torch.stack([j.loss(selector, j.masks(selector), direction, rows)
                                 for j in judges]).mean(0)
 
@@ -152,7 +170,8 @@ def prune_region(judge: RegionJudge, selector: Selector, direction: torch.nn.Mod
         if judge.cfg.contest_steps > 0 and isinstance(direction, GlobalDirection):
             allowed, contest = contest_regions(judge, selector, direction, allowed)
     gate = prune_selection(allowed, gate_score, judge.cfg.prune_tolerance,
-                           layers=judge.cfg.prune_layers and isinstance(selector, SegmentSelector))
+                           layers=judge.cfg.prune_layers and isinstance(selector, SegmentSelector),
+                           image_keep=judge.cfg.prune_image_keep if per_image else 0.0)
     final = torch.maximum(gate, (~present).float()[:, None].expand_as(gate))
     _set_gate(selector, final)
     out: dict[str, Any] = {

@@ -77,6 +77,9 @@ class _Original:
     feats: list[torch.Tensor]
     segs: torch.Tensor | None
     source: torch.Tensor | None = None  # CLIP embedding of ``image`` (directional loss only)
+    # per prompt (TrainConfig.fit_scenes_only): [B] 1 where the scene check finds the image
+    # fits the prompt, 0 where it lacks what the prompt names or already shows it
+    fits: torch.Tensor | None = None
 
 
 @dataclass
@@ -361,7 +364,8 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
             region = run.selector.region(original.segs, run.G.img_resolution,
                                          run.allowed_layers(), original.image)
         loss = run.objective(run.direction, ws, masks, noise, original.image, original.source,
-                             mix, region=region, recompute=run.memory.recompute)
+                             mix, region=region, recompute=run.memory.recompute,
+                             image_weights=original.fits)
     record = {"step": step, **loss.terms}
     if not math.isfinite(record["total"]):
         progress.partial, progress.reason = True, f"loss became {record['total']} at step {step}"
@@ -402,7 +406,18 @@ def _original_pass(run: _Run, ws: torch.Tensor, noise: list, keep: bool = True) 
     if run.cfg.directional and cached.source is None:
         with torch.no_grad():
             cached.source = run.clip.encode_image(cached.image)
+    if run.cfg.fit_scenes_only and run.scene_check is not None and cached.fits is None:
+        cached.fits = _scene_fits(run.clip, run.scene_check, cached)
     return cached
+
+
+def _scene_fits(clip: CoralClip, check: SceneCheck, original: _Original) -> torch.Tensor:
+    """[B]: 1 for each image the per-prompt scene check lets the edit act on, else 0."""
+    with torch.no_grad():
+        emb = original.source if original.source is not None else \
+            clip.encode_image(original.image)
+    unfit = [a or al for a, al in zip(check.absent(emb), check.already(emb))]
+    return torch.tensor([0.0 if u else 1.0 for u in unfit], device=original.image.device)
 
 
 def _choose_region(run: _Run, step: int, ws: torch.Tensor, noise: list, original: _Original,
@@ -463,7 +478,7 @@ def _region_judge(run: _Run, step: int, ws: torch.Tensor, noise: list, original:
                        run.memory, _heartbeat(run.reporter, step, run.cfg.steps,
                                               "region contest and pruning"),
                        original=original.image if run.uses_composite else None,
-                       layers=run.allowed_layers())
+                       layers=run.allowed_layers(), fits=original.fits)
 
 
 def _report(run: _Run, step: int, record: dict[str, float], loss: StepLoss) -> None:

@@ -180,6 +180,10 @@ def test_prompt_parts_leave_out_one_content_word_each() -> None:
     assert prompt_parts("a face with a beard") == [  # one thing and a detail of it
         (0, "a with a beard"), (0, "a face with a")]
     assert prompt_parts("a dog") == [] and prompt_parts("the") == []
+    # what is left reads as a phrase: the article suits the word now after it
+    assert prompt_parts("an orange circle") == [(0, "a circle"), (0, "an orange")]
+    assert prompt_parts("A red apple on an old table") == [
+        (0, "An apple"), (0, "A red"), (1, "a table"), (1, "an old")]
 
 
 def test_an_object_the_scene_lacks_is_told_from_one_it_has() -> None:

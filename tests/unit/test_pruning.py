@@ -69,6 +69,33 @@ def test_what_was_not_allowed_stays_off_and_gainless_rows_are_left_alone() -> No
     assert gate[1].amax(0).tolist() == [1, 1, 0]   # no gain yet: nothing to measure, kept
 
 
+def per_image_score(gains: torch.Tensor):
+    """CLIP loss per row and image = 1 - sum of the kept segments' gains on that image
+    (gains [P, N, K]: segment k's gain on image n; every layer alike)."""
+    def score(gate: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.einsum("pk,pnk->pn", gate.amax(1), gains)
+    return score
+
+
+def test_a_per_prompt_edit_keeps_a_segment_that_some_pictures_need() -> None:
+    """Segment 1 is the background of picture 2 only (the catalogue's cool-background
+    cluster); segment 2 is an object the CLIP rewards a little on every picture. By the mean
+    alone both go; with the per-image guard the first stays, because without it picture 2
+    keeps none of its gain, while the object's segment still goes."""
+    gains = torch.tensor([[[0.6, 0.0, 0.05], [0.6, 0.0, 0.05], [0.0, 0.6, 0.05],
+                           [0.6, 0.0, 0.05], [0.6, 0.0, 0.05]]])  # [P=1, N=5, K=3]
+    allowed = torch.ones(1, 2, 3, dtype=torch.bool)
+    mean_only = prune_selection(allowed, per_image_score(gains), tolerance=0.3)
+    assert mean_only[0].amax(0).tolist() == [1, 0, 0]
+    guarded = prune_selection(allowed, per_image_score(gains), tolerance=0.3, image_keep=0.3)
+    assert guarded[0].amax(0).tolist() == [1, 1, 0]
+    # a picture the edit barely moves (lacking what the prompt names) guards nothing
+    faint = torch.tensor([[[0.6, 0.0, 0.0], [0.6, 0.0, 0.0], [0.6, 0.0, 0.0],
+                           [0.0, 0.04, 0.0]]])
+    assert prune_selection(allowed, per_image_score(faint), tolerance=0.3,
+                           image_keep=0.3)[0].amax(0).tolist() == [1, 0, 0]
+
+
 def _halves(b: int, res: int) -> torch.Tensor:
     seg = torch.zeros(b, 3, res, res)
     seg[:, 0, :, : res // 2] = 1
@@ -79,7 +106,7 @@ def _halves(b: int, res: int) -> torch.Tensor:
 def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp_path) -> None:
     calls = []
 
-    def remove_segment_one(allowed, score, tolerance, layers):
+    def remove_segment_one(allowed, score, tolerance, layers, image_keep=0.0):
         full = score(torch.ones_like(allowed, dtype=torch.float32))
         none = score(torch.zeros_like(allowed, dtype=torch.float32))
         calls.append((allowed.clone(), tolerance, full, none))
@@ -204,7 +231,7 @@ def test_attention_edits_prune_over_the_catalogue_clusters(G, clip, monkeypatch,
     from coral_core.errors import ModelFormatError
     from coral_core.formats.integrity import read_safetensors, write_safetensors
 
-    def keep_first_present(allowed, score, tolerance, layers):
+    def keep_first_present(allowed, score, tolerance, layers, image_keep=0.0):
         assert allowed.shape[:2] == (1, 1) and not layers  # clusters are CAN's only units
         gate = torch.zeros_like(allowed, dtype=torch.float32)
         gate[0, 0, int(allowed[0, 0].float().argmax())] = 1
@@ -250,7 +277,7 @@ def test_a_neutral_prompt_makes_pruning_judge_by_the_directional_loss(G, clip, m
     nothing switched on nothing changes, so the directional loss is exactly 1."""
     seen = {}
 
-    def record(allowed, score, tolerance, layers):
+    def record(allowed, score, tolerance, layers, image_keep=0.0):
         seen["none"] = score(torch.zeros_like(allowed, dtype=torch.float32))
         seen["full"] = score(allowed.float())
         return allowed.float()
@@ -347,17 +374,18 @@ def test_corner_fragments_join_their_neighbour_and_small_parts_stay() -> None:
 
 def test_a_per_prompt_edit_is_pruned_on_several_batches(G, clip, monkeypatch, tmp_path) -> None:
     """Per prompt, pruning judges ``prune_batches`` batches (the step's and fresh ones): its
-    score for a gate is the mean over them, a cluster any of them shows is a candidate, and the
-    training batches themselves are the same as with one judged batch."""
+    score for a gate is each judged image's loss (the row's is their mean), a cluster any of
+    them shows is a candidate, and the training batches themselves are the same as with one
+    judged batch. (Every image is judged here: ``fit_scenes_only`` off.)"""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def record(allowed, score, tolerance, layers):
+    def record(allowed, score, tolerance, layers, image_keep=0.0):
         seen.append((allowed.clone(), score(torch.zeros_like(allowed, dtype=torch.float32))))
         return allowed.float()
 
     monkeypatch.setattr(region_module, "prune_selection", record)
     common = dict(prompt="a red circle", variant="can", mode="per_prompt", steps=4, batch=2,
-                  seed=5, catalogue_dir=tmp_path, prune_at=0.5)
+                  seed=5, catalogue_dir=tmp_path, prune_at=0.5, fit_scenes_only=False)
     one = train_edit(G, clip, TrainConfig(**common, prune_batches=1))
     three = train_edit(G, clip, TrainConfig(**common, prune_batches=3))
     assert one.edit.info["region_pruning"]["removed"]["judged_images"] == 2
@@ -367,6 +395,8 @@ def test_a_per_prompt_edit_is_pruned_on_several_batches(G, clip, monkeypatch, tm
     # with every cluster off the edit is G(w): the score is the mean unedited loss over all
     # three batches (the step's two images and two fresh pairs from their own seed)
     (allowed_1, none_1), (allowed_3, none_3) = seen
+    assert none_1.shape == (1, 2) and none_3.shape == (1, 6)  # one loss per judged image
+    none_1, none_3 = none_1.mean(1), none_3.mean(1)
     assert bool((allowed_3 >= allowed_1).all())  # more batches show at least as many clusters
     assert not torch.allclose(none_1, none_3)
     target = clip.encode_text([common["prompt"]])
@@ -412,3 +442,38 @@ def test_the_contest_winner_s_steps_count_towards_the_budget(G, clip, rows) -> N
     else:
         assert len(credited.history) == 10
         assert "steps_credited_to_the_contest" not in credited.edit.info["region_pruning"]
+
+
+def test_a_scene_weighted_out_adds_nothing_to_the_clip_term(G, clip) -> None:
+    """Per prompt, a training sample the scene check finds unfit (weight 0) must not pull the
+    edit: the weighted CLIP term of a pair is the first image's alone, whatever the second."""
+    from coral_core.editing.directions import GlobalDirection
+    from coral_core.editing.objective import CoralObjective
+
+    cfg = TrainConfig(prompt="a red square", mode="per_prompt", variant="can")
+    target = clip.encode_text([cfg.prompt])
+    objective = CoralObjective(G, clip, cfg, target, None, None)
+    direction = GlobalDirection(G.num_ws, G.w_dim, scale=G.w_spread())
+    ws = G.mapping_ws(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3)))
+    noise = G.make_noise(2, "const")
+    masks = [None] * len(G.conv_layers)
+    pair = objective(direction, ws, masks, noise, G.synthesize(ws, noise=noise), None, 0.0,
+                     image_weights=torch.tensor([1.0, 0.0]))
+    alone = objective(direction, ws[:1], masks, [n[:1] for n in noise],
+                      G.synthesize(ws[:1], noise=[n[:1] for n in noise]), None, 0.0)
+    assert pair.terms["clip"] == pytest.approx(alone.terms["clip"], abs=1e-5)
+    every = objective(direction, ws, masks, noise, G.synthesize(ws, noise=noise), None, 0.0)
+    assert every.terms["clip"] != pytest.approx(alone.terms["clip"], abs=1e-5)
+
+
+def test_pruning_judges_only_the_scenes_the_edit_may_act_on() -> None:
+    """Per prompt, a judged image the scene check finds unfit does not count; if none fits,
+    every image does (there must be something to judge by)."""
+    from types import SimpleNamespace
+
+    judged = region_module.RegionJudge.judged
+    ws = torch.zeros(3, 1)
+    assert judged(SimpleNamespace(fits=torch.tensor([1.0, 0.0, 1.0]), ws=ws)).tolist() == [
+        True, False, True]
+    assert judged(SimpleNamespace(fits=torch.zeros(3), ws=ws)).tolist() == [True] * 3
+    assert judged(SimpleNamespace(fits=None, ws=ws)).tolist() == [True] * 3
