@@ -95,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("prune_at", args.prune_at),
                                 ("contest_steps", args.contest_steps),
                                 ("prune_batches", args.prune_batches),
+                                ("prune_image_keep", args.prune_image_keep),
+                                ("fit_scenes_only", args.fit_scenes_only),
                                 ("prior_samples", args.prior_samples),
                                 ("check_absent", args.absent_check),
                                 ("split_clauses", args.split_clauses)) if v is not None}
@@ -299,6 +301,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prune-batches", type=int, default=None,
                    help="region pruning, per prompt: judge this many batches of samples, not "
                         f"only the step's (coral: {_TRAIN.prune_batches})")
+    s.add_argument("--prune-image-keep", type=float, default=None,
+                   help="region pruning, per prompt: also keep a segment without which a judged "
+                        "scene would keep less than this share of its own CLIP gain (0 = the "
+                        f"mean alone; coral: {_TRAIN.prune_image_keep})")
+    s.add_argument("--fit-scenes-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="per prompt: training samples that lack what the prompt names or "
+                        "already show it add nothing to the CLIP term (--no-fit-scenes-only: "
+                        f"every sample counts; coral: {'on' if _TRAIN.fit_scenes_only else 'off'})")
     s.add_argument("--split-clauses", action=argparse.BooleanOptionalAction, default=None,
                    help="a prompt that joins two things ('a red square on a blue background') "
                         "is learned as one edit per thing, laid one over the other "
