@@ -37,7 +37,9 @@ DEFAULT_MODULES = ("coral_core.validate", "coral_core.comfy_client", "coral_core
 # mutmut then picks, per mutant, the tests among these that reach the mutated function.
 MODULE_TESTS = {
     "coral_core.comfy_client": ["tests/unit/test_queue_client.py",
-                                "tests/unit/test_queue_server.py"],
+                                "tests/unit/test_queue_server.py",
+                                "tests/unit/test_queue_wire.py",
+                                "tests/unit/test_queue_history.py"],
     "coral_core.validate": ["tests/unit/test_validate.py", "tests/unit/test_bad_values.py",
                             "tests/unit/test_lost_work.py"],
     "coral_core.seeds": ["tests/unit/test_bad_values.py", "tests/unit/test_fuzz_parsers.py"],
