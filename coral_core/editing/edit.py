@@ -378,6 +378,7 @@ def _clause_metas(meta: dict[str, str], path: Path) -> list[dict[str, str]]:
 
 SCENE_CHECK_PREFIX = "scene_check."
 _SCENE_CHECK_KEYS = ("text", "parts", "stats", "part_stats")
+_SCENE_CHECK_OPTIONAL = ("part_coefs",)  # edits saved before it read raw part scores
 MAX_SCENE_CHECK_PARTS = 64  # prompt_parts gives one per content word
 
 
@@ -391,8 +392,10 @@ def _scene_check_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], pa
         return None
     clip_id = meta.get("scene_check_clip", "")
     text, parts = sub.get("text"), sub.get("parts")
-    stats, part_stats = sub.get("stats"), sub.get("part_stats")
-    fits = (set(sub) == set(_SCENE_CHECK_KEYS) and text is not None and parts is not None
+    stats, part_stats, coefs = sub.get("stats"), sub.get("part_stats"), sub.get("part_coefs")
+    fits = (set(_SCENE_CHECK_KEYS) <= set(sub) <= set(_SCENE_CHECK_KEYS + _SCENE_CHECK_OPTIONAL)
+            and text is not None and parts is not None
+            and (coefs is None or tuple(coefs.shape) == (parts.shape[0], parts.shape[0]))
             and stats is not None and part_stats is not None
             and text.ndim == 1 and 1 <= text.numel() <= 8192 and parts.ndim == 2
             and parts.shape[0] <= MAX_SCENE_CHECK_PARTS
@@ -404,8 +407,8 @@ def _scene_check_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], pa
     if not fits:
         raise ModelFormatError(
             f"{path}: the edit's scene check does not fit together (expected {SCENE_CHECK_PREFIX}"
-            f"text [D], parts [P<={MAX_SCENE_CHECK_PARTS}, D], stats [2], part_stats [P, 3] "
-            "and a CLIP fingerprint in scene_check_clip)")
+            f"text [D], parts [P<={MAX_SCENE_CHECK_PARTS}, D], stats [2], part_stats [P, 3], "
+            "optionally part_coefs [P, P], and a CLIP fingerprint in scene_check_clip)")
     return SceneCheck.from_tensors(sub)
 
 

@@ -23,7 +23,11 @@ their CLIP embeddings), so they cost one text encoding:
   falls short by more than ``ABSENT_OWN_GAP`` of that part's own range on the bank and more
   than ``ABSENT_PROMPT_GAP`` of the whole prompt's range, nothing the prompt names is there.
   (Both: a part like "a background" that tells pictures apart poorly has a tiny range of its
-  own, so its shortfall alone is noise.) Prompts of one content word are not checked.
+  own, so its shortfall alone is noise.) Each part's score is first freed of what the
+  clause's other parts explain (a least-squares fit over the bank): the CLIP's "a background"
+  leans towards some colours, so a green background fell short of the blue-background
+  samples' score for "a background" and "a blue background" found no background.
+  Prompts of one content word are not checked.
 
 After training, a third check reads how far the edit moved the image's CLIP score towards the
 bank's best samples (``PromptFit.judge_outcome``): too little (the edit did not do what the
@@ -49,7 +53,7 @@ ALREADY_MARGIN = 0.1
 # close to the best samples makes the ratio explode (a correct recolour measured 2.2x, only
 # 0.12 of the range past the best). Measured values: docs/method.md ("The prompt fit check").
 ABSENT_OWN_GAP = 0.5
-ABSENT_PROMPT_GAP = 0.3
+ABSENT_PROMPT_GAP = 0.25
 # Words that name nothing on their own: leaving one out is not a test of the image.
 FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "at", "to",
                             "beside", "by", "for", "from", "its", "his", "her", "their"})
@@ -207,6 +211,9 @@ class SceneCheck:
     part_targets: torch.Tensor   # [P] the best samples' mean score for each part
     part_ranges: torch.Tensor    # [P] each part's own range on the bank
     part_clauses: torch.Tensor   # [P] which clause of the prompt each part comes from
+    # [P, P]: part j's score less sum_k coefs[j, k] * part k's score is what the check reads
+    # (k: the other parts of j's clause; zeros: the raw scores, as edits saved before it)
+    part_coefs: torch.Tensor | None = None
 
     @classmethod
     def from_bank(cls, bank: SampleBank, text_embedding: torch.Tensor, top: int,
@@ -219,17 +226,16 @@ class SceneCheck:
         parts = (part_embeddings.float().cpu() if part_embeddings is not None
                  else torch.zeros(0, t.numel()))
         best_rows = on_bank.topk(min(top, on_bank.numel())).indices
-        targets, ranges = [], []
-        for part in parts:
-            part_on_bank = emb @ part
-            targets.append(float(part_on_bank[best_rows].mean()))
-            ranges.append(_range(part_on_bank, top)[0])
         clauses = part_clauses if part_clauses is not None else [0] * parts.shape[0]
         if len(clauses) != parts.shape[0]:
             raise ValueError(f"{len(clauses)} clause numbers for {parts.shape[0]} parts")
-        return cls(t, best, rng, parts, torch.tensor(targets, dtype=torch.float32),
+        coefs = _partial_out(emb @ parts.T, clauses)
+        residual = _residual(emb @ parts.T, coefs)  # [N, P]
+        targets = residual[best_rows].mean(0) if parts.shape[0] else torch.zeros(0)
+        ranges = [_range(residual[:, j], top)[0] for j in range(parts.shape[0])]
+        return cls(t, best, rng, parts, targets.float(),
                    torch.tensor(ranges, dtype=torch.float32),
-                   torch.tensor(clauses, dtype=torch.float32))
+                   torch.tensor(clauses, dtype=torch.float32), coefs)
 
     def scores(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         return image_embeddings.float().cpu() @ self.text
@@ -247,7 +253,9 @@ class SceneCheck:
         n = images.shape[0]
         if self.parts.shape[0] == 0 or not self.prompt_range > 0:
             return [False] * n
-        gaps = self.part_targets[None, :] - images @ self.parts.T  # [N, P]
+        coefs = self.part_coefs if self.part_coefs is not None else \
+            torch.zeros(self.parts.shape[0], self.parts.shape[0])
+        gaps = self.part_targets[None, :] - _residual(images @ self.parts.T, coefs)  # [N, P]
         short = (gaps > ABSENT_OWN_GAP * self.part_ranges[None, :]) & \
             (gaps > ABSENT_PROMPT_GAP * self.prompt_range)
         lacking = torch.zeros(n, dtype=torch.bool)
@@ -257,18 +265,43 @@ class SceneCheck:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """For the edit file (edit.py): every number as a tensor, nothing to parse."""
+        p = self.parts.shape[0]
         return {"text": self.text, "parts": self.parts,
                 "stats": torch.tensor([self.best_score, self.prompt_range]),
                 "part_stats": torch.stack([self.part_targets, self.part_ranges,
                                            self.part_clauses], 1)
-                if self.parts.shape[0] else torch.zeros(0, 3)}
+                if p else torch.zeros(0, 3),
+                "part_coefs": self.part_coefs.contiguous() if self.part_coefs is not None
+                else torch.zeros(p, p)}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "SceneCheck":
         stats, part_stats = t["stats"].float(), t["part_stats"].float()
+        coefs = t.get("part_coefs")
         return cls(t["text"].float(), float(stats[0]), float(stats[1]), t["parts"].float(),
                    part_stats[:, 0].contiguous(), part_stats[:, 1].contiguous(),
-                   part_stats[:, 2].contiguous())
+                   part_stats[:, 2].contiguous(),
+                   coefs.float().contiguous() if coefs is not None else None)
+
+
+def _partial_out(scores: torch.Tensor, clauses: list[int]) -> torch.Tensor:
+    """[P, P] least-squares coefficients (with an intercept, dropped) of each part's bank
+    scores [N, P] on the other parts of its clause; zero elsewhere and on the diagonal."""
+    p = scores.shape[1]
+    coefs = torch.zeros(p, p)
+    for j in range(p):
+        others = [k for k in range(p) if k != j and clauses[k] == clauses[j]]
+        if not others:
+            continue
+        x = torch.cat([scores[:, others], torch.ones(scores.shape[0], 1)], 1).double()
+        fit = torch.linalg.lstsq(x, scores[:, j:j + 1].double()).solution[:-1, 0]
+        coefs[j, others] = fit.float()
+    return coefs
+
+
+def _residual(scores: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+    """[N, P]: each part's score less what the other parts of its clause explain."""
+    return scores - scores @ coefs.T
 
 
 def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,

@@ -274,6 +274,8 @@ def test_a_scene_check_that_does_not_fit_together_is_refused(tmp_path) -> None:
             ("stats of the wrong length", {"scene_check.stats": torch.zeros(3)}),
             ("a part without its stats", {"scene_check.parts": torch.zeros(3, d)}),
             ("no text", {"scene_check.text": None}),
+            ("coefficients of another size", {"scene_check.part_coefs": torch.zeros(3, 3)}),
+            ("an unknown piece", {"scene_check.extra": torch.zeros(1)}),
             ("bad fingerprint", {"meta:scene_check_clip": "../x"})):
         t, m = dict(tensors), dict(meta)
         for k, v in change.items():
@@ -287,6 +289,13 @@ def test_a_scene_check_that_does_not_fit_together_is_refused(tmp_path) -> None:
         path = write_safetensors(tmp_path / f"{name}.safetensors", t, m)
         with pytest.raises(ModelFormatError, match="scene check"):
             Edit.load(path)
+    # an edit saved before the coefficients existed still loads and reads raw part scores
+    loaded = Edit.load(good)
+    assert loaded.scene_check is not None and loaded.scene_check.part_coefs is not None
+    old = {k: v for k, v in tensors.items() if k != "scene_check.part_coefs"}
+    m = {k: v for k, v in meta.items() if k != HASH_KEY}
+    before = Edit.load(write_safetensors(tmp_path / "before.safetensors", old, m))
+    assert before.scene_check is not None and before.scene_check.part_coefs is None
 
 
 def test_a_per_prompt_edit_of_words_the_generator_draws_nothing_of_changes_nothing() -> None:
@@ -357,3 +366,44 @@ def test_a_prompt_naming_two_things_is_learned_and_applied_as_two_edits(tmp_path
         bad = write_safetensors(tmp_path / f"{name}.safetensors", t, m)
         with pytest.raises(ModelFormatError):
             Edit.load(bad)
+
+
+def test_a_part_the_clip_reads_with_a_colour_bias_does_not_make_a_scene_absent() -> None:
+    """A CLIP whose "a background" leans towards blue (in a toy embedding space: axis 0 is
+    a background, 1 blue, 2 a circle, 3 red): a green-background scene has its background
+    for "a blue background" (only the colour is missing), while a scene with no circle lacks
+    what "a red circle" names. Raw part scores called the green background missing."""
+    from coral_core.editing.fit import SceneCheck
+    from coral_core.editing.prior import SampleBank
+
+    gen = torch.Generator().manual_seed(0)
+    n = 512
+    blue = (torch.rand(n, generator=gen) < 0.3).float()
+    red = (torch.rand(n, generator=gen) < 0.3).float()
+    circle = (torch.rand(n, generator=gen) < 0.5).float()
+    bank_emb = torch.stack([torch.ones(n), blue, circle, red * circle], 1)
+    bank_emb = bank_emb + 0.05 * torch.randn(n, 4, generator=gen)
+    bank = SampleBank(torch.zeros(n, 2), bank_emb, "g", "c")
+    text = {"a blue background": [1.0, 1.0, 0, 0], "a background": [1.0, 0.8, 0, 0],
+            "a blue": [0, 1.0, 0, 0], "a red circle": [0, 0, 1.0, 1.0],
+            "a circle": [0, 0, 1.0, 0.2], "a red": [0, 0, 0, 1.0]}
+    t = {k: torch.tensor(v) for k, v in text.items()}
+    background = SceneCheck.from_bank(bank, t["a blue background"], 64,
+                                      torch.stack([t["a background"], t["a blue"]]), [0, 0])
+    green_scene = torch.tensor([[1.0, 0.0, 1.0, 0.0]])  # a background (green), a circle
+    assert background.absent(green_scene) == [False]
+    # what the check read before: each part's raw score against the best samples' raw score
+    from dataclasses import replace
+
+    from coral_core.editing.fit import _range
+
+    on_bank = bank_emb @ background.parts.T
+    best = (bank_emb @ background.text).topk(64).indices
+    raw = replace(background, part_coefs=None, part_targets=on_bank[best].mean(0),
+                  part_ranges=torch.tensor([_range(on_bank[:, j], 64)[0] for j in range(2)]))
+    assert raw.absent(green_scene) == [True]
+    circle_check = SceneCheck.from_bank(bank, t["a red circle"], 64,
+                                        torch.stack([t["a circle"], t["a red"]]), [0, 0])
+    no_circle = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert circle_check.absent(no_circle) == [True]
+    assert circle_check.absent(torch.tensor([[1.0, 0.0, 1.0, 0.0]])) == [False]  # blue circle
