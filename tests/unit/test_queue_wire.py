@@ -104,3 +104,12 @@ def test_a_stream_closed_mid_handshake_is_an_error() -> None:
     server = Scripted([HANDSHAKE[:30]], hold=0.0)
     with pytest.raises(ConnectionError, match="websocket closed"):
         WebSocketReader(server.url, timeout=2.0)
+
+
+def test_a_server_that_never_answers_the_handshake_times_out() -> None:
+    """Connected, then silence: the reader gives up after its timeout instead of hanging."""
+    server = Scripted([], hold=3.0)
+    started = time.perf_counter()
+    with pytest.raises(OSError):  # socket.timeout is TimeoutError, an OSError
+        WebSocketReader(server.url, timeout=0.3)
+    assert time.perf_counter() - started < 2.0
