@@ -66,7 +66,7 @@ class ModelCache:
     def get(self, kind: str, path: str | Path, loader: Callable[[torch.device], Any],
             device: str | torch.device | None = None, options: tuple = ()) -> Any:
         dev = pick_device(device)
-        resolved = str(path) if str(path).startswith("local-dir:") else str(Path(path).resolve())
+        resolved = _resolved(path)
         key = (kind, resolved, file_fingerprint(path), str(dev), options)
         with self._lock:
             if key in self._entries:
@@ -98,7 +98,7 @@ class ModelCache:
                 n = len(self._entries)
                 self._entries.clear()
             else:
-                target = str(Path(path).resolve())
+                target = _resolved(path)
                 keys = [k for k, e in self._entries.items() if e.path == target]
                 for k in keys:
                     self._entries.pop(k)
@@ -108,6 +108,13 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _resolved(path: str | Path) -> str:
+    """The name an entry is kept under: the absolute path, or a CLIP's ``local-dir:`` source
+    as given (one rule for ``get`` and ``free``: before, ``free`` could not find a local-dir
+    CLIP)."""
+    return str(path) if str(path).startswith("local-dir:") else str(Path(path).resolve())
 
 
 ENGINE_CACHE = ModelCache()

@@ -166,3 +166,30 @@ def test_get_generator_and_get_clip_use_the_cache_they_are_given(tmp_path, monke
     assert made == [("generator", str(path)), ("clip", str(path), "ViT-B-32", "cpu"),
                     ("clip", str(path), "RN50", "cpu")]
     assert mine.loads == 3
+
+
+def test_a_local_dir_clip_is_kept_under_its_source_and_freed_by_it(tmp_path) -> None:
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    source = f"local-dir:{folder}"
+    cache = ModelCache()
+    first = cache.get("clip", source, Loads())
+    assert cache.get("clip", source, Loads()) is first and cache.loads == 1
+    assert cache.free(source) == 1 and len(cache) == 0
+
+
+def test_without_a_cache_the_engine_s_own_is_used(tmp_path, monkeypatch) -> None:
+    from coral_core import clip_model, formats
+
+    (path,) = _files(tmp_path, 1)
+    engine = ModelCache()
+    monkeypatch.setattr(cache_module, "ENGINE_CACHE", engine)
+    monkeypatch.setattr(formats, "load_generator",
+                        lambda p: SimpleNamespace(generator=torch.nn.Linear(2, 2)))
+    monkeypatch.setattr(clip_model, "load_clip",
+                        lambda s, m, d: SimpleNamespace(model=torch.nn.Linear(2, 2)))
+    g = get_generator(path, "cpu")
+    c = get_clip(path, None, "cpu")
+    assert get_generator(path, "cpu") is g and get_clip(path, None, "cpu") is c
+    assert engine.loads == 2 and len(engine) == 2
