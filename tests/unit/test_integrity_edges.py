@@ -135,3 +135,32 @@ def test_written_files_round_trip_from_any_device_layout(tmp_path) -> None:
     path = write_safetensors(tmp_path / "w.safetensors", {"t": t}, {"k": "v"})
     meta, tensors = read_safetensors(path, "edit")
     assert torch.equal(tensors["t"], t) and meta["k"] == "v" and HASH_KEY in meta
+
+
+def test_a_header_that_is_not_json_or_nests_too_deep_is_named(tmp_path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 5) + b"{nope")
+    with pytest.raises(ModelFormatError, match=f"^{bad}: the safetensors header is not valid JSON"):
+        read_header(bad, "edit")
+    deep = tmp_path / "deep.safetensors"
+    text = b'{"__metadata__": ' + b"[" * 8 + b"]" * 8 + b"}"  # 9 levels: more than any real one
+    deep.write_bytes(struct.pack("<Q", len(text)) + text)
+    with pytest.raises(ModelFormatError) as err:
+        read_header(deep, "edit")
+    assert str(err.value) == (f"{deep}: the safetensors header nests more than 8 levels deep; "
+                              "no real file does")
+
+
+def test_a_span_that_disagrees_with_its_shape_says_both_sizes(tmp_path) -> None:
+    path = raw_file(tmp_path / "s.safetensors", {"a": entry([1], 0, 4), "b": entry([1], 4, 12)},
+                    b"\0" * 12)
+    with pytest.raises(ModelFormatError) as err:
+        read_header(path, "edit")
+    assert str(err.value) == (f"{path}: tensor 'b' declares shape [1] (4 bytes) but spans 8 "
+                              "bytes: corrupt or crafted file")
+
+
+def test_reading_a_file_names_what_it_was_meant_to_be(tmp_path) -> None:
+    path = raw_file(tmp_path / "c.safetensors", {"t": entry([0], 0, 0)}, claim=10 ** 6)
+    with pytest.raises(ModelFormatError, match="truncated or not a generator$"):
+        read_safetensors(path, "generator")
