@@ -230,7 +230,6 @@ def queue_across_servers(servers: list[str], workflow: dict, sets: list[str],
             for seed in (seeds if seeds is not None else [None])]
     results = [job for _, job in todo]
     alive: dict[str, list] = {s.rstrip("/"): [] for s in servers}  # server -> [(seed, job)] in flight
-    where: dict[str, str] = {}
     deadline = time.time() + timeout
     client_id = uuid.uuid4().hex
     while (todo or any(alive.values())) and time.time() < deadline:
@@ -256,7 +255,6 @@ def queue_across_servers(servers: list[str], workflow: dict, sets: list[str],
                     job.error = body if isinstance(body, str) else json.dumps(body)[:2000]
                     continue
                 job.prompt_id = body["prompt_id"]
-                where[job.label] = server
                 alive[server].append((seed, job))
                 print(f"queued {job.label} on {server}: {job.prompt_id}", file=sys.stderr)
         for server in list(alive):

@@ -113,3 +113,45 @@ def test_a_class_type_with_a_dot_is_named_in_full() -> None:
     wf = {"1": {"class_type": "pack.Loader", "inputs": {"steps": 1}}}
     out = comfy_client.apply_overrides(wf, ["pack.Loader.steps=5"])
     assert out["1"]["inputs"] == {"steps": 5}
+
+
+def test_a_prompt_still_running_stays_queued_until_it_completes(tmp_path, monkeypatch) -> None:
+    polls = []
+
+    def server(url, path, body=None):
+        if path == "/prompt":
+            return 200, {"prompt_id": "p1"}
+        if path.startswith("/history/"):
+            polls.append(path)
+            if len(polls) < 3:  # known to the server, not finished yet
+                return 200, {"p1": {"status": {"completed": False, "status_str": "running"}}}
+            if len(polls) == 3:  # an error page instead of a history: ask again later
+                return 500, "internal error"
+            return 200, {"p1": {"status": {"completed": True}, "outputs": {}}}
+        raise AssertionError(path)
+
+    monkeypatch.setattr(comfy_client, "_request", server)
+    [job] = comfy_client.queue_across_servers(["http://a"], WORKFLOW, [], [1], tmp_path,
+                                              timeout=30, in_flight=1, poll=0.0)
+    assert (job.status, job.error) == ("success", "") and len(polls) >= 4
+
+
+def test_an_image_the_server_will_not_send_is_not_written(tmp_path, monkeypatch) -> None:
+    def server(url, path, body=None):
+        if path == "/prompt":
+            return 200, {"prompt_id": "p1"}
+        if path.startswith("/history/"):
+            return 200, {"p1": {"status": {"completed": True}, "outputs": {
+                "9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}}}}
+        return 404, b"no such image"
+
+    monkeypatch.setattr(comfy_client, "_request", server)
+    monkeypatch.setattr(comfy_client.time, "sleep", lambda s: None)
+    [job] = _queue(tmp_path)
+    assert (job.status, job.files) == ("success", []) and not any(tmp_path.rglob("*.png"))
+
+
+def test_a_history_without_the_prompt_gives_no_outputs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(comfy_client, "_request", lambda *a, **k: (200, {}))
+    job = comfy_client.QueuedPrompt("seed1", prompt_id="p1", status="success")
+    assert comfy_client._download_outputs("http://a", job, tmp_path) == []
