@@ -193,3 +193,21 @@ def test_without_a_cache_the_engine_s_own_is_used(tmp_path, monkeypatch) -> None
     c = get_clip(path, None, "cpu")
     assert get_generator(path, "cpu") is g and get_clip(path, None, "cpu") is c
     assert engine.loads == 2 and len(engine) == 2
+
+
+def test_two_local_dir_clips_are_freed_one_by_one_from_any_working_folder(tmp_path,
+                                                                          monkeypatch) -> None:
+    sources = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "open_clip_config.json").write_text(f'{{"name": "{name}"}}')
+        sources.append(f"local-dir:{folder}")
+    cache = ModelCache()
+    for source in sources:
+        cache.get("clip", source, Loads())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a local-dir source names its folder, not a path from here
+    assert cache.free(sources[0]) == 1 and len(cache) == 1
+    assert cache.free(sources[1]) == 1 and len(cache) == 0
