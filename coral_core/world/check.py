@@ -95,8 +95,9 @@ def judge_reads(judge: Judge, img: torch.Tensor, scenes: SceneBatch) -> dict[str
 
 @torch.no_grad()
 def check_world(G: Generator, judge: Judge, clip: Any | None = None, n: int = 500,
-                seed: int = 7) -> dict[str, Any]:
-    """Every figure of the world check, with its goal and whether it is met."""
+                seed: int = 7, clip_renders: int = 1000) -> dict[str, Any]:
+    """Every figure of the world check, with its goal and whether it is met (the CLIP's on
+    ``clip_renders`` held-out renders, apart from the ``n`` generator samples)."""
     samples, scenes, renders, _ = sample_with_truth(G, n, seed)
     p = psnr(samples, renders)
     ious = object_ious(samples, scenes, renders)
@@ -111,7 +112,7 @@ def check_world(G: Generator, judge: Judge, clip: Any | None = None, n: int = 50
     if clip is not None:
         from .clip_train import zero_shot_accuracy
 
-        acc = zero_shot_accuracy(clip.model, clip.tokenizer)
+        acc = zero_shot_accuracy(clip.model, clip.tokenizer, n=clip_renders)
         figures.update({f"CLIP {k}": v for k, v in acc.items()})
     return {"rows": goal_rows(figures, GOALS), "judge on samples": on_samples, "judge on renders": on_renders,
             "fidelity PSNR p10": float(p.quantile(0.1)), "object IoU p10":

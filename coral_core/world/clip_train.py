@@ -139,9 +139,11 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
                seed: int = 0, reporter: Reporter | None = None, device: str = "cpu",
                max_minutes: float | None = None, stop_at: int | None = None,
                init_from: Path | None = None, blends: bool = False,
-               world: str = "shapes", focus: tuple[str, ...] = ()) -> dict[str, Any]:
+               world: str = "shapes", focus: tuple[str, ...] = (),
+               report_renders: int = 1000) -> dict[str, Any]:
     """Train (from scratch, or on from the CLIP folder ``init_from``) and write the local-dir
-    folder ``out_dir``; returns the report. ``blends`` adds a blend twin per scene (see the
+    folder ``out_dir``; returns the report (its shapes-world zero-shot figures read
+    ``report_renders`` held-out renders). ``blends`` adds a blend twin per scene (see the
     module docstring).
 
     ``max_minutes`` stops early (the report says so) so a lent GPU's time limit is never lost.
@@ -218,7 +220,7 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
 
         acc = faces_zero_shot(model, tokenizer)
     else:
-        acc = zero_shot_accuracy(model, tokenizer)
+        acc = zero_shot_accuracy(model, tokenizer, n=report_renders)
     report = {"world": world, "steps": done, "planned_steps": steps, "batch": batch, "seed": seed, "lr": lr,
               "continued_from": None if init_from is None else str(init_from),
               "blend_twins": blends, "focus": list(focus), "final_loss": loss_value, "zero_shot": acc,

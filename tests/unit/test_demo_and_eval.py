@@ -78,7 +78,8 @@ def test_shipped_world_models_meet_their_goals_on_a_sample() -> None:
     from coral_core.world.check import check_world
 
     G = get_generator(assets.DEMO_GENERATOR).generator
-    result = check_world(G, load_judge(assets.DEMO_JUDGE), get_clip(assets.DEMO_CLIP), n=96)
+    result = check_world(G, load_judge(assets.DEMO_JUDGE), get_clip(assets.DEMO_CLIP), n=96,
+                         clip_renders=400)
     figures = {r["figure"]: r["value"] for r in result["rows"]}
     assert figures["fidelity PSNR (dB, median)"] >= 27
     assert figures["object IoU (median)"] >= 0.88

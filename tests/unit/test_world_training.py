@@ -36,7 +36,7 @@ def test_gan_training_stops_where_told_and_resumes_there(tmp_path: Path) -> None
 
 
 def test_clip_training_writes_a_clip_the_loader_reads(tmp_path: Path) -> None:
-    report = train_clip(tmp_path / "clip", steps=2, batch=8)
+    report = train_clip(tmp_path / "clip", steps=2, batch=8, report_renders=200)
     assert report["steps"] == 2
     clip = load_clip(tmp_path / "clip")
     text = clip.encode_text(["a red circle", "a blue square"])
@@ -51,7 +51,7 @@ def test_clip_fine_tuning_with_blend_twins_continues_from_the_given_clip(tmp_pat
         train_clip(tmp_path / "c", steps=1, batch=4, init_from=tmp_path / "missing")
     shipped = assets.require(assets.DEMO_CLIP)
     report = train_clip(tmp_path / "b", steps=1, batch=4, lr=1e-9, init_from=shipped,
-                        blends=True)
+                        blends=True, report_renders=300)
     assert report["blend_twins"] and report["continued_from"] == str(shipped)
     # the shipped CLIP reads pure colours: its pure-over-blend scores are far above chance
     assert report["zero_shot"]["pure over blend, background"] > 0.8
