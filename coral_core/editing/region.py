@@ -66,9 +66,9 @@ class RegionJudge:
     def loss(self, selector: Selector, masks: list[torch.Tensor | None],
              direction: torch.nn.Module, rows: int, recompute: bool = False,
              per_image: bool = False) -> torch.Tensor:
-        """The judged loss per row (one row: the mean over the images; with ``per_image``,
-        [1, N], each image's) of ``direction`` blended through ``masks`` (the selector's, as
-        its gate now stands)."""
+        """The judged loss per row (one row: the mean over the ``judged`` images; with
+        ``per_image``, [1, N], each of theirs) of ``direction`` blended through ``masks`` (the
+        selector's, as its gate now stands)."""
         with self.memory.autocast():
             img = blended_synthesis(self.G, self.ws, direction(self.ws), masks, self.noise,
                                     recompute=recompute)
@@ -79,9 +79,10 @@ class RegionJudge:
                         gated=True)
                 img = composite(img, self.original, region)
             loss = self.image_loss(img).float()
-        if per_image and rows == 1:
-            return loss[None]
-        return loss.mean(0, keepdim=True) if rows == 1 else loss
+        if rows > 1:
+            return loss
+        loss = loss[self.judged()]
+        return loss[None] if per_image else loss.mean(0, keepdim=True)
 
 
 def judge_loss(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
@@ -153,7 +154,7 @@ def prune_region(judge: RegionJudge, selector: Selector, direction: torch.nn.Mod
         with torch.no_grad():
             if per_image:  # [1, N]: each judged image's loss (pruning.prune_selection)
                 return torch.cat([j.loss(selector, j.masks(selector), direction, rows,
-                                         per_image=True)[:, j.judged()] for j in judges], 1)
+                                         per_image=True) for j in judges], 1)
             return torch.stack([j.loss(selector, j.masks(selector), direction, rows)
                                 for j in judges]).mean(0)
 
