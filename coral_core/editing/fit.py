@@ -229,9 +229,10 @@ class SceneCheck:
         clauses = part_clauses if part_clauses is not None else [0] * parts.shape[0]
         if len(clauses) != parts.shape[0]:
             raise ValueError(f"{len(clauses)} clause numbers for {parts.shape[0]} parts")
-        coefs = _partial_out(emb @ parts.T, clauses)
-        residual = _residual(emb @ parts.T, coefs)  # [N, P]
-        targets = residual[best_rows].mean(0) if parts.shape[0] else torch.zeros(0)
+        on_bank_parts = emb @ parts.T  # [N, P]
+        coefs = _partial_out(on_bank_parts, clauses)
+        residual = _residual(on_bank_parts, coefs)
+        targets = residual[best_rows].mean(0)
         ranges = [_range(residual[:, j], top)[0] for j in range(parts.shape[0])]
         return cls(t, best, rng, parts, targets.float(),
                    torch.tensor(ranges, dtype=torch.float32),
