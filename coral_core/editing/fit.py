@@ -264,6 +264,12 @@ class SceneCheck:
             lacking |= short[:, self.part_clauses == clause].all(1)
         return [a and not al for a, al in zip(lacking.tolist(), self.already(images))]
 
+    def acts_on(self, image_embeddings: torch.Tensor) -> list[bool]:
+        """Per image: the edit may change it (it neither already shows what the prompt names
+        nor lacks it); apply leaves the others exactly as they were."""
+        return [not (a or al) for a, al in zip(self.absent(image_embeddings),
+                                               self.already(image_embeddings))]
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """For the edit file (edit.py): every number as a tensor, nothing to parse."""
         p = self.parts.shape[0]

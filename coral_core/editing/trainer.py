@@ -416,8 +416,7 @@ def _scene_fits(clip: CoralClip, check: SceneCheck, original: _Original) -> torc
     with torch.no_grad():
         emb = original.source if original.source is not None else \
             clip.encode_image(original.image)
-    unfit = [a or al for a, al in zip(check.absent(emb), check.already(emb))]
-    return torch.tensor([0.0 if u else 1.0 for u in unfit], device=original.image.device)
+    return torch.tensor(check.acts_on(emb), dtype=torch.float32, device=original.image.device)
 
 
 def _choose_region(run: _Run, step: int, ws: torch.Tensor, noise: list, original: _Original,
