@@ -29,10 +29,19 @@ class SceneVerdict:
     absent: list[int] = field(default_factory=list)    # lack what it names
     unchecked: str = ""                                # why the scenes were not checked
     empty: list[int] = field(default_factory=list)     # the edit selects no region there
+    far: list[int] = field(default_factory=list)       # the edit overshot there: undone
+    short: list[int] = field(default_factory=list)     # the edit barely acted there: undone
+    start_scores: list[float] = field(default_factory=list, repr=False)  # CLIP, before
 
     def offset(self, start: int) -> "SceneVerdict":
-        return SceneVerdict([i + start for i in self.already], [i + start for i in self.absent],
-                            self.unchecked, [i + start for i in self.empty])
+        def moved(rows: list[int]) -> list[int]:
+            return [i + start for i in rows]
+        return SceneVerdict(moved(self.already), moved(self.absent), self.unchecked,
+                            moved(self.empty), moved(self.far), moved(self.short))
+
+    def left(self) -> list[int]:
+        """The rows the edit leaves exactly as they were."""
+        return sorted(set(self.absent + self.already + self.far + self.short))
 
 
 @dataclass
@@ -65,6 +74,16 @@ class ApplyResult:
                 out.append(f"edit {prompt!r}: selects no region in image(s) {_rows(v.empty)}, "
                            "which stay as they were (a per-prompt edit's regions come from "
                            "the scenes it was trained on; train a per-image edit for these)")
+            if v.far:
+                out.append(f"edit {prompt!r}: moved the CLIP far past the generator's own best "
+                           f"pictures of it in image(s) {_rows(v.far)}, so they are left "
+                           "unchanged: the CLIP reacts to words that name nothing this "
+                           "generator draws there; describe something it draws")
+            if v.short:
+                out.append(f"edit {prompt!r}: got under half way to the generator's best "
+                           f"pictures of it in image(s) {_rows(v.short)}, so they are left "
+                           "unchanged: the change it learned does not take there (train a "
+                           "per-image edit for these)")
         return out
 
 
@@ -104,13 +123,15 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
             pairs.append((_kept_rows(e.delta(ws) * s, verdict, ws.shape[0]), masks))
             regions.append(e.region(G, feats, original))
             if verdict is not None:
-                left = set(verdict.absent + verdict.already)
+                left = set(verdict.left())
                 verdict.empty = [i for i in _selects_nothing(masks, regions[-1], ws.shape[0])
                                  if i not in left]
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
     if original is not None:
         edited = _finished(edited, original, regions, _left_by_every_edit(scenes, strengths))
+        if checks and len(edits) == 1 and clip is not None:
+            _undo_off_target(edits[0], clip, scenes[0], strengths[0], original, edited)
     return ApplyResult(edited, original if return_original else None, all_masks, transferred,
                        scenes, [e.prompt for e in edits])
 
@@ -147,10 +168,10 @@ def _ready(G: Generator, ws: torch.Tensor, edits: Sequence[Edit], transfer: bool
 def _kept_rows(delta: torch.Tensor, verdict: SceneVerdict | None, batch: int) -> torch.Tensor:
     """The direction (one row, or one per image) for ``batch`` images, 0 on the rows the
     scene check leaves alone."""
-    if verdict is None or not (verdict.absent or verdict.already):
+    if verdict is None or not verdict.left():
         return delta
     keep = torch.ones(batch, 1, 1, device=delta.device, dtype=delta.dtype)
-    keep[verdict.absent + verdict.already] = 0.0
+    keep[verdict.left()] = 0.0
     return delta * keep
 
 
@@ -206,7 +227,30 @@ def _scene_verdict(edit: Edit, clip: CoralClip | None, original: torch.Tensor | 
     already = check.already(embeddings)
     absent = check.absent(embeddings)
     return SceneVerdict([i for i, a in enumerate(already) if a],
-                        [i for i, a in enumerate(absent) if a])
+                        [i for i, a in enumerate(absent) if a],
+                        start_scores=check.scores(embeddings).tolist())
+
+
+def _undo_off_target(edit: Edit, clip: CoralClip, verdict: SceneVerdict | None,
+                     strength: float, original: torch.Tensor, edited: torch.Tensor) -> None:
+    """Put back, in place, the scenes on which a per-prompt edit moved the CLIP too far or
+    too little (fit.SceneCheck.off_target, the rule per-image edits meet after training),
+    and note them in ``verdict``. Judged at the strength asked for (the reach is divided by
+    it); not judged for a reversed edit (strength <= 0), nor in a stack of several edits,
+    where no one edit's share of the change can be read."""
+    check = edit.scene_check
+    if check is None or verdict is None or verdict.unchecked or strength <= 0 \
+            or not verdict.start_scores:
+        return
+    skip = set(verdict.left() + verdict.empty)
+    judged = [i for i in range(edited.shape[0]) if i not in skip]
+    if not judged:
+        return
+    verdict.far, verdict.short = check.off_target(verdict.start_scores,
+                                                  clip.encode_image(edited), judged, strength)
+    undo = verdict.far + verdict.short
+    if undo:
+        edited[undo] = original[undo]
 
 
 EMPTY_MASK = 1e-3  # a mask this weak changes no 8-bit pixel
@@ -230,7 +274,7 @@ def _left_by_every_edit(scenes: list[SceneVerdict | None], strengths: list[float
     active = [v for v, s in zip(scenes, strengths) if s != 0]
     if not active or any(v is None for v in active):
         return []
-    left = [set(v.absent + v.already) for v in active if v is not None]
+    left = [set(v.left()) for v in active if v is not None]
     return sorted(set.intersection(*left))
 
 
@@ -289,6 +333,8 @@ def _merged(verdicts: list[SceneVerdict | None], starts: list[int]) -> SceneVerd
             merged.already += shifted.already
             merged.absent += shifted.absent
             merged.empty += shifted.empty
+            merged.far += shifted.far
+            merged.short += shifted.short
             merged.unchecked = merged.unchecked or v.unchecked
     return merged
 

@@ -39,6 +39,7 @@ Thresholds and measurements: docs/method.md ("The prompt fit check").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -96,9 +97,8 @@ class PromptFit:
         with a warning, instead of being changed at random."""
         self.reached = self.reach(text_embedding, edited_embeddings)
         self.overshoot = self.past_best(text_embedding, edited_embeddings)
-        far = [i for i, (r, o) in enumerate(zip(self.reached, self.overshoot))
-               if not self.already[i] and r > MAX_REACH and o > MAX_OVERSHOOT]
-        short = [i for i, r in enumerate(self.reached) if not self.already[i] and r < MIN_REACH]
+        far, short = off_target_rows(self.reached, self.overshoot,
+                                     [i for i, a in enumerate(self.already) if not a])
         self.off_target = [i in far or i in short for i in range(len(self.reached))]
         if short:
             self.warnings.append(
@@ -122,15 +122,37 @@ class PromptFit:
               ) -> list[float]:
         """Per image: how far the edit moved its CLIP score from where it started towards the
         bank's best samples' (0: not at all, 1: as well as they match the prompt)."""
-        return [round((s - s0) / max(self.best_score - s0, 1e-6), 3)
-                for s, s0 in zip(_scores(text_embedding, edited_embeddings), self.start_scores)]
+        return reach_of(self.start_scores, _scores(text_embedding, edited_embeddings),
+                        self.best_score)
 
     def past_best(self, text_embedding: torch.Tensor, edited_embeddings: torch.Tensor
                   ) -> list[float]:
         """Per image: how far the edited score lies past the bank's best samples' score, in
         units of the prompt's range on the bank (0: as good as they are; negative: short)."""
-        return [round((s - self.best_score) / max(self.prompt_range, 1e-6), 3)
-                for s in _scores(text_embedding, edited_embeddings)]
+        return past(_scores(text_embedding, edited_embeddings), self.best_score,
+                    self.prompt_range)
+
+
+def off_target_rows(reached: Sequence[float], overshoot: Sequence[float],
+                    judged: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(too far, too short) among the ``judged`` rows: the one rule for how far an edit may
+    move the CLIP, used after per-image training (PromptFit.judge_outcome) and when a
+    per-prompt edit meets new scenes at apply (SceneCheck.off_target)."""
+    far = [i for i in judged if reached[i] > MAX_REACH and overshoot[i] > MAX_OVERSHOOT]
+    short = [i for i in judged if reached[i] < MIN_REACH]
+    return far, short
+
+
+def reach_of(start: Sequence[float], edited: Sequence[float], best: float) -> list[float]:
+    """Per image: how far its CLIP score moved from ``start`` towards the bank's best samples'
+    score ``best`` (0: not at all, 1: as well as they match the prompt)."""
+    return [round((s - s0) / max(best - s0, 1e-6), 3) for s, s0 in zip(edited, start)]
+
+
+def past(edited: Sequence[float], best: float, prompt_range: float) -> list[float]:
+    """Per image: how far its score lies past ``best``, in units of the prompt's range on the
+    bank (0: as good as the best samples; negative: short of them)."""
+    return [round((s - best) / max(prompt_range, 1e-6), 3) for s in edited]
 
 
 def _scores(text_embedding: torch.Tensor, images: torch.Tensor) -> list[float]:
@@ -269,6 +291,20 @@ class SceneCheck:
         nor lacks it); apply leaves the others exactly as they were."""
         return [not (a or al) for a, al in zip(self.absent(image_embeddings),
                                                self.already(image_embeddings))]
+
+    def off_target(self, start_scores: Sequence[float], edited_embeddings: torch.Tensor,
+                   judged: Sequence[int], strength: float = 1.0) -> tuple[list[int], list[int]]:
+        """(too far, too short) among the ``judged`` rows, by the rule per-image edits meet
+        after training (off_target_rows): at apply a per-prompt edit meets scenes nobody
+        trained it on, and on some it moves the CLIP far past the generator's own best
+        pictures of the prompt (words the CLIP reacts to but the generator draws nothing of:
+        the whole scene repainted) or barely at all (the change did not happen there).
+        ``strength``: the apply strength; the reach is read per unit of it (half strength is
+        meant to go half way)."""
+        edited = self.scores(edited_embeddings).tolist()
+        reached = [r / strength for r in reach_of(start_scores, edited, self.best_score)]
+        return off_target_rows(reached, past(edited, self.best_score, self.prompt_range),
+                               judged)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """For the edit file (edit.py): every number as a tensor, nothing to parse."""

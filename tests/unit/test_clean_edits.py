@@ -238,7 +238,7 @@ def test_a_per_prompt_edit_leaves_alone_the_scenes_that_lack_what_it_names(tmp_p
     assert verdict is not None and 1 in verdict.absent
     assert checked.original is not None
     assert torch.equal(checked.edited[1], checked.original[1])
-    left = set(verdict.absent + verdict.already)
+    left = set(verdict.left())
     for row in set(range(4)) - left:
         assert not torch.equal(checked.edited[row], checked.original[row]), row
     [warning] = [w for w in checked.warnings() if "lack" in w]
@@ -251,6 +251,59 @@ def test_a_per_prompt_edit_leaves_alone_the_scenes_that_lack_what_it_names(tmp_p
     other = apply_edits(G, batch, [edit], clip=clip)
     assert other.warnings() and "not checked" in other.warnings()[0]
     assert torch.equal(other.edited, unchecked.edited)
+
+
+def test_a_per_prompt_edit_that_overshoots_or_falls_short_on_a_scene_leaves_it_alone(
+        tmp_path) -> None:
+    """At apply a per-prompt edit meets the rule a per-image edit meets after training: a
+    scene whose CLIP score went far past the generator's best pictures of the prompt, or
+    under half way to them, comes back exactly as it was, with a warning naming its row;
+    one whose score landed near the best samples' is edited. A reversed edit (negative
+    strength) is not judged."""
+    from dataclasses import replace
+
+    G, clip = _models()
+    cfg = TrainConfig(prompt="a red background", variant="can", mode="per_prompt", steps=4,
+                      batch=2, seed=0, truncation=1.0)
+    edit = train_edit(G, clip, cfg).edit
+    assert edit.scene_check is not None
+    ws = G.mapping_ws(G.z_from_seeds([11, 12, 13]), 1.0)
+    plain = apply_edits(G, ws, [edit])  # no CLIP: no check, every scene edited
+    assert plain.original is not None
+    with torch.no_grad():
+        start = edit.scene_check.scores(clip.encode_image(plain.original))
+        after = edit.scene_check.scores(clip.encode_image(plain.edited))
+    moved = (after - start).tolist()
+    assert all(abs(m) > 0 for m in moved)
+    # the best samples' score put exactly where row 0 landed: row 0 went all the way
+    # (reach 1), the rows that moved less or more fall short or overshoot
+    target = float(after[0])
+    edit.scene_check = replace(edit.scene_check, best_score=target,
+                               prompt_range=max(abs(m) for m in moved) / 50)
+    edit.scene_check.already = lambda e: [False] * e.shape[0]  # type: ignore[method-assign]
+    edit.scene_check.absent = lambda e: [False] * e.shape[0]  # type: ignore[method-assign]
+    checked = apply_edits(G, ws, [edit], clip=clip)
+    verdict = checked.scenes[0]
+    assert verdict is not None and checked.original is not None
+    assert 0 not in verdict.far + verdict.short and verdict.far + verdict.short
+    assert not torch.equal(checked.edited[0], checked.original[0])
+    for row in (1, 2):
+        reach = (float(after[row]) - float(start[row])) / (target - float(start[row]))
+        over = (float(after[row]) - target) / edit.scene_check.prompt_range
+        expect_far = reach > 1.5 and over > 0.2
+        assert (row in verdict.far) == expect_far, (row, reach, over)
+        assert (row in verdict.short) == (reach < 0.5), (row, reach)
+        if row in verdict.left():
+            assert torch.equal(checked.edited[row], checked.original[row])
+    for kind, words in (("far", "far past"), ("short", "under half way")):
+        rows = getattr(verdict, kind)
+        named = [w for w in checked.warnings() if words in w]
+        assert bool(named) == bool(rows)
+        if rows:
+            assert f"image(s) {', '.join(map(str, rows))}" in named[0]
+    reversed_ = apply_edits(G, ws, [edit], -1.0, clip=clip)
+    assert reversed_.scenes[0] is not None
+    assert reversed_.scenes[0].far == reversed_.scenes[0].short == []
 
 
 def test_a_scene_check_that_does_not_fit_together_is_refused(tmp_path) -> None:
