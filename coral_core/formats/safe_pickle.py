@@ -121,6 +121,7 @@ _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("builtins", "set"): lambda: set,
     ("__builtin__", "set"): lambda: set,
     ("builtins", "frozenset"): lambda: frozenset,
+    ("__builtin__", "frozenset"): lambda: frozenset,  # protocol 2 spells builtins so
     ("_codecs", "encode"): lambda: _latin1_encode,
 }
 

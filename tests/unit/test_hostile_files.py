@@ -168,6 +168,7 @@ def test_allowlist_is_exactly_the_data_constructors() -> None:
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("builtins", "set"), ("__builtin__", "set"), ("builtins", "frozenset"),
+        ("__builtin__", "frozenset"),
         ("_codecs", "encode"),
     }
     import io
