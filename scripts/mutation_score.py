@@ -125,6 +125,9 @@ def main(argv: list[str]) -> int:
     status: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
+    if not Path(mutmut).is_file():
+        raise SystemExit(f"mutmut is not installed next to {sys.executable}: run "
+                         "`.venv/bin/python -m pip install -e '.[mutation]'` first")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for module in modules:  # one scope per module: each runs only its own tests
         tests = args.tests or MODULE_TESTS.get(module) or ["tests/unit"]
