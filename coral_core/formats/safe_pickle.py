@@ -134,6 +134,7 @@ _KNOWN_UNSUPPORTED = {
 
 
 MAX_PICKLE_DEPTH = 1000
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")
 
 
 def check_pickle_structure(data: bytes, source: str, max_depth: int = MAX_PICKLE_DEPTH) -> None:
@@ -143,7 +144,10 @@ def check_pickle_structure(data: bytes, source: str, max_depth: int = MAX_PICKLE
     200,000-deep tuple recurses in C and kills the process (a segmentation fault takes the whole
     ComfyUI server with it). This walks the opcodes iteratively (``pickletools.genops``, nothing
     is built) and tracks how deep each stack entry is: a container built from entries of depth
-    d has depth d + 1. Real model files nest a few dozen levels.
+    d has depth d + 1. Real model files nest a few dozen levels. An object fetched from the
+    memo keeps the depth it had when remembered: exact for tuples (remembered finished; their
+    hashing is what recurses), a floor for lists and dicts (remembered empty, filled later),
+    whose freeing and comparing Python guards itself.
     """
     import pickletools
 
@@ -152,6 +156,11 @@ def check_pickle_structure(data: bytes, source: str, max_depth: int = MAX_PICKLE
     memo: dict[Any, int] = {}
     try:
         for op, arg, _pos in pickletools.genops(data):
+            if op.name in _MEMO_PUTS:  # the top is remembered as it stands, not rebuilt
+                if not stack:
+                    raise ModelFormatError(f"{source}: malformed pickle (memo of nothing)")
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1]
+                continue
             before, after = op.stack_before, op.stack_after
             deepest = 0
             if pickletools.markobject in before:
@@ -171,9 +180,6 @@ def check_pickle_structure(data: bytes, source: str, max_depth: int = MAX_PICKLE
             if op.name == "MARK":
                 marks.append(len(stack))
                 continue
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE") and stack:
-                memo[arg if op.name != "MEMOIZE" else len(memo)] = stack[-1] if not after \
-                    else deepest
             if op.name in ("GET", "BINGET", "LONG_BINGET"):
                 stack.append(memo.get(arg, 0))
                 continue

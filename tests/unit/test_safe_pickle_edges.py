@@ -205,6 +205,7 @@ def test_a_duplicated_deep_object_keeps_its_depth() -> None:
 
 
 @pytest.mark.parametrize("data, words", [(b"l.", "no mark"), (b"a.", "stack underflow"),
+                                         (b"p0\n.", "memo of nothing"),
                                          (b"\x80\x02\xff.", "truncated or corrupt")])
 def test_a_malformed_opcode_stream_is_a_named_format_error(data: bytes, words: str) -> None:
     with pytest.raises(ModelFormatError, match=words) as err:
@@ -347,3 +348,108 @@ def test_referenced_globals_stops_at_its_limit_and_never_raises() -> None:
     assert sp.referenced_globals(data, limit=5) == set()
     assert sp.referenced_globals(b"\xff\xfe garbage") == set()
     assert sp.referenced_globals(_call("os", "system", ("x",))[:-8]) == {"os"}
+
+
+# ---- the memo, in every protocol's spelling, and the words a user reads --------------------
+
+def _least_depth(data: bytes) -> int:
+    """The smallest bound the scan lets ``data`` through."""
+    depth = 1
+    while True:
+        try:
+            sp.check_pickle_structure(data, "probe.pkl", max_depth=depth)
+            return depth
+        except ModelFormatError:
+            depth += 1
+
+
+@pytest.mark.parametrize("protocol, padding", [(0, 0), (2, 0), (4, 0), (2, 300), (4, 300)])
+def test_a_memoised_object_met_again_deeper_counts_its_own_depth(protocol: int,
+                                                                 padding: int) -> None:
+    """A deep tuple (the kind whose hashing crashed the process) first appears shallow,
+    then again (by memo) three tuples deeper: the second use decides the depth, in PUT/GET
+    (protocol 0), BINPUT/BINGET (2) and MEMOIZE (4) spellings, and the LONG_ forms once the
+    memo passes 256 entries."""
+    shared: tuple = ()
+    for _ in range(19):
+        shared = (shared, 0)
+    pad = [f"s{i}" for i in range(padding)]
+    reused = pickle.dumps((pad, shared, (((shared, 1), 1), 1)), protocol=protocol)
+    fresh = pickle.dumps((pad, shared, ((((), 1), 1), 1)), protocol=protocol)
+    ops = {op.name for op, _, _ in __import__("pickletools").genops(reused)}
+    assert ops & {"GET", "BINGET", "LONG_BINGET"}
+    if padding:
+        assert "LONG_BINGET" in ops
+    # fresh: its deepest part is the first, shallow use; reused: three levels more
+    assert _least_depth(reused) == _least_depth(fresh) + 3
+
+
+def test_the_words_a_user_reads_name_the_file_the_cause_and_what_to_do(tmp_path: Path) -> None:
+    refused = _plain(tmp_path, _call("os", "system", ("x",)), "evil.pkl")
+    with pytest.raises(UnsafeFileError) as err:
+        sp.load_plain_pickle(refused)
+    assert ("which is not a tensor or plain-data constructor. Loading it could run code from "
+            "the file, so nothing from it was executed. If this is a genuine model, convert it "
+            "with the tool that wrote it to a .safetensors or rosinality .pt file."
+            ) in str(err.value)
+    truncated = _plain(tmp_path, pickle.dumps({"a": 1}, protocol=2)[:-3], "cut.pkl")
+    with pytest.raises(ModelFormatError) as err:
+        sp.load_plain_pickle(truncated)
+    assert str(err.value).startswith(f"{truncated}: the file is truncated or corrupt (")
+    assert "Error" in str(err.value).split("(")[1].split(":")[0]  # the exception's type named
+    assert str(err.value).endswith("). Download or copy it again.")
+    deep = b"(" * 50 + b"l" * 50 + b"."
+    with pytest.raises(ModelFormatError) as err:
+        sp.check_pickle_structure(deep, "deep.pkl", max_depth=10)
+    assert str(err.value) == ("deep.pkl: refused: the pickle nests objects more than 10 levels "
+                              "deep (no model file does; such a file can crash the process)")
+    record = _call("torch_utils.persistence", "_reconstruct_persistent_obj", ("x",))
+    with pytest.raises(ModelFormatError) as err:
+        sp.load_plain_pickle(_plain(tmp_path, record, "rec.pkl"))
+    assert "persistent object record is not an NVlabs class record" in str(err.value)
+
+
+def test_errors_inside_an_archive_name_the_archive(tmp_path: Path) -> None:
+    cut = _archive(tmp_path, {"a/data.pkl": pickle.dumps({"a": 1}, protocol=2)[:-3]}, "cut.pt")
+    with pytest.raises(ModelFormatError) as err:
+        sp.load_torch_zip(cut)
+    assert str(err.value).startswith(f"{cut}: the file is truncated or corrupt (")
+    deep = _archive(tmp_path, {"a/data.pkl": b"(" * 1100 + b"l" * 1100 + b"."}, "deep.pt")
+    for check in (sp.load_torch_zip, sp.check_torch_archive_structure):
+        with pytest.raises(ModelFormatError) as err:
+            check(deep)
+        assert str(err.value).startswith(f"{deep}: refused: the pickle nests")
+    evil = _archive(tmp_path, {"a/data.pkl": _call("os", "system", ("x",))}, "evil.pt")
+    with pytest.raises(UnsafeFileError) as err:
+        sp.load_torch_zip(evil)
+    assert str(err.value).startswith(f"{evil}: refused to load")
+    bomb = _archive(tmp_path, {"a/data.pkl": b"N.", "a/data/0": b"\0" * (70 * 1024 * 1024)},
+                    "bomb.pt", zipfile.ZIP_DEFLATED)
+    with pytest.raises(ModelFormatError) as err:
+        sp.check_torch_archive_structure(bomb)
+    assert "(a compression bomb; torch.save archives are stored, not compressed)" in str(err.value)
+
+
+def test_a_record_source_that_is_not_utf8_is_hashed_not_refused(tmp_path: Path) -> None:
+    raw = b"class G:\xff\xfe pass"
+    data = _call("torch_utils.persistence", "_reconstruct_persistent_obj",
+                 (_meta(module_src=raw),))
+    record = sp.load_plain_pickle(_plain(tmp_path, data))
+    text = raw.decode("utf-8", "replace")
+    assert record.module_src_head == text
+    assert record.module_src_sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    lone = "class G: \ud800 pass"  # a lone surrogate: not encodable as UTF-8 as it stands
+    data = _call("torch_utils.persistence", "_reconstruct_persistent_obj",
+                 (_meta(module_src=lone),))
+    record = sp.load_plain_pickle(_plain(tmp_path, data, "lone.pkl"))
+    assert record.module_src_sha256 == hashlib.sha256(
+        lone.encode("utf-8", "replace")).hexdigest()
+
+
+def test_referenced_globals_reads_old_instances_and_counts_its_limit_exactly() -> None:
+    assert sp.referenced_globals(b"(ios\nsystem\n.") == {"os"}  # INST, protocol 0
+    data = pickle.dumps([1, 2, 3, collections.OrderedDict()], protocol=2)
+    at = next(i for i, (op, _, _) in enumerate(__import__("pickletools").genops(data))
+              if op.name == "GLOBAL")
+    assert sp.referenced_globals(data, limit=at) == {"collections"}
+    assert sp.referenced_globals(data, limit=at - 1) == set()
