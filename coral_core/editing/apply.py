@@ -243,7 +243,9 @@ def _undo_off_target(edit: Edit, clip: CoralClip, verdict: SceneVerdict | None,
             or not verdict.start_scores:
         return
     skip = set(verdict.left() + verdict.empty)
-    judged = [i for i in range(edited.shape[0]) if i not in skip]
+    moved = (edited - original).flatten(1).abs().amax(1) > EIGHT_BIT_STEP / 2
+    judged = [i for i in range(edited.shape[0])  # a scene it did not change needs no verdict
+              if i not in skip and bool(moved[i])]
     if not judged:
         return
     verdict.far, verdict.short = check.off_target(verdict.start_scores,
@@ -254,6 +256,7 @@ def _undo_off_target(edit: Edit, clip: CoralClip, verdict: SceneVerdict | None,
 
 
 EMPTY_MASK = 1e-3  # a mask this weak changes no 8-bit pixel
+EIGHT_BIT_STEP = 2 / 255  # one step of an 8-bit pixel, in the images' [-1, 1]
 
 
 def _selects_nothing(masks: list[torch.Tensor | None], region: torch.Tensor | None,

@@ -304,6 +304,10 @@ def test_a_per_prompt_edit_that_overshoots_or_falls_short_on_a_scene_leaves_it_a
     reversed_ = apply_edits(G, ws, [edit], -1.0, clip=clip)
     assert reversed_.scenes[0] is not None
     assert reversed_.scenes[0].far == reversed_.scenes[0].short == []
+    with torch.no_grad():  # an edit that changes nothing (a prompt it found no aim for)
+        edit.direction.delta.zero_()
+    idle = apply_edits(G, ws, [edit], clip=clip)
+    assert idle.scenes[0] is not None and idle.scenes[0].short == [] and not idle.warnings()
 
 
 def test_a_scene_check_that_does_not_fit_together_is_refused(tmp_path) -> None:
