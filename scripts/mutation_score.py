@@ -68,7 +68,8 @@ MODULE_TESTS = {
                                        "tests/unit/test_clip.py"],
     "coral_core.formats.native": ["tests/unit/test_loaders.py", "tests/unit/test_corrupt_files.py"],
     "coral_core.formats.weights": ["tests/unit/test_loaders.py",
-                                   "tests/unit/test_corrupt_files.py"],
+                                   "tests/unit/test_corrupt_files.py",
+                                   "tests/unit/test_weights_file.py"],
 }
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".host", "out", "mutants", ".mutation", ".git",
                                      "__pycache__", "*.ckpt.pt", ".mypy_cache", ".pytest_cache")
