@@ -324,8 +324,9 @@ class CoralApplyEdit:
             "clip": (CORAL_CLIP, {
                 "tooltip": "The CLIP a per-prompt edit was trained with. Connected, the edit "
                            "leaves unchanged the images that lack what it names (a 'red circle' "
-                           "edit on a scene without a circle) or already show it, and the "
-                           "console says which; not connected, every image is edited."}),
+                           "edit on a scene without a circle) or already show it, and puts "
+                           "back those it would change far past the prompt or barely at all; "
+                           "the console says which. Not connected, every image is edited."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def apply(self, model: StyleGANModel, latents: Latents, edit: Edit, strength: float,

@@ -338,7 +338,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(s, clip=True)
     s.add_argument("--no-scene-check", dest="scene_check", action="store_false",
                    help="per-prompt edits: edit every image, also those that lack what the "
-                        "edit names or already show it (default: they are left unchanged, "
+                        "edit names or already show it, and keep edits that went far past the "
+                        "prompt or barely moved (default: those images are left unchanged, "
                         "judged with --clip, the CLIP the edit was trained with)")
     s.add_argument("--edit", action="append", required=True, help="repeat to stack edits")
     s.add_argument("--seeds", default=None)
