@@ -147,14 +147,15 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
                                     seed=case.seed, no_masks=method == "styleclip")
                 edit = train_edit(G, clip, cfg, latents=ws).edit
             t_edit = time.perf_counter() - t0
-            res = apply_edits(G, ws, [edit])
+            res = apply_edits(G, ws, [edit], clip=clip)  # a user's Apply with its CLIP
             assert res.original is not None
             s = score(case, judge, faces, res.original, res.edited)
             selected = [i + 1 for i, m in enumerate(res.masks[0])
                         if m is not None and float(m.max()) >= 0.5]
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **s, "seconds_per_edit": t_edit,
-                         "selected_layers": selected})
+                         "selected_layers": selected,
+                         "warnings": list(edit.info.get("warnings") or []) + res.warnings()})
             if method == "coral_ss":
                 bad = (0 if s["success"] else 100) + max(0.0, 40 - s["psnr_outside"])
                 diff = ((res.edited - res.original).abs().amax(1)[0].cpu().numpy() * 127)
