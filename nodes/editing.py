@@ -347,9 +347,10 @@ class CoralApplyEdit:
         for prompt in res.transferred:
             print(f"[CoralStyleCLIP] Apply Edit (Coral): per-image edit {prompt!r} transferred "
                   "to latents it was not trained on")
-        for warning in res.warnings():
-            print(f"[CoralStyleCLIP] Apply Edit (Coral): {warning} (disconnect the clip input)"
-                  if "switch" in warning else f"[CoralStyleCLIP] Apply Edit (Coral): {warning}")
+        notes = [f"{w} (disconnect the clip input)" if "switch" in w else w
+                 for w in res.warnings()]
+        for note in notes:
+            print(f"[CoralStyleCLIP] Apply Edit (Coral): {note}")
         res_masks = res.masks[-1]
         mask = effective_mask(res_masks, G.img_resolution).cpu()
         layer = torch.stack([
@@ -360,7 +361,8 @@ class CoralApplyEdit:
         edited, original = to_unit_range(res.edited).cpu(), to_unit_range(res.original).cpu()
         # before | after on the node itself (no Preview node needed), the first few pictures
         pairs = torch.cat([original[:PREVIEW_PAIRS], edited[:PREVIEW_PAIRS]], dim=2)
-        return {"ui": {"images": host.save_image_previews(pairs, "coral_apply")},
+        # the scene check's verdicts on the node itself (web/js shows them under the preview)
+        return {"ui": {"images": host.save_image_previews(pairs, "coral_apply"), "text": notes},
                 "result": (edited, original, mask, layer)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import threading
 
 import numpy as np
@@ -67,6 +68,14 @@ def test_apply_saved_edit_to_a_batch(server) -> None:
         assert pair.shape[0] == 4 * e.shape[0] and small.shape[1] == 2 * e.shape[1]
         assert np.array_equal(small[:, :e.shape[1]], o)
         assert np.array_equal(small[:, e.shape[1]:], e)
+    # the scene check's verdict is on the node: the pictures it left as they were, and why
+    unchanged = [i for i, (e, o) in enumerate(zip(edited, original)) if np.array_equal(e, o)]
+    notes = outputs["5"].get("text") or []
+    assert unchanged and notes
+    named = {int(n) for note in notes
+             for rows in re.findall(r"image\(s\) ((?:\d+, )*\d+)", note)
+             for n in rows.split(", ")}
+    assert set(unchanged) <= named, (unchanged, notes)
 
 
 def test_invert_template_runs_as_shipped_and_on_an_uploaded_photo(server) -> None:

@@ -104,17 +104,21 @@ function redraw(nodeId) {
   drawPanel(node, addPanel(node), runFor(nodeId));
 }
 
-function addSavedName(node, names) {
+function showNote(node, text, maxHeight = 44) {
   if (!node.__coralSaved) {
     const element = document.createElement("div");
     element.className = "coral-saved-name";
-    element.style.cssText = "font:11px monospace;color:#ccc;padding:2px 4px;white-space:pre;";
+    element.style.cssText = "font:11px monospace;color:#ccc;padding:2px 4px;white-space:pre-wrap;";
     node.__coralSaved = node.addDOMWidget("coral_saved", "coral_saved", element, {
-      serialize: false, hideOnZoom: false, getMinHeight: () => 22, getMaxHeight: () => 44,
+      serialize: false, hideOnZoom: false, getMinHeight: () => 22, getMaxHeight: () => maxHeight,
     });
     node.__coralSaved.element = element;
   }
-  node.__coralSaved.element.textContent = `saved: ${names.join(", ")}`;
+  node.__coralSaved.element.textContent = text;
+}
+
+function addSavedName(node, names) {
+  showNote(node, `saved: ${names.join(", ")}`);
 }
 
 app.registerExtension({
@@ -135,6 +139,15 @@ app.registerExtension({
         if (message?.text?.length) addSavedName(this, message.text);
         // a new edit or latent file: refresh the loaders' lists without a page reload
         app.refreshComboInNodes?.();
+      };
+    }
+    if (nodeData.name === "CoralApplyEdit") {
+      // what the scene check left unchanged, and why, on the node (not only the console)
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        const notes = message?.text || [];
+        if (notes.length || this.__coralSaved) showNote(this, notes.join("\n"), 160);
       };
     }
   },
