@@ -104,11 +104,12 @@ function redraw(nodeId) {
   drawPanel(node, addPanel(node), runFor(nodeId));
 }
 
-function showNote(node, text, maxHeight = 44) {
+function showNote(node, text, className = "coral-saved-name", maxHeight = 44) {
   if (!node.__coralSaved) {
     const element = document.createElement("div");
-    element.className = "coral-saved-name";
-    element.style.cssText = "font:11px monospace;color:#ccc;padding:2px 4px;white-space:pre-wrap;";
+    element.className = className;
+    element.style.cssText = "font:11px monospace;color:#ccc;padding:2px 4px;" +
+      "white-space:pre-wrap;overflow-y:auto;";
     node.__coralSaved = node.addDOMWidget("coral_saved", "coral_saved", element, {
       serialize: false, hideOnZoom: false, getMinHeight: () => 22, getMaxHeight: () => maxHeight,
     });
@@ -147,7 +148,9 @@ app.registerExtension({
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
         const notes = message?.text || [];
-        if (notes.length || this.__coralSaved) showNote(this, notes.join("\n"), 160);
+        if (notes.length || this.__coralSaved) {
+          showNote(this, notes.join("\n"), "coral-scene-notes", 66);
+        }
       };
     }
   },
