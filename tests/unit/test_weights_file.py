@@ -43,6 +43,8 @@ def test_a_safetensors_header_that_lies_is_refused_before_safetensors_reads_it(
     with pytest.raises(ModelFormatError) as err:
         load_weights_file(path, "e4e checkpoint")
     assert str(path) in str(err.value) and "e4e checkpoint" in str(err.value)
+    # the project's own header check said so, not safetensors' or torch's reader
+    assert f"the safetensors header claims {n + 10_000} bytes" in str(err.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not weights", b"PK\x03\x04broken zip"])
