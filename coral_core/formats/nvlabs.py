@@ -7,7 +7,6 @@ that the result is a generator this engine can run.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ def config_from_record(rec: PersistentRecord, path: Path) -> GeneratorConfig:
     num_ws = _num(st.get("num_ws"))
     if num_ws is not None and int(num_ws) != cfg.num_ws:
         raise ModelFormatError(f"{path}: num_ws {num_ws} does not match resolution {res}")
-    if not math.isfinite(cfg.mapping_lr_multiplier) or cfg.mapping_lr_multiplier <= 0:
+    if cfg.mapping_lr_multiplier <= 0:  # negative or not finite: the config refused it
         raise ModelFormatError(f"{path}: invalid mapping lr multiplier {lr}")
     return cfg
 
