@@ -291,8 +291,12 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
         cancelled, rerun = _cancel_then_run_again(browser, server, node_id, steps)
         inverted = _invert_with_live_view(browser, 12 + int(nodes2),
                                           shot.with_name("invert_" + shot.name))
-        others = {name: _run_template(browser, server, name)
-                  for name in ("apply_saved_edit", "segments_from_masks")}
+        others = {"apply_saved_edit": _run_template(browser, server, "apply_saved_edit")}
+        # the shipped per-prompt edit leaves some of the batch alone: Apply Edit says which
+        scene_notes = browser.evaluate(
+            "Array.from(document.querySelectorAll('.coral-scene-notes'))"
+            ".map(e => e.textContent).join('\\n')")
+        others["segments_from_masks"] = _run_template(browser, server, "segments_from_masks")
     finally:
         browser.close()
         server.post("/settings/Comfy.VueNodes.Enabled", False)
@@ -323,5 +327,6 @@ def test_live_training_view_is_visible_and_unobstructed(request, front_end, tmp_
     assert not inverted["anyOverlaps"], inverted["anyOverlaps"]
     for name, overlaps in others.items():  # every template's outputs, shown, cover nothing
         assert not overlaps, (name, overlaps)
+    assert "selects no region in image(s) " in scene_notes, scene_notes
     unhandled = [ln for ln in browser.console if "Unhandled message" in ln and "coral" in ln]
     assert not unhandled, unhandled
