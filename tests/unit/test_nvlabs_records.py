@@ -144,7 +144,8 @@ def _without(rec: PersistentRecord, module: str) -> PersistentRecord:
     (lambda r: _without(r, "synthesis"), "NVlabs Generator without synthesis/mapping networks"),
     (lambda r: _without(r, "mapping"), "NVlabs Generator without synthesis/mapping networks"),
     (lambda r: r.modules["synthesis"].state["_modules"].update(input=r.modules["mapping"]),
-     "this is a StyleGAN3 generator"),
+     "Only StyleGAN2 / StyleGAN2-ADA generators are supported, including StyleGAN2 models "
+     "trained with the stylegan3 code base."),
     (lambda r: _without(r.modules["synthesis"], "b4"), "this is a StyleGAN3 generator"),
     (lambda r: r.state.update(c_dim=np.int64(10)),
      "this is a class-conditional generator (c_dim=10); only unconditional"),
@@ -199,7 +200,9 @@ def test_flattening_is_bounded_in_depth_and_size(made, monkeypatch) -> None:
     nvlabs.flatten_state_dict(rec, P)
     n_weights = len(nvlabs.flatten_state_dict(rec, P))
     monkeypatch.setattr(nvlabs, "MAX_STATE_ENTRIES", n_weights - 1)
-    with pytest.raises(ModelFormatError, match=f"names more than {n_weights - 1} weights"):
+    with pytest.raises(ModelFormatError, match=f"names more than {n_weights - 1} weights "
+                       r"\(shared sub-modules repeated without end\?\); no StyleGAN2 "
+                       "generator has that many$"):
         nvlabs.flatten_state_dict(rec, P)
     monkeypatch.setattr(nvlabs, "MAX_STATE_ENTRIES", n_weights)
     assert len(nvlabs.flatten_state_dict(rec, P)) == n_weights
@@ -207,7 +210,8 @@ def test_flattening_is_bounded_in_depth_and_size(made, monkeypatch) -> None:
     leaf = PersistentRecord("Leaf", {}, "")
     hub = PersistentRecord("Hub", {"_modules": {f"m{i}": leaf for i in range(10)}}, "")
     monkeypatch.setattr(nvlabs, "MAX_STATE_ENTRIES", 10)
-    with pytest.raises(ModelFormatError, match="more than 10 sub-modules"):
+    with pytest.raises(ModelFormatError, match=r"more than 10 sub-modules \(shared sub-modules "
+                       r"repeated without end\?\); no StyleGAN2 generator has that many$"):
         nvlabs.flatten_state_dict(hub, P)
     monkeypatch.setattr(nvlabs, "MAX_STATE_ENTRIES", 11)
     assert nvlabs.flatten_state_dict(hub, P) == {}
@@ -228,3 +232,48 @@ def test_weights_that_do_not_fit_the_config_are_refused_by_name(made) -> None:
     half = {k: v.half() for k, v in state.items()}  # stored in fp16: loaded as fp32
     built = nvlabs.build_generator(G.cfg, half, P)
     assert all(p.dtype == torch.float32 for p in built.parameters())
+
+
+def test_the_generator_is_picked_from_what_the_file_holds(made, tmp_path: Path) -> None:
+    G, ema = made["skip"]
+    other = load_plain_pickle(write_nvlabs_pickle(random_generator(G.cfg, seed=9),
+                                                  tmp_path / "o.pkl"))["G"]
+    picked, notes = nvlabs._pick_generator({"G": other, "G_ema": ema, "D": 1}, P)
+    assert picked is ema and notes == []  # the averaged generator, as NVlabs' own tools use
+    picked, notes = nvlabs._pick_generator({"G": other, "augment_pipe": None}, P)
+    assert picked is other
+    assert notes == ["file has no G_ema; using the instantaneous generator G"]
+    picked, notes = nvlabs._pick_generator(ema, P)  # torch.save(G), as PTI writes
+    assert picked is ema and notes == []
+    d = PersistentRecord("Discriminator", {}, "")
+    cases = [({"D": d, "b": 1}, f"{P}: this NVlabs pickle holds only a discriminator (keys "
+                                "['D', 'b']); a generator (G_ema) is needed"),
+             ({"G_ema": "not a record", "x": 2}, f"{P}: NVlabs pickle without a generator: "
+                                                 "keys ['G_ema', 'x']"),
+             ([ema], f"{P}: unexpected top-level object list"),
+             (d, f"{P}: expected an NVlabs Generator, found a 'Discriminator' object")]
+    for top, message in cases:
+        with pytest.raises(ModelFormatError) as err:
+            nvlabs._pick_generator(top, P)
+        assert str(err.value) == message
+
+
+def test_one_class_is_conditional_and_a_missing_c_dim_is_none(made) -> None:
+    rec = _rec(made)
+    del rec.state["c_dim"]
+    assert _cfg(rec) == _cfg(_rec(made))
+    rec.state["c_dim"] = 1
+    with pytest.raises(ModelFormatError, match=r"class-conditional generator \(c_dim=1\)"):
+        nvlabs.config_from_record(rec, P)
+
+
+def test_a_block_or_layer_stored_without_its_parts_falls_back(made) -> None:
+    base = _cfg(_rec(made))
+    rec = _rec(made)
+    syn, mapping = _mods(rec)
+    del mapping.state["_modules"]["fc0"]  # no first layer to read the gain from
+    rec.state["_init_kwargs"]["mapping_kwargs"]["lr_multiplier"] = 0.02
+    assert _cfg(rec)["mapping_lr_multiplier"] == 0.02
+    del syn.modules["b4"].state["_parameters"]  # no constant to check the channels against
+    rec.state["_init_kwargs"]["synthesis_kwargs"]["channel_max"] = 16
+    assert _cfg(rec)["channel_max"] == 16 != base["channel_max"]
