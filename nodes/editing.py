@@ -326,7 +326,8 @@ class CoralApplyEdit:
                            "leaves unchanged the images that lack what it names (a 'red circle' "
                            "edit on a scene without a circle) or already show it, and puts "
                            "back those it would change far past the prompt or barely at all; "
-                           "the console says which. Not connected, every image is edited."}),
+                           "the node and the console say which. Not connected, every image is "
+                           "edited."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def apply(self, model: StyleGANModel, latents: Latents, edit: Edit, strength: float,
