@@ -54,6 +54,11 @@ class ApplyResult:
     scenes: list[SceneVerdict | None] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)  # per edit laid, as ``scenes``
 
+    def all_warnings(self, edits: Sequence[Edit]) -> list[str]:
+        """What a user was told, training and apply together: each edit's training warnings
+        (kept in its file), then this apply's."""
+        return [w for e in edits for w in (e.info.get("warnings") or [])] + self.warnings()
+
     def warnings(self) -> list[str]:
         """What the scene check did, in words a user can act on."""
         out = []

@@ -311,7 +311,7 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
             res = apply_edits(G, ws, [edit], clip=clip)  # a user's Apply with its CLIP
             t_apply = time.perf_counter() - t1
             assert res.original is not None
-            warnings = list(edit.info.get("warnings") or []) + res.warnings()
+            warnings = res.all_warnings([edit])
             scores = score_case(case, judge, scenes, res.original, res.edited, warnings)
             if case.after is not None:
                 scores["iou"] = _mask_iou(res, case, G.img_resolution)

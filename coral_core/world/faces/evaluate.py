@@ -155,7 +155,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **s, "seconds_per_edit": t_edit,
                          "selected_layers": selected,
-                         "warnings": list(edit.info.get("warnings") or []) + res.warnings()})
+                         "warnings": res.all_warnings([edit])})
             if method == "coral_ss":
                 bad = (0 if s["success"] else 100) + max(0.0, 40 - s["psnr_outside"])
                 diff = ((res.edited - res.original).abs().amax(1)[0].cpu().numpy() * 127)
