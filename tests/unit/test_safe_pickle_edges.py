@@ -8,6 +8,7 @@ import collections
 import hashlib
 import io
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 
@@ -376,7 +377,7 @@ def test_a_memoised_object_met_again_deeper_counts_its_own_depth(protocol: int,
     pad = [f"s{i}" for i in range(padding)]
     reused = pickle.dumps((pad, shared, (((shared, 1), 1), 1)), protocol=protocol)
     fresh = pickle.dumps((pad, shared, ((((), 1), 1), 1)), protocol=protocol)
-    ops = {op.name for op, _, _ in __import__("pickletools").genops(reused)}
+    ops = {op.name for op, _, _ in pickletools.genops(reused)}
     assert ops & {"GET", "BINGET", "LONG_BINGET"}
     if padding:
         assert "LONG_BINGET" in ops
@@ -449,7 +450,7 @@ def test_a_record_source_that_is_not_utf8_is_hashed_not_refused(tmp_path: Path) 
 def test_referenced_globals_reads_old_instances_and_counts_its_limit_exactly() -> None:
     assert sp.referenced_globals(b"(ios\nsystem\n.") == {"os"}  # INST, protocol 0
     data = pickle.dumps([1, 2, 3, collections.OrderedDict()], protocol=2)
-    at = next(i for i, (op, _, _) in enumerate(__import__("pickletools").genops(data))
+    at = next(i for i, (op, _, _) in enumerate(pickletools.genops(data))
               if op.name == "GLOBAL")
     assert sp.referenced_globals(data, limit=at) == {"collections"}
     assert sp.referenced_globals(data, limit=at - 1) == set()
