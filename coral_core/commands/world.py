@@ -5,6 +5,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -175,6 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..world.judge import load_judge
     from .edit import cli_generator
 
+    settings = eval_settings(args.set or [])
     where = assets.world_assets(args.world)
     G = cli_generator(args.generator or assets.require(where.generator))
     clip = get_clip(args.clip or assets.require(where.clip))
@@ -191,7 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         face_result = run_face_eval(
             G, clip, load_face_judge(assets.require(where.judge)), parse_seeds(args.seeds),
             tuple(args.methods.split(",")) if args.methods else ("styleclip", "coral_ss"),
-            face_kinds, args.steps, args.can_steps, Path(args.out), preset=args.preset)
+            face_kinds, args.steps, args.can_steps, Path(args.out), preset=args.preset,
+            train_overrides=settings)
         print(face_table(face_result["summary"]))
         print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
         return 0
@@ -206,10 +209,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(f"--methods: unknown {sorted(unknown)}; choose from "
                          f"{', '.join(METHODS + BOUNDS)}")
     result = run_eval(G, clip, judge, parse_seeds(args.seeds), args.steps, methods,
-                      kinds, Path(args.out), can_steps=args.can_steps, preset=args.preset)
+                      kinds, Path(args.out), can_steps=args.can_steps, preset=args.preset,
+                      train_overrides=settings)
     print(format_table(result["summary"]))
     print(f"wrote {args.out}/eval.json, eval_table.md, eval_grid.png")
     return 0
+
+
+# What the evaluation sets per case itself (the case's prompt and seed, the method's form and
+# batch; the step budgets have their own options): --set may not change them.
+_EVAL_OWNS = ("prompt", "steps", "variant", "mode", "batch", "seed", "no_masks", "direction",
+              "truncation")
+
+
+def eval_settings(items: list[str]) -> dict[str, Any]:
+    """``coral eval --set FIELD=VALUE`` items -> training settings for every CORAL method."""
+    from ..editing.presets import parse_settings
+
+    settings = parse_settings(items)
+    owned = sorted(set(settings) & set(_EVAL_OWNS))
+    if owned:
+        raise InputError(f"--set cannot change {', '.join(owned)}: the evaluation sets it per "
+                         "case (use --steps / --can-steps for the step budgets)")
+    return settings
 
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:
@@ -230,5 +252,8 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--kinds", default=None, help="comma list of edit kinds: " +
                    ", ".join(["background", "object colour", "shape", "two attributes",
                               "absent", "already", "unknown"]) + " (default all)")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="change one training setting of every CORAL method (an ablation), "
+                        "e.g. num_segments=12 or weights.area=0.05; repeatable")
     s.add_argument("--out", default="out/eval")
 

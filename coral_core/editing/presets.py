@@ -9,6 +9,7 @@ one word rather than by knowing nine settings. A preset is data: the settings it
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from ..errors import InputError
@@ -55,3 +56,38 @@ def preset_defaults(preset: str = DEFAULT_PRESET) -> TrainConfig:
     """The preset's full config (with a placeholder prompt): where entry points read the
     default of each setting they show."""
     return preset_config(preset, prompt="(default)")
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings (``coral eval --set``) -> settings for ``preset_config``.
+
+    Why: an ablation on the user's path changes one named setting and nothing else, from the
+    command line, without a flag per setting. VALUE is read as JSON when it can be (numbers,
+    true / false, null, lists), else as text; ``weights.FIELD=VALUE`` sets a LossWeights field.
+    Unknown names are refused here, naming the item; values are checked by the config."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"prompt", "weights"}
+    known_weights = {f.name for f in dataclasses.fields(LossWeights)}
+    settings: dict[str, Any] = {}
+    weights: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise InputError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        if name.startswith("weights."):
+            if name[len("weights."):] not in known_weights:
+                raise InputError(f"--set {item!r}: no loss weight {name[8:]!r}; known: "
+                                 f"{', '.join(sorted(known_weights))}")
+            weights[name[len("weights."):]] = value
+        elif name in known:
+            settings[name] = value
+        else:
+            raise InputError(f"--set {item!r}: no training setting {name!r}; known: "
+                             f"{', '.join(sorted(known))}")
+    if weights:
+        settings["weights"] = weights
+    return settings

@@ -80,3 +80,38 @@ def test_the_cli_parser_and_the_defaults_load_without_torch():
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+def test_eval_set_items_become_typed_settings_on_top_of_the_preset():
+    from coral_core.editing.presets import parse_settings
+
+    settings = parse_settings(["num_segments=12", "composite=false", "lr=null",
+                               "segment_pool=area", "only_layers=[5, 6]",
+                               "weights.area=0.05", "prior_scale = 1.5"])
+    cfg = preset_config("coral", prompt="x", **settings)
+    assert cfg.num_segments == 12 and cfg.composite is False and cfg.lr is None
+    assert cfg.segment_pool == "area" and cfg.only_layers == [5, 6]
+    assert cfg.weights.area == 0.05 and cfg.prior_scale == 1.5
+    # a loss weight changed leaves the preset's other weights as they were
+    assert preset_config("paper", prompt="x", **parse_settings(["weights.area=0.05"])
+                         ).weights.area_weighting == "uniform"
+    assert parse_settings([]) == {}
+
+
+@pytest.mark.parametrize("item, words", [
+    ("num_segments", "FIELD=VALUE"), ("=3", "FIELD=VALUE"), ("segmnets=3", "segmnets"),
+    ("weights.aera=1", "aera"), ("prompt=a dog", "prompt"), ("weights=1", "'weights'")])
+def test_eval_set_items_that_name_no_setting_are_refused_by_name(item, words):
+    from coral_core.editing.presets import parse_settings
+
+    with pytest.raises(InputError, match=words):
+        parse_settings([item])
+
+
+def test_coral_eval_set_refuses_what_the_evaluation_sets_per_case():
+    from coral_core.commands.world import eval_settings
+
+    assert eval_settings(["num_segments=12"]) == {"num_segments": 12}
+    for owned in ("steps=5", "seed=1", "batch=2", "no_masks=true", "variant=can"):
+        with pytest.raises(InputError, match="per case"):
+            eval_settings([owned])

@@ -125,7 +125,11 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
                   methods: tuple[str, ...] = ("coral_ss",), kinds: tuple[str, ...] = tuple(KINDS),
                   steps: int | None = None, can_steps: int | None = None,
                   out: Path | None = None, log: Any = print,
-                  preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+                  preset: str = DEFAULT_PRESET,
+                  train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The user's path on portraits (module docstring); ``train_overrides`` (``coral eval
+    --set``) changes named settings of every CORAL method's config, for ablations."""
+    given = dict(train_overrides or {})
     steps = steps or preset_defaults(preset).steps
     cases, ws_all, faces = build_cases(G, seeds, kinds)
     rows: list[dict[str, Any]] = []
@@ -139,12 +143,12 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
                 if case.prompt not in can:
                     cfg = preset_config(preset, prompt=case.prompt, variant="can",
                                         mode="per_prompt", steps=can_steps or steps * 3,
-                                        batch=4, seed=0)
+                                        batch=4, seed=0, **given)
                     can[case.prompt] = train_edit(G, clip, cfg).edit
                 edit = can[case.prompt]
             else:
                 cfg = preset_config(preset, prompt=case.prompt, steps=steps, batch=1,
-                                    seed=case.seed, no_masks=method == "styleclip")
+                                    seed=case.seed, no_masks=method == "styleclip", **given)
                 edit = train_edit(G, clip, cfg, latents=ws).edit
             t_edit = time.perf_counter() - t0
             res = apply_edits(G, ws, [edit], clip=clip)  # a user's Apply with its CLIP
@@ -167,6 +171,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
                 f"out={s['psnr_outside']:.1f} layers={selected}")
     summary = summarise(rows)
     result = {"world": "faces", "steps": steps, "methods": list(methods), "kinds": list(kinds),
+              "settings": {k: str(v) for k, v in given.items()},
               "summary": summary, "rows": rows,
               "path": "user's path: the prompt only, library defaults"}
     if out is not None:
