@@ -84,6 +84,12 @@ def test_resnet_block_counts(layers, ok):
             check_clip_config(cfg, "m.json")
 
 
+def test_a_resnet_config_still_has_its_other_sizes_checked():
+    cfg = {**RN50X64, "text_cfg": {"width": 9000}}
+    with pytest.raises(ModelFormatError, match=r"text_cfg\.width = 9000"):
+        check_clip_config(cfg, "m.json")
+
+
 def test_a_config_naming_no_sizes_describes_open_clips_default_text_tower():
     # 12 blocks of 12 x 512^2 plus a 49,408-token embedding of width 512; no vision blocks
     assert min_parameters({}) == 12 * 12 * 512 * 512 + 49408 * 512
@@ -107,7 +113,8 @@ def test_a_config_larger_than_its_weights_is_refused_at_the_slack_and_not_before
     state["b"] = torch.empty(4)
     with pytest.raises(ModelFormatError, match=r"clip\.pt: the CLIP config describes at "
                                                r"least 12,180,000 parameters but the weights "
-                                               r"hold 8,943,999"):
+                                               r"hold 8,943,999: the config does not belong "
+                                               r"to these weights"):
         check_fits_weights(cfg, state, "clip.pt")
 
 

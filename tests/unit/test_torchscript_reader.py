@@ -38,11 +38,23 @@ class _Pair(torch.nn.Module):
         return self.first(x) + self.second(x)
 
 
-def _archive(tmp_path: Path, data: bytes, name: str = "model.pt") -> Path:
+def _archive(tmp_path: Path, data: bytes, name: str = "model.pt",
+             storages: dict[str, bytes] | None = None) -> Path:
     path = tmp_path / name
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", data)
+        for key, raw in (storages or {}).items():
+            zf.writestr(f"archive/data/{key}", raw)
     return path
+
+
+def _tensor(storage_key: str, n: int) -> bytes:
+    """A float32 tensor of n values kept in storage ``storage_key``, pickled as torch does
+    (_rebuild_tensor_v2 over a persistent storage id)."""
+    pid = (b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text(storage_key)
+           + _text("cpu") + b"K" + bytes([n]) + b"tQ")
+    return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00(K" + bytes([n]) + b"t(K\x01t"
+            + b"\x88ccollections\nOrderedDict\n)RtR")
 
 
 def _text(s: str) -> bytes:
@@ -102,6 +114,23 @@ def test_an_object_that_contains_itself_is_read_once(tmp_path: Path) -> None:
     assert read_torchscript_tensors(_archive(tmp_path, dag, "dag.pt"), max_depth=1) == {}
 
 
+def test_a_module_met_twice_does_not_end_the_walk(tmp_path: Path) -> None:
+    # the walk meets the shared child a second time before it reaches the weights' module
+    shared = _record("__torch__.m", "Child", memo=1)
+    holder = _record("__torch__.m", "Holder", _text("w") + _tensor("0", 2))
+    root = _record("__torch__.m", "Net", _text("c") + holder + _text("a") + shared
+                   + _text("b") + b"h\x01", memo=0)
+    path = _archive(tmp_path, b"\x80\x02" + root + b".",
+                    storages={"0": struct.pack("<2f", 1.5, -2.0)})
+    tensors = read_torchscript_tensors(path)
+    assert list(tensors) == ["c.w"] and tensors["c.w"].tolist() == [1.5, -2.0]
+
+
+def test_a_module_without_state_has_no_tensors(tmp_path: Path) -> None:
+    bare = b"\x80\x02c__torch__\nNet\n)\x81."
+    assert read_torchscript_tensors(_archive(tmp_path, bare)) == {}
+
+
 def test_a_root_that_is_not_a_module_is_refused_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, path)
@@ -116,7 +145,7 @@ def test_a_root_that_is_not_a_module_is_refused_naming_the_file(tmp_path: Path) 
 def test_helpers_and_classes_it_does_not_know_are_refused(tmp_path: Path, module: str,
                                                           name: str) -> None:
     data = (b"\x80\x02" + _record("__torch__", "Net", _text("x") + b"c" + module.encode()
-                                  + b"\n" + name.encode() + b"\n" + b")R") + b".")
+                                  + b"\n" + name.encode() + b"\n" + b"(K\x01tR") + b".")
     with pytest.raises((UnsafeFileError, ModelFormatError), match="model.pt"):
         read_torchscript_tensors(_archive(tmp_path, data))
 
