@@ -26,7 +26,9 @@ if [ "$tier" = "all" ] || [ "$tier" = "unit" ]; then
      --cache-dir "$OLDPWD/.mypy_cache" coralpack/coral_core coralpack/nodes)
   rm -rf "$types_dir"
   echo "== unit tier"
-  "${PYTEST[@]}" -m "not e2e and not gpu" \
+  # Two workers (pytest-xdist), one per core of the machine CI runs on, each test file kept
+  # on one worker (its module fixtures are built once); CORAL_TEST_WORKERS=0 runs in-process.
+  "${PYTEST[@]}" -m "not e2e and not gpu" -n "${CORAL_TEST_WORKERS:-2}" --dist loadfile \
     --cov=coral_core --cov-report=term:skip-covered --durations=15
 fi
 if [ "$tier" = "all" ] || [ "$tier" = "e2e" ]; then
