@@ -19,6 +19,9 @@ for p in (str(TESTS), str(ROOT)):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# (set by whoever ran the suite, not by this file in the process that started the workers)
+_OMP_GIVEN = bool(os.environ.get("OMP_NUM_THREADS")) and \
+    not os.environ.get("CORAL_TESTS_SET_THREADS")
 # 2 threads on the 2-core machine; a job run beside others says OMP_NUM_THREADS=1 and gets it
 # (two suites at 2 threads each spin at OpenMP barriers and run many times slower)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0)
@@ -27,6 +30,18 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0)
 # generators applies only when OMP_NUM_THREADS is unset; subprocess tests set their own)
 if not os.environ.get("OMP_NUM_THREADS"):
     os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    os.environ["CORAL_TESTS_SET_THREADS"] = "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist workers share the cores: each gets its share of the threads (two workers
+    on two cores: one each; at two threads each the unit tier stalled for minutes), unless
+    OMP_NUM_THREADS was set by whoever ran the suite."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers and not _OMP_GIVEN:
+        threads = max(1, min(2, os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture(scope="session")
