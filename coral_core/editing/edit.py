@@ -23,7 +23,7 @@ from .catalogue import SegmentCatalogue
 from .config import DIRECTIONS, MODES, VARIANTS  # noqa: F401 (their home: config.py)
 from .directions import GlobalDirection, LatentMapper
 from .fit import SceneCheck
-from .selectors import AttentionSelector, SegmentSelector
+from .selectors import AttentionSelector, SegmentSelector, weighted_region
 
 EDIT_FORMAT = "coral-edit"
 EDIT_VERSION = "2"  # 2: content hash required (formats/integrity.py)
@@ -155,8 +155,15 @@ class Edit:
                original: torch.Tensor | None = None) -> torch.Tensor | None:
         """[B, 1, H, W] where the final composite keeps the edit (its edges snapped to the
         colours of ``original`` when given); None: everywhere."""
-        if not self.composite or self.no_masks or not isinstance(self.selector,
-                                                                  SegmentSelector):
+        if not self.composite or self.no_masks:
+            return None
+        if isinstance(self.selector, AttentionSelector):  # CAN: the clusters pruning kept
+            gate = self.selector.cluster_gate
+            if gate is None or self.catalogue is None:
+                return None
+            return weighted_region(gate, self.catalogue.segments(features), G.img_resolution,
+                                   original)
+        if not isinstance(self.selector, SegmentSelector):
             return None
         layers = [i for i in range(1, len(G.conv_layers) + 1)
                   if (self.only_layers is None or i in self.only_layers)

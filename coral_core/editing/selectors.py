@@ -60,12 +60,7 @@ class SegmentSelector(nn.Module):
             keep = torch.zeros(weights.shape[1], dtype=torch.bool, device=weights.device)
             keep[[i - 1 for i in layers if 1 <= i <= weights.shape[1]]] = True
             weights = weights * keep[None, :, None]
-        w = weights.amax(1)  # [P, K]
-        seg = resize_segments(segments, resolution)
-        if image is not None:
-            seg = snap_segments(seg, image)
-        eq = "pk,bkhw->bhw" if w.shape[0] == 1 else "bk,bkhw->bhw"
-        return torch.einsum(eq, w, seg)[:, None].clamp(0, 1)
+        return weighted_region(weights.amax(1), segments, resolution, image)
 
     def active(self, threshold: float = 0.5) -> torch.Tensor:
         """[P, L, K]: the (layer, segment) weights above ``threshold``."""
@@ -175,6 +170,19 @@ def composite(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
         known = grew
     carried = torch.where(known > 0, filled, change)
     return original + region * torch.where(deep > 0, change, carried)
+
+
+def weighted_region(weights: torch.Tensor, segments: torch.Tensor, resolution: int,
+                    image: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, 1, r, r]: segments [B, K, s, s] at image resolution, each weighted by ``weights``
+    [P, K] (P: 1 for every image, or B), with their edges first snapped to the colours of
+    ``image`` when given: the region a final composite keeps (SS's selected segments, CAN's
+    kept clusters)."""
+    seg = resize_segments(segments, resolution)
+    if image is not None:
+        seg = snap_segments(seg, image)
+    eq = "pk,bkhw->bhw" if weights.shape[0] == 1 else "bk,bkhw->bhw"
+    return torch.einsum(eq, weights.to(seg), seg)[:, None].clamp(0, 1)
 
 
 def _logit(p: float) -> float:

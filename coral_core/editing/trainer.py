@@ -544,8 +544,17 @@ def _make_edit(run: _Run) -> Edit:
                 segments=run.segments,
                 latents=run.latents if cfg.mode == "per_image" else None,
                 max_layer=cfg.max_layer, only_layers=cfg.only_layers, no_masks=cfg.no_masks,
-                composite=run.uses_composite, scene_check=run.scene_check,
+                composite=run.uses_composite or _composites_at_apply(run),
+                scene_check=run.scene_check,
                 scene_check_clip=run.clip.fingerprint() if run.scene_check is not None else "")
+
+
+def _composites_at_apply(run: _Run) -> bool:
+    """A CAN edit that region pruning limited to some of the catalogue's clusters keeps the
+    original pixels outside them when applied (the final composite over its kept clusters,
+    Edit.region), as an SS edit does outside its segments."""
+    return run.cfg.composite and not run.cfg.no_masks and \
+        isinstance(run.selector, AttentionSelector) and run.selector.cluster_gate is not None
 
 
 def _record_run(run: _Run, progress: _Progress, info: dict[str, Any]) -> None:

@@ -269,6 +269,37 @@ def test_attention_edits_prune_over_the_catalogue_clusters(G, clip, monkeypatch,
         Edit.load(tmp_path / "bad_can.safetensors")
 
 
+@pytest.mark.parametrize("composite", [True, False])
+def test_a_pruned_attention_edit_keeps_the_picture_outside_its_clusters(
+        G, clip, monkeypatch, tmp_path, composite):
+    """CAN's final composite: applied, an edit limited to some clusters changes no pixel
+    outside them (their edges snapped to the picture), as SS's does outside its segments;
+    with the composite off it is the paper's blend alone."""
+    def keep_first_present(allowed, score, tolerance, layers, image_keep=0.0):
+        gate = torch.zeros_like(allowed, dtype=torch.float32)
+        gate[0, 0, int(allowed[0, 0].float().argmax())] = 1
+        return gate
+
+    monkeypatch.setattr(region_module, "prune_selection", keep_first_present)
+    cfg = TrainConfig(prompt="a red circle", variant="can", mode="per_prompt", steps=4,
+                      batch=2, seed=5, catalogue_dir=tmp_path, composite=composite)
+    edit = Edit.load(train_edit(G, clip, cfg).edit.save(tmp_path / "can.safetensors"))
+    assert edit.composite is composite
+    ws = G.mapping_ws(G.z_from_seeds([11, 12]))
+    res = apply_edits(G, ws, [edit])
+    assert res.original is not None
+    with torch.no_grad():
+        _, feats = G.synthesize_with_features(ws, noise=G.make_noise(2, "const"))
+    region = edit.region(G, feats, res.original)
+    if not composite:
+        assert region is None
+        return
+    assert region is not None and region.shape == (2, 1, G.img_resolution, G.img_resolution)
+    outside = (region == 0).expand_as(res.edited)
+    assert bool(outside.any()) and bool((region > 0).any())
+    assert torch.equal(res.edited[outside], res.original[outside])
+
+
 @pytest.mark.parametrize("directional", [True, False])
 def test_a_neutral_prompt_makes_pruning_judge_by_the_directional_loss(G, clip, monkeypatch,
                                                                        directional) -> None:
