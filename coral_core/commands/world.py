@@ -223,7 +223,7 @@ _EVAL_OWNS = ("prompt", "steps", "variant", "mode", "batch", "seed", "no_masks",
 
 
 def eval_settings(items: list[str]) -> dict[str, Any]:
-    """``coral eval --set FIELD=VALUE`` items -> training settings for every CORAL method."""
+    """``coral eval --set FIELD=VALUE`` items -> training settings for every method's config."""
     from ..editing.presets import parse_settings
 
     settings = parse_settings(items)
@@ -253,7 +253,7 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
                    ", ".join(["background", "object colour", "shape", "two attributes",
                               "absent", "already", "unknown"]) + " (default all)")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="change one training setting of every CORAL method (an ablation), "
+                   help="change one training setting of every method's config (an ablation), "
                         "e.g. num_segments=12 or weights.area=0.05; repeatable")
     s.add_argument("--out", default="out/eval")
 

@@ -131,7 +131,9 @@ class TrainConfig:
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve
     # a large region whose change the composite would halve: a background prompt lost its
-    # background that way). False: the paper's blend alone.
+    # background that way). CAN per prompt: at apply, outside the catalogue clusters region
+    # pruning kept (the soft attention masks left a ring of the old colour round objects).
+    # False: the paper's blend alone.
     composite: bool = True
     # SS: once region pruning has chosen, the kept (layer, segment) masks are set to 1 and
     # frozen, and the direction alone trains on: soft masks left a background edit half done

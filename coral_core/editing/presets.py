@@ -78,11 +78,12 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
             value: Any = json.loads(text)
         except ValueError:
             value = text
-        if name.startswith("weights."):
-            if name[len("weights."):] not in known_weights:
-                raise InputError(f"--set {item!r}: no loss weight {name[8:]!r}; known: "
+        weight = name.removeprefix("weights.")
+        if weight != name:
+            if weight not in known_weights:
+                raise InputError(f"--set {item!r}: no loss weight {weight!r}; known: "
                                  f"{', '.join(sorted(known_weights))}")
-            weights[name[len("weights."):]] = value
+            weights[weight] = value
         elif name in known:
             settings[name] = value
         else:

@@ -128,7 +128,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
                   preset: str = DEFAULT_PRESET,
                   train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The user's path on portraits (module docstring); ``train_overrides`` (``coral eval
-    --set``) changes named settings of every CORAL method's config, for ablations."""
+    --set``) changes named settings of every method's config, for ablations."""
     given = dict(train_overrides or {})
     steps = steps or preset_defaults(preset).steps
     cases, ws_all, faces = build_cases(G, seeds, kinds)
