@@ -115,3 +115,24 @@ def test_coral_eval_set_refuses_what_the_evaluation_sets_per_case():
     for owned in ("steps=5", "seed=1", "batch=2", "no_masks=true", "variant=can"):
         with pytest.raises(InputError, match="per case"):
             eval_settings([owned])
+
+
+def test_loss_weights_given_whole_replace_the_presets_and_refusals_list_the_choices():
+    from coral_core.editing.config import LossWeights
+
+    mine = LossWeights(area=0.5)
+    assert preset_config("paper", prompt="x", weights=mine).weights == mine
+    with pytest.raises(InputError, match=r"preset must be one of coral, paper, got 'papr'"):
+        preset_config("papr", prompt="x")
+    with pytest.raises(InputError, match=r"unknown training setting\(s\): aa, zz$"):
+        preset_config("coral", prompt="x", zz=1, aa=2)
+
+
+def test_eval_set_values_may_hold_equals_signs_and_refusals_list_the_known_names():
+    from coral_core.editing.presets import parse_settings
+
+    assert parse_settings(["neutral=a=b"]) == {"neutral": "a=b"}
+    with pytest.raises(InputError, match=r"no loss weight 'aera'; known: .*area, .*, "):
+        parse_settings(["weights.aera=1"])
+    with pytest.raises(InputError, match=r"known: .*num_segments, only_layers, "):
+        parse_settings(["segmnets=3"])
