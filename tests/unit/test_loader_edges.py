@@ -3,14 +3,17 @@ truncation centre a rosinality file without `latent_avg` gets."""
 from __future__ import annotations
 
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from fabricate import random_generator, tiny_config, write_nvlabs_pickle, write_rosinality
+from fabricate import (random_generator, tiny_config, write_nvlabs_pickle, write_pti_generator,
+                       write_rosinality)
 
 from coral_core.errors import ModelFormatError
-from coral_core.formats import describe, load_generator
+from coral_core.formats import describe, load_generator, sniff
 
 
 def test_describe_reports_every_structural_fact_of_the_file(tmp_path: Path) -> None:
@@ -146,3 +149,91 @@ def test_a_torch_file_that_needs_code_is_refused_with_torchs_first_line(tmp_path
     assert text.endswith("); only weight files are accepted. Supported: NVlabs StyleGAN2/ADA "
                          ".pkl, PTI generator .pt, rosinality .pt, e4e .pt (its decoder), "
                          "CoralStyleCLIP .safetensors")
+
+
+# ---- what kind of container a file is, from its first bytes -----------------------------------
+
+def _zip(path: Path, names: list[str]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"x")
+    return path
+
+
+def _head(tmp_path: Path, head: bytes) -> Path:
+    path = tmp_path / "f.bin"
+    path.write_bytes(head)
+    return path
+
+
+@pytest.mark.parametrize("head, kind", [
+    (struct.pack("<Q", 1) + b"{", "safetensors"),              # 9 bytes: the shortest header
+    (struct.pack("<Q", 99_999_999) + b"{}", "safetensors"),
+    (struct.pack("<Q", 0) + b"{}", "unknown"),
+    (struct.pack("<Q", 100_000_000) + b"{}", "unknown"),
+    (struct.pack("<Q", 5) + b"[1]", "unknown"),                # a length, but no JSON object
+    (b"\x80\x02" + b"}" * 20, "pickle"), (b"\x80\x05" + b"}" * 20, "pickle"),
+    (b"\x80\x01" + b"}" * 20, "unknown"), (b"\x80\x06" + b"}" * 20, "unknown"),
+    (b"\x80\x09", "unknown"), (b"\x80", "unknown"), (b"A\x03" + b"x" * 20, "unknown"),
+    (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19" + b"x" * 8, "torch-legacy"),
+    (b"PK\x03\x04 not really a zip", "zip")])
+def test_the_container_kind_is_read_from_the_first_bytes(tmp_path, head, kind):
+    assert sniff(_head(tmp_path, head)) == kind
+
+
+def test_zip_archives_with_code_are_torchscript(tmp_path):
+    assert sniff(_zip(tmp_path / "a.pt", ["archive/data.pkl", "archive/data/0"])) == "zip"
+    assert sniff(_zip(tmp_path / "b.pt", ["m/data.pkl", "m/code/__torch__/x.py"])) == \
+        "torchscript"
+    assert sniff(_zip(tmp_path / "c.pt", ["m/data.pkl", "m/constants.pkl"])) == "torchscript"
+
+
+# ---- what the loader says of files that are no generator -------------------------------------
+
+def _says(path: Path, words: str) -> None:
+    with pytest.raises(ModelFormatError) as info:
+        load_generator(path)
+    assert str(info.value).startswith(f"{path}: ") and words in str(info.value)
+
+
+def test_files_that_are_no_generator_are_named_for_what_they_are(tmp_path):
+    from safetensors.torch import save_file
+
+    _says(tmp_path / "missing.pt", "no such generator file")
+    _says(_head(tmp_path, b""), "the file is empty")
+    _says(_head(tmp_path, b"\x80"), "unrecognised file (not a pickle, torch archive or "
+                                    "safetensors file). Supported: NVlabs")
+    plain = tmp_path / "plain.safetensors"
+    save_file({f"t{i}": torch.zeros(1) for i in range(7)}, str(plain))
+    _says(plain, "safetensors file without CoralStyleCLIP generator metadata (keys ['t0', "
+                 "'t1', 't2', 't3', 't4']). Supported:")
+    clip = tmp_path / "clip.safetensors"
+    save_file({"visual.proj": torch.zeros(1), "token_embedding.weight": torch.zeros(1)},
+              str(clip))
+    _says(clip, "this is a CLIP checkpoint (safetensors), not a StyleGAN generator; load it "
+                "with Load CLIP / --clip")
+    script = _zip(tmp_path / "ViT.pt", ["m/data.pkl", "m/code/__torch__/x.py"])
+    _says(script, "this is a TorchScript archive (for example an OpenAI CLIP file), not a "
+                  "StyleGAN generator; load CLIP files with Load CLIP / --clip")
+
+
+def test_a_field_no_generator_has_and_nan_weights_name_the_generator(tiny, tmp_path):
+    torch.save({"g_ema": {"style.1.weight": "text", "input.input": 1}}, tmp_path / "f.pt")
+    _says(tmp_path / "f.pt", "not a valid generator file: a field holds what no generator has")
+    ros = _ros(tiny)
+    key = next(k for k, v in ros["g_ema"].items() if v.is_floating_point() and v.numel() > 1)
+    ros["g_ema"][key] = ros["g_ema"][key].clone()
+    ros["g_ema"][key].view(-1)[0] = float("nan")
+    torch.save(ros, tmp_path / "nan.pt")
+    _says(tmp_path / "nan.pt", "the generator's tensor")
+
+
+def test_pti_and_legacy_torch_files_load_with_their_format(tiny, tmp_path):
+    path = write_pti_generator(tiny, tmp_path / "pti.pt")
+    loaded = load_generator(path)
+    assert (loaded.format, loaded.path, loaded.notes) == ("nvlabs-torch-save", path, [])
+    assert loaded.generator.fingerprint() == tiny.fingerprint()
+    legacy = tmp_path / "legacy.pt"
+    torch.save(_ros(tiny), legacy, _use_new_zipfile_serialization=False)
+    old = load_generator(legacy)
+    assert (old.format, old.path, old.notes) == ("rosinality", legacy, [ROS_NOTE])
