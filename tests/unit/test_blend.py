@@ -176,3 +176,28 @@ def test_mask_parts_union_per_sample_or_whole_map() -> None:
     assert mask_parts(far) == [(slice(0, 1), (0, 4, 0, 4)), (slice(2, 3), (12, 16, 12, 16))]
     assert mask_parts(torch.zeros(1, 1, 8, 8)) is None
     assert mask_parts(torch.ones(2, 1, 8, 8)) is None  # the whole map: not worth a crop
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (x is not None and y is not None and x.dtype == y.dtype
+                                      and torch.equal(x, y)) for x, y in zip(a, b))
+
+
+def test_an_edits_layer_options_shape_its_masks_in_one_order():
+    """What a user's layer options do to the masks an edit applies with (1-based layers)."""
+    from coral_core.editing.blend import mask_policy
+
+    soft = torch.tensor([[0.2, 0.7, 0.9]], dtype=torch.float64)
+    masks = [None, soft, soft * 0.5, soft]
+    assert _same(mask_policy(masks), masks)  # no option: the selector's masks as they are
+    ones = torch.ones_like(soft)
+    assert _same(mask_policy(masks, no_masks=True), [None, ones, ones, ones])
+    assert _same(mask_policy(masks, only_layers=[2, 4]), [None, soft, None, soft])
+    hard = torch.tensor([[0.0, 1.0, 1.0]], dtype=torch.float64)  # 0.7 >= 0.7: kept
+    assert _same(mask_policy(masks, threshold=0.7),
+                 [None, hard, torch.zeros_like(soft), hard])
+    assert _same(mask_policy(masks, max_layer=2), [None, soft, None, None])
+    # together: the baseline's ones limited to the named layers, then the layer cap
+    assert _same(mask_policy(masks, no_masks=True, only_layers=[2, 4], max_layer=3),
+                 [None, ones, None, None])
