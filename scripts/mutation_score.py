@@ -60,7 +60,7 @@ MODULE_TESTS = {
     "coral_core.editing.selectors": ["tests/unit/test_clean_edits.py",
                                      "tests/unit/test_pruning.py", "tests/unit/test_behaviour.py"],
     "coral_core.editing.fit": ["tests/unit/test_clean_edits.py", "tests/unit/test_prior.py"],
-    "coral_core.editing.outcome": ["tests/unit/test_clean_edits.py",
+    "coral_core.editing.outcome": ["tests/unit/test_outcome.py", "tests/unit/test_clean_edits.py",
                                    "tests/unit/test_behaviour.py"],
     "coral_core.editing.prior": ["tests/unit/test_prior.py", "tests/unit/test_clean_edits.py"],
     "coral_core.editing.memory": ["tests/unit/test_prior.py", "tests/unit/test_pruning.py",
