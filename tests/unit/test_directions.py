@@ -46,7 +46,7 @@ def test_the_l2_is_the_squared_length_per_row_in_w_spread_units() -> None:
     d = GlobalDirection(num_ws=2, w_dim=2, rows=2, scale=torch.tensor([5.0, 5.0]))
     with torch.no_grad():
         d.delta.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[3.0, 0.0], [0.0, 0.0]]]))
-    assert float(d.l2()) == pytest.approx((2.0 + 9.0) / 2)  # not in the scaled units
+    assert float(d.l2().detach()) == pytest.approx((2.0 + 9.0) / 2)  # not in the scaled units
 
 
 @pytest.mark.parametrize("num_ws, groups", [
