@@ -30,7 +30,7 @@ def selections(draw, rows: int | None = None):
                          dtype=torch.float64).reshape(p, layers, segments) / 16
     active = torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n))
                           ).reshape(p, layers, segments)
-    tolerance = draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9]))
+    tolerance = draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]))
     return active, gains, tolerance
 
 
@@ -102,3 +102,122 @@ def test_layer_units_cover_every_layer_when_layers_and_segments_differ_in_number
     active = torch.ones(1, 5, 2, dtype=torch.bool)
     gate = prune_selection(active, additive(gains), tolerance=0.05, layers=True)
     assert gate[0].tolist() == [[1, 0], [1, 0], [1, 0], [0, 0], [1, 0]]
+
+
+def test_a_removal_that_lands_exactly_on_the_tolerance_is_taken() -> None:
+    """Gain 0.5 with tolerance 0.5: the edit may keep exactly 0.25, so the unit worth 0.25
+    goes (and then nothing more can)."""
+    gains = torch.tensor([[[0.25, 0.25]]], dtype=torch.float64)
+    gate = prune_selection(torch.ones(1, 1, 2, dtype=torch.bool), additive(gains), 0.5)
+    assert gate[0, 0].tolist() == [0, 1] or gate[0, 0].tolist() == [1, 0]
+
+
+# ---- per-prompt edits: a loss per judged image, and the guard for each image's own gain
+
+def per_image(gains: torch.Tensor):
+    """Loss per row and image = 1 - the kept units' gains on that image (gains [P, N, L, K])."""
+    def score(gate: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.einsum("plk,pnlk->pn", gate.to(gains.dtype), gains)
+    return score
+
+
+@st.composite
+def per_image_selections(draw, rows: int | None = None):
+    p = rows or draw(st.integers(1, 3))
+    n, layers, segments = draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    size = p * n * layers * segments
+    gains = torch.tensor(draw(st.lists(st.integers(-2, 10), min_size=size, max_size=size)),
+                         dtype=torch.float64).reshape(p, n, layers, segments) / 16
+    active = torch.tensor(draw(st.lists(st.booleans(), min_size=p * layers * segments,
+                                        max_size=p * layers * segments))
+                          ).reshape(p, layers, segments)
+    tolerance = draw(st.sampled_from([0.0, 0.25, 0.5, 0.9]))
+    image_keep = draw(st.sampled_from([0.0, 0.25, 0.5, 0.75]))
+    return active, gains, tolerance, image_keep
+
+
+def _image_gains(gate: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """[N]: each image's gain under ``gate`` [L, K] (gains [N, L, K])."""
+    return torch.einsum("lk,nlk->n", gate.to(gains.dtype), gains)
+
+
+def _acceptable(trial: torch.Tensor, gains: torch.Tensor, tolerance: float,
+                image_keep: float, full: torch.Tensor) -> bool:
+    """Whether a gate [L, K] keeps what pruning promises for one row (gains [N, L, K]):
+    ``1 - tolerance`` of the mean gain, and ``image_keep`` of each guarded image's own."""
+    kept = _image_gains(trial, gains)
+    if float(kept.mean()) < (1 - tolerance) * float(full.mean()) - 1e-12:
+        return False
+    if image_keep <= 0:
+        return True
+    guarded = (full > 0) & (full >= 0.5 * full.mean())
+    return bool(((kept >= image_keep * full - 1e-12) | ~guarded).all())
+
+
+@settings(max_examples=150, deadline=None)
+@given(per_image_selections())
+def test_a_per_prompt_edit_keeps_every_guarded_picture_s_share_and_stops_at_the_end(case):
+    active, gains, tolerance, image_keep = case
+    gate = prune_selection(active, per_image(gains), tolerance,
+                           image_keep=image_keep).bool()
+    assert not bool((gate & ~active).any())
+    for row in range(active.shape[0]):
+        full = _image_gains(active[row], gains[row])
+        if not float(full.mean()) > 0:
+            assert torch.equal(gate[row], active[row])
+            continue
+        assert _acceptable(gate[row], gains[row], tolerance, image_keep, full)
+        for trial in _removals(gate[row], layers=False):
+            assert not _acceptable(trial, gains[row], tolerance, image_keep, full)
+
+
+@settings(max_examples=60, deadline=None)
+@given(per_image_selections(rows=3))
+def test_per_prompt_rows_are_pruned_as_if_alone(case) -> None:
+    active, gains, tolerance, image_keep = case
+    together = prune_selection(active, per_image(gains), tolerance, image_keep=image_keep)
+    for row in range(3):
+        alone = prune_selection(active[row:row + 1], per_image(gains[row:row + 1]), tolerance,
+                                image_keep=image_keep)
+        assert torch.equal(together[row], alone[0])
+
+
+def test_a_picture_gaining_exactly_half_the_mean_is_guarded() -> None:
+    """Picture 0 gains 0.25, picture 1 0.75 (mean 0.5: picture 0 is at exactly half of it,
+    the guard's bound). Segment 1 is all of picture 0's gain; by the mean it could go."""
+    gains = torch.tensor([[[[0.0, 0.25, 0.0]], [[0.75, 0.0, 0.0]]]], dtype=torch.float64)
+    active = torch.ones(1, 1, 3, dtype=torch.bool)
+    assert prune_selection(active, per_image(gains), tolerance=0.5)[0, 0].tolist() == [1, 0, 0]
+    guarded = prune_selection(active, per_image(gains), tolerance=0.5, image_keep=0.5)
+    assert guarded[0, 0].tolist() == [1, 1, 0]
+
+
+def test_a_picture_may_keep_exactly_its_share() -> None:
+    """Without segment 1 picture 0 keeps 0.125 of its 0.25: exactly ``image_keep`` 0.5."""
+    gains = torch.tensor([[[[0.125, 0.125, 0.0]], [[0.5, 0.25, 0.0]]]], dtype=torch.float64)
+    active = torch.ones(1, 1, 3, dtype=torch.bool)
+    gate = prune_selection(active, per_image(gains), tolerance=0.5, image_keep=0.5)
+    assert gate[0, 0].tolist() == [1, 0, 0]
+    strict = prune_selection(active, per_image(gains), tolerance=0.5, image_keep=0.6)
+    assert strict[0, 0].tolist() == [1, 1, 0]
+
+
+def test_without_per_image_losses_the_guard_changes_nothing() -> None:
+    gains = torch.tensor([[[0.5, 0.05, 0.1]]])
+    active = torch.ones(1, 1, 3, dtype=torch.bool)
+    plain = prune_selection(active, additive(gains), 0.3)
+    assert torch.equal(prune_selection(active, additive(gains), 0.3, image_keep=0.9), plain)
+
+
+def test_image_keep_zero_is_the_mean_alone_even_when_a_picture_would_get_worse() -> None:
+    """Segment 1 helps picture 0 and harms picture 1 a little; by the mean it goes, and with
+    ``image_keep`` 0 no picture is guarded (picture 1 would be left worse than unedited by
+    keeping it, and picture 0 keeps none of its gain: both allowed)."""
+    gains = torch.tensor([[[[0.0, 0.3]], [[0.8, -0.1]]]], dtype=torch.float64)  # [1, 2, 1, 2]
+    active = torch.ones(1, 1, 2, dtype=torch.bool)
+    mean_only = prune_selection(active, per_image(gains), tolerance=0.4)
+    assert mean_only[0, 0].tolist() == [1, 0]
+    assert torch.equal(prune_selection(active, per_image(gains), tolerance=0.4,
+                                       image_keep=0.0), mean_only)
+    assert prune_selection(active, per_image(gains), tolerance=0.4,
+                           image_keep=0.5)[0, 0].tolist() == [1, 1]
