@@ -69,7 +69,7 @@ MODULE_TESTS = {
     "coral_core.editing.prior": ["tests/unit/test_prior.py", "tests/unit/test_clean_edits.py"],
     "coral_core.editing.memory": ["tests/unit/test_prior.py", "tests/unit/test_pruning.py",
                                   "tests/unit/test_behaviour.py"],
-    "coral_core.editing.losses": ["tests/unit/test_editing.py", "tests/unit/test_pruning.py",
+    "coral_core.editing.losses": ["tests/unit/test_loss_terms.py", "tests/unit/test_editing.py", "tests/unit/test_pruning.py",
                                   "tests/unit/test_behaviour.py"],
     "coral_core.editing.objective": ["tests/unit/test_editing.py", "tests/unit/test_pruning.py"],
     "coral_core.editing.identity": ["tests/unit/test_editing.py", "tests/unit/test_behaviour.py"],

@@ -1,0 +1,138 @@
+"""The loss terms on inputs whose values are known: which layers the area term makes
+dear, the CLIP term's global and directional forms, the leak term, and the mask areas an
+edit reports."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from coral_core.editing.config import LossWeights
+from coral_core.editing.losses import (area_betas, area_loss, clip_loss, clip_loss_per_image,
+                                       leak_loss, mask_areas, tv_loss)
+from coral_core.errors import InputError
+
+RES = (4, 8, 8, 16, 16, 32)
+G = SimpleNamespace(conv_layers=[SimpleNamespace(resolution=r) for r in RES])
+
+
+def test_spread_weighting_makes_coarse_layers_dear_in_proportion_to_their_reach() -> None:
+    betas = area_betas(G, LossWeights())
+    assert sum(betas) / len(betas) == pytest.approx(1.0)
+    assert betas[0] / betas[-1] == pytest.approx(32 / 4)   # 1 / resolution
+    assert betas[1] == betas[2] and betas[3] == betas[4]
+    squared = area_betas(G, LossWeights(area_weighting="spread_area"))
+    assert sum(squared) / len(squared) == pytest.approx(1.0)
+    assert squared[0] / squared[-1] == pytest.approx((32 / 4) ** 2)
+
+
+def test_the_other_weightings_and_a_list_of_ones_own() -> None:
+    assert area_betas(G, LossWeights(area_weighting="uniform")) == [1.0] * len(RES)
+    assert area_betas(G, LossWeights(area_weighting="resolution")) == [r / 32 for r in RES]
+    assert area_betas(G, LossWeights(area_weighting="inverse_resolution")) == \
+        [4 / r for r in RES]
+    own = [0.5, 1, 2, 3, 4, 5]
+    assert area_betas(G, LossWeights(area_layer_weights=own)) == own
+    with pytest.raises(InputError, match="6 values"):
+        area_betas(G, LossWeights(area_layer_weights=[1.0, 2.0]))
+    with pytest.raises(InputError, match="area_weighting"):
+        area_betas(G, LossWeights(area_weighting="by magic"))
+
+
+def test_area_and_tv_skip_layers_without_a_mask() -> None:
+    assert float(area_loss([None, None], [1.0, 1.0])) == 0.0
+    assert float(area_loss([None, torch.full((1, 1, 4, 4), 0.5)], [9.0, 2.0])) == 1.0
+    assert float(tv_loss([None, torch.ones(1, 1, 1, 1)])) == 0.0  # a 1-px mask has no edges
+    flat = torch.full((1, 1, 8, 8), 0.3)
+    assert float(tv_loss([flat])) == 0.0
+    step = flat.clone()
+    step[..., 4:] = 0.7  # one vertical edge of height 0.4 in 7 neighbour pairs per row
+    assert float(tv_loss([step, None])) == pytest.approx(0.4 ** 2 / 7)
+    small = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # a 2-px mask has edges too
+    assert float(tv_loss([small])) == pytest.approx(1.0)
+
+
+class DotClip:
+    """A CLIP whose image embedding is the picture's mean colour, normalised."""
+
+    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(img.mean((2, 3)), dim=-1)
+
+
+def _img(r: float, g: float, b: float) -> torch.Tensor:
+    return torch.tensor([r, g, b], dtype=torch.float32).reshape(1, 3, 1, 1).expand(1, 3, 4, 4)
+
+
+def test_the_global_clip_term_is_one_minus_the_cosine() -> None:
+    target = torch.tensor([[1.0, 0.0, 0.0]])
+    imgs = torch.cat([_img(1, 0, 0), _img(0, 1, 0), _img(1, 1, 0)])
+    per = clip_loss_per_image(DotClip(), imgs, target)
+    assert per.tolist() == pytest.approx([0.0, 1.0, 1 - 2 ** -0.5])
+    assert float(clip_loss(DotClip(), imgs, target)) == pytest.approx(float(per.mean()))
+
+
+def test_the_directional_term_reads_the_change_and_mixes_by_its_share() -> None:
+    clip = DotClip()
+    source = clip.encode_image(_img(0, 1, 0))
+    target = torch.tensor([[1.0, 0.0, 0.0]])
+    direction = torch.nn.functional.normalize(torch.tensor([[1.0, -1.0, 0.0]]), dim=-1)
+    toward = _img(1, 0, 0)  # green -> red: exactly along the text's direction
+    assert float(clip_loss_per_image(clip, toward, target, source, direction)) == \
+        pytest.approx(0.0, abs=1e-6)
+    away = _img(-0.5, 0.5, 0.5 ** 0.5)  # a change orthogonal to the text's direction
+    assert float(clip_loss_per_image(clip, away, target, source, direction)) == \
+        pytest.approx(1.0, abs=1e-6)
+    plain = float(clip_loss_per_image(clip, away, target))
+    mixed = float(clip_loss_per_image(clip, away, target, source, direction, 0.25))
+    assert mixed == pytest.approx(0.25 * 1.0 + 0.75 * plain, abs=1e-6)
+    # without a source embedding (or a text direction) the term is the global one
+    assert float(clip_loss_per_image(clip, away, target, None, direction)) == \
+        pytest.approx(plain)
+
+
+def test_the_leak_term_is_the_share_of_the_change_outside_the_finest_mask() -> None:
+    original = torch.zeros(1, 3, 8, 8)
+    edited = original.clone()
+    edited[..., :, :4] = 1.0          # all the change on the left half
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :, :4] = 1
+    right = 1 - left
+    coarse_all = torch.ones(1, 1, 4, 4)
+    assert float(leak_loss(edited, original, [coarse_all, left])) == pytest.approx(0.0)
+    assert float(leak_loss(edited, original, [coarse_all, right])) == pytest.approx(1.0,
+                                                                                    abs=1e-6)
+    # two masks at the finest resolution: their union is the footprint
+    assert float(leak_loss(edited, original, [left, right, None])) == pytest.approx(0.0)
+    assert float(leak_loss(edited, original, [left, left])) == pytest.approx(0.0)
+    edited[..., :, 6:] = 1.0           # a third of the change now outside the left half
+    assert float(leak_loss(edited, original, [None, left])) == pytest.approx(1 / 3, abs=1e-6)
+    assert float(leak_loss(edited, original, [None, None])) == 0.0
+    assert float(leak_loss(original, original, [left])) == 0.0  # no change: nothing leaks
+
+
+def test_the_leak_term_weighs_the_change_by_its_energy() -> None:
+    original = torch.zeros(1, 3, 8, 8)
+    edited = original.clone()
+    edited[..., :, 0] = 1.0      # inside: 8 px x 3 channels, 1.0 each
+    edited[..., :, 7] = 0.5      # outside: the same count at half the size
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :, :4] = 1
+    assert float(leak_loss(edited, original, [left])) == pytest.approx(0.2, abs=1e-6)
+
+
+def test_the_leak_term_is_the_mean_of_each_image_s_share() -> None:
+    original = torch.zeros(2, 3, 8, 8)
+    edited = original.clone()
+    edited[0, :, :, :4] = 1.0   # image 0: inside
+    edited[1, :, :, 4:] = 0.1   # image 1: all outside, and a small change
+    left = torch.zeros(2, 1, 8, 8)
+    left[..., :, :4] = 1
+    assert float(leak_loss(edited, original, [left])) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_mask_areas_are_each_layer_s_mean_and_zero_where_there_is_none() -> None:
+    half = torch.zeros(1, 1, 2, 2)
+    half[..., 0, :] = 1
+    masks = [None, torch.full((2, 1, 4, 4), 0.25), half]
+    assert mask_areas(masks) == [0.0, 0.25, 0.5]
