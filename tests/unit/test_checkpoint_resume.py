@@ -105,3 +105,25 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_starts_afresh(tmp_path)
     d2, s2, o2 = _state("ss", 2)
     assert resume(_cfg(path), RUN, d2, s2, o2) == 0
     assert not path.exists()
+
+
+def test_a_setting_added_later_is_recorded_json_ready() -> None:
+    """The record is built from the config's fields, so a field added later (a path, a
+    tuple) is in it, in a form the edit file's JSON metadata can hold."""
+    import json
+    from dataclasses import dataclass, field
+
+    from coral_core.editing.run_record import NOT_IDENTITY, config_record
+
+    @dataclass
+    class Later(TrainConfig):
+        reference: Path = Path("refs/a.png")
+        window: tuple = (2, 5)
+        notes: list = field(default_factory=lambda: ["x"])
+
+    record = config_record(Later(prompt="a red square", checkpoint=Path("c.pt")))
+    assert record["reference"] == "refs/a.png" and record["window"] == [2, 5]
+    assert record["notes"] == ["x"] and record["prompt"] == "a red square"
+    assert isinstance(record["weights"], dict) and record["weights"]["area"] == 0.02
+    assert not NOT_IDENTITY & record.keys()
+    json.dumps(record)  # nothing a JSON header cannot hold
