@@ -1,0 +1,136 @@
+"""One training step's objective on the tiny generator with a CLIP whose answers are known:
+every term enters with its weight, the CAN-only and optional terms stay out unless asked
+for, the CLIP term's parts (blended, unmasked, per-image weights) and the composite."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from coral_core.editing.config import LossWeights, TrainConfig
+from coral_core.editing.directions import GlobalDirection, LatentMapper
+from coral_core.editing.losses import area_betas, area_loss
+from coral_core.editing.objective import CoralObjective, layer_masks
+from coral_core.editing.selectors import SegmentSelector
+
+
+class MeanColourClip:
+    """Image embedding: the picture's mean colour (normalised); counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.nn.functional.normalize(img.mean((2, 3)) + 1e-3, dim=-1)
+
+
+TARGET = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2, -0.3]]), dim=-1)
+
+
+def _setup(G, batch: int = 2, **cfg_kw):
+    torch.manual_seed(0)
+    cfg = TrainConfig(prompt="p", **cfg_kw)
+    ws = G.mapping_ws(torch.randn(batch, G.z_dim))
+    noise = G.make_noise(batch, "const")
+    with torch.no_grad():
+        original = G.synthesize(ws, noise=noise)
+    direction = GlobalDirection(G.num_ws, G.w_dim, seed=1, init_std=0.5)
+    masks = [torch.full((batch, 1, c.resolution, c.resolution), 0.5) for c in G.conv_layers]
+    return cfg, ws, noise, original, direction, masks
+
+
+def _call(G, cfg, ws, noise, original, direction, masks, clip=None, **kw):
+    objective = CoralObjective(G, clip or MeanColourClip(), cfg, TARGET, None, None)
+    return objective(direction, ws, masks, noise, original, None, 1.0, **kw)
+
+
+def test_the_total_is_each_term_times_its_weight(G) -> None:
+    weights = LossWeights(clip=0.7, l2=0.3, area=0.2, tv=5.0)
+    cfg, *rest = _setup(G, weights=weights)
+    step = _call(G, cfg, *rest)
+    t = step.terms
+    assert t["total"] == pytest.approx(0.7 * t["clip"] + 0.3 * t["l2"] + 0.2 * t["area"],
+                                       rel=1e-5)
+    assert t["tv"] == 0.0 and t["identity"] == 0.0 and t["leak"] == 0.0  # SS, none asked
+    direction = rest[3]
+    assert t["l2"] == pytest.approx(float(direction.l2().detach()), rel=1e-6)
+    masks = rest[4]
+    assert t["area"] == pytest.approx(float(area_loss(masks, area_betas(G, weights))),
+                                      rel=1e-6)
+    assert float(step.total.detach()) == pytest.approx(t["total"])
+    assert step.edited.shape == rest[2].shape and step.masks is masks
+
+
+def test_a_can_edit_pays_for_rough_masks_and_the_leak_term_only_when_weighted(G) -> None:
+    cfg, ws, noise, original, direction, masks = _setup(G)
+    rough = [m.clone() for m in masks]
+    rough[-1][..., ::2, :] = 1.0
+    ss = _call(G, cfg, ws, noise, original, direction, rough)
+    can_cfg = dataclasses.replace(cfg, variant="can")
+    can = _call(G, can_cfg, ws, noise, original, direction, rough)
+    assert ss.terms["tv"] == 0.0 and can.terms["tv"] > 0
+    assert can.terms["total"] == pytest.approx(ss.terms["total"] + 0.01 * can.terms["tv"],
+                                               rel=1e-5)
+    leaky_cfg = dataclasses.replace(cfg, weights=LossWeights(leak=0.5))
+    leaky = _call(G, leaky_cfg, ws, noise, original, direction, masks)
+    assert leaky.terms["leak"] > 0
+    plain = _call(G, cfg, ws, noise, original, direction, masks)
+    assert leaky.terms["total"] == pytest.approx(plain.terms["total"]
+                                                 + 0.5 * leaky.terms["leak"], rel=1e-5)
+
+
+def test_the_clip_term_mixes_the_blend_and_the_unmasked_edit_by_its_share(G) -> None:
+    cfg, ws, noise, original, direction, masks = _setup(G)
+    off = [torch.zeros_like(m) for m in masks]  # the blend is then the original picture
+    parts = {}
+    for share in (0.0, 1.0, 0.25):
+        c = dataclasses.replace(cfg, weights=LossWeights(clip_on_edit=share))
+        clip = MeanColourClip()
+        parts[share] = _call(G, c, ws, noise, original, direction, off, clip=clip)
+        assert clip.calls == (1 if share == 0.0 else 2)
+    blend_only, unmasked_only = parts[0.0].terms["clip"], parts[1.0].terms["clip"]
+    assert blend_only != pytest.approx(unmasked_only)
+    assert parts[0.25].terms["clip"] == pytest.approx(0.75 * blend_only + 0.25 * unmasked_only,
+                                                      rel=1e-5)
+    assert torch.allclose(parts[0.0].edited, original, atol=1e-6)
+
+
+def test_per_image_weights_choose_whose_clip_loss_counts(G) -> None:
+    cfg, ws, noise, original, direction, masks = _setup(G, weights=LossWeights(clip_on_edit=0))
+    d = LatentMapper(G.num_ws, G.w_dim)  # image-specific offsets: the two pictures differ
+    for block in d.blocks:
+        torch.nn.init.normal_(block.out.weight, std=0.3)
+    both = _call(G, cfg, ws, noise, original, d, masks).terms["clip"]
+    first = _call(G, cfg, ws, noise, original, d, masks,
+                  image_weights=torch.tensor([1.0, 0.0])).terms["clip"]
+    second = _call(G, cfg, ws, noise, original, d, masks,
+                   image_weights=torch.tensor([0.0, 1.0])).terms["clip"]
+    assert both == pytest.approx((first + second) / 2, rel=1e-5)
+    assert first != pytest.approx(second)
+    none = _call(G, cfg, ws, noise, original, d, masks, image_weights=torch.zeros(2))
+    assert none.terms["clip"] == 0.0
+    assert none.terms["l2"] == pytest.approx(float(d.l2(d(ws)).detach()), rel=1e-5)
+
+
+def test_the_composite_keeps_the_picture_outside_the_region(G) -> None:
+    cfg, ws, noise, original, direction, masks = _setup(G)
+    region = torch.zeros(2, 1, G.img_resolution, G.img_resolution)
+    region[..., : G.img_resolution // 2, :] = 1.0
+    step = _call(G, cfg, ws, noise, original, direction, masks, region=region)
+    lower = slice(G.img_resolution // 2, None)
+    assert torch.equal(step.edited[..., lower, :], original[..., lower, :])
+    free = _call(G, cfg, ws, noise, original, direction, masks)
+    assert not torch.equal(free.edited[..., lower, :], original[..., lower, :])
+
+
+def test_layer_masks_apply_the_edit_s_layer_options(G) -> None:
+    cfg = TrainConfig(prompt="p", only_layers=[2, 3], max_layer=2)
+    sel = SegmentSelector(len(G.conv_layers), 2)
+    segs = torch.zeros(1, 2, 8, 8)
+    segs[:, 0] = 1
+    masks = layer_masks(sel, G, [], segs, cfg)
+    assert [m is not None for m in masks] == [False, True] + [False] * (len(masks) - 2)
+    plain = layer_masks(sel, G, [], segs, TrainConfig(prompt="p"), no_masks=True)
+    assert all(m is not None and bool((m == 1).all()) for m in plain)
