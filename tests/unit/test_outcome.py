@@ -161,3 +161,59 @@ def test_fit_info_records_the_figures_an_edit_keeps() -> None:
                              "absent": [False, True]}
     fit.reached = [0.25, 1.0]
     assert fit_info(fit)["reach"] == [0.25, 1.0]
+
+
+def test_the_warnings_read_in_full() -> None:
+    edited, original = _images(0, 0.0)
+    original += 0.3  # a grey picture, not black: the change is edited - original
+    edited = original.clone()
+    assert empty_edit_warnings([torch.zeros(1, 1, 2, 2)], edited, original, _cfg()) == [
+        "the edit selected no layer (every mask stayed below 0.5): it changes almost "
+        "nothing. Try more steps, a smaller area weight, or a prompt that names what "
+        "should change",
+        "the edit changes 0.00 % of the pixels visibly: try more steps or a higher "
+        "learning rate, or check the prompt"]
+    long_prompt = TrainConfig(prompt="a b c d e f g")
+    assert user_warnings(_clip(_Tokens()), long_prompt, _fit(1), None) == [
+        "prompt: the CLIP reads 8 tokens and the prompt has 9; the rest was ignored"]
+
+
+def test_a_change_of_exactly_one_grey_level_is_not_visible() -> None:
+    original = torch.full((1, 3, 10, 10), 0.25)
+    edited = original.clone()
+    edited[0, 0] += VISIBLE_STEP  # every pixel, by exactly the step
+    assert len(empty_edit_warnings([torch.ones(1, 1, 2, 2)], edited, original, _cfg())) == 1
+    edited[0, 0] += 1e-3
+    assert empty_edit_warnings([torch.ones(1, 1, 2, 2)], edited, original, _cfg()) == []
+
+
+def test_the_visible_share_is_said_to_the_hundredth_of_a_percent() -> None:
+    original = torch.zeros(1, 3, 23, 30)      # 690 pixels: one is 0.1449 %
+    edited = original.clone()
+    edited[0, 0, 0, 0] = 1.0
+    (warning,) = empty_edit_warnings([torch.ones(1, 1, 2, 2)], edited, original, _cfg())
+    assert warning.startswith("the edit changes 0.14 % of the pixels visibly")
+
+
+def test_the_run_summary_records_steps_rates_losses_settings_and_selection() -> None:
+    from coral_core.editing.outcome import summary_info
+
+    sel = SegmentSelector(num_layers=3, k=2, init=0.1)
+    with torch.no_grad():
+        sel.logits[0, 1, 0] = 5.0
+    cfg = TrainConfig(prompt="a red square", steps=50, batch=3, seed=7, lr=0.02)
+    history = [{"total": 1.0}, {"total": 0.5, "clip": 0.4}]
+    info = summary_info(None, SimpleNamespace(selector=sel), cfg, history, 12.3456, True,
+                        "cancelled")
+    assert info["steps"] == 2 and info["steps_requested"] == 50
+    assert info["wall_seconds"] == 12.35 and info["partial"] is True
+    assert info["lr"] == {"direction": 0.02, "selector": 0.02}
+    assert info["batch"] == 3 and info["seed"] == 7 and info["directional"] is False
+    assert info["final_losses"] == {"total": 0.5, "clip": 0.4}
+    assert info["loss_weights"] == cfg.weights.to_dict()
+    assert info["config"]["prompt"] == "a red square" and info["config"]["steps"] == 50
+    assert info["stopped_reason"] == "cancelled"
+    assert info["selection"]["pairs"] == [(2, 0)]
+    quiet = summary_info(None, SimpleNamespace(selector=sel), cfg, [], 1.0, False, "")
+    assert "stopped_reason" not in quiet and quiet["final_losses"] == {}
+    assert quiet["steps"] == 0 and quiet["partial"] is False
