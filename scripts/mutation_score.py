@@ -14,8 +14,9 @@ every selected test under its tracer; over the whole engine and the whole unit t
 Each run here works in ``.mutation/<name>/`` (ignored by git, kept between runs: mutmut's cache),
 a copy of the tree whose pyproject.toml tells mutmut to mutate only the named modules' files
 (``only_mutate``) and to run only the test files that exercise them (``MODULE_TESTS``, or
-``--tests``). The score printed is killed (or timed out) / tested per module; survivors are
-listed so each can be read with ``mutmut show NAME`` in that folder.
+``--tests``). The score printed is killed (or timed out) over killed, survived and "no tests"
+(a mutant no selected test reaches would go unnoticed too) per module; survivors are listed
+so each can be read with ``mutmut show NAME`` in that folder.
 """
 from __future__ import annotations
 
