@@ -149,34 +149,25 @@ class BlendRunner:
     """
 
     def __init__(self, ws: torch.Tensor, edits: Sequence[tuple[torch.Tensor, MaskList]],
-                 noise: Sequence[torch.Tensor | None], capture: bool = False,
-                 reuse: Sequence[torch.Tensor] = (), recompute: bool = False) -> None:
+                 noise: Sequence[torch.Tensor | None], reuse: Sequence[torch.Tensor] = (),
+                 recompute: bool = False) -> None:
         self.ws, self.edits, self.noise = ws, edits, noise
-        self.capture = capture
         # activation recomputation: keep only each layer's input for the backward pass and
         # run the layer again there (memory for time; the results are the same)
         self.recompute = recompute
         self.reuse = reuse
-        self.features: list[torch.Tensor] = []
         self.edited_layers: list[int] = []
 
     def conv(self, info: ConvLayerInfo, layer: SynthesisLayer, x: torch.Tensor,
              gain: float) -> torch.Tensor:
         if info.index <= len(self.reuse):
             # before the first selected layer the blend *is* the original pass: reuse it
-            out = self.reuse[info.index - 1]
-            if self.capture:
-                self.features.append(out)
-            return out
+            return self.reuse[info.index - 1]
         if self.recompute and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            out = checkpoint(self._blend_layer, info, layer, x, gain, use_reentrant=False)
-        else:
-            out = self._blend_layer(info, layer, x, gain)
-        if self.capture:
-            self.features.append(out)
-        return out
+            return checkpoint(self._blend_layer, info, layer, x, gain, use_reentrant=False)
+        return self._blend_layer(info, layer, x, gain)
 
     def _blend_layer(self, info: ConvLayerInfo, layer: SynthesisLayer, x: torch.Tensor,
                      gain: float) -> torch.Tensor:

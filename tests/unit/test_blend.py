@@ -201,3 +201,37 @@ def test_an_edits_layer_options_shape_its_masks_in_one_order():
     # together: the baseline's ones limited to the named layers, then the layer cap
     assert _same(mask_policy(masks, no_masks=True, only_layers=[2, 4], max_layer=3),
                  [None, ones, None, None])
+
+
+@pytest.fixture(scope="module")
+def resnet_setup():
+    """A resnet-architecture generator: its second conv of a block runs with gain sqrt(1/2)."""
+    G = random_generator(tiny_config(conv_clamp=None, architecture="resnet"), seed=4)
+    ws = G.mapping_ws(G.z_from_seeds([5, 6]), 0.7)
+    delta = torch.randn(1, G.num_ws, G.w_dim) * 0.5
+    return G, ws, delta, G.make_noise(2, "const")
+
+
+def test_a_resnet_generator_blends_to_its_own_edited_picture(resnet_setup) -> None:
+    G, ws, delta, noise = resnet_setup
+    full = blended_synthesis(G, ws, delta, _masks(G, 1.0), noise)
+    assert torch.equal(full, G.synthesize(ws + delta, noise=noise))
+    none = blended_synthesis(G, ws, delta, _masks(G, 0.0), noise)
+    assert torch.equal(none, G.synthesize(ws, noise=noise))
+
+
+@pytest.mark.parametrize("noise_mode", ["const", "none"])
+def test_boxes_equal_the_whole_map_on_a_resnet_and_without_noise(resnet_setup, noise_mode,
+                                                                 monkeypatch) -> None:
+    import coral_core.editing.blend as blend
+
+    G, ws, delta, _ = resnet_setup
+    noise = G.make_noise(2, noise_mode)
+    torch.manual_seed(2)
+    masks = _box_masks(G, [(0.1, 0.2), (0.55, 0.5)], size=0.3)
+    boxed = blended_synthesis(G, ws, delta, masks, noise)
+    assert any(blend.mask_parts(m) is not None for m in masks)  # crops ran
+    monkeypatch.setattr(blend, "BOX_MAX_FRACTION", 0.0)
+    whole = blended_synthesis(G, ws, delta, masks, noise)
+    assert torch.allclose(boxed, whole, atol=1e-5), (boxed - whole).abs().max()
+    assert (whole - G.synthesize(ws, noise=noise)).abs().max() > 1e-2
