@@ -41,7 +41,8 @@ def prune_selection(active: torch.Tensor, score: GateScore, tolerance: float,
     """The gate [P, L, K] of what is kept, row by row (rows are independent images or prompts).
     ``active`` [P, L, K]: the (layer, segment) weights selected now; the others are off. Units
     are whole segments, and with ``layers`` whole layers too. A row whose edit has no CLIP gain
-    yet keeps its selection: there is nothing to measure.
+    yet keeps its selection: there is nothing to measure. Of equally useful units the first
+    (segments in order, then layers) goes first, so a selection always prunes the same way.
 
     When ``score`` gives a loss per judged image ([P, N]; a row's loss is their mean) and
     ``image_keep`` > 0, a unit also stays if removing it leaves any guarded image (see

@@ -221,3 +221,27 @@ def test_image_keep_zero_is_the_mean_alone_even_when_a_picture_would_get_worse()
                                        image_keep=0.0), mean_only)
     assert prune_selection(active, per_image(gains), tolerance=0.4,
                            image_keep=0.5)[0, 0].tolist() == [1, 1]
+
+
+def test_by_default_only_whole_segments_are_units() -> None:
+    gains = torch.tensor([[[0.02, 0.01], [0.60, 0.00]]])  # layer 0 adds little
+    allowed = torch.ones(1, 2, 2, dtype=torch.bool)
+    assert prune_selection(allowed, additive(gains), 0.2)[0].tolist() == [[1, 0], [1, 0]]
+
+
+def test_of_equally_useful_units_the_first_goes_first() -> None:
+    """Deterministic: the same selection always prunes the same way (lower segment first)."""
+    gains = torch.tensor([[[0.5, 0.25, 0.25]]])
+    gate = prune_selection(torch.ones(1, 1, 3, dtype=torch.bool), additive(gains), 0.3)
+    assert gate[0, 0].tolist() == [1, 0, 1]
+
+
+def test_image_keep_zero_guards_no_picture_even_one_left_worse_than_unedited() -> None:
+    """Segment 1 is most of picture 0's gain and offsets its loss from segment 0; by the mean
+    it may go (picture 0 then ends worse than unedited), and ``image_keep`` 0 guards nothing."""
+    gains = torch.tensor([[[[-0.2, 0.6]], [[1.0, 0.0]]]], dtype=torch.float64)
+    active = torch.ones(1, 1, 2, dtype=torch.bool)
+    assert prune_selection(active, per_image(gains), 0.5, image_keep=0.0)[0, 0].tolist() == \
+        [1, 0]
+    assert prune_selection(active, per_image(gains), 0.5, image_keep=0.1)[0, 0].tolist() == \
+        [1, 1]
