@@ -127,3 +127,41 @@ def test_a_setting_added_later_is_recorded_json_ready() -> None:
     assert isinstance(record["weights"], dict) and record["weights"]["area"] == 0.02
     assert not NOT_IDENTITY & record.keys()
     json.dumps(record)  # nothing a JSON header cannot hold
+
+
+def _other_value(value):
+    """A different value of the same kind, for any config field."""
+    from coral_core.editing.config import LossWeights
+
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5
+    if isinstance(value, str):
+        return value + " x"
+    if isinstance(value, LossWeights):
+        return LossWeights(area=value.area + 1)
+    if isinstance(value, Path):
+        return value / "x"
+    return [3] if value is None else None
+
+
+def test_every_setting_but_where_and_how_often_it_saves_is_part_of_a_run_s_identity() -> None:
+    from dataclasses import fields, replace
+    from types import SimpleNamespace
+
+    from coral_core.editing.run_record import NOT_IDENTITY, run_identity
+
+    G = SimpleNamespace(fingerprint=lambda: "generator-a")
+    clip = SimpleNamespace(model_id="clip-a")
+    cfg = TrainConfig(prompt="a red square")
+    base = run_identity(cfg, G, clip)
+    assert base == run_identity(TrainConfig(prompt="a red square"), G, clip)
+    for f in fields(TrainConfig):
+        changed = run_identity(replace(cfg, **{f.name: _other_value(getattr(cfg, f.name))}),
+                               G, clip)
+        assert (changed == base) == (f.name in NOT_IDENTITY), f.name
+    assert run_identity(cfg, SimpleNamespace(fingerprint=lambda: "generator-b"), clip) != base
+    assert run_identity(cfg, G, SimpleNamespace(model_id="clip-b")) != base
