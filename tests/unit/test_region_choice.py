@@ -4,7 +4,7 @@ decision as the selector receives it, and hardening the chosen selection."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
@@ -32,39 +32,52 @@ def _segs(batch: int, widths: list[int]) -> torch.Tensor:
 
 @dataclass
 class KnownJudge(RegionJudge):
-    """Per row p: loss = 1 - sum over the regions k the gate lets through of
-    power[p, k] * mean(delta_p): a direction trained on a more powerful region gets further.
-    (The selector's masks are not used: the gate alone says which regions act.)"""
+    """A judge with the real one's contract and known losses. Per image b: loss = 1 - the sum
+    over the regions k the gate lets through of power[b or row, k] times the image's mean
+    W+ offset (in the generator's units): a direction trained on a more powerful region
+    gets further. Rows and per-image results as RegionJudge.loss gives them; the masks it
+    is handed must be the ones it made for that selector."""
     power: torch.Tensor | None = None
-    selector: SegmentSelector | None = None
     calls: int = 0
+    recompute_seen: list = field(default_factory=list)
 
     def masks(self, selector):
-        return []
+        return [selector]
 
     def loss(self, selector, masks, direction, rows, recompute=False, per_image=False):
+        assert masks == [selector], "a loss judged with another selector's masks"
         self.calls += 1
-        gate = selector.gate if selector.gate is not None else torch.ones_like(selector.logits)
-        on = gate.amax(1)  # [P, K]
-        move = direction.delta.reshape(direction.delta.shape[0], -1).mean(1)  # [P]
-        loss = 1 - (on * self.power).sum(1) * move
-        if per_image:
-            return loss[None].expand(1, int(self.ws.shape[0]))
-        return loss
+        self.recompute_seen.append(recompute)
+        if isinstance(selector, AttentionSelector):
+            on = selector.cluster_gate if selector.cluster_gate is not None \
+                else torch.ones(1, self.power.shape[1])
+        else:
+            gate = selector.gate if selector.gate is not None \
+                else torch.ones_like(selector.logits)
+            on = gate.amax(1)  # [P, K]
+        b = int(self.ws.shape[0])
+        move = direction(self.ws).mean((1, 2))  # [B]
+        loss = 1 - (on.expand(b, -1) * self.power.expand(b, -1)).sum(1) * move
+        if rows > 1:
+            return loss
+        loss = loss[self.judged()]
+        return loss[None] if per_image else loss.mean(0, keepdim=True)
 
 
 def _judge(rows: int, widths: list[int], power: list[list[float]], steps: int = 5,
-           check=None, mode: str = "per_image") -> KnownJudge:
-    cfg = TrainConfig(prompt="p", contest_steps=steps, mode=mode)
+           check=None, mode: str = "per_image", images: int | None = None,
+           recompute: bool = False, **cfg) -> KnownJudge:
+    config = TrainConfig(prompt="p", contest_steps=steps, mode=mode, **cfg)
     G = SimpleNamespace(num_ws=WS, w_dim=WDIM)
-    return KnownJudge(G=G, cfg=cfg, ws=torch.zeros(rows, WS, WDIM), noise=[], feats=[],
-                      segs=_segs(rows, widths), image_loss=lambda x: x,
-                      memory=MemoryPlan(recompute=False, bf16=False), check=check,
+    b = images or rows
+    return KnownJudge(G=G, cfg=config, ws=torch.zeros(b, WS, WDIM), noise=[], feats=[],
+                      segs=_segs(b, widths), image_loss=lambda x: x,
+                      memory=MemoryPlan(recompute=recompute, bf16=False), check=check,
                       power=torch.tensor(power))
 
 
-def _direction(rows: int) -> GlobalDirection:
-    d = GlobalDirection(WS, WDIM, rows=rows)
+def _direction(rows: int, scale: float = 1.0) -> GlobalDirection:
+    d = GlobalDirection(WS, WDIM, rows=rows, scale=torch.full((WDIM,), scale))
     with torch.no_grad():
         d.delta.fill_(0.1)
     return d
@@ -172,12 +185,6 @@ def test_an_attention_edit_is_pruned_over_the_clusters_its_images_show() -> None
     judge = _judge(1, [32, 32], [[1.0, 0.01]], steps=0, mode="per_prompt")
     sel = AttentionSelector([4, 4, 4])
 
-    def loss(selector, masks, direction, rows, recompute=False, per_image=False):
-        gate = selector.cluster_gate if selector.cluster_gate is not None else torch.ones(1, 2)
-        value = 1 - (gate * judge.power).sum(1) * 0.5
-        return value[None].expand(1, 2) if per_image else value
-
-    judge.loss = loss  # type: ignore[method-assign]
     out = prune_region(judge, sel, _direction(1))
     assert sel.cluster_gate is not None and sel.cluster_gate.tolist() == [[1.0, 0.0]]
     assert out["segments"] == [[0, 1]]
@@ -253,3 +260,128 @@ def test_a_per_prompt_edit_judges_every_segment_any_of_its_pictures_shows() -> N
     assert out["judged_images"] == 5
     assert out["segments"] == [[0, 1], [0, 2]]
     assert sel.gate[0].amax(0).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_rivals_train_at_the_run_s_rate_in_the_generator_s_units_and_memory_options() -> None:
+    """Two rivals of 5 Adam steps at the global rate (0.05) from an offset of 0.1: the
+    winner's offset has moved about 5 x 0.05; the loss reads the offset scaled by the
+    direction's w spread, so a rival that lost the scale would score differently."""
+    judge = _judge(1, [32, 32], [[1.0, 2.0]], steps=5, recompute=True)
+    direction = _direction(1, scale=1 / 3)
+    _, report = contest_regions(judge, SegmentSelector(LAYERS, 2), direction,
+                                torch.ones(1, LAYERS, 2, dtype=torch.bool))
+    moved = float(direction.delta.detach().mean()) - 0.1
+    assert moved == pytest.approx(5 * TrainConfig(prompt="p").direction_lr(), rel=0.05)
+    assert report[0]["losses"][1] == pytest.approx(1 - 2.0 / 3 * (0.1 + moved), abs=1e-3)
+    assert all(loss == round(loss, 4) for loss in report[0]["losses"])
+    assert report[0]["losses"][0] != round(report[0]["losses"][0])
+    assert judge.recompute_seen[:5] == [True] * 5  # training steps use the run's option
+
+
+def test_rows_with_fewer_large_regions_stop_contesting_when_theirs_run_out() -> None:
+    judge = _judge(2, [24, 24, 8, 1], [[1.0, 3.0, 0.5, 0.0], [1.0, 2.0, 9.0, 9.0]])
+    allowed = torch.ones(2, LAYERS, 4, dtype=torch.bool)
+    allowed[1, :, 2] = False  # row 1: two large regions; its others must never contest
+    _, report = contest_regions(judge, SegmentSelector(LAYERS, 4, rows=2), _direction(2),
+                                allowed)
+    assert report[1]["pieces"] == [0, 1] and len(report[1]["losses"]) == 2
+    assert report[1]["winner"] == 1 and report[0]["winner"] == 1
+
+
+def test_a_per_prompt_edit_s_regions_contest_by_their_mean_share_of_its_pictures() -> None:
+    """Segment 2 is 3 % of picture 0 and absent from picture 1: 1.5 % on average, under the
+    2 % a region needs to contest."""
+    judge = _judge(1, [32, 30, 2], [[1.0, 2.0, 9.0]], images=2, mode="per_prompt")
+    judge.segs[1, 2] = 0
+    judge.segs[1, 1, :, 30:32] = 1
+    _, report = contest_regions(judge, SegmentSelector(LAYERS, 3), _direction(1),
+                                torch.ones(1, LAYERS, 3, dtype=torch.bool))
+    assert report[0]["pieces"] == [0, 1] and report[0]["winner"] == 1
+
+
+def test_pruning_runs_the_contest_first_when_it_is_on() -> None:
+    judge = _judge(1, [32, 32], [[1.0, 2.0]], steps=1)
+    sel = SegmentSelector(LAYERS, 2, init=0.9)
+    out = prune_region(judge, sel, _direction(1))
+    assert out["contest"][0]["winner"] == 1 and out["segments"] == [[0, 0]]
+    assert sel.gate[0].amax(0).tolist() == [0.0, 1.0]
+    assert "contest" not in prune_region(_judge(1, [32, 32], [[1.0, 2.0]], steps=0),
+                                         SegmentSelector(LAYERS, 2, init=0.9), _direction(1))
+
+
+def test_whole_layers_are_pruning_units_only_when_asked() -> None:
+    """This judge reads a region as acting if any layer lets it through, so with layers as
+    units all but the last layer go (the first first); without, no layer is a unit."""
+    for prune_layers, removed in ((False, []), (True, [[0, 0], [0, 1]])):
+        judge = _judge(1, [32, 32], [[1.0, 0.0]], steps=0, prune_layers=prune_layers,
+                       prune_tolerance=0.5)
+        sel = SegmentSelector(LAYERS, 2, init=0.9)
+        out = prune_region(judge, sel, _direction(1))
+        assert out["layers"] == removed, prune_layers
+        assert out["segments"] == [[0, 1]]
+
+
+def test_a_per_prompt_edit_keeps_a_region_one_of_its_pictures_needs() -> None:
+    """Picture 1's whole gain is segment 1; by the mean it could go, but the per-picture
+    guard of a per-prompt edit keeps it (a per-image edit has no such guard)."""
+    power = [[1.0, 0.0, 0.0], [0.0, 0.4, 0.0], [1.0, 0.0, 0.0]]
+    judge = _judge(1, [30, 30, 4], power, steps=0, mode="per_prompt", images=3)
+    sel = SegmentSelector(LAYERS, 3, init=0.9)
+    prune_region(judge, sel, _direction(1))
+    assert sel.gate[0].amax(0).tolist() == [1.0, 1.0, 0.0]
+    unguarded = _judge(1, [30, 30, 4], power, steps=0, mode="per_prompt", images=3,
+                       prune_image_keep=0.0)
+    sel = SegmentSelector(LAYERS, 3, init=0.9)
+    prune_region(unguarded, sel, _direction(1))
+    assert sel.gate[0].amax(0).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_a_one_pixel_segment_is_judged_and_one_a_row_s_image_lacks_is_not() -> None:
+    judge = _judge(2, [32, 31, 1], [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], steps=0)
+    judge.segs[0, 2] = 0          # picture 0 lacks segment 2 (its column joins segment 1)
+    judge.segs[0, 1, :, 31:] = 1
+    judge.segs[1, 2] = 0
+    judge.segs[1, 2, 5, 63] = 1   # picture 1 shows it on a single pixel
+    judge.segs[1, 1, 5, 63] = 0
+    sel = SegmentSelector(LAYERS, 3, rows=2, init=0.9)
+    prune_region(judge, sel, _direction(2))
+    assert sel.gate[0].amax(0).tolist() == [1.0, 0.0, 1.0]  # absent: left to training
+    assert sel.gate[1].amax(0).tolist() == [1.0, 0.0, 0.0]  # one pixel: judged, pruned
+
+
+def test_an_attention_edit_judged_on_several_batches_of_several_pictures() -> None:
+    judge = _judge(1, [32, 32], [[1.0, 0.01]], steps=0, mode="per_prompt", images=2)
+    second = _judge(1, [32, 32], [[1.0, 0.01]], steps=0, mode="per_prompt", images=3)
+    sel = AttentionSelector([4, 4, 4])
+    out = prune_region(judge, sel, _direction(1), more=[second])
+    assert sel.cluster_gate.tolist() == [[1.0, 0.0]] and out["judged_images"] == 5
+
+
+def test_hardening_a_per_prompt_selection_over_several_pictures() -> None:
+    sel = SegmentSelector(LAYERS, 3)
+    with torch.no_grad():
+        sel.logits.copy_(torch.tensor([[[2.0, -2.0, 0.5]] * LAYERS]))
+    segs = _segs(2, [20, 20, 24])
+    segs[0, 2] = 0  # segment 2 in the second picture only: still decided
+    harden_selection(sel, segs)
+    assert torch.sigmoid(sel.logits)[0].round().tolist() == [[1, 0, 1]] * LAYERS
+
+
+def test_hardening_leaves_a_row_gated_to_nothing_with_nothing() -> None:
+    sel = SegmentSelector(LAYERS, 3, rows=2)
+    sel.gate = torch.zeros(2, LAYERS, 3)
+    sel.gate[1, :, 0] = 1.0
+    harden_selection(sel, _segs(2, [20, 20, 24]))
+    assert float(torch.sigmoid(sel.logits[0]).max()) == 0.0
+    assert torch.sigmoid(sel.logits[1]).round().tolist() == [[1, 0, 0]] * LAYERS
+
+
+def test_a_per_image_edit_of_one_picture_has_no_per_picture_guard() -> None:
+    """``prune_image_keep`` belongs to per-prompt edits: a per-image edit of one picture is
+    pruned by its tolerance alone, even under a guard that would keep more."""
+    for mode, kept in (("per_image", [1.0, 0.0]), ("per_prompt", [1.0, 1.0])):
+        judge = _judge(1, [32, 32], [[0.75, 0.25]], steps=0, mode=mode,
+                       prune_image_keep=0.9)
+        sel = SegmentSelector(LAYERS, 2, init=0.9)
+        prune_region(judge, sel, _direction(1))
+        assert sel.gate[0].amax(0).tolist() == kept, mode
