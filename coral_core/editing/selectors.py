@@ -41,7 +41,10 @@ class SegmentSelector(nn.Module):
             m = torch.einsum("pk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None] \
                 if weights.shape[0] == 1 else \
                 torch.einsum("bk,bkhw->bhw", weights[:, info.index - 1], seg)[:, None]
-            out.append(m if self.pool == "area" else m.clamp(max=1))
+            # at most 1 with either pool: "max" shares a cell wholly with every segment it
+            # touches, and supplied masks may overlap; a weight above 1 would push the blend
+            # past the edited branch
+            out.append(m.clamp(max=1))
         return out
 
     def region(self, segments: torch.Tensor, resolution: int,

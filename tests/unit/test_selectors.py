@@ -201,3 +201,129 @@ def test_an_attention_selector_for_a_generator_has_one_head_per_conv_layer() -> 
     sel = AttentionSelector.for_generator(fake, hidden=5)
     assert sel.channels == [8, 8, 4] and len(sel.heads) == 3
     assert sel.heads[2].net[0].in_channels == 4 and sel.heads[2].net[0].out_channels == 5
+
+
+def test_a_fresh_selector_selects_nothing_yet_and_overlapping_masks_stay_at_most_one() -> None:
+    sel = SegmentSelector(num_layers=3, k=2)  # the default start: every weight 0.5
+    assert torch.allclose(sel.weights(), torch.full((1, 3, 2), 0.5))
+    assert not bool(sel.active().any()) and sel.selection() == []
+    overlapping = torch.ones(1, 2, 8, 8)  # two supplied masks covering the same pixels
+    _set(sel, [[[1.0, 1.0]] * 3])
+    for pool in ("area", "max"):
+        sel.pool = pool
+        assert all(float(m.max()) <= 1.0 for m in sel.masks(G, overlapping))
+
+
+def test_per_image_rows_read_each_layer_s_own_weights() -> None:
+    sel = SegmentSelector(num_layers=3, k=3, rows=2)
+    _set(sel, [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2)
+    m = sel.masks(G, _halves(batch=2))
+    assert torch.allclose(m[1][:, 0, :, 4:], torch.ones(2, 8, 4), atol=1e-5)  # layer 2: right
+    assert float(m[2].max()) < 1e-5  # layer 3 selected only the empty segment
+
+
+def test_the_region_picks_layers_by_number_when_layers_and_segments_differ() -> None:
+    sel = SegmentSelector(num_layers=4, k=2)
+    _set(sel, [[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.9, 0.0]]])
+    seg = _halves()[:, :2]
+    assert float(sel.region(seg, 8, layers=[4])[0, 0, 0, 0]) == pytest.approx(0.9, abs=1e-5)
+    assert float(sel.region(seg, 8, layers=[3]).max()) < 1e-5
+
+
+def test_the_region_follows_the_picture_s_colour_edge_when_given_it() -> None:
+    """Segments from a coarser grid put the edge at column 8; the picture's own edge is at
+    column 10: with the picture, the region follows the picture."""
+    seg = torch.zeros(1, 2, 16, 16)
+    seg[:, 0, :, :8] = 1
+    seg[:, 1, :, 8:] = 1
+    img = torch.full((1, 3, 16, 16), -1.0)
+    img[:, 0, :, 10:] = 1.0
+    sel = SegmentSelector(num_layers=1, k=2)
+    _set(sel, [[[1.0, 0.0]]])
+    blocky = sel.region(seg, 16)
+    snapped = sel.region(seg, 16, image=img)
+    assert float(blocky[0, 0, 4, 9]) < 1e-5
+    assert float(snapped[0, 0, 4, 9]) > 0.9
+    assert torch.allclose(weighted_region(torch.tensor([[1.0, 0.0]]), seg, 16, img), snapped,
+                          atol=1e-5)
+
+
+def test_the_edge_band_takes_the_interior_s_change_carried_outward() -> None:
+    """A region whose interior changes smoothly (a gradient) and whose band was spoilt: the
+    band takes its nearest interior pixels' change, row by row; the interior keeps its own."""
+    res = 32
+    original = torch.zeros(1, 1, res, res)
+    region = torch.zeros(1, 1, res, res)
+    region[..., :, :20] = 1.0
+    edited = torch.linspace(0, 1, res).reshape(1, 1, res, 1).expand(1, 1, res, res).clone()
+    edited[..., :, 18:20] = -5.0  # spoilt next to the edge
+    out = composite(edited, original, region)
+    band = max(1, round(3 / 64 * res))
+    assert band == 2
+    # the interior: at least ``band`` px from the region's edge and from the picture's border
+    interior = (..., slice(band, res - band), slice(band, 20 - band))
+    assert torch.equal(out[interior], edited[interior])
+    # each band pixel carries its own row's interior change (the gradient runs down the rows)
+    rows = slice(2 * band, res - 2 * band)  # rows away from the picture's border
+    for col in range(20 - band, 20):
+        assert torch.allclose(out[0, 0, rows, col], edited[0, 0, rows, 0], atol=1e-5), col
+    assert torch.equal(out[..., :, 20:], original[..., :, 20:])
+
+
+def test_a_region_at_exactly_one_half_has_an_interior_and_a_band() -> None:
+    original = torch.zeros(1, 1, 32, 32)
+    edited = torch.rand(1, 1, 32, 32)
+    region = torch.zeros(1, 1, 32, 32)
+    region[..., 4:28, 4:28] = 0.5
+    out = composite(edited, original, region)
+    assert not torch.allclose(out[..., 5, 10:20], 0.5 * edited[..., 5, 10:20])  # carried
+    assert torch.allclose(out[..., 10:20, 10:20], 0.5 * edited[..., 10:20, 10:20])
+
+
+def test_a_small_picture_has_a_one_pixel_band() -> None:
+    original = torch.zeros(1, 1, 16, 16)
+    edited = torch.rand(1, 1, 16, 16)
+    region = torch.zeros(1, 1, 16, 16)
+    region[..., :, :8] = 1.0
+    out = composite(edited, original, region)
+    assert torch.equal(out[..., 2:-2, 6], edited[..., 2:-2, 6])      # 2 px in: interior
+    assert not torch.equal(out[..., 2:-2, 7], edited[..., 2:-2, 7])  # 1 px in: band
+
+
+def test_an_attention_selector_s_layout_is_what_edit_files_hold() -> None:
+    sel = AttentionSelector([4, 6])
+    assert list(sel.state_dict()) == [f"heads.{i}.net.{j}.{p}" for i in range(2)
+                                      for j in (0, 2) for p in ("weight", "bias")]
+    assert sel.heads[1].net[0].out_channels == 32  # the default hidden width
+    feats = [torch.randn(1, 4, 4, 4), torch.randn(1, 6, 8, 8)]
+    assert all(abs(float(m.mean()) - 0.5) < 0.1 for m in sel.masks(feats))
+    assert len(sel.masks(feats[:1])) == 2
+    fake = SimpleNamespace(conv_layers=[SimpleNamespace(out_channels=4)])
+    low = AttentionSelector.for_generator(fake, init=0.2)
+    assert abs(float(low.masks(feats[:1])[0].mean()) - 0.2) < 0.1
+
+
+def test_an_attention_selector_limited_to_clusters_says_what_it_needs() -> None:
+    sel = AttentionSelector([4])
+    sel.cluster_gate = torch.tensor([[1.0, 0.0]])
+    with pytest.raises(ValueError) as err:
+        sel.masks([torch.randn(1, 4, 4, 4)])
+    assert str(err.value) == ("this attention selector is limited to some clusters: give the "
+                              "catalogue's segments")
+
+
+def test_a_weight_over_one_half_is_selected_by_default() -> None:
+    sel = SegmentSelector(num_layers=2, k=2, init=0.6)
+    assert bool(sel.active().all()) and len(sel.selection()) == 4
+
+
+def test_the_first_band_pixel_takes_the_mean_of_its_interior_neighbours() -> None:
+    torch.manual_seed(5)
+    original = torch.zeros(1, 1, 32, 32)
+    edited = torch.rand(1, 1, 32, 32)
+    region = torch.zeros(1, 1, 32, 32)
+    region[..., :, :20] = 1.0
+    out = composite(edited, original, region)
+    for row in range(6, 26):  # column 18 is the band's first, column 17 the interior's last
+        assert float(out[0, 0, row, 18]) == pytest.approx(
+            float(edited[0, 0, row - 1:row + 2, 17].mean()), abs=1e-5)
