@@ -134,3 +134,86 @@ def test_layer_masks_apply_the_edit_s_layer_options(G) -> None:
     assert [m is not None for m in masks] == [False, True] + [False] * (len(masks) - 2)
     plain = layer_masks(sel, G, [], segs, TrainConfig(prompt="p"), no_masks=True)
     assert all(m is not None and bool((m == 1).all()) for m in plain)
+
+
+def test_the_directional_clip_term_and_the_unmasked_edit_share_source_direction_and_share(
+        G) -> None:
+    from coral_core.editing.losses import clip_loss_per_image
+
+    cfg, ws, noise, original, direction, masks = _setup(G, weights=LossWeights(clip_on_edit=0.4))
+    clip = MeanColourClip()
+    source = clip.encode_image(original)
+    text_direction = torch.nn.functional.normalize(torch.tensor([[0.2, -1.0, 0.5]]), dim=-1)
+    objective = CoralObjective(G, clip, cfg, TARGET, text_direction, None)
+    weights = torch.tensor([1.0, 0.5])
+    step = objective(direction, ws, masks, noise, original, source, 0.7, image_weights=weights)
+    unmasked = G.synthesize(ws + direction(ws), noise=noise)
+
+    def weighted(images):
+        per = clip_loss_per_image(clip, images, TARGET, source, text_direction, 0.7)
+        return float((per * weights).sum() / weights.sum())
+
+    expected = 0.6 * weighted(step.edited.detach()) + 0.4 * weighted(unmasked)
+    assert step.terms["clip"] == pytest.approx(expected, rel=1e-4)
+    weights = torch.ones(2)  # no weights given: every picture alike
+    alike = objective(direction, ws, masks, noise, original, source, 0.7)
+    assert alike.terms["clip"] == pytest.approx(0.6 * weighted(alike.edited.detach())
+                                                + 0.4 * weighted(unmasked), rel=1e-4)
+
+
+def test_the_step_draws_with_the_noise_it_is_given(G) -> None:
+    from coral_core.editing.blend import blended_synthesis
+
+    cfg, ws, _, original, direction, masks = _setup(G)
+    noise = G.make_noise(2, "random", generator=torch.Generator().manual_seed(9))
+    step = _call(G, cfg, ws, noise, original, direction, masks)
+    assert torch.allclose(step.edited, blended_synthesis(G, ws, direction(ws), masks, noise))
+    only_unmasked = dataclasses.replace(cfg, weights=LossWeights(clip_on_edit=1.0))
+    clip = MeanColourClip()
+    term = _call(G, only_unmasked, ws, noise, original, direction, masks, clip=clip)
+    from coral_core.editing.losses import clip_loss
+
+    unmasked = G.synthesize(ws + direction(ws), noise=noise)
+    assert term.terms["clip"] == pytest.approx(float(clip_loss(clip, unmasked, TARGET)),
+                                               rel=1e-5)
+
+
+def test_an_identity_term_compares_the_edit_with_the_original(G) -> None:
+    seen = []
+
+    def identity(edited, original):
+        seen.append((edited, original))
+        return (edited - original).abs().mean()
+
+    cfg, ws, noise, original, direction, masks = _setup(G, weights=LossWeights(identity=0.5))
+    objective = CoralObjective(G, MeanColourClip(), cfg, TARGET, None, identity)
+    step = objective(direction, ws, masks, noise, original, None, 1.0)
+    (edited, given_original), = seen
+    assert edited is step.edited and given_original is original
+    assert step.terms["identity"] == pytest.approx(float((edited - original).abs().mean()))
+    plain = _call(G, cfg, ws, noise, original, direction, masks)
+    assert step.terms["total"] == pytest.approx(plain.terms["total"]
+                                                + 0.5 * step.terms["identity"], rel=1e-5)
+
+
+def test_a_mapper_pays_its_own_l2_weight(G) -> None:
+    cfg, ws, noise, original, _, masks = _setup(G, direction="mapper",
+                                                weights=LossWeights(clip=0.0, area=0.0))
+    mapper = LatentMapper(G.num_ws, G.w_dim)
+    step = _call(G, cfg, ws, noise, original, mapper, masks)
+    assert step.terms["total"] == pytest.approx(0.8 * step.terms["l2"], rel=1e-5)
+
+
+def test_layer_masks_read_an_attention_selector_s_features_and_clusters(G) -> None:
+    from coral_core.editing.selectors import AttentionSelector
+
+    sel = AttentionSelector([c.out_channels for c in G.conv_layers])
+    feats = [torch.randn(1, c.out_channels, c.resolution, c.resolution) for c in G.conv_layers]
+    masks = layer_masks(sel, G, feats, None, TrainConfig(prompt="p"))
+    assert [m.shape[-1] for m in masks] == [c.resolution for c in G.conv_layers]
+    assert not all(bool((m == 1).all()) for m in masks)  # the heads' masks, not "no masks"
+    sel.cluster_gate = torch.tensor([[1.0, 0.0]])
+    segs = torch.zeros(1, 2, 8, 8)
+    segs[:, 1] = 1  # every pixel in the cluster pruning dropped
+    limited = layer_masks(sel, G, feats, segs, TrainConfig(prompt="p"))
+    assert all(float(m.abs().max()) == 0.0 for m in limited)
