@@ -100,3 +100,38 @@ def test_each_mapper_group_reads_only_its_own_entries_and_ignores_w_s_scale() ->
     assert not torch.allclose(out[:, 8:], base[:, 8:])
     # StyleCLIP's pixel norm: an entry's overall magnitude does not matter, its shape does
     assert torch.allclose(mapper(ws * 3.0), base, atol=1e-5)
+
+
+def test_the_defaults_one_row_seed_zero_small_start_and_float32_units() -> None:
+    d = GlobalDirection(num_ws=3, w_dim=4)
+    assert d.delta.shape == (1, 3, 4)
+    assert torch.equal(d.delta, GlobalDirection(3, 4, rows=1, init_std=0.01, seed=0).delta)
+    wide = GlobalDirection(3, 4, scale=torch.ones(4, dtype=torch.float64))
+    assert wide.scale.dtype == torch.float32
+    mapper = LatentMapper(num_ws=3, w_dim=4, spread=torch.ones(4, dtype=torch.float64))
+    assert mapper.spread.dtype == torch.float32 and mapper.scale == 0.1
+    assert len(mapper.blocks[0].units) == 4  # StyleCLIP's four BiEqual units per group
+
+
+def test_the_l2_is_averaged_over_rows_not_entries() -> None:
+    d = GlobalDirection(num_ws=3, w_dim=2, rows=2)
+    with torch.no_grad():
+        d.delta.fill_(1.0)
+    assert float(d.l2().detach()) == pytest.approx(6.0)
+
+
+def test_the_mapper_normalises_each_entry_on_its_own_and_each_image_alone() -> None:
+    torch.manual_seed(2)
+    mapper = LatentMapper(num_ws=4, w_dim=8)
+    for block in mapper.blocks:
+        torch.nn.init.normal_(block.out.weight, std=0.5)
+    ws = torch.randn(3, 4, 8)
+    base = mapper(ws)
+    louder = ws.clone()
+    louder[:, 1] *= 5.0  # one entry's magnitude: only the pixel norm of that entry sees it
+    assert torch.allclose(mapper(louder), base, atol=1e-5)
+    assert torch.allclose(mapper(ws[1:2]), base[1:2], atol=1e-6)  # alone as in a batch
+    spread = torch.linspace(0.5, 2.0, 8)
+    wide = LatentMapper(num_ws=4, w_dim=8, spread=spread)
+    wide.load_state_dict({**mapper.state_dict(), "spread": spread})
+    assert torch.allclose(wide(ws), base * spread, atol=1e-6)

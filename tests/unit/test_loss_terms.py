@@ -136,3 +136,39 @@ def test_mask_areas_are_each_layer_s_mean_and_zero_where_there_is_none() -> None
     half[..., 0, :] = 1
     masks = [None, torch.full((2, 1, 4, 4), 0.25), half]
     assert mask_areas(masks) == [0.0, 0.25, 0.5]
+
+
+def test_the_batch_clip_term_is_the_mean_of_each_picture_s_own() -> None:
+    clip = DotClip()
+    source = torch.cat([clip.encode_image(_img(0, 1, 0)), clip.encode_image(_img(0, 0, 1))])
+    target = torch.tensor([[1.0, 0.0, 0.0]])
+    direction = torch.nn.functional.normalize(torch.tensor([[1.0, -1.0, 0.0]]), dim=-1)
+    imgs = torch.cat([_img(1, 0, 0), _img(0.3, 0.2, 1.0)])
+    per = clip_loss_per_image(clip, imgs, target, source, direction, 0.6)
+    alone = [float(clip_loss_per_image(clip, imgs[i:i + 1], target, source[i:i + 1],
+                                       direction, 0.6)) for i in range(2)]
+    assert per.tolist() == pytest.approx(alone, abs=1e-6)
+    assert per[0] != pytest.approx(per[1])
+    assert float(clip_loss(clip, imgs, target, source, direction, 0.6)) == \
+        pytest.approx(sum(alone) / 2, abs=1e-6)
+    assert float(clip_loss(clip, imgs, target, source, direction)) == pytest.approx(
+        float(clip_loss_per_image(clip, imgs, target, source, direction, 1.0).mean()))
+
+
+def test_tv_sees_every_mask_after_a_missing_one_and_edges_both_ways() -> None:
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:, :] = 1.0  # a horizontal edge
+    assert float(tv_loss([None, step])) == pytest.approx(1.0 / 7)
+    both = step.clone()
+    both[..., :, 4:] = 1.0
+    assert float(tv_loss([both])) == pytest.approx(2 * 4 / 56)
+
+
+def test_a_coarse_footprint_is_read_at_pixel_centres() -> None:
+    """A 2x2 mask over an 8x8 picture, upsampled with pixel centres aligned (as every
+    resize in the project): column 2 lies 0.875 inside the left half's footprint."""
+    original = torch.full((1, 3, 8, 8), 0.5)
+    edited = original.clone()
+    edited[..., :, 2] += 1.0
+    left = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    assert float(leak_loss(edited, original, [left])) == pytest.approx(0.125, abs=1e-6)
