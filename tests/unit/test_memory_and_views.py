@@ -117,3 +117,84 @@ def test_the_selection_summary_lists_pairs_layers_and_segments() -> None:
                                     "segments": [0, 2]}
     assert summary["segment_weights"][0] == pytest.approx([0.1, 0.1, 0.982, 0.1], abs=1e-6)
     assert selection_summary(None, SimpleNamespace(selector=object())) == {}
+
+
+def test_bf16_autocast_is_cuda_s_and_only_when_chosen() -> None:
+    import contextlib
+
+    from coral_core.editing.memory import MemoryPlan
+
+    assert isinstance(MemoryPlan(recompute=False, bf16=False).autocast(),
+                      contextlib.nullcontext)
+    ctx = MemoryPlan(recompute=False, bf16=True).autocast()
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda"
+    assert ctx.fast_dtype == torch.bfloat16
+
+
+def test_on_a_cuda_device_the_config_or_the_free_memory_decides(monkeypatch) -> None:
+    cuda = torch.device("cuda")
+    small = _G(256)
+    chosen = memory_plan(TrainConfig(prompt="p", bf16=True, recompute=True), small, cuda)
+    assert chosen.bf16 and chosen.recompute
+    auto = memory_plan(TrainConfig(prompt="p"), small, cuda)  # under 512 px: never tight
+    assert not auto.bf16 and not auto.recompute
+    big = _G(512)
+    for free, tight in ((16 * 2**30 - 1, True), (16 * 2**30, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (f, 80 * 2**30))
+        assert auto_recompute(big, cuda) is tight and auto_bf16(big, cuda) is tight
+        assert not auto_recompute(_G(511), cuda)
+        assert memory_plan(TrainConfig(prompt="p"), big, cuda).bf16 is tight
+
+
+def test_the_grid_s_defaults_frame_and_label_colours() -> None:
+    masks = _masks()
+    grid = mask_grid(G3, masks)
+    assert grid.shape == (96 + 14, 3 * 96, 3)          # sample 0, 96-px tiles by default
+    assert grid[3, 95].tolist() == [30, 30, 30]         # the label strip's background
+    strip = grid[:14].reshape(-1, 3)
+    yellow = (strip[:, 0] > 200) & (strip[:, 1] > 200) & (strip[:, 2] < 80)
+    assert yellow.any()                                 # yellow label text
+    over = [torch.full((1, 1, 4, 4), 1.5)]              # a mask above 1 shows as full white
+    one = SimpleNamespace(conv_layers=G3.conv_layers[:1])
+    assert mask_mid(mask_grid(one, over, cell=16)) == 255
+    nine = SimpleNamespace(conv_layers=G3.conv_layers * 3)
+    grid9 = mask_grid(nine, masks * 3, cell=16)
+    assert grid9[-1, -1].tolist() == [20, 20, 20]       # an empty place in the last row
+
+
+def mask_mid(grid: np.ndarray) -> int:
+    return int(grid[14 + grid.shape[1] // 2, grid.shape[1] // 2, 0])
+
+
+def test_the_grid_of_one_picture_is_that_picture_s_alone() -> None:
+    masks = _masks()
+    for sample in (0, 1):
+        alone = [None if m is None else m[sample:sample + 1] for m in masks]
+        assert np.array_equal(mask_grid(G3, masks, sample=sample, cell=32),
+                              mask_grid(G3, alone, sample=0, cell=32))
+
+
+def test_the_combined_mask_reads_coarse_masks_at_pixel_centres() -> None:
+    coarse = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    mask = effective_mask([coarse, None, torch.zeros(1, 1, 8, 8)], 8)
+    assert mask.shape == (1, 8, 8)
+    assert float(mask[0, 4, 2]) == pytest.approx(0.875)
+    with pytest.raises(ValueError) as err:
+        effective_mask([None], 8)
+    assert str(err.value) == "no layer is selected"
+
+
+def test_the_overlay_s_default_strength_and_a_coarse_mask() -> None:
+    image = np.full((8, 8, 3), 100, dtype=np.uint8)
+    out = overlay(image, torch.full((8, 8), 2.0))  # above 1 counts as 1; alpha 0.55
+    assert out[0, 0].tolist() == [185, 185, 45]
+    coarse = overlay(image, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), alpha=1.0)
+    assert coarse[4, 2].tolist() == [235, 207, 12]  # 0.875 of the way to [255, 223, 0]
+
+
+def test_the_summary_rounds_weights_to_three_places() -> None:
+    sel = SegmentSelector(num_layers=1, k=1)
+    with torch.no_grad():
+        sel.logits.fill_(3.0)
+    summary = selection_summary(None, SimpleNamespace(selector=sel))
+    assert summary["segment_weights"][0][0] == pytest.approx(0.953, abs=1e-6)
