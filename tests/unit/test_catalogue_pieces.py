@@ -192,3 +192,108 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path) -> None
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "coralstyleclip" / "catalogues"
+
+
+def test_segments_shrink_by_area_or_by_presence_and_grow_by_nearest() -> None:
+    from coral_core.editing.catalogue import resize_segments
+
+    seg = torch.zeros(1, 1, 4, 4)
+    seg[..., 0, 0] = 1.0
+    assert resize_segments(seg, 4) is seg
+    area = resize_segments(seg, 2)
+    assert area[0, 0].tolist() == [[0.25, 0.0], [0.0, 0.0]]
+    assert torch.equal(area, resize_segments(seg, 2, "area"))
+    assert resize_segments(seg, 2, "max")[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    grown = resize_segments(seg, 8, "max")  # growing: every pool copies cells
+    assert grown[0, 0, :2, :2].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert float(grown.sum()) == 4.0 and torch.equal(grown, resize_segments(seg, 8))
+    wide = torch.zeros(1, 3, 6, 6)
+    assert resize_segments(wide, 3).shape == (1, 3, 3, 3)
+
+
+def test_pieces_merge_their_fragments_when_asked() -> None:
+    seg = torch.zeros(1, 2, 8, 8)
+    seg[0, 0] = 1
+    seg[0, 0, 0, 7] = 0
+    seg[0, 1, 0, 7] = 1          # a one-cell corner fragment of cluster 1
+    seg[0, 0, 3:6, 3:6] = 0
+    seg[0, 1, 3:6, 3:6] = 1      # a real part of cluster 1
+    merged = connected_pieces(seg, 3, absorb=2)
+    assert merged.flatten(2).sum(2)[0].tolist() == [55, 9, 0]
+    strip = torch.zeros(1, 2, 8, 8)
+    strip[0, 0] = 1
+    strip[0, 0, 2:6, 7] = 0
+    strip[0, 1, 2:6, 7] = 1      # a thin strip on the border: merged even at absorb 1
+    assert connected_pieces(strip, 3, absorb=1).flatten(2).sum(2)[0].tolist() == [64, 0, 0]
+    assert connected_pieces(strip, 3).flatten(2).sum(2)[0].tolist() == [60, 4, 0]
+    half = torch.full((1, 2, 4, 4), 0.5)  # no cluster holds these cells: none is a member
+    assert connected_pieces(half, 2).flatten(2).sum(2)[0].tolist() == [16, 0]
+
+
+def test_a_fragment_joins_the_piece_it_borders_most_not_the_largest() -> None:
+    labels = torch.tensor([[1, 1, 1, 1, 1, 1],
+                           [1, 1, 1, 1, 1, 1],
+                           [1, 1, 1, 1, 1, 1],
+                           [1, 1, 1, 2, 2, 2],
+                           [1, 1, 1, 2, 9, 2],
+                           [1, 1, 1, 2, 2, 2]])
+    assert int(absorb_fragments(labels, 2)[4, 4]) == 2
+    two = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]])  # one piece and a fragment
+    assert absorb_fragments(two, 2).unique().tolist() == [1]
+
+
+def test_a_solid_part_at_the_border_is_found_wherever_it_sits() -> None:
+    for top in range(0, 4):
+        labels = torch.ones(8, 8, dtype=torch.long)
+        labels[top:top + 3, 0:3] = 3  # 3x3, touching the left border
+        assert int((absorb_fragments(labels, 2) == 3).sum()) == 9, top
+    for name, cells in (("top", (0, slice(2, 6))), ("bottom", (7, slice(2, 6))),
+                        ("left", (slice(2, 6), 0)), ("right", (slice(2, 6), 7))):
+        labels = torch.ones(8, 8, dtype=torch.long)
+        labels[cells] = 4
+        assert int((absorb_fragments(labels, 2) == 4).sum()) == 0, name
+
+
+def test_a_catalogue_id_keeps_its_form_for_the_files_that_name_it() -> None:
+    import re
+
+    assert re.fullmatch(r"fp-L2-K3-[0-9a-f]{12}", _catalogue().id())
+
+
+def test_segments_always_have_one_channel_per_cluster_and_pieces_absorb() -> None:
+    cat = _catalogue(k=3)
+    f = torch.zeros(1, 4, 4, 4)
+    f[0, 0] = 1.0  # every pixel nearest centre 0
+    seg = cat.segments([torch.zeros(1, 4, 4, 4), f])
+    assert seg.shape == (1, 3, 4, 4) and float(seg[0, 0].sum()) == 16
+    f[0, 0, 0, 3], f[0, 1, 0, 3] = 0.0, 1.0  # a one-cell corner of cluster 1
+    pieces = cat.with_pieces(3, absorb=2).segments([torch.zeros(1, 4, 4, 4), f])
+    assert pieces.flatten(2).sum(2)[0].tolist() == [16, 0, 0]
+
+
+def test_a_catalogue_is_built_once_per_generator_and_then_read(G, tmp_path, monkeypatch) -> None:
+    from coral_core.editing import catalogue as module
+
+    built = []
+    real = module.build_catalogue
+
+    def counting(*args, **kw):
+        built.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, "build_catalogue", counting)
+    first = catalogue_for(G, 3, tmp_path)
+    assert built == [{"k": 3, "layer": default_layer(G)}] and first.k == 3
+    files = list(tmp_path.glob("catalogue-*.safetensors"))
+    assert [f.name for f in files] == [f"catalogue-{G.fingerprint()}-L{default_layer(G)}"
+                                       "-K3.safetensors"]
+    again = catalogue_for(G, 3, tmp_path)
+    assert len(built) == 1 and torch.equal(again.centres, first.centres)
+    monkeypatch.setenv("CORAL_CACHE_DIR", str(tmp_path / "env"))
+    catalogue_for(G, 3)
+    assert len(built) == 2 and list((tmp_path / "env").glob("catalogue-*"))
+    def refuse(self, path):
+        raise OSError("read-only")
+
+    monkeypatch.setattr(SegmentCatalogue, "save", refuse)
+    assert catalogue_for(G, 2, tmp_path / "ro").k == 2  # a cache it cannot write: a rebuild
