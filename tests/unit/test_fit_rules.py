@@ -204,3 +204,160 @@ def test_after_training_short_and_far_edits_are_left_unchanged_with_a_warning() 
     assert any("image(s) 1 got only 20%" in w for w in fit.warnings)
     assert any("image(s) 2 moved the CLIP 2.0 of the prompt's range past" in w
                for w in fit.warnings)
+
+
+def test_the_fit_warnings_read_in_full() -> None:
+    bank = _bank()
+    fit = check_prompt_fit(bank, _axis(5), torch.zeros(1, D), "qwzx", top=16)
+    assert fit.warnings == [
+        "prompt 'qwzx': the CLIP finds nothing like it in this generator's pictures (it "
+        "separates them 0.00 as well as the clearest direction; at least 0.25 expected), so "
+        "the edit changes nothing; describe something the generator draws"]
+    already = check_prompt_fit(bank, _axis(0), torch.stack([_axis(0, 9.0)] * 2), "a red", 16)
+    assert already.warnings == ["prompt 'a red': image(s) 0, 1 already match it as well as "
+                                "the generator's best samples do, so they are left unchanged"]
+    bank2, text, parts = _absent_case()
+    lacking = _axis(0, -3) + _axis(1, -3)
+    absent = check_prompt_fit(bank2, text, torch.stack([lacking, _axis(0, 1.2), lacking]),
+                              "a red square", 16, part_embeddings=parts, part_clauses=[0, 0])
+    assert absent.warnings == [
+        "prompt 'a red square': image(s) 0, 2 seem to lack what it names (with any one word "
+        "left out, the rest is still far from the generator's best pictures of the prompt), "
+        "so they are left unchanged; name something in the image, or switch this check off "
+        "(coral train --no-absent-check; Train Edit Advanced: absent_check off)"]
+
+
+def test_the_after_training_warnings_read_in_full() -> None:
+    fit = PromptFit(1.0, [False] * 4, [], start_scores=[0.0] * 4, best_score=1.0,
+                    prompt_range=1.0)
+    edited = torch.tensor([[0.2, 0.0], [0.3, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    fit.judge_outcome("p", torch.tensor([1.0, 0.0]), edited)
+    assert fit.warnings == [
+        "prompt 'p': the edit of image(s) 0, 1 got only 20% of the way to the generator's "
+        "best pictures of it, so they are left unchanged: the prompt may name something the "
+        "image lacks, or a change this edit cannot make (try more steps)",
+        "prompt 'p': the edit of image(s) 2, 3 moved the CLIP 3.0 of the prompt's range past "
+        "the generator's own best pictures of it, so they are left unchanged: the CLIP "
+        "reacts to words that name nothing this generator draws; describe something it draws"]
+
+
+def test_reach_and_past_are_kept_to_three_places() -> None:
+    assert reach_of([0.0], [1 / 3], 1.0) == [0.333]
+    assert past([1 + 1 / 3], 1.0, 1.0) == [0.333]
+
+
+def test_the_bank_s_figures_are_the_best_samples_against_the_mean() -> None:
+    bank = _bank()
+    scores = bank.embeddings @ _axis(0)
+    best = float(scores.topk(16).values.mean())
+    fit = check_prompt_fit(bank, _axis(0), torch.zeros(1, D), "x", top=16)
+    assert fit.best_score == pytest.approx(best, rel=1e-5)
+    assert fit.prompt_range == pytest.approx(best - float(scores.mean()), rel=1e-5)
+    assert 0.5 < fit.relative_range <= 1.0 + 1e-6  # one axis of five: near the clearest
+
+
+def test_the_clearest_direction_is_looked_for_on_both_sides() -> None:
+    """All variance along axis 0, skewed: a few samples far on the negative side. The prompt
+    pointing there is the clearest direction (relative range 1), the other side is not."""
+    emb = torch.zeros(400, D)
+    emb[:, 0] = 0.1
+    emb[:10, 0] = -4.0
+    emb[:, 1] = torch.linspace(-0.01, 0.01, 400)
+    bank = SampleBank(torch.zeros(400, 3), emb, "g", "c")
+    neg = check_prompt_fit(bank, _axis(0, -1.0), torch.zeros(1, D), "x", top=16)
+    pos = check_prompt_fit(bank, _axis(0), torch.zeros(1, D), "x", top=16)
+    assert neg.relative_range == pytest.approx(1.0, rel=1e-4)
+    assert pos.relative_range < 0.2
+
+
+def test_a_bank_of_small_scores_is_judged_by_its_own_scale() -> None:
+    bank = _bank()
+    bank.embeddings.mul_(0.05)  # every range about 0.1
+    fit = check_prompt_fit(bank, _axis(0), torch.stack([_axis(0, 1.0), _axis(0, -1.0)]),
+                           "x", top=16)
+    assert 0.5 < fit.relative_range <= 1.0 + 1e-6
+    assert fit.already == [True, False]
+    bank2, text, parts = _absent_case()
+    bank2.embeddings.mul_(0.05)
+    lacking = (_axis(0, -3) + _axis(1, -3)) * 0.05
+    fit = check_prompt_fit(bank2, text, lacking[None], "a red square", 16,
+                           part_embeddings=parts, part_clauses=[0, 0])
+    assert fit.absent == [True]
+
+
+def test_a_prompt_the_bank_cannot_tell_apart_never_finds_anything_there_or_missing() -> None:
+    bank = _bank()
+    parts = torch.stack([_axis(5), _axis(5, 2.0)])
+    fit = check_prompt_fit(bank, _axis(5), torch.stack([_axis(0, 3.0), _axis(5, -3.0)]),
+                           "qwzx blorp", 16, part_embeddings=parts, part_clauses=[0, 0])
+    assert fit.already == [False, False] and fit.absent == [False, False]
+
+
+def test_a_part_is_read_freed_of_what_the_other_parts_of_its_clause_explain() -> None:
+    """On this bank "a square" (axis 1) goes with "a red" (axis 0). A picture short on red by
+    3 is short on square by 2.7 just through that: freed of it, the square is there."""
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(400, D, generator=g)
+    emb[:, 1] = 0.9 * emb[:, 0] + 0.3 * emb[:, 1]
+    emb[:, 5] = 0.0
+    bank = SampleBank(torch.zeros(400, 3), emb, "g", "c")
+    text = (_axis(0) + _axis(1)) / 2 ** 0.5
+    parts = torch.stack([_axis(1), _axis(0)])
+    image = (_axis(0, -3) + _axis(1, -2.7))[None]
+    scene = SceneCheck.from_bank(bank, text, 16, parts, [0, 0])
+    assert scene.part_coefs[0, 1] == pytest.approx(0.9, abs=0.1)
+    assert scene.part_coefs[1, 0] != 0 and scene.part_coefs[0, 0] == 0
+    assert scene.absent(image) == [False]
+    raw = SceneCheck.from_tensors({k: v for k, v in scene.tensors().items()
+                                   if k != "part_coefs"})  # an edit saved before the fit
+    assert raw.part_coefs is None and raw.absent(image) == [True]
+    apart = SceneCheck.from_bank(bank, text, 16, parts, [0, 1])  # two clauses: nothing shared
+    assert float(apart.part_coefs.abs().max()) == 0.0
+
+
+def test_a_scene_check_travels_in_a_file_with_every_figure() -> None:
+    bank, text, parts = _absent_case()
+    for scene in (SceneCheck.from_bank(bank, text, 16, parts, [0, 1]),
+                  SceneCheck.from_bank(bank, text, 16)):
+        tensors = scene.tensors()
+        assert set(tensors) == {"text", "parts", "stats", "part_stats", "part_coefs"}
+        again = SceneCheck.from_tensors(tensors)
+        assert again.best_score == pytest.approx(scene.best_score)
+        assert again.prompt_range == pytest.approx(scene.prompt_range)
+        for name in ("text", "parts", "part_targets", "part_ranges", "part_clauses",
+                     "part_coefs"):
+            assert torch.equal(getattr(again, name), getattr(scene, name)), name
+    assert SceneCheck.from_bank(bank, text, 16).tensors()["part_stats"].shape == (0, 3)
+    scene = SceneCheck.from_bank(bank, text, 16, parts, [0, 0])
+    own = [float(((bank.embeddings @ p).topk(16).values.mean() - (bank.embeddings @ p).mean()))
+           for p in parts]
+    assert scene.part_ranges.tolist() == pytest.approx(own, rel=0.05)
+
+
+def test_a_scene_check_s_mistakes_are_named() -> None:
+    bank, text, parts = _absent_case()
+    with pytest.raises(ValueError) as err:
+        SceneCheck.from_bank(bank, text, 16, parts, [0, 0, 1])
+    assert str(err.value) == "3 clause numbers for 2 parts"
+
+
+def test_at_apply_strength_one_is_the_default() -> None:
+    bank, text, _ = _absent_case()
+    scene = SceneCheck.from_bank(bank, text, 16)
+    most_of_the_way = (text * scene.best_score * 0.8)[None]
+    assert scene.off_target([0.0], most_of_the_way, [0]) == ([], [])
+    assert scene.off_target([0.0], most_of_the_way, [0], strength=2.0) == ([], [0])
+
+
+def test_a_bank_s_figures_do_not_depend_on_where_its_samples_sit() -> None:
+    """Every sample moved by the same offset: ranges (best against the mean) are the same."""
+    bank, text, parts = _absent_case()
+    moved = SampleBank(bank.ws, bank.embeddings + torch.tensor([0.0, 0.0, 3.0, 2.0, 0.0, 1.0]),
+                       "g", "c")
+    here = check_prompt_fit(bank, _axis(0), torch.zeros(1, D), "x", top=16)
+    there = check_prompt_fit(moved, _axis(0), torch.zeros(1, D), "x", top=16)
+    assert there.relative_range == pytest.approx(here.relative_range, rel=1e-4)
+    a = SceneCheck.from_bank(bank, text, 16, parts, [0, 1])
+    b = SceneCheck.from_bank(moved, text, 16, parts, [0, 1])
+    assert b.part_ranges.tolist() == pytest.approx(a.part_ranges.tolist(), rel=1e-4)
+    assert b.prompt_range == pytest.approx(a.prompt_range, rel=1e-4)
