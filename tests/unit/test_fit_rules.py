@@ -352,7 +352,7 @@ def test_at_apply_strength_one_is_the_default() -> None:
 def test_a_bank_s_figures_do_not_depend_on_where_its_samples_sit() -> None:
     """Every sample moved by the same offset: ranges (best against the mean) are the same."""
     bank, text, parts = _absent_case()
-    moved = SampleBank(bank.ws, bank.embeddings + torch.tensor([0.0, 0.0, 3.0, 2.0, 0.0, 1.0]),
+    moved = SampleBank(bank.ws, bank.embeddings + torch.tensor([1.5, -2.0, 3.0, 2.0, 0.0, 1.0]),
                        "g", "c")
     here = check_prompt_fit(bank, _axis(0), torch.zeros(1, D), "x", top=16)
     there = check_prompt_fit(moved, _axis(0), torch.zeros(1, D), "x", top=16)
