@@ -109,11 +109,15 @@ def module_file(module: str) -> str:
     return str(path)
 
 
-def prepare(modules: list[str], tests: list[str]) -> Path:
+def prepare(modules: list[str], tests: list[str], fresh: bool = False) -> Path:
     """The scoped copy: sources refreshed from the tree (mutmut compares them with its
-    cache), pyproject.toml's [tool.mutmut] narrowed to ``modules`` and ``tests``."""
+    cache), pyproject.toml's [tool.mutmut] narrowed to ``modules`` and ``tests``. ``fresh``
+    drops the cached results first: mutmut re-tests what changed in the code, not in the
+    tests, so after new tests only a fresh run measures them."""
     key = hashlib.sha256("\n".join(sorted(modules) + ["--"] + sorted(tests)).encode())
     work = SCRATCH / key.hexdigest()[:12]
+    if fresh and work.exists():
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     for item in ROOT.iterdir():
         if item.name in {".venv", ".host", "out", "mutants", ".mutation", ".git"}:
@@ -148,6 +152,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tests", nargs="+", default=None,
                     help="test files to run (default: MODULE_TESTS of the modules)")
     ap.add_argument("--children", type=int, default=2, help="mutants tested at once")
+    ap.add_argument("--fresh", action="store_true",
+                    help="forget the cached results (after the module's tests changed)")
     args = ap.parse_args(argv)
     modules = list(args.modules)
     status: dict[str, Counter] = defaultdict(Counter)
@@ -159,7 +165,7 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for module in modules:  # one scope per module: each runs only its own tests
         tests = args.tests or MODULE_TESTS.get(module) or ["tests/unit"]
-        work = prepare([module], tests)
+        work = prepare([module], tests, fresh=args.fresh)
         run = subprocess.run([mutmut, "run", "--max-children", str(args.children)], cwd=work,
                              env=env)
         if run.returncode != 0:
