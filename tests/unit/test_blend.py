@@ -235,3 +235,18 @@ def test_boxes_equal_the_whole_map_on_a_resnet_and_without_noise(resnet_setup, n
     whole = blended_synthesis(G, ws, delta, masks, noise)
     assert torch.allclose(boxed, whole, atol=1e-5), (boxed - whole).abs().max()
     assert (whole - G.synthesize(ws, noise=noise)).abs().max() > 1e-2
+
+
+def test_without_noise_given_the_blend_draws_the_generator_s_constant_noise(setup) -> None:
+    G, ws, delta, _ = setup
+    masks = _masks(G, 0.5)
+    const = G.make_noise(2, "const")
+    assert torch.equal(blended_synthesis(G, ws, delta, masks),
+                       blended_synthesis(G, ws, delta, masks, const))
+    with pytest.raises(ValueError) as err:
+        stacked_synthesis(G, ws, [(delta, masks)], original_features=[torch.zeros(1)])
+    assert str(err.value) == "reusing original features needs the noise they were made with"
+    with pytest.raises(ValueError) as err:
+        stacked_synthesis(G, ws, [(delta, masks[:-1])], const)
+    assert str(err.value) == (f"expected {len(G.conv_layers)} masks (one per conv layer), "
+                              f"got {len(G.conv_layers) - 1}")
