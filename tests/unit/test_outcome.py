@@ -179,9 +179,9 @@ def test_the_warnings_read_in_full() -> None:
 
 
 def test_a_change_of_exactly_one_grey_level_is_not_visible() -> None:
-    original = torch.full((1, 3, 10, 10), 0.25)
+    original = torch.zeros(1, 3, 10, 10)
     edited = original.clone()
-    edited[0, 0] += VISIBLE_STEP  # every pixel, by exactly the step
+    edited[0, 0] = VISIBLE_STEP  # every pixel, by exactly the step
     assert len(empty_edit_warnings([torch.ones(1, 1, 2, 2)], edited, original, _cfg())) == 1
     edited[0, 0] += 1e-3
     assert empty_edit_warnings([torch.ones(1, 1, 2, 2)], edited, original, _cfg()) == []
@@ -202,10 +202,10 @@ def test_the_run_summary_records_steps_rates_losses_settings_and_selection() -> 
     with torch.no_grad():
         sel.logits[0, 1, 0] = 5.0
     cfg = TrainConfig(prompt="a red square", steps=50, batch=3, seed=7, lr=0.02)
-    history = [{"total": 1.0}, {"total": 0.5, "clip": 0.4}]
+    history = [{"total": 1.0}, {"total": 0.7}, {"total": 0.5, "clip": 0.4}]
     info = summary_info(None, SimpleNamespace(selector=sel), cfg, history, 12.3456, True,
                         "cancelled")
-    assert info["steps"] == 2 and info["steps_requested"] == 50
+    assert info["steps"] == 3 and info["steps_requested"] == 50
     assert info["wall_seconds"] == 12.35 and info["partial"] is True
     assert info["lr"] == {"direction": 0.02, "selector": 0.02}
     assert info["batch"] == 3 and info["seed"] == 7 and info["directional"] is False
