@@ -198,3 +198,10 @@ def test_the_summary_rounds_weights_to_three_places() -> None:
         sel.logits.fill_(3.0)
     summary = selection_summary(None, SimpleNamespace(selector=sel))
     assert summary["segment_weights"][0][0] == pytest.approx(0.953, abs=1e-6)
+
+
+def test_each_tile_s_label_shows_its_mask_s_area() -> None:
+    one = SimpleNamespace(conv_layers=G3.conv_layers[:1])
+    half = mask_grid(one, [torch.full((1, 1, 4, 4), 0.5)])
+    none = mask_grid(one, [torch.zeros(1, 1, 4, 4)])
+    assert not np.array_equal(half[:14], none[:14])  # "L1 4px 0.50" against "... 0.00"
