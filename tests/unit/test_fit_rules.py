@@ -361,3 +361,27 @@ def test_a_bank_s_figures_do_not_depend_on_where_its_samples_sit() -> None:
     b = SceneCheck.from_bank(moved, text, 16, parts, [0, 1])
     assert b.part_ranges.tolist() == pytest.approx(a.part_ranges.tolist(), rel=1e-4)
     assert b.prompt_range == pytest.approx(a.prompt_range, rel=1e-4)
+
+
+def test_parts_after_a_lone_one_are_still_freed_and_each_other_part_gets_its_own_share() -> None:
+    g = torch.Generator().manual_seed(2)
+    emb = torch.randn(400, D, generator=g)
+    emb[:, 2] = 0.8 * emb[:, 1] + 0.2 * emb[:, 2]
+    emb[:, 3] = 0.5 * emb[:, 1] - 0.9 * emb[:, 0] + 0.2 * emb[:, 3]
+    bank = SampleBank(torch.zeros(400, 3), emb, "g", "c")
+    text = (_axis(0) + _axis(1) + _axis(2)) / 3 ** 0.5
+    lone_first = SceneCheck.from_bank(bank, text, 16, torch.stack([_axis(4), _axis(1),
+                                                                  _axis(2)]), [0, 1, 1])
+    assert float(lone_first.part_coefs[2, 1]) == pytest.approx(0.8, abs=0.15)
+    three = SceneCheck.from_bank(bank, text, 16, torch.stack([_axis(3), _axis(0), _axis(1)]),
+                                 [0, 0, 0])
+    c0, c1 = float(three.part_coefs[0, 1]), float(three.part_coefs[0, 2])
+    assert c0 == pytest.approx(-0.9, abs=0.15) and c1 == pytest.approx(0.5, abs=0.15)
+    old = SceneCheck.from_tensors({k: v for k, v in three.tensors().items()
+                                   if k != "part_coefs"})
+    assert torch.equal(old.tensors()["part_coefs"], torch.zeros(3, 3))  # re-saved: raw scores
+
+
+def test_part_words_are_read_without_their_punctuation() -> None:
+    assert prompt_parts("a. dog") == []        # "a." is an article, not a second word
+    assert (0, "a with an orange hat") in prompt_parts("a cat with an orange hat")
