@@ -327,3 +327,10 @@ def test_the_first_band_pixel_takes_the_mean_of_its_interior_neighbours() -> Non
     for row in range(6, 26):  # column 18 is the band's first, column 17 the interior's last
         assert float(out[0, 0, row, 18]) == pytest.approx(
             float(edited[0, 0, row - 1:row + 2, 17].mean()), abs=1e-5)
+
+
+def test_an_attention_selector_for_a_generator_has_the_file_s_default_layout() -> None:
+    fake = SimpleNamespace(conv_layers=[SimpleNamespace(out_channels=4)])
+    sel = AttentionSelector.for_generator(fake)
+    assert sel.heads[0].net[0].out_channels == 32
+    assert abs(float(sel.masks([torch.randn(1, 4, 4, 4)])[0].mean()) - 0.5) < 0.1
