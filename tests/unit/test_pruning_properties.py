@@ -245,3 +245,14 @@ def test_image_keep_zero_guards_no_picture_even_one_left_worse_than_unedited() -
         [1, 0]
     assert prune_selection(active, per_image(gains), 0.5, image_keep=0.1)[0, 0].tolist() == \
         [1, 1]
+
+
+def test_each_row_s_pictures_are_guarded_by_that_row_s_own_gains() -> None:
+    """Row 1's gains are a hundredth of row 0's; alone, its picture 0 (half its mean gain or
+    more) is guarded and keeps segment 1; so it must be beside row 0."""
+    row = torch.tensor([[[[0.0, 0.6]], [[1.0, 0.0]]]], dtype=torch.float64)  # [1, 2, 1, 2]
+    gains = torch.cat([row * 10, row / 10])
+    active = torch.ones(2, 1, 2, dtype=torch.bool)
+    alone = prune_selection(active[1:], per_image(gains[1:]), 0.5, image_keep=0.5)
+    together = prune_selection(active, per_image(gains), 0.5, image_keep=0.5)
+    assert alone[0, 0].tolist() == [1, 1] and torch.equal(together[1], alone[0])
