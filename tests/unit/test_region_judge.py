@@ -110,3 +110,25 @@ def test_regions_are_compared_by_the_training_s_loss_or_by_the_direction_from_ne
         clip, img, target, source, text_direction, 0.4), atol=1e-6)
     assert not torch.allclose(training_own(img), expected, atol=1e-4)
 
+
+
+def test_an_attention_edit_is_judged_on_the_generator_s_features_and_any_noise(G) -> None:
+    from coral_core.editing.selectors import AttentionSelector
+
+    judge = _judge(G)
+    judge.noise = G.make_noise(3, "random", generator=torch.Generator().manual_seed(4))
+    judge.feats = [torch.randn(3, c.out_channels, c.resolution, c.resolution)
+                   for c in G.conv_layers]  # what the attention heads read
+    sel = AttentionSelector([c.out_channels for c in G.conv_layers])
+    masks = judge.masks(sel)
+    assert all(torch.equal(a, b) for a, b in zip(masks, layer_masks(sel, G, judge.feats, None,
+                                                                       judge.cfg)))
+    d = _direction(G, 1)
+    img = blended_synthesis(G, judge.ws, d(judge.ws), masks, judge.noise)
+    assert torch.allclose(judge.loss(sel, masks, d, rows=1, per_image=True)[0], _mean_red(img))
+    two = _judge(G)
+    two.ws, two.segs = two.ws[:2], two.segs[:2]
+    two.noise = [None if n is None else n[:2] for n in judge.noise]
+    sel2, d2 = _selector(G, 2), _direction(G, 2)
+    img2 = blended_synthesis(G, two.ws, d2(two.ws), two.masks(sel2), two.noise)
+    assert torch.allclose(two.loss(sel2, two.masks(sel2), d2, rows=2), _mean_red(img2))
