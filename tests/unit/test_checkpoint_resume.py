@@ -11,6 +11,7 @@ from coral_core.editing.config import TrainConfig
 from coral_core.editing.directions import GlobalDirection
 from coral_core.editing.run_record import resume, save_checkpoint
 from coral_core.editing.selectors import AttentionSelector, SegmentSelector
+from config_values import other_value
 
 RUN = "run-a"
 
@@ -129,25 +130,6 @@ def test_a_setting_added_later_is_recorded_json_ready() -> None:
     json.dumps(record)  # nothing a JSON header cannot hold
 
 
-def _other_value(value):
-    """A different value of the same kind, for any config field."""
-    from coral_core.editing.config import LossWeights
-
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, int):
-        return value + 1
-    if isinstance(value, float):
-        return value + 0.5
-    if isinstance(value, str):
-        return value + " x"
-    if isinstance(value, LossWeights):
-        return LossWeights(area=value.area + 1)
-    if isinstance(value, Path):
-        return value / "x"
-    return [3] if value is None else None
-
-
 def test_every_setting_but_where_and_how_often_it_saves_is_part_of_a_run_s_identity() -> None:
     from dataclasses import fields, replace
     from types import SimpleNamespace
@@ -160,7 +142,7 @@ def test_every_setting_but_where_and_how_often_it_saves_is_part_of_a_run_s_ident
     base = run_identity(cfg, G, clip)
     assert base == run_identity(TrainConfig(prompt="a red square"), G, clip)
     for f in fields(TrainConfig):
-        changed = run_identity(replace(cfg, **{f.name: _other_value(getattr(cfg, f.name))}),
+        changed = run_identity(replace(cfg, **{f.name: other_value(f.name, getattr(cfg, f.name))}),
                                G, clip)
         assert (changed == base) == (f.name in NOT_IDENTITY), f.name
     assert run_identity(cfg, SimpleNamespace(fingerprint=lambda: "generator-b"), clip) != base

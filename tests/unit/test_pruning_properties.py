@@ -79,10 +79,15 @@ def test_pruning_keeps_the_gain_it_promises_and_stops_only_when_nothing_more_can
 @given(selections(rows=3), st.booleans())
 def test_each_row_is_pruned_as_if_it_were_alone(case, layers) -> None:
     active, gains, tolerance = case
-    together = prune_selection(active, additive(gains), tolerance, layers=layers)
-    for row in range(3):
-        alone = prune_selection(active[row:row + 1], additive(gains[row:row + 1]), tolerance,
-                                layers=layers)
+    _assert_rows_alone(active, gains, additive, tolerance, layers=layers)
+
+
+def _assert_rows_alone(active, gains, score_of, tolerance, **options) -> None:
+    """Pruning all rows at once gives each row what pruning it alone gives."""
+    together = prune_selection(active, score_of(gains), tolerance, **options)
+    for row in range(active.shape[0]):
+        alone = prune_selection(active[row:row + 1], score_of(gains[row:row + 1]), tolerance,
+                                **options)
         assert torch.equal(together[row], alone[0])
 
 
@@ -175,11 +180,7 @@ def test_a_per_prompt_edit_keeps_every_guarded_picture_s_share_and_stops_at_the_
 @given(per_image_selections(rows=3))
 def test_per_prompt_rows_are_pruned_as_if_alone(case) -> None:
     active, gains, tolerance, image_keep = case
-    together = prune_selection(active, per_image(gains), tolerance, image_keep=image_keep)
-    for row in range(3):
-        alone = prune_selection(active[row:row + 1], per_image(gains[row:row + 1]), tolerance,
-                                image_keep=image_keep)
-        assert torch.equal(together[row], alone[0])
+    _assert_rows_alone(active, gains, per_image, tolerance, image_keep=image_keep)
 
 
 def test_a_picture_gaining_exactly_half_the_mean_is_guarded() -> None:

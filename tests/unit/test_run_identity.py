@@ -12,26 +12,7 @@ from coral_core.editing.losses import LossWeights
 from coral_core.editing.run_record import NOT_IDENTITY
 from coral_core.editing.trainer import TrainConfig, train_edit
 from coral_core.progress import Reporter
-
-# a valid other value for settings whose default is None or a list
-OTHER = {"lr": 0.01, "max_layer": 3, "only_layers": [1], "select_then_edit": 0.5,
-         "bf16": True, "recompute": True, "identity_model": Path("ir_se50.pth"),
-         "l2": 0.5, "area_layer_weights": [1.0, 2.0]}
-
-
-def _other(name: str, value):
-    if name in OTHER and value != OTHER[name]:
-        return OTHER[name]
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, int):
-        return value + 1
-    if isinstance(value, float):
-        return value + 0.125
-    if isinstance(value, str):
-        return value + "x"
-    raise AssertionError(f"no other value for {name}={value!r}: add it to OTHER")
-
+from config_values import other_value as _other
 
 def _identity(cfg: TrainConfig, G, clip) -> str:
     return run_record.run_identity(cfg, G, clip)
