@@ -69,6 +69,14 @@ class _Sampler:
         with torch.no_grad():
             return self.G.mapping_ws(z, self.cfg.truncation)
 
+    def skip(self, batches: int) -> None:
+        """Draw and drop ``batches`` batches, so that a per-prompt run resumed from a
+        checkpoint trains on the batches the uninterrupted run would have (without it, it
+        repeated the first ones)."""
+        if self.fixed is None:
+            for _ in range(batches):
+                torch.randn(self.cfg.batch, self.G.z_dim, generator=self.gen)
+
 
 @dataclass
 class _Original:
@@ -262,6 +270,7 @@ def _prepare(G: Generator, clip: CoralClip, cfg: TrainConfig, latents: torch.Ten
                prune_step=max(1, math.ceil(cfg.prune_at * cfg.steps)) if prunes else -1,
                sampler=_Sampler(G, cfg, latents if cfg.mode == "per_image" else None),
                notes=notes)
+    run.sampler.skip(start_step)
     _start_from_bank(run)
     if cfg.harden_selection and isinstance(selector, SegmentSelector) and \
             0 < run.prune_step <= start_step:
