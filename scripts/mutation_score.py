@@ -76,6 +76,7 @@ MODULE_TESTS = {
     "coral_core.editing.identity": ["tests/unit/test_identity_net.py"],
     "coral_core.editing.edit": ["tests/unit/test_edit_file.py"],
     "coral_core.editing.apply": ["tests/unit/test_apply_rules.py"],
+    "coral_core.editing.trainer": ["tests/unit/test_trainer_runs.py"],
     "coral_core.editing.config": ["tests/unit/test_train_config.py", "tests/unit/test_presets.py"],
     "coral_core.formats.torchscript": ["tests/unit/test_torchscript_reader.py",
                                        "tests/unit/test_loaders.py", "tests/unit/test_clip.py",

@@ -323,7 +323,7 @@ class Edit:
         catalogue = None
         if "catalogue.centres" in tensors:
             catalogue = SegmentCatalogue(tensors["catalogue.centres"],
-                                         _meta_int(meta, "catalogue_layer", path, 0, num_ws),
+                                         _meta_int(meta, "catalogue_layer", path, 1, num_ws),
                                          meta["generator_fingerprint"],
                                          int(meta.get("catalogue_pieces") or 0),
                                          _meta_int(meta, "catalogue_absorb", path, 0, 4096)
@@ -433,10 +433,18 @@ def _selector_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path:
                                    "expected 'area' or 'max'")
         selector.pool = pool
     else:
-        selector = AttentionSelector(_meta_ints(meta, "can_channels", path, 1, 8192,
-                                                max_items=num_ws))
+        channels = _meta_ints(meta, "can_channels", path, 1, 8192, max_items=num_ws)
+        if len(channels) != num_ws - 1:
+            raise ModelFormatError(f"{path}: edit metadata can_channels lists {len(channels)} "
+                                   f"layers; a generator of {num_ws} W+ entries has "
+                                   f"{num_ws - 1} conv layers")
+        selector = AttentionSelector(channels)
         selector.cluster_gate = tensors.get("cluster_gate")
-    selector.load_state_dict(sel)
+    try:
+        selector.load_state_dict(sel)
+    except RuntimeError as exc:  # shapes that do not fit the metadata: a raw traceback else
+        raise ModelFormatError(f"{path}: the edit's selector tensors do not fit its "
+                               f"metadata ({str(exc)[:300]})") from exc
     return selector
 
 
@@ -506,9 +514,11 @@ def _check_tensors_fit_meta(meta: dict[str, str], tensors: dict[str, torch.Tenso
                                           tuple(delta.shape[1:]) != (num_ws, w_dim)):
         raise ModelFormatError(f"{path}: the edit's direction tensor does not match its "
                                f"metadata ([rows, {num_ws}, {w_dim}] expected)")
-    if meta["variant"] == "ss" and tensors.get("selector.logits", torch.empty(0)).ndim != 3:
+    logits = tensors.get("selector.logits", torch.empty(0))
+    if meta["variant"] == "ss" and (logits.ndim != 3 or logits.shape[1] != num_ws - 1):
         raise ModelFormatError(f"{path}: segment-selection edit without [rows, layers, K] "
-                               "selector logits")
+                               f"selector logits of {num_ws - 1} layers (the conv layers of a "
+                               f"generator of {num_ws} W+ entries)")
     if meta["variant"] == "ss" and "catalogue.centres" not in tensors and \
             "segments" not in tensors:
         raise ModelFormatError(f"{path}: segment-selection edit with neither a catalogue nor "

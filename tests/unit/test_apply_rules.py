@@ -367,3 +367,141 @@ def test_a_sweep_runs_from_the_original(G, ws) -> None:
     assert sweep.shape == (3, 2, 3, G.img_resolution, G.img_resolution)
     assert torch.equal(sweep[0], apply_edits(G, ws[:2], [edit]).original)
     assert torch.allclose(sweep[2], apply_edits(G, ws[:2], [edit], 2.0).edited, atol=1e-6)
+
+
+# ---- stacks, clauses and chunks in detail ----------------------------------------------------------
+
+def test_in_a_stack_a_scene_one_edit_leaves_takes_only_the_others_change(G, ws,
+                                                                         originals) -> None:
+    """Rows 0 and 1 are left by the checked edit (already there, lacking): they get the plain
+    edit's change alone."""
+    clip = _clip(originals, [0.0, 0.0, 0.8, 0.8])
+    plain = ss_edit(G, "a blue sky", seed=3, weights=torch.full((1, len(G.conv_layers), 3), 0.5))
+    stacked = apply_edits(G, ws, [_checked_edit(G), plain], clip=clip)  # type: ignore[arg-type]
+    alone = apply_edits(G, ws, [plain]).edited
+    assert torch.allclose(stacked.edited[:2], alone[:2], atol=1e-5)
+    assert not torch.allclose(stacked.edited[2:], alone[2:], atol=1e-3)
+    off = apply_edits(G, ws, [_checked_edit(G), plain], [1.0, 0.0],
+                      clip=clip)  # type: ignore[arg-type]
+    assert torch.equal(off.edited[:2], originals[:2])  # the only active edit leaves them
+
+
+def test_a_barely_moved_scene_is_not_judged(G, ws, originals) -> None:
+    """A scene the edit changed by less than half an 8-bit step has no verdict (its CLIP
+    score would read as 'short'); from half a step on it is judged."""
+    edit = _checked_edit(G, size=0.05)
+    change = (apply_edits(G, ws, [edit]).edited - originals).flatten(1).abs().amax(1)
+    clip = _clip(originals, [0.0, 0.0, 0.0, 0.0])  # no scene moves its score: all would be short
+    half_step = (2 / 255) / 2
+    for strength in (0.0025 / float(change.max()), 0.01 / float(change.min())):
+        res = apply_edits(G, ws, [edit], strength, clip=clip)  # type: ignore[arg-type]
+        unchecked = apply_edits(G, ws, [edit], strength).edited
+        moved = (unchecked - originals).flatten(1).abs().amax(1)
+        verdict = res.scenes[0]
+        assert verdict is not None
+        if float(moved[2:].max()) < half_step / 1.2:
+            assert verdict.short == [], strength
+        else:
+            assert float(moved[2:].min()) > half_step * 2.2
+            assert verdict.short == [2, 3], strength
+
+
+def test_a_per_image_edit_carrying_a_scene_check_applies_without_one(G, ws, originals) -> None:
+    edit = ss_edit(G, rows=4, latents=ws.clone(), scene_check=_check(), scene_check_clip="chosen1")
+    res = apply_edits(G, ws, [edit], clip=_clip(originals, [0.0] * 4))  # type: ignore[arg-type]
+    assert res.scenes == [None] and not torch.equal(res.edited, originals)
+
+
+def test_an_edit_acting_on_no_layer_selects_nothing_anywhere(G, ws, originals) -> None:
+    clip = _clip(originals, [0.0, 0.0, 0.8, 0.8])
+    edit = _checked_edit(G, only_layers=[len(G.conv_layers) + 1])  # the last W+ entry: no conv
+    res = apply_edits(G, ws, [edit], clip=clip)  # type: ignore[arg-type]
+    assert res.scenes[0] is not None and res.scenes[0].empty == [2, 3]
+    assert torch.equal(res.edited, originals)
+
+
+def test_each_scene_s_composite_region_is_its_own(G, ws, originals) -> None:
+    segs = torch.zeros(4, 2, 8, 8)
+    segs[0::2, 0, :, :4] = 1
+    segs[0::2, 1, :, 4:] = 1
+    segs[1::2, 0, :, 4:] = 1  # odd scenes: the selected segment is the right half
+    segs[1::2, 1, :, :4] = 1
+    weights = torch.zeros(1, len(G.conv_layers), 2)
+    weights[0, :, 0] = 1.0
+    res = apply_edits(G, ws, [ss_edit(G, k=2, segments=segs, weights=weights, composite=True)])
+    assert torch.equal(res.edited[0::2, ..., 18:], originals[0::2, ..., 18:])
+    assert torch.equal(res.edited[1::2, ..., :14], originals[1::2, ..., :14])
+    assert not torch.equal(res.edited[1::2, ..., 18:], originals[1::2, ..., 18:])
+
+
+def test_a_chained_prompt_passes_every_option_to_each_clause(G, ws, originals) -> None:
+    first, second = ss_edit(G, seed=5), ss_edit(G, "a green background", seed=6)
+    chained = replace(first, then=second)
+    res = apply_edits(G, ws, [chained], [0.5], threshold=0.6)
+    expect = apply_edits(G, ws, [second], 0.5, threshold=0.6).edited
+    assert torch.allclose(res.edited, expect)
+    per_image = replace(ss_edit(G, rows=4, latents=ws.clone()),
+                        then=ss_edit(G, "b", rows=4, latents=ws.clone()))
+    other = G.mapping_ws(G.z_from_seeds([30, 31, 32, 33]))
+    moved = apply_edits(G, other, [per_image], transfer=True)
+    assert moved.transferred == ["a red circle"]
+    checked = replace(_checked_edit(G), then=_checked_edit(G, prompt="a green background"))
+    clip = _clip(originals, [0.0, 0.0, 0.8, 0.8])
+    verdicts = apply_edits(G, ws, [checked], clip=clip).scenes  # type: ignore[arg-type]
+    assert [v.left() if v else None for v in verdicts] == [[0, 1], [0, 1]]
+
+
+def test_chunks_keep_layers_without_masks_and_pass_the_threshold(G, ws) -> None:
+    edit = ss_edit(G, only_layers=[2, 3], weights=torch.full((1, len(G.conv_layers), 3), 0.55))
+    whole = apply_edits(G, ws, [edit], threshold=0.6)
+    parts = apply_in_chunks(G, ws, [edit], threshold=0.6, chunk=3)
+    assert [m is None for m in parts.masks[0]] == [i not in (1, 2) for i in range(7)]
+    assert torch.allclose(parts.edited, whole.edited, atol=1e-5)
+    assert torch.equal(parts.edited, parts.original)  # 0.55 is under the threshold
+
+
+def test_chunks_refuse_a_per_image_edit_on_other_latents_unless_transferred(G, ws) -> None:
+    edit = ss_edit(G, rows=2, latents=ws[:2].clone())
+    other = G.mapping_ws(G.z_from_seeds([50, 51]))
+    with pytest.raises(EditMismatchError):
+        apply_in_chunks(G, other, [edit], chunk=1)
+    res = apply_in_chunks(G, other, [edit], chunk=1, transfer=True)
+    assert res.transferred == ["a red circle"]
+    default = apply_in_chunks(G, ws, [ss_edit(G)])  # the memory budget's chunk: all four
+    assert torch.allclose(default.edited, apply_edits(G, ws, [ss_edit(G)]).edited, atol=1e-5)
+
+
+def test_warnings_read_in_full() -> None:
+    verdicts = [None, SceneVerdict(absent=[0], already=[1], empty=[2], far=[3], short=[4],
+                                   unchecked="why")]
+    res = ApplyResult(torch.zeros(1), None, [], scenes=verdicts, prompts=["first", "p"])
+    assert res.warnings() == [
+        "edit 'p': scenes not checked (why)",
+        "edit 'p': image(s) 0 seem to lack what it names, so they are left unchanged (switch "
+        "the scene check off to edit them anyway)",
+        "edit 'p': image(s) 1 already match it as well as the generator's best samples do, so "
+        "they are left unchanged",
+        "edit 'p': selects no region in image(s) 2, which stay as they were (a per-prompt "
+        "edit's regions come from the scenes it was trained on; train a per-image edit for "
+        "these)",
+        "edit 'p': moved the CLIP far past the generator's own best pictures of it in image(s) "
+        "3, so they are left unchanged: the CLIP reacts to words that name nothing this "
+        "generator draws there; describe something it draws",
+        "edit 'p': got under half way to the generator's best pictures of it in image(s) 4, so "
+        "they are left unchanged: the change it learned does not take there (train a "
+        "per-image edit for these)"]
+    many = ApplyResult(torch.zeros(1), None, [], scenes=[SceneVerdict(absent=list(range(13)))],
+                       prompts=["p"])
+    assert "11 and 1 more seem" in many.warnings()[0]
+    assert SceneVerdict(unchecked="why").offset(2).unchecked == "why"
+
+
+def test_an_edit_of_an_unnamed_clip_says_so(G, ws, originals) -> None:
+    clip = _clip(originals, [0.0] * 4)
+    clip.name = "other"
+    res = apply_edits(G, ws, [_checked_edit(G)], clip=clip)  # type: ignore[arg-type]
+    assert "(the edit was trained with another CLIP (unknown); give that CLIP)" in \
+        res.warnings()[0]
+    with pytest.raises(InputError) as err:
+        apply_edits(G, ws, [])
+    assert str(err.value) == "no edit given"

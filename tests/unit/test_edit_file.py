@@ -545,3 +545,313 @@ def test_the_summary_says_what_a_user_needs(G) -> None:
                        "clauses": ["a red circle", "a green background"]}
     assert "clauses" not in ss_edit(G).summary()
     assert [e.prompt for e in edit.chain()] == ["a red circle", "a green background"]
+
+
+# ---- what a user reads ---------------------------------------------------------------------------
+
+def test_refusals_read_in_full(G, ws, tmp_path: Path) -> None:
+    """The whole sentence a user gets, for the refusals they meet most."""
+    from fabricate import random_generator, tiny_config
+
+    other = random_generator(tiny_config(conv_clamp=None), seed=5)
+    with pytest.raises(EditMismatchError) as err:
+        ss_edit(G).check_generator(other)
+    assert str(err.value) == (
+        f"edit: this edit was trained for generator {G.fingerprint()} (32px, 8 W+ entries) but "
+        f"the loaded generator is {other.fingerprint()} (32px, 8); load the generator the edit "
+        "was made with")
+    with pytest.raises(EditMismatchError) as err:
+        ss_edit(G, rows=2, latents=ws.clone()).check_latents(ws + 1)
+    assert str(err.value) == (
+        "this per-image edit was trained on 2 particular latents and these are different ones; "
+        "apply it to the latents it was trained on, train a per-prompt edit, or ask to "
+        "transfer it (--transfer / the Apply node's 'transfer per-image edit' switch)")
+    with pytest.raises(EditMismatchError) as err:
+        ss_edit(G, rows=2).check_batch(3)
+    assert str(err.value) == ("per-image edit holds 2 directions but 3 latents were given; "
+                              "pass the same number of latents, or train a per-prompt edit")
+    meta, tensors = _parts(ss_edit(G))
+    cases = [
+        (dict(meta, format="x"), tensors,
+         "not a CoralStyleCLIP edit (no 'coral-edit' metadata)"),
+        (dict(meta, format_version="9"), tensors,
+         "edit format version '9' is not supported (this version reads 1, 2); update "
+         "ComfyUI-CoralStyleCLIP"),
+        (dict(meta, segment_pool="x"), tensors,
+         "edit metadata segment_pool = 'x'; expected 'area' or 'max'"),
+        (meta, dict(tensors, **{"clause2.x": torch.zeros(1)}),
+         "tensors of clauses ['clause2'] that the edit's metadata does not describe"),
+    ]
+    for m, t, expect in cases:
+        assert _refusal(tmp_path, m, t) == f"{tmp_path / 'tampered.safetensors'}: {expect}"
+
+
+def test_a_damaged_scene_check_and_gate_are_described_in_full(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G, scene_check=scene_check(8), scene_check_clip="abc"))
+    del tensors["scene_check.stats"]
+    assert _refusal(tmp_path, meta, tensors).endswith(
+        "the edit's scene check does not fit together (expected scene_check.text [D], parts "
+        "[P<=64, D], stats [2], part_stats [P, 3], optionally part_coefs [P, P], and a CLIP "
+        "fingerprint in scene_check_clip)")
+    edit = can_edit(G, catalogue=catalogue_for(G, k=3))
+    edit.selector.cluster_gate = torch.ones(1, 3)  # type: ignore[union-attr]
+    meta, tensors = _parts(edit)
+    tensors["cluster_gate"] = torch.ones(1, 2)
+    assert _refusal(tmp_path, meta, tensors).endswith(
+        "the edit's cluster gate does not fit its catalogue ([1, K] with the catalogue's K "
+        "clusters expected)")
+
+
+def test_a_file_that_is_no_safetensors_names_the_edit(tmp_path: Path) -> None:
+    path = tmp_path / "e.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ModelFormatError) as err:
+        Edit.load(path)
+    assert str(path) in str(err.value) and "edit" in str(err.value)
+
+
+def test_fields_of_the_wrong_type_become_one_refusal_naming_the_file(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    del tensors["selector.logits"]
+    message = _refusal(tmp_path, meta, tensors)
+    assert "selector logits" in message
+    meta, tensors = _parts(ss_edit(G))
+    tensors["selector.logits"] = torch.zeros(1, 5, 3)  # five layers: this generator has seven
+    assert "selector logits of 7 layers" in _refusal(tmp_path, meta, tensors)
+
+
+def test_selector_tensors_that_do_not_fit_are_refused_not_raised(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(can_edit(G))
+    meta["can_channels"] = json.dumps([16] * 7)
+    message = _refusal(tmp_path, meta, tensors)
+    assert "selector tensors do not fit its metadata" in message and "size mismatch" in message
+    meta["can_channels"] = json.dumps([32] * 6)
+    assert "can_channels lists 6 layers; a generator of 8 W+ entries has 7 conv layers" in \
+        _refusal(tmp_path, meta, tensors)
+    meta, tensors = _parts(can_edit(G, mapper=True))
+    first = next(k for k in tensors if k.startswith("direction.") and tensors[k].ndim == 2)
+    tensors[first] = torch.zeros(1, 1)
+    assert "size mismatch" in _refusal(tmp_path, meta, tensors)
+
+
+@pytest.mark.parametrize("key,raw", [("max_layer", "[1"), ("only_layers", "[1,"),
+                                     ("info", "{"), ("clauses", "[{")])
+def test_metadata_that_is_no_json_is_refused_naming_the_file(G, tmp_path: Path, key: str,
+                                                             raw: str) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta[key] = raw
+    message = _refusal(tmp_path, meta, tensors)
+    assert f"edit metadata {key}" in message
+
+
+def test_metadata_json_is_bounded_in_depth(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta["info"] = json.dumps({"a": [[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]})  # depth 16: kept
+    assert _loads(tmp_path, meta, tensors).info["a"]
+    meta["info"] = json.dumps({"a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]})  # 17
+    assert "edit metadata info" in _refusal(tmp_path, meta, tensors)
+
+
+def test_metadata_json_is_bounded_in_size(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta["info"] = json.dumps({"a": "x" * (1024 * 1024 - 9)})  # exactly 1 MiB: kept
+    assert len(meta["info"]) == 1024 * 1024
+    assert _loads(tmp_path, meta, tensors).info["a"]
+    meta["info"] = json.dumps({"a": "x" * (1024 * 1024 - 8)})
+    assert "edit metadata info is 1048577 bytes" in _refusal(tmp_path, meta, tensors)
+
+
+def test_a_long_bad_value_is_quoted_cut_short(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta["only_layers"] = json.dumps(list(range(100)))
+    message = _refusal(tmp_path, meta, tensors)
+    assert repr(meta["only_layers"][:80]) in message and repr(meta["only_layers"][:81]) \
+        not in message
+
+
+def test_older_files_without_optional_fields_load_with_their_defaults(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G, catalogue=catalogue_for(G, k=3), clip_model_id="c"))
+    for key in ("info", "clip_model", "catalogue_pieces", "catalogue_absorb",
+                "scene_check_clip", "only_layers", "max_layer"):
+        meta.pop(key, None)
+    edit = _loads(tmp_path, meta, tensors)
+    assert edit.info == {} and edit.clip_model_id == "" and edit.scene_check_clip == ""
+    assert edit.catalogue is not None and edit.catalogue.pieces == 0
+    assert edit.catalogue.absorb == 0 and edit.only_layers is None and edit.max_layer is None
+    meta["only_layers"] = ""
+    assert _loads(tmp_path, meta, tensors).only_layers is None
+    meta["only_layers"] = "[3]"
+    assert _loads(tmp_path, meta, tensors).only_layers == [3]
+
+
+def test_the_catalogue_layer_is_a_conv_layer(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta["catalogue_layer"] = "0"
+    assert "catalogue_layer = '0'; expected an integer from 1 to 8" in \
+        _refusal(tmp_path, meta, tensors)
+    meta["catalogue_layer"] = "1"
+    assert _loads(tmp_path, meta, tensors).catalogue.layer == 1
+
+
+def test_pieces_up_to_their_bound_load(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta["catalogue_pieces"] = "4096"
+    tensors["selector.logits"] = torch.zeros(1, len(G.conv_layers), 4096)
+    assert _loads(tmp_path, meta, tensors).catalogue.pieces == 4096
+
+
+def test_the_scene_check_s_bounds(G, tmp_path: Path) -> None:
+    t = "scene_check."
+    meta, tensors = _parts(ss_edit(G, scene_check=scene_check(8, parts=2),
+                                   scene_check_clip="a"))  # a one-character fingerprint
+    assert _loads(tmp_path, meta, tensors).scene_check_clip == "a"
+    for width, fits in ((1, True), (8192, True), (8193, False)):
+        tensors[t + "text"] = torch.ones(width)
+        tensors[t + "parts"] = torch.zeros(0, 5)  # no parts: their width is not read
+        tensors[t + "part_stats"] = torch.zeros(0, 3)
+        tensors[t + "part_coefs"] = torch.zeros(0, 0)
+        if fits:
+            assert _loads(tmp_path, meta, tensors).scene_check.text.numel() == width
+        else:
+            assert "scene check" in _refusal(tmp_path, meta, tensors)
+    tensors[t + "text"] = torch.ones(8)
+    tensors[t + "parts"] = torch.zeros(64, 8)
+    tensors[t + "part_stats"] = torch.zeros(64, 3)
+    tensors[t + "part_coefs"] = torch.zeros(64, 64)
+    assert _loads(tmp_path, meta, tensors).scene_check.parts.shape == (64, 8)
+    tensors[t + "part_stats"][0, 2] = 64  # a clause index past the parts' bound
+    assert "scene check" in _refusal(tmp_path, meta, tensors)
+
+
+def test_can_channels_bounds(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(can_edit(G))
+    meta["can_channels"] = json.dumps([8193] * 7)
+    assert "can_channels" in _refusal(tmp_path, meta, tensors)
+    meta["can_channels"] = json.dumps([0] * 7)
+    assert "can_channels" in _refusal(tmp_path, meta, tensors)
+
+
+def test_the_file_s_metadata_tells_a_reader_what_the_edit_is(G, tmp_path: Path) -> None:
+    """What a tool reading the header sees (the info panel of a model browser)."""
+    from coral_core.formats.integrity import read_safetensors
+
+    can = can_edit(G, clip_model_id="ViT-B-32/openai", info={"where": tmp_path})
+    meta, _ = read_safetensors(can.save(tmp_path / "can.safetensors"), "edit")
+    assert meta["clip_model"] == "ViT-B-32/openai"
+    assert json.loads(meta["info"]) == {"where": str(tmp_path)}
+    assert (meta["catalogue_id"], meta["catalogue_layer"], meta["catalogue_pieces"],
+            meta["catalogue_absorb"], meta["segment_pool"]) == ("", "", "", "", "")
+    assert meta["no_masks"] == "" and meta["composite"] == ""
+    assert json.loads(meta["can_channels"]) == [32, 32, 32, 16, 16, 8, 8]
+    ss = ss_edit(G, no_masks=True, composite=True,
+                 catalogue=catalogue_for(G, k=3).with_pieces(3, 2))
+    meta, tensors = read_safetensors(ss.save(tmp_path / "ss.safetensors"), "edit")
+    assert meta["catalogue_id"] == ss.catalogue.id() and meta["catalogue_layer"] == "2"
+    assert meta["no_masks"] == "1" and meta["composite"] == "1"
+    assert json.loads(meta["can_channels"]) == []
+    assert all(v.dtype == torch.float32 for v in tensors.values())
+
+
+def test_tensors_are_written_as_float32_whatever_they_were(G, tmp_path: Path) -> None:
+    from coral_core.formats.integrity import read_safetensors
+
+    edit = ss_edit(G)
+    edit.direction.double()
+    edit.selector.half()
+    _, tensors = read_safetensors(edit.save(tmp_path / "e.safetensors"), "edit")
+    assert {str(v.dtype) for v in tensors.values()} == {"torch.float32"}
+
+
+def test_a_diverged_edit_names_up_to_three_tensors(G, tmp_path: Path) -> None:
+    edit = ss_edit(G, latents=G.mapping_ws(G.z_from_seeds([1])),
+                   segments=torch.rand(1, 3, 8, 8))
+    edit.direction.delta.data.fill_(float("nan"))
+    edit.selector.logits.data.fill_(float("inf"))  # type: ignore[union-attr]
+    edit.latents.fill_(float("nan"))  # type: ignore[union-attr]
+    edit.segments.fill_(float("nan"))  # type: ignore[union-attr]
+    with pytest.raises(ModelFormatError) as err:
+        edit.save(tmp_path / "e.safetensors")
+    assert str(err.value).count("'") == 6  # three names quoted
+
+
+def test_an_edit_of_too_many_clauses_says_how_many(G, tmp_path: Path) -> None:
+    head = ss_edit(G)
+    link = head
+    for i in range(MAX_CLAUSES):
+        link.then = ss_edit(G, f"clause {i}")
+        link = link.then
+    with pytest.raises(ModelFormatError, match=f"an edit of {MAX_CLAUSES + 1} clauses; at most "
+                                               f"{MAX_CLAUSES} are kept"):
+        head.save(tmp_path / "many.safetensors")
+
+
+def test_three_clauses_load_in_order_and_clause_zero_is_no_clause(G, tmp_path: Path) -> None:
+    edit = ss_edit(G, "a", then=ss_edit(G, "b", then=ss_edit(G, "c")))
+    loaded = Edit.load(edit.save(tmp_path / "e.safetensors"))
+    assert [e.prompt for e in loaded.chain()] == ["a", "b", "c"]
+    meta, tensors = _parts(edit)
+    tensors["clause0.direction.delta"] = tensors["direction.delta"].clone()
+    assert "tensors of clauses ['clause0']" in _refusal(tmp_path, meta, tensors)
+    meta, tensors = _parts(edit)
+    clauses = json.loads(meta["clauses"])
+    clauses[1]["variant"] = "xx"
+    meta["clauses"] = json.dumps(clauses)
+    assert "variant='xx'" in _refusal(tmp_path, meta, tensors)
+
+
+def test_rows_of_a_three_image_edit_and_their_gradients(G) -> None:
+    ws3 = G.mapping_ws(G.z_from_seeds([5, 6, 7]))
+    edit = ss_edit(G, rows=3, latents=ws3.clone(), segments=torch.rand(3, 3, 8, 8))
+    one = edit.row(1)
+    assert one.direction.delta.shape[0] == 1 and not one.direction.delta.requires_grad
+    logits = one.selector.logits  # type: ignore[union-attr]
+    assert logits.shape[0] == 1 and not logits.requires_grad
+    assert one.latents is not None and one.latents.shape[0] == 1
+    assert one.segments is not None and one.segments.shape[0] == 1
+
+
+def test_the_region_snaps_to_the_picture_s_edges(G, ws) -> None:
+    """Segments come from a coarse grid; the composite region follows the original picture's
+    colour edge instead (one pixel off the grid's here)."""
+    segs = torch.zeros(1, 2, 8, 8)
+    segs[:, 0, :, :4] = 1
+    segs[:, 1, :, 4:] = 1
+    weights = torch.zeros(1, len(G.conv_layers), 2)
+    weights[0, 2, 0] = 1.0
+    edit = ss_edit(G, k=2, segments=segs, weights=weights, composite=True)
+    _, feats = G.synthesize_with_features(ws)
+    picture = torch.ones(2, 3, 32, 32)
+    picture[..., :15] = -1.0  # the colour edge at column 15, the grid's at 16
+    snapped = edit.region(G, feats, picture)
+    blocky = edit.region(G, feats)
+    assert snapped is not None and blocky is not None
+    assert float(blocky[..., 15].min()) == 1.0 and float(snapped[..., 15].max()) < 0.5
+    assert float(snapped[..., :15].min()) > 0.99
+
+
+@pytest.mark.parametrize("layer,fields,selected", [
+    (1, {}, True), (7, {}, True), (7, {"max_layer": 2}, False), (1, {"max_layer": 1}, True),
+    (7, {"only_layers": [1, 2]}, False)])
+def test_the_region_reads_every_allowed_layer_and_no_other(G, ws, layer, fields,
+                                                           selected) -> None:
+    segs = torch.ones(1, 1, 8, 8)
+    weights = torch.zeros(1, len(G.conv_layers), 1)
+    weights[0, layer - 1, 0] = 1.0
+    edit = ss_edit(G, k=1, segments=segs, weights=weights, composite=True, **fields)
+    _, feats = G.synthesize_with_features(ws)
+    region = edit.region(G, feats)
+    assert region is not None and (float(region.max()) == 1.0) == selected
+
+
+def test_segments_for_the_wrong_batch_say_how_many_images(G, ws) -> None:
+    _, feats = G.synthesize_with_features(ws)
+    with pytest.raises(EditMismatchError, match="segments for 3 images"):
+        ss_edit(G, k=2, segments=torch.rand(3, 2, 8, 8)).segments_for(feats)
+
+
+def test_the_summary_keeps_every_field_a_user_reads(G) -> None:
+    info = {"selection": [[1, 0]], "final_losses": {"total": 1.0}, "mask_area": [0.5],
+            "steps": 5, "wall_seconds": 2.0, "partial": False, "warnings": [], "other": 1}
+    summary = ss_edit(G, info=info).summary()
+    assert summary == {"prompt": "a red circle", "variant": "ss", "direction": "global",
+                       "mode": "per_prompt", **{k: v for k, v in info.items() if k != "other"}}
