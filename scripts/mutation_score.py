@@ -3,6 +3,7 @@
     .venv/bin/python scripts/mutation_score.py                       # the default module set
     .venv/bin/python scripts/mutation_score.py coral_core.comfy_client
     .venv/bin/python scripts/mutation_score.py --tests tests/unit/test_x.py coral_core.x
+    .venv/bin/python scripts/mutation_score.py coral_core.editing   # every module of a package
 
 Why mutmut: it is maintained, mutates with libcst (so every mutant is valid Python), records
 in a first run which tests reach each function and then runs only those per mutant, and keeps
@@ -15,8 +16,11 @@ Each run here works in ``.mutation/<name>/`` (ignored by git, kept between runs:
 a copy of the tree whose pyproject.toml tells mutmut to mutate only the named modules' files
 (``only_mutate``) and to run only the test files that exercise them (``MODULE_TESTS``, or
 ``--tests``). The score printed is killed (or timed out) over killed, survived and "no tests"
-(a mutant no selected test reaches would go unnoticed too) per module; survivors are listed
-so each can be read with ``mutmut show NAME`` in that folder.
+(a mutant no selected test reaches would go unnoticed too) per module, pooled per package;
+survivors are listed so each can be read with ``mutmut show NAME`` in that folder. Survivors
+that a reviewer judged equivalent (no input tells them apart) are listed with the reason in
+``scripts/mutation_equivalents.txt``; the last column leaves them out of the count (killed /
+non-equivalent, issue 28's figure). A listed mutant that is killed is simply killed.
 """
 from __future__ import annotations
 
@@ -106,6 +110,30 @@ COPY_IGNORE = shutil.ignore_patterns(".venv", ".host", "out", "mutants", ".mutat
                                      "__pycache__", "*.ckpt.pt", ".mypy_cache", ".pytest_cache")
 
 
+EQUIVALENTS = ROOT / "scripts" / "mutation_equivalents.txt"
+
+
+def expand(names: list[str]) -> list[str]:
+    """Module names, a package's name standing for each of its modules (not __init__)."""
+    out: list[str] = []
+    for name in names:
+        folder = ROOT / Path(*name.split("."))
+        if (folder / "__init__.py").is_file():
+            out += [f"{name}.{p.stem}" for p in sorted(folder.glob("*.py"))
+                    if p.stem != "__init__"]
+        else:
+            out.append(name)
+    return out
+
+
+def equivalents() -> set[str]:
+    """Mutant names judged equivalent: the first word of each line (after it, the reason)."""
+    if not EQUIVALENTS.is_file():
+        return set()
+    return {line.split()[0] for line in EQUIVALENTS.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")}
+
+
 def module_file(module: str) -> str:
     path = Path(*module.split(".")).with_suffix(".py")
     if not (ROOT / path).is_file():
@@ -118,8 +146,7 @@ def prepare(modules: list[str], tests: list[str], fresh: bool = False) -> Path:
     cache), pyproject.toml's [tool.mutmut] narrowed to ``modules`` and ``tests``. ``fresh``
     drops the cached results first: mutmut re-tests what changed in the code, not in the
     tests, so after new tests only a fresh run measures them."""
-    key = hashlib.sha256("\n".join(sorted(modules) + ["--"] + sorted(tests)).encode())
-    work = SCRATCH / key.hexdigest()[:12]
+    work = scope_folder(modules, tests)
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -142,6 +169,12 @@ def prepare(modules: list[str], tests: list[str], fresh: bool = False) -> Path:
     return work
 
 
+def scope_folder(modules: list[str], tests: list[str]) -> Path:
+    """Where the scope of these modules and tests keeps its copy and mutmut's results."""
+    key = hashlib.sha256("\n".join(sorted(modules) + ["--"] + sorted(tests)).encode())
+    return SCRATCH / key.hexdigest()[:12]
+
+
 def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -158,10 +191,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--children", type=int, default=2, help="mutants tested at once")
     ap.add_argument("--fresh", action="store_true",
                     help="forget the cached results (after the module's tests changed)")
+    ap.add_argument("--survivors", action="store_true",
+                    help="after tests were added (none removed): re-test only the mutants that "
+                         "survived the last run (mutmut keeps killed ones killed)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="print the last run's results of each scope without running mutmut")
     args = ap.parse_args(argv)
-    modules = list(args.modules)
+    modules = expand(list(args.modules))
     status: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
+    where: dict[str, str] = {}
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     if not Path(mutmut).is_file():
         raise SystemExit(f"mutmut is not installed next to {sys.executable}: run "
@@ -169,13 +208,21 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for module in modules:  # one scope per module: each runs only its own tests
         tests = args.tests or MODULE_TESTS.get(module) or ["tests/unit"]
-        work = prepare([module], tests, fresh=args.fresh)
-        run = subprocess.run([mutmut, "run", "--max-children", str(args.children)], cwd=work,
-                             env=env)
-        if run.returncode != 0:
-            print(f"mutmut run failed for {module} ({run.returncode}) in {work}",
-                  file=sys.stderr)
-            return run.returncode
+        if args.report_only:
+            work = scope_folder([module], tests)
+            if not work.is_dir():
+                print(f"{module}: never run with {tests}", file=sys.stderr)
+                continue
+        else:
+            names = _survivor_names(mutmut, scope_folder([module], tests), env) \
+                if args.survivors else []
+            work = prepare([module], tests, fresh=args.fresh)
+            run = subprocess.run([mutmut, "run", "--max-children", str(args.children), *names],
+                                 cwd=work, env=env)
+            if run.returncode != 0:
+                print(f"mutmut run failed for {module} ({run.returncode}) in {work}",
+                      file=sys.stderr)
+                return run.returncode
         out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
                              capture_output=True, text=True).stdout
         for line in out.splitlines():
@@ -183,22 +230,56 @@ def main(argv: list[str]) -> int:
             if name.startswith(module + "."):
                 status[module][state] += 1
                 if state in ("survived", "no tests"):
-                    survivors[module].append(f"{name}  (in {work.relative_to(ROOT)})")
-    # a mutant no selected test reaches counts as surviving: nothing would catch that bug
-    print(f"{'module':42} {'killed':>7} {'survived':>9} {'no test':>8} {'other':>6} "
-          f"{'score':>6}")
+                    survivors[module].append(name)
+                    where[name] = str(work.relative_to(ROOT))
+    report(modules, status, survivors, where)
+    return 0
+
+
+def _survivor_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
+    """The mutants that survived (or no test reached) in the scope's last run."""
+    if not work.is_dir():
+        raise SystemExit(f"--survivors: {work} has no earlier run")
+    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
+                         capture_output=True, text=True).stdout
+    names = [line.strip().rpartition(": ")[0] for line in out.splitlines()
+             if line.strip().endswith((": survived", ": no tests"))]
+    if not names:
+        raise SystemExit(f"--survivors: no survivors in {work}")
+    return names
+
+
+def report(modules: list[str], status: dict[str, Counter], survivors: dict[str, list[str]],
+           where: dict[str, str]) -> None:
+    """Per module and pooled per package: killed / all, and killed / non-equivalent. A
+    mutant no selected test reaches counts as surviving: nothing would catch that bug."""
+    judged = equivalents()
+    print(f"{'module':42} {'killed':>7} {'survived':>9} {'no test':>8} {'equiv':>6} "
+          f"{'score':>6} {'non-eq':>7}")
+    pooled: dict[str, Counter] = defaultdict(Counter)
     for module in modules:
         c = status[module]
-        killed = c["killed"] + c["timeout"]
-        tested = killed + c["survived"] + c["no tests"]
-        other = sum(c.values()) - tested
-        score = killed / tested if tested else float("nan")
-        print(f"{module:42} {killed:7d} {c['survived']:9d} {c['no tests']:8d} {other:6d} "
-              f"{score:6.2f}")
+        row = Counter(killed=c["killed"] + c["timeout"], survived=c["survived"],
+                      no_tests=c["no tests"],
+                      equivalent=sum(1 for n in survivors[module] if n in judged))
+        pooled[module.rpartition(".")[0]].update(row)
+        _line(module, row)
+    for package, row in pooled.items():
+        if sum(1 for m in modules if m.rpartition(".")[0] == package) > 1:
+            _line(f"{package} (pooled)", row)
     for module in modules:
         for name in survivors[module]:
-            print(f"  survived: {name}")
-    return 0
+            mark = "equivalent" if name in judged else "survived"
+            print(f"  {mark}: {name}  (in {where[name]})")
+
+
+def _line(label: str, row: Counter) -> None:
+    tested = row["killed"] + row["survived"] + row["no_tests"]
+    score = row["killed"] / tested if tested else float("nan")
+    real = tested - row["equivalent"]
+    non_eq = row["killed"] / real if real else float("nan")
+    print(f"{label:42} {row['killed']:7d} {row['survived']:9d} {row['no_tests']:8d} "
+          f"{row['equivalent']:6d} {score:6.2f} {non_eq:7.2f}")
 
 
 if __name__ == "__main__":

@@ -390,3 +390,125 @@ def test_the_learning_rate_ramps_down_over_the_last_quarter() -> None:
     assert rates[:7] == [1.0] * 7
     assert rates[7] == pytest.approx(0.5)  # t = 7/8: half way down the quarter's cosine
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- with a CLIP whose answers are known -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def colour_clip():
+    from colour_clip import ColourClip
+
+    return ColourClip()
+
+
+def _blue_share(images: torch.Tensor, clip) -> torch.Tensor:
+    return clip.encode_image(images)[:, 2]
+
+
+def _colour_cfg(tmp_path: Path, **kw: Any) -> TrainConfig:
+    """The fit check on (absent check off: "a picture" names nothing this CLIP reads), over a
+    bank of 64 samples, in a fresh cache folder."""
+    return _cfg(**{"check_fit": True, "check_absent": False, "prior_samples": 64,
+                   "prior_top": 4, "steps": 6, "catalogue_dir": tmp_path, **kw})
+
+
+def test_an_edit_moves_the_pictures_towards_what_the_prompt_names(G, colour_clip,
+                                                                  tmp_path: Path) -> None:
+    from coral_core.editing.apply import apply_edits
+
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a blue picture"))
+    fit = res.edit.info["prompt_fit"]
+    assert fit["relative_range"] >= 0.25 and fit["already"] == [False, False]
+    assert all(0.5 <= r <= 1.5 for r in fit["reach"])  # as far as the bank's best pictures
+    assert "warnings" not in res.edit.info and len(res.history) == 6
+    out = apply_edits(G, res.edit.latents, [res.edit])
+    assert bool((_blue_share(out.edited, colour_clip) >
+                 _blue_share(out.original, colour_clip) + 0.02).all())
+    assert res.edit.scene_check is None  # per image: its scenes were checked here
+
+
+def test_a_prompt_the_clip_cannot_see_changes_nothing_and_says_why(G, colour_clip,
+                                                                   tmp_path: Path) -> None:
+    from coral_core.editing.apply import apply_edits
+
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="qwzx blorp"))
+    assert res.history == [] and res.edit.info["prompt_fit"]["relative_range"] == 0.0
+    assert res.edit.info["warnings"][0].startswith(
+        "prompt 'qwzx blorp': the CLIP finds nothing like it in this generator's pictures")
+    out = apply_edits(G, res.edit.latents, [res.edit])
+    assert torch.equal(out.edited, out.original)
+    mapper = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="qwzx blorp",
+                                                    direction="mapper"))
+    assert mapper.history == []
+
+
+def test_an_edit_that_overshoots_leaves_that_picture_as_it_was(G, colour_clip,
+                                                               tmp_path: Path) -> None:
+    from coral_core.editing.apply import apply_edits
+
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a red picture"))
+    reach = res.edit.info["prompt_fit"]["reach"]
+    far = [i for i, r in enumerate(reach) if r > 1.5]
+    assert far, reach  # seed 3's second picture goes 2.9 times the way
+    assert any(f"image(s) {', '.join(map(str, far))} moved the CLIP" in w
+               for w in res.edit.info["warnings"])
+    out = apply_edits(G, res.edit.latents, [res.edit])
+    for i in range(2):
+        assert torch.equal(out.edited[i], out.original[i]) == (i in far)
+
+
+def test_a_per_prompt_edit_s_fit_reads_the_bank_only(G, colour_clip, tmp_path: Path) -> None:
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a blue picture",
+                                                 mode="per_prompt"))
+    fit = res.edit.info["prompt_fit"]
+    assert fit["already"] == [] and "reach" not in fit and fit["relative_range"] >= 0.25
+    assert res.edit.scene_check is not None and res.edit.scene_check_clip == "colourclip1"
+    assert torch.allclose(res.edit.scene_check.text, colour_clip.encode_text(
+        ["a blue picture"])[0])
+    small = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a blue picture",
+                                                   mode="per_prompt", prior_samples=8))
+    assert small.edit.scene_check is None  # 8 samples: no best group of 4 apart from the rest
+    blind = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="qwzx blorp",
+                                                   mode="per_prompt"))
+    assert blind.history == []
+
+
+def test_without_masks_or_a_bank_there_is_no_fit_check(G, colour_clip, tmp_path: Path) -> None:
+    for fields in ({"no_masks": True}, {"prior_samples": 0}):
+        res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="qwzx blorp",
+                                                     mode="per_prompt", **fields))
+        assert "prompt_fit" not in res.edit.info and res.edit.scene_check is None, fields
+        assert len(res.history) == 6
+
+
+def test_the_directional_loss_trains_from_the_neutral_prompt(G, colour_clip,
+                                                             tmp_path: Path) -> None:
+    from coral_core.editing.apply import apply_edits
+
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a blue picture",
+                                                 neutral="a red picture", directional=True,
+                                                 check_fit=False))
+    assert res.edit.info["directional"] and res.edit.neutral == "a red picture"
+    out = apply_edits(G, res.edit.latents, [res.edit])
+    assert bool((_blue_share(out.edited, colour_clip) >
+                 _blue_share(out.original, colour_clip)).all())
+
+
+def test_segments_count_against_the_latents_given(G, clip) -> None:
+    ws = G.mapping_ws(G.z_from_seeds([60, 61, 62]))
+    segs = torch.zeros(3, 2, 16, 16, dtype=torch.float64)
+    segs[:, 0] = -0.5  # out of range: clamped to 0
+    segs[:, 1] = 1
+    res = train_edit(G, clip, _cfg(steps=1), latents=ws, segments=segs)
+    assert res.edit.segments is not None and res.edit.segments.dtype == torch.float32
+    assert float(res.edit.segments[:, 0].max()) == 0.0
+    with pytest.raises(InputError) as err:
+        train_edit(G, clip, _cfg(steps=1), latents=ws, segments=segs[:2])
+    assert str(err.value) == "2 segment masks for 3 images"
+    with pytest.raises(InputError) as err:
+        train_edit(G, clip, _cfg(variant="can"), segments=segs)
+    assert str(err.value) == "supplied segments are used by segment selection (variant 'ss')"
+    with pytest.raises(InputError) as err:
+        train_edit(G, clip, _cfg(mode="per_prompt"), segments=segs)
+    assert str(err.value) == ("supplied segments are per image; use the catalogue for "
+                              "per-prompt edits")
