@@ -512,3 +512,88 @@ def test_segments_count_against_the_latents_given(G, clip) -> None:
         train_edit(G, clip, _cfg(mode="per_prompt"), segments=segs)
     assert str(err.value) == ("supplied segments are per image; use the catalogue for "
                               "per-prompt edits")
+
+
+def test_truncation_pulls_the_seed_latents_towards_the_average(G, clip) -> None:
+    res = train_edit(G, clip, _cfg(steps=1, truncation=0.5))
+    expect = G.mapping_ws(G.z_from_seeds([3, 4]), 0.5)
+    assert res.edit.latents is not None and torch.allclose(res.edit.latents, expect)
+
+
+def test_a_resumed_run_after_the_region_choice_keeps_it(G, clip, tmp_path: Path) -> None:
+    """The checkpoint holds the region choice's gate; the resumed run neither chooses again nor
+    relearns the hardened selection, and ends where the whole run does; a per-prompt run's
+    contest is not credited with steps (its checkpoints keep no credit)."""
+    ckpt = tmp_path / "run.ckpt"
+    cfg = _cfg(mode="per_prompt", steps=4, prune_at=0.25, checkpoint=ckpt, checkpoint_every=2,
+               **REGION)
+    stopped = train_edit(G, clip, cfg, reporter=Recorder(cancel_at=3).reporter)
+    assert stopped.partial and ckpt.is_file()
+    resumed = train_edit(G, clip, cfg)
+    assert "region_pruning" not in resumed.edit.info  # chosen before the checkpoint
+    whole = train_edit(G, clip, cfg)
+    assert len(whole.history) == 4 and whole.edit.info["region_pruning"]["at_step"] == 1
+    assert torch.allclose(_direction(resumed), _direction(whole), atol=1e-5)
+    assert torch.equal(resumed.edit.selector.weights(), whole.edit.selector.weights())
+
+
+def test_select_then_edit_freezes_the_selection_for_the_last_steps(G, clip) -> None:
+    rec = Recorder()
+    train_edit(G, clip, _cfg(steps=4, select_then_edit=0.5, progress_every=1, directional=True,
+                             neutral="a blue circle"),
+               reporter=rec.reporter)
+    masks = [i["masks"] for _, _, i in rec.reports if i.get("masks") is not None]
+    assert len(masks) == 4
+
+    def same(a, b) -> bool:
+        return all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a, b))
+
+    assert not same(masks[1], masks[2])  # step 2 still moved the selection
+    assert same(masks[2], masks[3])  # from step 3 on (past half) it is frozen
+
+
+def test_a_cancel_returns_the_state_of_the_lowest_loss(G, clip) -> None:
+    """Per prompt (no schedule): the state at the start of step k is the edit of a run of k-1
+    steps, so the returned edit can be named exactly."""
+    cfg = dict(mode="per_prompt", steps=8, lr=0.3)
+    res = train_edit(G, clip, _cfg(**cfg), reporter=Recorder(cancel_at=4).reporter)
+    totals = [h["total"] for h in res.history]
+    best = totals.index(min(totals)) + 1
+    if best == 1:
+        pytest.skip("the first state was the best: nothing to tell apart")
+    shorter = train_edit(G, clip, _cfg(**{**cfg, "steps": best - 1}))
+    assert torch.allclose(_direction(res), _direction(shorter), atol=1e-6)
+
+
+def test_an_edit_that_changes_nothing_visible_is_flagged(G, clip) -> None:
+    res = train_edit(G, clip, _cfg(steps=2, lr=1e-8, prior_samples=0))
+    assert any("changes 0.00 % of the pixels visibly" in w for w in res.edit.info["warnings"])
+    assert res.edit.info["memory_options"] and res.edit.info["setup_seconds"] >= 0
+
+
+def test_an_attention_edit_without_the_composite_keeps_no_region(G, clip) -> None:
+    res = train_edit(G, clip, _cfg(variant="can", composite=False, **REGION))
+    assert not res.edit.composite
+
+
+def test_a_long_prompt_warning_says_how_long(G, colour_clip) -> None:
+    rec = Recorder()
+    prompt = " ".join(["blue"] * 20)
+    train_edit(G, colour_clip, _cfg(prompt=prompt, steps=1, prior_samples=0),
+               reporter=rec.reporter)
+    assert rec.reports[0][2]["warning"] == ("the CLIP reads 16 tokens and the prompt has 20; "
+                                            "the rest is ignored")
+
+
+def test_clause_warnings_are_gathered_on_the_first_edit(G, colour_clip, tmp_path: Path) -> None:
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="qwzx blorp and a blue picture",
+                                                 steps=2))
+    assert [e.prompt for e in res.edit.chain()] == ["qwzx blorp", "a blue picture"]
+    assert res.edit.info["warnings"][0].startswith("prompt 'qwzx blorp': the CLIP finds nothing")
+    assert len(res.history) == 2  # the unseen clause trains nothing
+
+
+def test_a_mapper_edit_is_not_judged_for_reach(G, colour_clip, tmp_path: Path) -> None:
+    res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a blue picture",
+                                                 direction="mapper"))
+    assert "reach" not in res.edit.info["prompt_fit"]
