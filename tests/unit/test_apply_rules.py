@@ -208,7 +208,12 @@ def test_a_stack_is_not_judged_for_reach(G, ws, originals) -> None:
 
 
 def test_the_rows_every_edit_leaves_stay_exactly_as_they_were(G, ws, originals) -> None:
+    """Exactly, not up to the blend's rounding: with masks of 0.3 a blend of a row with itself
+    is not always bit for bit the row."""
     clip = _clip(originals, [0.0, 0.0, 0.8, 0.8])
+    soft = torch.full((1, len(G.conv_layers), 3), 0.3)
+    res = apply_edits(G, ws, [_checked_edit(G, weights=soft)], clip=clip)  # type: ignore[arg-type]
+    assert torch.equal(res.edited[:2], originals[:2])
     res = apply_edits(G, ws, [_checked_edit(G), _checked_edit(G, seed=4)],
                       clip=clip)  # type: ignore[arg-type]
     assert torch.equal(res.edited[:2], originals[:2])
@@ -305,6 +310,7 @@ def test_chunks_give_one_call_s_result_and_report_progress(G, ws, originals) -> 
     assert v is not None and w is not None
     assert (v.already, v.absent, v.far, v.short) == (w.already, w.absent, w.far, w.short)
     assert parts.warnings() == whole.warnings()
+    assert parts.transferred == [] and parts.prompts == ["a red circle"]
 
 
 def test_a_chunked_apply_can_be_cancelled_between_chunks(G, ws) -> None:
@@ -393,13 +399,13 @@ def test_a_barely_moved_scene_is_not_judged(G, ws, originals) -> None:
     change = (apply_edits(G, ws, [edit]).edited - originals).flatten(1).abs().amax(1)
     clip = _clip(originals, [0.0, 0.0, 0.0, 0.0])  # no scene moves its score: all would be short
     half_step = (2 / 255) / 2
-    for strength in (0.0025 / float(change.max()), 0.01 / float(change.min())):
+    for strength in (0.0031 / float(change[2:].max()), 0.01 / float(change.min())):
         res = apply_edits(G, ws, [edit], strength, clip=clip)  # type: ignore[arg-type]
         unchecked = apply_edits(G, ws, [edit], strength).edited
         moved = (unchecked - originals).flatten(1).abs().amax(1)
         verdict = res.scenes[0]
         assert verdict is not None
-        if float(moved[2:].max()) < half_step / 1.2:
+        if float(moved[2:].max()) < half_step:
             assert verdict.short == [], strength
         else:
             assert float(moved[2:].min()) > half_step * 2.2
@@ -435,7 +441,9 @@ def test_each_scene_s_composite_region_is_its_own(G, ws, originals) -> None:
 
 
 def test_a_chained_prompt_passes_every_option_to_each_clause(G, ws, originals) -> None:
-    first, second = ss_edit(G, seed=5), ss_edit(G, "a green background", seed=6)
+    weak = torch.full((1, len(G.conv_layers), 3), 0.7)  # whole masks under a 0.6 threshold
+    first = ss_edit(G, seed=5, weights=weak)
+    second = ss_edit(G, "a green background", seed=6, weights=weak)
     chained = replace(first, then=second)
     res = apply_edits(G, ws, [chained], [0.5], threshold=0.6)
     expect = apply_edits(G, ws, [second], 0.5, threshold=0.6).edited
