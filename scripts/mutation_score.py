@@ -194,6 +194,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--survivors", action="store_true",
                     help="after tests were added (none removed): re-test only the mutants that "
                          "survived the last run (mutmut keeps killed ones killed)")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="test only this many of the module's mutants, drawn at random with "
+                         "--seed (for a module whose tests take minutes per mutant); the score "
+                         "is then an estimate, printed with its 95%% interval")
+    ap.add_argument("--seed", type=int, default=0, help="the --sample draw's seed")
     ap.add_argument("--report-only", action="store_true",
                     help="print the last run's results of each scope without running mutmut")
     args = ap.parse_args(argv)
@@ -217,6 +222,8 @@ def main(argv: list[str]) -> int:
             names = _survivor_names(mutmut, scope_folder([module], tests), env) \
                 if args.survivors else []
             work = prepare([module], tests, fresh=args.fresh)
+            if args.sample:
+                names = _sampled_names(mutmut, work, env, module, args.sample, args.seed)
             run = subprocess.run([mutmut, "run", "--max-children", str(args.children), *names],
                                  cwd=work, env=env)
             if run.returncode != 0:
@@ -233,7 +240,19 @@ def main(argv: list[str]) -> int:
                     survivors[module].append(name)
                     where[name] = str(work.relative_to(ROOT))
     report(modules, status, survivors, where)
+    if args.sample:
+        _interval(status)
     return 0
+
+
+def _interval(status: dict[str, Counter]) -> None:
+    """The sampled score's 95 % interval (normal approximation, killed / all)."""
+    for module, c in status.items():
+        n = c["killed"] + c["timeout"] + c["survived"] + c["no tests"]
+        if n:
+            p = (c["killed"] + c["timeout"]) / n
+            half = 1.96 * (p * (1 - p) / n) ** 0.5
+            print(f"{module}: a sample of {n} mutants: score {p:.2f} +- {half:.2f} (95 %)")
 
 
 def _survivor_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
@@ -247,6 +266,30 @@ def _survivor_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
     if not names:
         raise SystemExit(f"--survivors: no survivors in {work}")
     return names
+
+
+def _sampled_names(mutmut: str, work: Path, env: dict[str, str], module: str, count: int,
+                   seed: int) -> list[str]:
+    """``count`` of the module's mutants: the first function's first mutant (mutmut makes
+    every mutant when it first runs one; that run makes them) and ``count - 1`` of the rest,
+    drawn with ``seed``."""
+    import ast
+    import random
+
+    tree = ast.parse((ROOT / module_file(module)).read_text())
+    first = next(n.name for n in tree.body if isinstance(n, ast.FunctionDef))
+    seed_mutant = f"{module}.x_{first}__mutmut_1"
+    subprocess.run([mutmut, "run", "--max-children", "1", seed_mutant], cwd=work, env=env,
+                   check=False)
+    rest = sorted(n for n in _all_names(mutmut, work, env)
+                  if n.startswith(module + ".") and n != seed_mutant)
+    return [seed_mutant] + sorted(random.Random(seed).sample(rest, min(count - 1, len(rest))))
+
+
+def _all_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
+    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
+                         capture_output=True, text=True).stdout
+    return [line.strip().rpartition(": ")[0] for line in out.splitlines() if ": " in line]
 
 
 def report(modules: list[str], status: dict[str, Counter], survivors: dict[str, list[str]],
