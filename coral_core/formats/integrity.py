@@ -71,7 +71,7 @@ def read_header(path: Path, what: str) -> dict[str, Any]:
         (n,) = struct.unpack("<Q", head)
         if n > min(MAX_HEADER_BYTES, size - 8):
             raise ModelFormatError(f"{path}: the safetensors header claims {n} bytes but the "
-                                   f"file holds {size - 8}: truncated or not a {what}")
+                                   f"file holds {size - 8}: truncated or not {_a(what)}")
         raw = f.read(n)
     from .bounded_json import parse_json
 
@@ -146,3 +146,8 @@ def read_safetensors(path: str | Path, what: str, require_hash: bool = True
         raise ModelFormatError(f"{path}: the {what}'s content does not match its hash: the "
                                "file is corrupt (a damaged copy or download); copy it again")
     return meta, tensors
+
+
+def _a(noun: str) -> str:
+    """The noun with its indefinite article ("an edit", "a generator")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

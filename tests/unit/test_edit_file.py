@@ -141,8 +141,8 @@ def _refusal(tmp_path: Path, meta: dict[str, str], tensors: dict[str, torch.Tens
     with pytest.raises(ModelFormatError) as err:
         Edit.load(path)
     message = str(err.value)
-    assert str(path) in message
-    return message
+    assert message.startswith(f"{path}: ")
+    return message.replace(str(path), "<file>")  # (the folder's name holds the test's name)
 
 
 def _loads(tmp_path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> Edit:
@@ -583,7 +583,7 @@ def test_refusals_read_in_full(G, ws, tmp_path: Path) -> None:
          "tensors of clauses ['clause2'] that the edit's metadata does not describe"),
     ]
     for m, t, expect in cases:
-        assert _refusal(tmp_path, m, t) == f"{tmp_path / 'tampered.safetensors'}: {expect}"
+        assert _refusal(tmp_path, m, t) == f"<file>: {expect}"
 
 
 def test_a_damaged_scene_check_and_gate_are_described_in_full(G, tmp_path: Path) -> None:
@@ -607,7 +607,8 @@ def test_a_file_that_is_no_safetensors_names_the_edit(tmp_path: Path) -> None:
     path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(ModelFormatError) as err:
         Edit.load(path)
-    assert str(path) in str(err.value) and "edit" in str(err.value)
+    assert str(err.value) == (f"{path}: the safetensors header claims 8 bytes but the file "
+                              "holds 2: truncated or not an edit")
 
 
 def test_fields_of_the_wrong_type_become_one_refusal_naming_the_file(G, tmp_path: Path) -> None:
@@ -725,10 +726,52 @@ def test_the_scene_check_s_bounds(G, tmp_path: Path) -> None:
 
 def test_can_channels_bounds(G, tmp_path: Path) -> None:
     meta, tensors = _parts(can_edit(G))
-    meta["can_channels"] = json.dumps([8193] * 7)
-    assert "can_channels" in _refusal(tmp_path, meta, tensors)
-    meta["can_channels"] = json.dumps([0] * 7)
-    assert "can_channels" in _refusal(tmp_path, meta, tensors)
+    for bad in ([8193] * 7, [0] * 7, [32] * 9):
+        meta["can_channels"] = json.dumps(bad)
+        assert "edit metadata can_channels = " in _refusal(tmp_path, meta, tensors), bad
+    meta["can_channels"] = json.dumps([32] * 9)
+    assert "expected a list of 1-8 integers from 1 to 8192" in _refusal(tmp_path, meta, tensors)
+    meta["can_channels"] = json.dumps([1] * 7)  # within bounds: refused for its tensors
+    assert "selector tensors do not fit" in _refusal(tmp_path, meta, tensors)
+    del meta["can_channels"]
+    assert "edit metadata can_channels = 'None'; expected a list" in \
+        _refusal(tmp_path, meta, tensors)
+
+
+def test_too_many_pieces_are_refused_even_when_the_selector_agrees(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    meta["catalogue_pieces"] = "4097"
+    tensors["selector.logits"] = torch.zeros(1, len(G.conv_layers), 4097)
+    assert "catalogue gives 4097" in _refusal(tmp_path, meta, tensors)
+
+
+def test_unknown_clauses_are_named_three_at_most(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G))
+    for i in range(2, 6):
+        tensors[f"clause{i}.x"] = torch.zeros(1)
+    assert "tensors of clauses ['clause2', 'clause3', 'clause4'] that" in \
+        _refusal(tmp_path, meta, tensors)
+
+
+def test_a_loaded_edit_names_its_clip_and_learns_nothing_more(G, tmp_path: Path) -> None:
+    edit = Edit.load(ss_edit(G, clip_model_id="ViT-B-32/openai").save(tmp_path / "e.safetensors"))
+    assert edit.clip_model_id == "ViT-B-32/openai"
+    assert not any(p.requires_grad for p in edit.selector.parameters())
+
+
+def test_a_scene_check_without_its_clip_s_name_is_refused(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(ss_edit(G, scene_check=scene_check(8), scene_check_clip="abc"))
+    del meta["scene_check_clip"]
+    assert "scene check does not fit together" in _refusal(tmp_path, meta, tensors)
+
+
+def test_a_selector_refusal_quotes_torch_cut_short(G, tmp_path: Path) -> None:
+    meta, tensors = _parts(can_edit(G))
+    meta["can_channels"] = json.dumps([9] * 7)
+    message = _refusal(tmp_path, meta, tensors)
+    head = "<file>: the edit's selector tensors do not fit its metadata ("
+    assert message.startswith(head) and message.endswith(")")
+    assert len(message) == len(head) + 300 + 1
 
 
 def test_the_file_s_metadata_tells_a_reader_what_the_edit_is(G, tmp_path: Path) -> None:

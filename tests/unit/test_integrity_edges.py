@@ -48,7 +48,7 @@ def test_a_header_claiming_more_than_the_file_holds_is_refused_by_name(tmp_path)
         with pytest.raises(ModelFormatError) as err:
             read_header(path, "edit")
         assert str(err.value) == (f"{path}: the safetensors header claims {claim} bytes but "
-                                  f"the file holds {n}: truncated or not a edit")
+                                  f"the file holds {n}: truncated or not an edit")
     short = tmp_path / "short.safetensors"
     short.write_bytes(b"\x01\x02\x03")
     with pytest.raises(ModelFormatError) as err:
