@@ -204,6 +204,7 @@ def test_every_phase_reports_progress(G, clip, tmp_path: Path) -> None:
     assert any(p.startswith("sample bank") and p.endswith("16/16") for p in phases)
     steps = [(s, t, i) for s, t, i in rec.reports if "losses" in i]
     assert [s for s, _, _ in steps] == [h["step"] for h in res.history]
+    assert [i["losses"] for _, _, i in steps] == res.history
     assert all(t == 4 for _, t, _ in steps)
     previews = [s for s, _, i in steps if i.get("preview") is not None]
     assert previews == [s for s in (2, 4) if s in [h["step"] for h in res.history]]
@@ -226,6 +227,7 @@ def test_a_cancel_keeps_the_best_edit_so_far(G, clip) -> None:
     res = train_edit(G, clip, _cfg(steps=6), reporter=rec.reporter)
     assert res.partial and res.stopped_reason == "cancelled after step 2"
     assert len(res.history) == 2 and res.edit.info["partial"]
+    assert res.edit.info["stopped_reason"] == "cancelled after step 2"
     full = train_edit(G, clip, _cfg(steps=6))
     assert not torch.equal(_direction(full), _direction(res))
     with pytest.raises(CancelledError):  # during the set-up: nothing to keep
@@ -339,6 +341,7 @@ def test_a_cancel_between_clauses_keeps_the_clauses_done(G, clip, tmp_path: Path
 
 def test_what_each_form_keeps_for_apply(G, clip) -> None:
     can = train_edit(G, clip, _cfg(variant="can", **REGION))
+    assert can.edit.info["region_pruning"]["at_step"] == 3  # CAN prunes over the clusters
     gated = can.edit.selector.cluster_gate is not None  # type: ignore[union-attr]
     assert (can.edit.catalogue is not None) == gated and can.edit.composite == gated
     plain_can = train_edit(G, clip, _cfg(variant="can"))
@@ -450,7 +453,8 @@ def test_an_edit_that_overshoots_leaves_that_picture_as_it_was(G, colour_clip,
     reach = res.edit.info["prompt_fit"]["reach"]
     far = [i for i, r in enumerate(reach) if r > 1.5]
     assert far, reach  # seed 3's second picture goes 2.9 times the way
-    assert any(f"image(s) {', '.join(map(str, far))} moved the CLIP" in w
+    assert any(w.startswith(f"prompt 'a red picture': the edit of image(s) "
+                            f"{', '.join(map(str, far))} moved the CLIP")
                for w in res.edit.info["warnings"])
     out = apply_edits(G, res.edit.latents, [res.edit])
     for i in range(2):
@@ -597,3 +601,51 @@ def test_a_mapper_edit_is_not_judged_for_reach(G, colour_clip, tmp_path: Path) -
     res = train_edit(G, colour_clip, _colour_cfg(tmp_path, prompt="a blue picture",
                                                  direction="mapper"))
     assert "reach" not in res.edit.info["prompt_fit"]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(G, clip, tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    cfg = _cfg(mode="per_prompt", steps=4, checkpoint=ckpt, checkpoint_every=2)
+    train_edit(G, clip, cfg, reporter=Recorder(cancel_at=3).reporter)
+    assert ckpt.is_file()
+    other = train_edit(G, clip, _cfg(mode="per_prompt", steps=4, checkpoint=ckpt,
+                                     checkpoint_every=2, prompt="a blue square"))
+    assert "resumed_from_step" not in other.edit.info and len(other.history) == 4
+
+
+def test_the_direction_is_in_units_of_the_generator_s_spread(G, clip) -> None:
+    """The prior's offset, in W units, enters the direction divided by the w spread."""
+    from coral_core.editing.prior import retrieval_prior, sample_bank_for
+
+    base = dict(steps=1, lr=1e-8)
+    res = train_edit(G, clip, _cfg(prior_scale=1.0, **base))
+    without = _direction(train_edit(G, clip, _cfg(prior_samples=0, **base)))
+    scale = res.edit.direction.scale  # type: ignore[union-attr]
+    assert torch.allclose(scale, G.w_spread())
+    bank = sample_bank_for(G, clip, 16)
+    offset = retrieval_prior(bank, clip.encode_text(["a red circle"]), 2)
+    assert torch.allclose((_direction(res) - without)[0] * scale, offset.expand(G.num_ws, -1),
+                          atol=1e-4)
+
+
+def test_a_mapper_per_image_edit_takes_part_in_the_region_choice(G, clip) -> None:
+    res = train_edit(G, clip, _cfg(direction="mapper", steps=6, prune_at=0.3, **REGION))
+    assert res.edit.info["region_pruning"]["at_step"] == 2
+
+
+def test_the_directional_loss_changes_what_is_learned(G, colour_clip, tmp_path: Path) -> None:
+    fields = dict(prompt="a blue picture", neutral="a red picture", check_fit=False)
+    directional = train_edit(G, colour_clip, _colour_cfg(tmp_path, directional=True, **fields))
+    plain = train_edit(G, colour_clip, _colour_cfg(tmp_path, **fields))
+    assert not torch.allclose(_direction(directional), _direction(plain), atol=1e-4)
+
+
+def test_a_large_bank_reports_its_progress_with_an_estimate(G, clip, tmp_path: Path) -> None:
+    rec = Recorder()
+    train_edit(G, clip, _cfg(steps=1, prior_samples=128, catalogue_dir=tmp_path),
+               reporter=rec.reporter)
+    bank = [(s, i["phase"]) for s, _, i in rec.reports
+            if str(i.get("phase", "")).startswith("sample bank")]
+    assert all(s == 0 for s, _ in bank)
+    assert any(p.startswith("sample bank 64/128, about ") and p.endswith(" left")
+               for _, p in bank), bank
