@@ -649,3 +649,12 @@ def test_a_large_bank_reports_its_progress_with_an_estimate(G, clip, tmp_path: P
     assert all(s == 0 for s, _ in bank)
     assert any(p.startswith("sample bank 64/128, about ") and p.endswith(" left")
                for _, p in bank), bank
+
+
+def test_a_run_that_ends_before_its_first_checkpoint_finishes_cleanly(G, clip,
+                                                                      tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    res = train_edit(G, clip, _cfg(mode="per_prompt", steps=2, checkpoint=ckpt,
+                                   checkpoint_every=5))
+    assert not res.partial and not ckpt.exists()
+    assert 0 <= res.edit.info["region_choice_seconds"] <= res.edit.info["wall_seconds"]
