@@ -442,7 +442,7 @@ def _selector_from(meta: dict[str, str], tensors: dict[str, torch.Tensor], path:
         selector.cluster_gate = tensors.get("cluster_gate")
     try:
         selector.load_state_dict(sel)
-    except RuntimeError as exc:  # shapes that do not fit the metadata: a raw traceback else
+    except RuntimeError as exc:  # else torch's own traceback reaches the user
         raise ModelFormatError(f"{path}: the edit's selector tensors do not fit its "
                                f"metadata ({str(exc)[:300]})") from exc
     return selector
