@@ -230,10 +230,7 @@ def main(argv: list[str]) -> int:
                 print(f"mutmut run failed for {module} ({run.returncode}) in {work}",
                       file=sys.stderr)
                 return run.returncode
-        out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
-                             capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            name, _, state = line.strip().rpartition(": ")
+        for name, state in _results(mutmut, work, env):
             if name.startswith(module + "."):
                 status[module][state] += 1
                 if state in ("survived", "no tests"):
@@ -259,10 +256,8 @@ def _survivor_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
     """The mutants that survived (or no test reached) in the scope's last run."""
     if not work.is_dir():
         raise SystemExit(f"--survivors: {work} has no earlier run")
-    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
-                         capture_output=True, text=True).stdout
-    names = [line.strip().rpartition(": ")[0] for line in out.splitlines()
-             if line.strip().endswith((": survived", ": no tests"))]
+    names = [name for name, state in _results(mutmut, work, env)
+             if state in ("survived", "no tests")]
     if not names:
         raise SystemExit(f"--survivors: no survivors in {work}")
     return names
@@ -281,15 +276,17 @@ def _sampled_names(mutmut: str, work: Path, env: dict[str, str], module: str, co
     seed_mutant = f"{module}.x_{first}__mutmut_1"
     subprocess.run([mutmut, "run", "--max-children", "1", seed_mutant], cwd=work, env=env,
                    check=False)
-    rest = sorted(n for n in _all_names(mutmut, work, env)
+    rest = sorted(n for n, _ in _results(mutmut, work, env)
                   if n.startswith(module + ".") and n != seed_mutant)
     return [seed_mutant] + sorted(random.Random(seed).sample(rest, min(count - 1, len(rest))))
 
 
-def _all_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
+def _results(mutmut: str, work: Path, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(mutant name, state) of every mutant the scope in ``work`` has made."""
     out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env,
                          capture_output=True, text=True).stdout
-    return [line.strip().rpartition(": ")[0] for line in out.splitlines() if ": " in line]
+    return [(name, state) for name, _, state in
+            (line.strip().rpartition(": ") for line in out.splitlines()) if name]
 
 
 def report(modules: list[str], status: dict[str, Counter], survivors: dict[str, list[str]],
