@@ -22,7 +22,8 @@ from .devices import empty_device_cache, pick_device
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """Size, mtime and a hash of the first and last MiB: cheap, and changes with the content."""
+    """Size, mtime and a hash of the first and last MiB (all of a file of at most 2 MiB): cheap,
+    and changes with the content, even where a copy kept the size and the mtime."""
     p = Path(str(path).removeprefix("local-dir:"))
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     h = hashlib.sha256()
@@ -33,7 +34,7 @@ def file_fingerprint(path: str | Path) -> str:
             h.update(fh.read(1 << 20))
             if st.st_size > 2 << 20:
                 fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
+            h.update(fh.read())  # the last MiB, or the rest of a file of at most 2 MiB
     return h.hexdigest()[:16]
 
 

@@ -36,12 +36,17 @@ def test_a_large_file_changes_its_fingerprint_with_its_head_tail_size_time_and_n
 
 
 def test_a_small_file_is_read_whole(tmp_path) -> None:
-    data = b"x" * (2 * MIB)  # not above 2 MiB: only its first MiB and its stat are read
-    f = _write(tmp_path / "c.pt", data)
-    base = file_fingerprint(f)
-    edited = bytearray(data)
-    edited[5] = ord("y")
-    assert file_fingerprint(_write(f, bytes(edited))) != base
+    """Up to 2 MiB every byte counts, the second MiB too: a change there with the size and the
+    mtime kept (a copy that preserves times) still changes the fingerprint."""
+    for size in (2 * MIB, 3 * MIB // 2):
+        data = b"x" * size
+        f = _write(tmp_path / "c.pt", data, 1_700_000_000_000_000_000)
+        base = file_fingerprint(f)
+        for at in (5, MIB + 7, size - 1):
+            edited = bytearray(data)
+            edited[at] = ord("y")
+            assert file_fingerprint(_write(f, bytes(edited), 1_700_000_000_000_000_000)) \
+                != base, (size, at)
 
 
 def test_a_folder_changes_with_any_file_in_it_and_reads_the_same_with_its_prefix(tmp_path
