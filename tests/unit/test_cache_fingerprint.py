@@ -63,3 +63,41 @@ def test_a_folder_changes_with_any_file_in_it_and_reads_the_same_with_its_prefix
     assert file_fingerprint(folder) == base
     _write(folder / "extra.txt", b"")
     assert file_fingerprint(folder) != base
+
+
+def test_a_large_file_costs_two_mebibytes_of_reading_whatever_its_size(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A multi-gigabyte checkpoint is fingerprinted at every cache lookup: only its first and
+    last MiB are read (its size and mtime stand for the middle)."""
+    import builtins
+
+    import coral_core.cache as cache
+
+    read = []
+
+    class Counting:
+        def __init__(self, fh) -> None:
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.fh.close()
+
+        def read(self, n: int | None = -1) -> bytes:
+            data = self.fh.read() if n is None else self.fh.read(n)
+            read.append(len(data))
+            return data
+
+        def seek(self, *args) -> int:
+            return self.fh.seek(*args)
+
+    monkeypatch.setattr(cache, "open", lambda *a, **k: Counting(builtins.open(*a, **k)),
+                        raising=False)
+    big = _write(tmp_path / "g.pkl", b"\1" * (5 * MIB))
+    file_fingerprint(big)
+    assert sum(read) == 2 * MIB
+    read.clear()
+    file_fingerprint(_write(tmp_path / "c.pt", b"\1" * (2 * MIB)))
+    assert sum(read) == 2 * MIB  # a file of 2 MiB: read whole, once
