@@ -183,7 +183,7 @@ def _toml(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("modules", nargs="*", default=list(DEFAULT_MODULES))
     ap.add_argument("--tests", nargs="+", default=None,
@@ -201,11 +201,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the --sample draw's seed")
     ap.add_argument("--report-only", action="store_true",
                     help="print the last run's results of each scope without running mutmut")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     modules = expand(list(args.modules))
     status: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
-    where: dict[str, str] = {}
+    where: dict[str, str] = {}  # module: its scope folder
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     if not Path(mutmut).is_file():
         raise SystemExit(f"mutmut is not installed next to {sys.executable}: run "
@@ -230,12 +234,12 @@ def main(argv: list[str]) -> int:
                 print(f"mutmut run failed for {module} ({run.returncode}) in {work}",
                       file=sys.stderr)
                 return run.returncode
+        where[module] = str(work.relative_to(ROOT))
         for name, state in _results(mutmut, work, env):
             if name.startswith(module + "."):
                 status[module][state] += 1
                 if state in ("survived", "no tests"):
                     survivors[module].append(name)
-                    where[name] = str(work.relative_to(ROOT))
     report(modules, status, survivors, where)
     if args.sample:
         _interval(status)
@@ -245,11 +249,18 @@ def main(argv: list[str]) -> int:
 def _interval(status: dict[str, Counter]) -> None:
     """The sampled score's 95 % interval (normal approximation, killed / all)."""
     for module, c in status.items():
-        n = c["killed"] + c["timeout"] + c["survived"] + c["no tests"]
+        killed, n = _tally(c)
         if n:
-            p = (c["killed"] + c["timeout"]) / n
+            p = killed / n
             half = 1.96 * (p * (1 - p) / n) ** 0.5
             print(f"{module}: a sample of {n} mutants: score {p:.2f} +- {half:.2f} (95 %)")
+
+
+def _tally(c: Counter) -> tuple[int, int]:
+    """(killed, tested) of one module's mutmut states: a timeout counts as killed, a mutant
+    no selected test reaches as tested and surviving."""
+    killed = c["killed"] + c["timeout"]
+    return killed, killed + c["survived"] + c["no tests"]
 
 
 def _survivor_names(mutmut: str, work: Path, env: dict[str, str]) -> list[str]:
@@ -299,7 +310,7 @@ def report(modules: list[str], status: dict[str, Counter], survivors: dict[str, 
     pooled: dict[str, Counter] = defaultdict(Counter)
     for module in modules:
         c = status[module]
-        row = Counter(killed=c["killed"] + c["timeout"], survived=c["survived"],
+        row = Counter(killed=_tally(c)[0], survived=c["survived"],
                       no_tests=c["no tests"],
                       equivalent=sum(1 for n in survivors[module] if n in judged))
         pooled[module.rpartition(".")[0]].update(row)
@@ -310,7 +321,7 @@ def report(modules: list[str], status: dict[str, Counter], survivors: dict[str, 
     for module in modules:
         for name in survivors[module]:
             mark = "equivalent" if name in judged else "survived"
-            print(f"  {mark}: {name}  (in {where[name]})")
+            print(f"  {mark}: {name}  (in {where[module]})")
 
 
 def _line(label: str, row: Counter) -> None:
