@@ -58,3 +58,31 @@ def test_outline_follows_the_pixels_and_a_reshaped_object_loses_iou() -> None:
     img2, masks2 = render(other)
     area = grow(truth | (masks2[0, 1] >= 0.5), 6)
     assert iou(outline(img2[0], masks[0, 0] >= 0.99, area), read) < 0.8
+
+
+def test_an_edit_is_scored_as_displayed_not_as_drawn() -> None:
+    """A generator can draw past [-1, 1] (an edit pushed a red to 1.75); a user sees the
+    clamped picture, so the eval scores that: raw and clamped overshoot score the same, and an
+    ideal edit whose colours are only pushed further past the range still succeeds."""
+    from coral_core.world import assets
+    from coral_core.world.evaluate import EvalCase, score_case
+    from coral_core.world.judge import load_judge
+
+    judge = load_judge(assets.require(assets.world_assets("shapes").judge))
+    scenes = random_scenes(8, 3)
+    one = scenes.select(slice(0, 1)).clone()
+    taken = {int(c) for c in one.colour[0]} | {int(one.background[0])}
+    new = next(c for c in range(len(COLOUR_NAMES)) if c not in taken)
+    after = one.clone()
+    after.background[0] = new
+    (original, masks), (ideal, _) = render(one), render(after)
+    case = EvalCase(0, "background", "a background", 0, after, masks[0, 0], None, new)
+    overshoot = torch.where(masks[:, :1] >= 0.5, ideal * 1.8, ideal)
+    assert float(overshoot.abs().max()) > 1.5
+    raw = score_case(case, judge, scenes, original, overshoot, [])
+    clamped = score_case(case, judge, scenes, original, overshoot.clamp(-1, 1), [])
+    assert raw.keys() == clamped.keys()
+    for key, value in raw.items():  # NaN (no named object) equals itself here
+        assert value == clamped[key] or value != value and clamped[key] != clamped[key], key
+    assert raw["success"] and raw["others_preserved"]
+    assert raw["psnr_outside"] > 60
