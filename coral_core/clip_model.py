@@ -24,6 +24,32 @@ from .formats.clip_checks import (check_clip_config, check_finite, check_fits_we
 
 
 
+class _Displayed(torch.autograd.Function):
+    """Generator output as displayed: clamped to [-1, 1]. Backward, a pixel past the range
+    passes only the gradient that would bring it back (a plain clamp would freeze it there;
+    no clamp lets an edit buy CLIP score with colours nobody sees)."""
+
+    @staticmethod
+    def forward(ctx: Any, img: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(img)
+        return img.clamp(-1.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (img,) = ctx.saved_tensors
+        back = ((img >= -1) & (img <= 1)) | ((img > 1) & (grad > 0)) | ((img < -1) & (grad < 0))
+        return grad * back
+
+
+def displayed(img: torch.Tensor) -> torch.Tensor:
+    """The picture a user gets from generator output (PNG, ComfyUI IMAGE): clamped to
+    [-1, 1], with the gradient rule of ``_Displayed``. Why the CLIP reads this and not the raw
+    output: an edit pushed a red past the range to 1.75, which the CLIP scored as redder than
+    any displayable red (demo world, session 21: inside the region 2.5 dB further from the
+    ideal render; docs/history.md)."""
+    return _Displayed.apply(img)
+
+
 @contextlib.contextmanager
 def _offline() -> Iterator[None]:
     """HF_HUB_OFFLINE=1 for our own open_clip calls only, restored afterwards: setting it for
@@ -87,9 +113,12 @@ class CoralClip:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
-        """Unit-norm image embeddings of generator output; gradients flow to ``img``."""
-        feats = self.model.encode_image(self.preprocess(img).to(self.device))
+    def encode_image(self, img: torch.Tensor, as_displayed: bool = True) -> torch.Tensor:
+        """Unit-norm image embeddings of generator output; gradients flow to ``img``. By
+        default of the picture as displayed (``displayed``); ``as_displayed=False`` reads the
+        raw output (the paper's)."""
+        feats = self.model.encode_image(
+            self.preprocess(displayed(img) if as_displayed else img).to(self.device))
         return F.normalize(feats.to(torch.float32), dim=-1)
 
     def fingerprint(self) -> str:

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from coral_core.clip_model import displayed
+
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
            "yellow": (1.0, 1.0, 0.0), "cyan": (0.0, 1.0, 1.0), "white": (1.0, 1.0, 1.0)}
 
@@ -31,7 +33,9 @@ class ColourClip:
         words = len(prompt.split())
         return (words, self.context_words) if words > self.context_words else None
 
-    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, img: torch.Tensor, as_displayed: bool = True) -> torch.Tensor:
+        if as_displayed:  # as CoralClip: the picture as displayed
+            img = displayed(img)
         colour = F.softplus(img.float().mean((2, 3)) * 4) / 4  # [B, 3], positive
         return F.normalize(torch.cat([colour, torch.zeros_like(colour[:, :1])], 1), dim=-1)
 

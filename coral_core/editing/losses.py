@@ -46,19 +46,21 @@ def area_betas(G: Generator, weights: LossWeights) -> list[float]:
 def clip_loss(clip: CoralClip, img: torch.Tensor, target: torch.Tensor,
               source_img_emb: torch.Tensor | None = None,
               text_direction: torch.Tensor | None = None,
-              directional_share: float = 1.0) -> torch.Tensor:
+              directional_share: float = 1.0, as_displayed: bool = True) -> torch.Tensor:
     """1 - cos(E_I(x), E_T(t)); directional: 1 - cos(E_I(x) - E_I(x0), E_T(t) - E_T(n)),
-    mixed with the global term by ``directional_share``."""
+    mixed with the global term by ``directional_share``. ``as_displayed``: the CLIP reads the
+    picture as displayed (``TrainConfig.clip_sees_display``)."""
     return clip_loss_per_image(clip, img, target, source_img_emb, text_direction,
-                               directional_share).mean()
+                               directional_share, as_displayed).mean()
 
 
 def clip_loss_per_image(clip: CoralClip, img: torch.Tensor, target: torch.Tensor,
                         source_img_emb: torch.Tensor | None = None,
                         text_direction: torch.Tensor | None = None,
-                        directional_share: float = 1.0) -> torch.Tensor:
+                        directional_share: float = 1.0,
+                        as_displayed: bool = True) -> torch.Tensor:
     """``clip_loss`` for each image [B]: region pruning compares edits image by image."""
-    emb = clip.encode_image(img)
+    emb = clip.encode_image(img, as_displayed)
     plain = 1 - (emb * target).sum(-1)
     if text_direction is not None and source_img_emb is not None:
         d_img = torch.nn.functional.normalize(emb - source_img_emb, dim=-1)

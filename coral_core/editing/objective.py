@@ -99,7 +99,8 @@ class CoralObjective:
     def _clip(self, images: torch.Tensor, source: torch.Tensor | None, share: float,
               image_weights: torch.Tensor | None = None) -> Any:
         if image_weights is None:
-            return clip_loss(self.clip, images, self.target, source, self.text_direction, share)
+            return clip_loss(self.clip, images, self.target, source, self.text_direction, share,
+                             self.cfg.clip_sees_display)
         per_image = clip_loss_per_image(self.clip, images, self.target, source,
-                                        self.text_direction, share)
+                                        self.text_direction, share, self.cfg.clip_sees_display)
         return (per_image * image_weights).sum() / image_weights.sum().clamp_min(1.0)

@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "harden_selection": False, "check_fit": False, "check_absent": False,
               "fit_scenes_only": False,
               "split_clauses": False,
-              "segment_pool": "area",
+              "segment_pool": "area", "clip_sees_display": False,
               "weights": {"area_weighting": "uniform"}},
 }
 DEFAULT_PRESET = "coral"

@@ -96,7 +96,9 @@ def bank_path(G: Generator, clip: CoralClip, samples: int, cache_dir: Path | Non
               ) -> Path:
     """Where this generator's and CLIP's bank of ``samples`` is cached."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}.safetensors"
+    # "-shown": embeddings of the pictures as displayed (clip_model.displayed); a bank of
+    # the raw output, cached before session 21, is not reused
+    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}-shown.safetensors"
     return Path(cache_dir) / key
 
 

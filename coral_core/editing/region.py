@@ -92,12 +92,14 @@ def judge_loss(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
     ``prune_directional`` and a neutral prompt) the directional one alone."""
     if cfg.prune_directional and cfg.neutral.strip():
         with torch.no_grad():
-            source = source if source is not None else clip.encode_image(original)
+            source = source if source is not None else clip.encode_image(
+                original, cfg.clip_sees_display)
         text_direction = text_direction if text_direction is not None else F.normalize(
             target - clip.encode_text([cfg.neutral]), dim=-1)
         share = 1.0
     return functools.partial(clip_loss_per_image, clip, target=target, source_img_emb=source,
-                             text_direction=text_direction, directional_share=share)
+                             text_direction=text_direction, directional_share=share,
+                             as_displayed=cfg.clip_sees_display)
 
 
 def harden_selection(selector: SegmentSelector, segs: torch.Tensor) -> None:

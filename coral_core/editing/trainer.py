@@ -414,7 +414,7 @@ def _original_pass(run: _Run, ws: torch.Tensor, noise: list, keep: bool = True) 
             run.fixed_original = cached
     if run.cfg.directional and cached.source is None:
         with torch.no_grad():
-            cached.source = run.clip.encode_image(cached.image)
+            cached.source = run.clip.encode_image(cached.image, run.cfg.clip_sees_display)
     if run.cfg.fit_scenes_only and run.scene_check is not None and cached.fits is None:
         cached.fits = _scene_fits(run.clip, run.scene_check, cached)
     return cached

@@ -19,7 +19,10 @@ from fabricate import random_generator, tiny_config
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(prompt="a red circle", steps=6, batch=2, seed=1)
+    # clip_sees_display off: the random generator draws 39 % of its pixels past [-1, 1] (up
+    # to 7), where a CLIP reading the displayed picture sees no change; these tests are of the
+    # mechanics (test_clip_display.py tests the display)
+    base = dict(prompt="a red circle", steps=6, batch=2, seed=1, clip_sees_display=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -48,7 +51,7 @@ def test_four_forms_train_save_load_and_reapply(G, clip, tmp_path, variant, dire
 
 
 def test_per_image_ss_optimisation_lowers_the_clip_loss(G, clip):
-    res = train_edit(G, clip, _cfg(steps=40, lr=0.1, batch=1))
+    res = train_edit(G, clip, _cfg(steps=40, lr=0.1, batch=1, prior_samples=0))  # from ~0
     first = np.mean([h["clip"] for h in res.history[:3]])
     last = np.mean([h["clip"] for h in res.history[-3:]])
     assert last < first - 0.01

@@ -56,7 +56,7 @@ def test_area_and_tv_skip_layers_without_a_mask() -> None:
 class DotClip:
     """A CLIP whose image embedding is the picture's mean colour, normalised."""
 
-    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, img: torch.Tensor, as_displayed: bool = True) -> torch.Tensor:
         return torch.nn.functional.normalize(img.mean((2, 3)), dim=-1)
 
 

@@ -21,7 +21,7 @@ class MeanColourClip:
     def __init__(self) -> None:
         self.calls = 0
 
-    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, img: torch.Tensor, as_displayed: bool = True) -> torch.Tensor:
         self.calls += 1
         return torch.nn.functional.normalize(img.mean((2, 3)) + 1e-3, dim=-1)
 
