@@ -45,8 +45,7 @@ def displayed(img: torch.Tensor) -> torch.Tensor:
     """The picture a user gets from generator output (PNG, ComfyUI IMAGE): clamped to
     [-1, 1], with the gradient rule of ``_Displayed``. Why the CLIP reads this and not the raw
     output: an edit pushed a red past the range to 1.75, which the CLIP scored as redder than
-    any displayable red (demo world, session 21: inside the region 2.5 dB further from the
-    ideal render; docs/history.md)."""
+    any displayable red (measured: docs/method.md, "The CLIP reads the displayed picture")."""
     return _Displayed.apply(img)
 
 

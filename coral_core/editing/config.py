@@ -160,8 +160,8 @@ class TrainConfig:
     split_clauses: bool = True
     # The CLIP reads the picture as displayed (clamped to [-1, 1]; clip_model.displayed): on
     # the raw output an edit bought CLIP score with colours past the range, which the user
-    # sees clipped (tuning seeds 148-171: inside the region 17.3 -> 19.8 dB against the ideal
-    # render, success 0.83 -> 0.85; docs/history.md, session 21). False: the raw output (the
+    # sees clipped (inside the region closer to the ideal render: +2.5 dB on the tuning seeds,
+    # +0.4 dB on fresh ones, success the same; docs/method.md). False: the raw output (the
     # paper's).
     clip_sees_display: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
