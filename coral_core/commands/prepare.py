@@ -56,6 +56,8 @@ def _list_cache(cache: Path) -> int:
         print("  nothing cached yet")
     for f in files:
         kind = _KINDS.get(f.name.split("-", 1)[0], "other")
+        if kind == "sample bank" and not f.name.endswith("-shown.safetensors"):
+            kind = "old bank (unused)"  # raw readings, before the CLIP read the display
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime))
         print(f"  {kind:<17} {f.stat().st_size / 1e6:7.2f} MB  {stamp}  {f.name}")
     return 0

@@ -93,6 +93,13 @@ def test_prepare_builds_once_and_lists_what_is_cached(tmp_path, clip_files, caps
     assert main(["prepare", "--list", "--cache-dir", str(cache)]) == 0
     listing = capsys.readouterr().out
     assert "sample bank" in listing and "segment catalogue" in listing
+    assert "old bank" not in listing
+    # a bank cached before the CLIP read the displayed picture is never used: listed so
+    bank = next(cache.glob("bank-*"))
+    bank.rename(bank.with_name(bank.name.replace("-shown", "")))
+    assert main(["prepare", "--list", "--cache-dir", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert "old bank (unused)" in listing and "sample bank" not in listing
     assert main(["prepare", "--generator", str(tmp_path / "missing.pkl"),
                  "--cache-dir", str(cache)]) == 2
     assert "missing.pkl" in capsys.readouterr().err
