@@ -9,13 +9,20 @@ from coral_core.world.scene import COLOUR_NAMES, random_scenes
 from coral_core.world.scoring import grow, iou, outline, psnr_in, target_shares
 
 
-def _scene_and_recoloured():
+def _background_recoloured():
+    """(the scenes, the first one, it with a background colour none of its parts has, that
+    colour)."""
     scenes = random_scenes(8, 3)
     one = scenes.select(slice(0, 1)).clone()
     taken = {int(c) for c in one.colour[0]} | {int(one.background[0])}
     new = next(c for c in range(len(COLOUR_NAMES)) if c not in taken)
     after = one.clone()
     after.background[0] = new
+    return scenes, one, after, new
+
+
+def _scene_and_recoloured():
+    _, one, after, new = _background_recoloured()
     (img, masks), (ideal, _) = render(one), render(after)
     return img[0], masks[0], ideal[0], new
 
@@ -69,12 +76,7 @@ def test_an_edit_is_scored_as_displayed_not_as_drawn() -> None:
     from coral_core.world.judge import load_judge
 
     judge = load_judge(assets.require(assets.world_assets("shapes").judge))
-    scenes = random_scenes(8, 3)
-    one = scenes.select(slice(0, 1)).clone()
-    taken = {int(c) for c in one.colour[0]} | {int(one.background[0])}
-    new = next(c for c in range(len(COLOUR_NAMES)) if c not in taken)
-    after = one.clone()
-    after.background[0] = new
+    scenes, one, after, new = _background_recoloured()
     (original, masks), (ideal, _) = render(one), render(after)
     case = EvalCase(0, "background", "a background", 0, after, masks[0, 0], None, new)
     overshoot = torch.where(masks[:, :1] >= 0.5, ideal * 1.8, ideal)
