@@ -50,13 +50,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _list_cache(cache: Path) -> int:
+    from ..editing.prior import BANK_SUFFIX
+
     files = sorted(cache.glob("*.safetensors")) if cache.is_dir() else []
     print(f"cache folder: {cache} (set CORAL_CACHE_DIR to move it)")
     if not files:
         print("  nothing cached yet")
     for f in files:
         kind = _KINDS.get(f.name.split("-", 1)[0], "other")
-        if kind == "sample bank" and not f.name.endswith("-shown.safetensors"):
+        if kind == "sample bank" and not f.name.endswith(BANK_SUFFIX):
             kind = "old bank (unused)"  # raw readings, before the CLIP read the display
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime))
         print(f"  {kind:<17} {f.stat().st_size / 1e6:7.2f} MB  {stamp}  {f.name}")

@@ -60,6 +60,10 @@ class SampleBank:
                        meta.get("generator", ""), meta.get("clip", ""))
 
 
+# A bank's file name ends so: embeddings of the pictures as displayed (clip_model.displayed).
+# A bank of raw readings, cached before session 21, ends otherwise and is never read.
+BANK_SUFFIX = "-shown.safetensors"
+
 BankProgress = Callable[[int, int], None]  # (samples done, samples in all); may raise to cancel
 
 
@@ -96,9 +100,7 @@ def bank_path(G: Generator, clip: CoralClip, samples: int, cache_dir: Path | Non
               ) -> Path:
     """Where this generator's and CLIP's bank of ``samples`` is cached."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    # "-shown": embeddings of the pictures as displayed (clip_model.displayed); a bank of
-    # the raw output, cached before session 21, is not reused
-    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}-shown.safetensors"
+    key = f"bank-{G.fingerprint()}-{clip.fingerprint()}-N{samples}{BANK_SUFFIX}"
     return Path(cache_dir) / key
 
 
