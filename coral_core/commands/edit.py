@@ -89,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     weights = {k: v for k, v in (("area", args.area), ("tv", args.tv), ("l2", args.l2),
                                  ("identity", args.identity),
                                  ("area_weighting", args.area_weighting),
-                                 ("clip_on_edit", args.clip_on_edit)) if v is not None}
+                                 ("clip_on_edit", args.clip_on_edit),
+                                 ("even_change", args.even_change)) if v is not None}
     chosen = {k: v for k, v in (("num_segments", args.segments),
                                 ("prune_tolerance", args.prune_tolerance),
                                 ("prune_at", args.prune_at),
@@ -280,6 +281,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--l2", type=float, default=None, help="default: the form's own")
     s.add_argument("--clip-on-edit", type=float, default=None,
                    help=f"(coral: {_WEIGHTS.clip_on_edit})")
+    s.add_argument("--even-change", type=float, default=None,
+                   help="how much an uneven change over the chosen region costs (rings of "
+                        f"the old colour, muddy gradients; coral: {_WEIGHTS.even_change}, "
+                        "paper: 0)")
     s.add_argument("--identity", type=float, default=None,
                    help="identity loss weight (faces; e.g. 0.1), needs --identity-model")
     s.add_argument("--identity-model", default=None, help="model_ir_se50.pth")

@@ -38,6 +38,10 @@ class LossWeights:
     clip_on_edit: float = 0.5         # share of the CLIP term computed on G(w + d)
     directional_share: float = 1.0    # with a neutral prompt: directional share of the CLIP term
     leak: float = 0.0                 # share of the change outside the edit's own finest mask
+    # with the composite, from the region choice on: how unevenly the change spreads over the
+    # chosen region, relative to its size (losses.uneven_change_loss: rings of the old colour
+    # round objects, frames, muddy gradients). 3 chosen on seeds 412-435; docs/method.md
+    even_change: float = 3.0
     area_weighting: str = "spread"
     area_layer_weights: list[float] | None = field(default=None)
 

@@ -107,5 +107,33 @@ def leak_loss(edited: torch.Tensor, original: torch.Tensor,
     return (outside / (change.flatten(1).sum(1) + 1e-8)).mean()
 
 
+def uneven_change_loss(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
+                       ) -> torch.Tensor:
+    """How unevenly the edit changes its region, per image then averaged: the spread of the
+    change (edited - original, as displayed: clamped to [-1, 1]) over ``region`` [B, 1, H, W],
+    relative to the size of its mean change there (scale-free, 0 for a change alike everywhere
+    in the region).
+
+    Why (a departure from the paper, ``LossWeights.even_change``): the CLIP reads a 64-px
+    picture at 224 px and barely notices a few pixels, so a recolour left a ring of the old
+    colour round every object and along the border (the generator draws the background next
+    to an object from the same w differently) and stopped at a muddy gradient inside objects;
+    one W+ offset per layer can draw an even change, the CLIP just never asked for it. Relative
+    to the mean change so that a large recolour pays no more than a small one (an absolute
+    spread held object recolours short of their colour)."""
+    change = edited.float().clamp(-1, 1) - original.float().clamp(-1, 1)
+    weight = region.float()
+    area = weight.sum((2, 3), keepdim=True).clamp_min(1.0)
+    mean = (change * weight).sum((2, 3), keepdim=True) / area
+    spread = ((change - mean).square().sum(1, keepdim=True) * weight).sum((2, 3)) / area[..., 0, 0]
+    size = mean.square().sum(1)[..., 0]
+    return (spread / (size + UNEVEN_FLOOR)).mean()
+
+
+#: added to the mean change's squared size (RGB in [-1, 1]) so that an edit that has not yet
+#: moved (or a region nothing changes) does not divide by zero
+UNEVEN_FLOOR = 0.01
+
+
 def mask_areas(masks: Sequence[torch.Tensor | None]) -> list[float]:
     return [0.0 if m is None else float(m.detach().mean()) for m in masks]

@@ -7,7 +7,8 @@
 
 The project's departures hook in here at named points, each switchable in ``TrainConfig``
 (``--preset paper`` switches them all off): ``region`` (the composite that keeps everything
-outside the chosen region exact, from the region choice on), ``clip_on_edit`` (part of the CLIP
+outside the chosen region exact, from the region choice on; with it, ``even_change`` asks
+the change to be alike across that region), ``clip_on_edit`` (part of the CLIP
 term read on the unmasked G(w + d)), the directional CLIP share, and the leak and identity
 terms. Everything around the step (region choice, prior, checkpoints) lives in the trainer.
 """
@@ -24,10 +25,11 @@ from ..stylegan import Generator
 from .blend import blended_synthesis, mask_policy
 from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
-from .losses import area_betas, area_loss, clip_loss, clip_loss_per_image, leak_loss, tv_loss
+from .losses import (area_betas, area_loss, clip_loss, clip_loss_per_image, leak_loss, tv_loss,
+                     uneven_change_loss)
 from .selectors import AttentionSelector, SegmentSelector, composite
 
-LOSS_NAMES = ("total", "clip", "l2", "area", "tv", "identity", "leak")
+LOSS_NAMES = ("total", "clip", "l2", "area", "tv", "identity", "leak", "even")
 
 
 def layer_masks(selector: SegmentSelector | AttentionSelector, G: Generator, feats: list[torch.Tensor],
@@ -90,9 +92,11 @@ class CoralObjective:
         l_tv = tv_loss(masks) if self.cfg.variant == "can" else zero
         l_id = self.identity(edited, original) if self.identity is not None else zero
         l_leak = leak_loss(edited, original, masks) if w.leak > 0 else zero
+        l_even = uneven_change_loss(edited, original, region) \
+            if region is not None and w.even_change > 0 else zero
         total = (w.clip * l_clip + self.l2_weight * l_l2 + w.area * l_area + w.tv * l_tv
-                 + w.identity * l_id + w.leak * l_leak)
-        values = (total, l_clip, l_l2, l_area, l_tv, l_id, l_leak)
+                 + w.identity * l_id + w.leak * l_leak + w.even_change * l_even)
+        values = (total, l_clip, l_l2, l_area, l_tv, l_id, l_leak, l_even)
         return StepLoss(total, {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)},
                         edited, masks)
 

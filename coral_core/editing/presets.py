@@ -21,14 +21,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "coral": {},
     # the published method, no departure: the catalogue's clusters as they are, soft masks
     # trained throughout, no region pruning or contest, no direction prior, no composite, no
-    # fit check, area-downsampled segments, one area weight for every layer
+    # fit check, area-downsampled segments, one area weight for every layer, no even-change
+    # term, the CLIP reading the raw output
     "paper": {"segment_pieces": 0, "piece_min_cells": 0, "prune_tolerance": 0.0,
               "contest_steps": 0, "prior_samples": 0, "composite": False,
               "harden_selection": False, "check_fit": False, "check_absent": False,
               "fit_scenes_only": False,
               "split_clauses": False,
               "segment_pool": "area", "clip_sees_display": False,
-              "weights": {"area_weighting": "uniform"}},
+              "weights": {"area_weighting": "uniform", "even_change": 0.0}},
 }
 DEFAULT_PRESET = "coral"
 

@@ -331,7 +331,10 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
     summary = summarise(rows)
     result = {"cases": len(cases), "steps": steps, "can_steps": can_steps or steps * 3,
               "lr": lr, "preset": preset,
-              "loss_weights": (weights or preset_defaults(preset).weights).to_dict(),
+              # what the CORAL methods trained with: the preset, then --set / the given weights
+              "loss_weights": preset_config(preset, prompt="-", **given).weights.to_dict(),
+              "settings": {k: v.to_dict() if isinstance(v, LossWeights) else v
+                           for k, v in given.items()},
               "methods": list(methods),
               "kinds": list(kinds), "feat_layer": feat_layer, "summary": summary, "rows": rows,
               "path": "user's path: the prompt only, library defaults"}

@@ -9,6 +9,7 @@ from coral_core.cache import get_clip, get_generator
 from coral_core.formats import load_generator
 from coral_core.world import assets
 from coral_core.world.demo import run_demo
+from coral_core.editing.config import LossWeights
 from coral_core.world.evaluate import METHODS, format_table, run_eval
 from coral_core.world.judge import load_judge
 
@@ -44,7 +45,13 @@ def test_eval_runs_every_method_and_scores(tmp_path) -> None:
     clip = get_clip(assets.DEMO_CLIP)
     judge = load_judge(assets.DEMO_JUDGE)
     result = run_eval(G, clip, judge, [0], steps=2, can_steps=2, out=tmp_path,
-                      kinds=("background", "unknown"), log=lambda *a: None)
+                      kinds=("background", "unknown"), log=lambda *a: None,
+                      train_overrides={"prune_at": 0.5, "weights": {"even_change": 0.5}})
+    # an ablation's record says what it trained with, not the preset's defaults
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert record["settings"] == {"prune_at": 0.5, "weights": {"even_change": 0.5}}
+    assert record["loss_weights"]["even_change"] == 0.5
+    assert record["loss_weights"]["area"] == LossWeights().area
     assert {k.split(" / ")[0] for k in result["summary"]} == set(METHODS)
     assert len(result["rows"]) == 2 * len(METHODS)
     for row in result["rows"]:

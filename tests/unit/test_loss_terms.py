@@ -1,6 +1,6 @@
 """The loss terms on inputs whose values are known: which layers the area term makes
-dear, the CLIP term's global and directional forms, the leak term, and the mask areas an
-edit reports."""
+dear, the CLIP term's global and directional forms, the leak term, the even-change term, and
+the mask areas an edit reports."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -10,7 +10,7 @@ import torch
 
 from coral_core.editing.config import LossWeights
 from coral_core.editing.losses import (area_betas, area_loss, clip_loss, clip_loss_per_image,
-                                       leak_loss, mask_areas, tv_loss)
+                                       leak_loss, mask_areas, tv_loss, uneven_change_loss)
 from coral_core.errors import InputError
 
 RES = (4, 8, 8, 16, 16, 32)
@@ -172,3 +172,57 @@ def test_a_coarse_footprint_is_read_at_pixel_centres() -> None:
     edited[..., :, 2] += 1.0
     left = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
     assert float(leak_loss(edited, original, [left])) == pytest.approx(0.125, abs=1e-6)
+
+
+def _recolour(shift: tuple[float, float, float], size: int = 16) -> tuple[torch.Tensor, ...]:
+    """An original picture, the same picture with ``shift`` added everywhere, and a region
+    of the left half."""
+    torch.manual_seed(0)
+    original = torch.rand(2, 3, size, size) * 0.5 - 0.25
+    edited = original + torch.tensor(shift).view(1, 3, 1, 1)
+    region = torch.zeros(2, 1, size, size)
+    region[..., : size // 2] = 1
+    return original, edited, region
+
+
+def test_an_even_change_costs_nothing_and_a_ring_of_the_old_colour_costs() -> None:
+    original, edited, region = _recolour((0.6, -0.2, 0.1))
+    assert float(uneven_change_loss(edited, original, region)) == pytest.approx(0, abs=1e-6)
+    ringed = edited.clone()
+    ringed[..., 4:8, 4:8] = original[..., 4:8, 4:8]  # an eighth of it left as it was
+    assert float(uneven_change_loss(ringed, original, region)) == pytest.approx(1 / 7, rel=0.05)
+    # what happens outside the region is not its business
+    elsewhere = edited.clone()
+    elsewhere[..., 12:, 12:] = original[..., 12:, 12:]
+    assert float(uneven_change_loss(elsewhere, original, region)) == pytest.approx(0, abs=1e-6)
+
+
+def test_the_even_change_term_is_relative_to_the_size_of_the_change() -> None:
+    """A large recolour with a ring pays what a small one with the same ring pays: the term
+    must not pull a recolour short of its colour."""
+    original, _, region = _recolour((0, 0, 0))
+    costs = []
+    for size in (0.3, 0.6):
+        change = torch.full_like(original, size)
+        change[..., 2:4, 2:4] = 0
+        costs.append(float(uneven_change_loss(original + change, original, region)))
+    assert costs[0] == pytest.approx(costs[1], rel=0.05)
+    assert costs[0] > 0
+
+
+def test_the_even_change_term_reads_the_picture_as_displayed() -> None:
+    """A pixel pushed past white shows white: the overshoot is no change."""
+    original = torch.zeros(1, 3, 8, 8)
+    region = torch.ones(1, 1, 8, 8)
+    edited = torch.ones(1, 3, 8, 8)
+    edited[..., :2, :] = 5.0  # shows as 1.0, like the rest
+    assert float(uneven_change_loss(edited, original, region)) == pytest.approx(0, abs=1e-6)
+
+
+def test_the_even_change_term_is_the_mean_of_each_image_s_own() -> None:
+    original, edited, region = _recolour((0.5, 0.5, 0.5))
+    ringed = edited.clone()
+    ringed[0, :, 4:8, 4:8] = original[0, :, 4:8, 4:8]
+    both = float(uneven_change_loss(ringed, original, region))
+    first = float(uneven_change_loss(ringed[:1], original[:1], region[:1]))
+    assert both == pytest.approx(first / 2, rel=1e-5)

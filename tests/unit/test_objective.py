@@ -217,3 +217,24 @@ def test_layer_masks_read_an_attention_selector_s_features_and_clusters(G) -> No
     segs[:, 1] = 1  # every pixel in the cluster pruning dropped
     limited = layer_masks(sel, G, feats, segs, TrainConfig(prompt="p"))
     assert all(float(m.abs().max()) == 0.0 for m in limited)
+
+
+def test_with_a_region_an_uneven_change_pays_its_weight_and_without_one_nothing(G) -> None:
+    """The even-change term reads the composited picture over the chosen region: off before
+    the region choice (no region), and weighted like every other term after it."""
+    from coral_core.editing.losses import uneven_change_loss
+
+    cfg, ws, noise, original, direction, masks = _setup(G)
+    assert cfg.weights.even_change > 0  # on by default
+    region = torch.zeros(2, 1, G.img_resolution, G.img_resolution)
+    region[..., :, : G.img_resolution // 2] = 1
+    without = _call(G, cfg, ws, noise, original, direction, masks)
+    assert without.terms["even"] == 0.0
+    step = _call(G, cfg, ws, noise, original, direction, masks, region=region)
+    expected = float(uneven_change_loss(step.edited, original, region))
+    assert step.terms["even"] == pytest.approx(expected, rel=1e-5) and expected > 0
+    off = dataclasses.replace(cfg, weights=LossWeights(even_change=0.0))
+    plain = _call(G, off, ws, noise, original, direction, masks, region=region)
+    assert plain.terms["even"] == 0.0
+    assert step.terms["total"] == pytest.approx(
+        plain.terms["total"] + cfg.weights.even_change * expected, rel=1e-5)

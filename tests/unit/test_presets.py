@@ -26,7 +26,7 @@ def test_coral_preset_is_the_library_defaults_and_paper_switches_every_departure
     assert paper.prune_tolerance == 0 and paper.contest_steps == 0
     assert paper.prior_samples == 0 and not paper.composite and not paper.check_fit
     assert not paper.harden_selection and paper.segment_pool == "area"
-    assert paper.weights.area_weighting == "uniform"
+    assert paper.weights.area_weighting == "uniform" and paper.weights.even_change == 0
     # every setting a preset names is a real one, so a rename cannot silently drop it
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for changes in PRESETS.values():
