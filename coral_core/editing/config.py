@@ -40,8 +40,11 @@ class LossWeights:
     leak: float = 0.0                 # share of the change outside the edit's own finest mask
     # with the composite, from the region choice on: how unevenly the change spreads over the
     # chosen region, relative to its size (losses.uneven_change_loss: rings of the old colour
-    # round objects, frames, muddy gradients). 3 chosen on seeds 412-435; docs/method.md
+    # round objects, frames, muddy gradients), for the images whose change is no more uneven
+    # than ``even_change_below`` (losses.uneven_share; a change of shape is left alone).
+    # Measurements: docs/method.md
     even_change: float = 3.0
+    even_change_below: float = 0.15
     area_weighting: str = "spread"
     area_layer_weights: list[float] | None = field(default=None)
 

@@ -92,7 +92,7 @@ class CoralObjective:
         l_tv = tv_loss(masks) if self.cfg.variant == "can" else zero
         l_id = self.identity(edited, original) if self.identity is not None else zero
         l_leak = leak_loss(edited, original, masks) if w.leak > 0 else zero
-        l_even = uneven_change_loss(edited, original, region) \
+        l_even = uneven_change_loss(edited, original, region, w.even_change_below) \
             if region is not None and w.even_change > 0 else zero
         total = (w.clip * l_clip + self.l2_weight * l_l2 + w.area * l_area + w.tv * l_tv
                  + w.identity * l_id + w.leak * l_leak + w.even_change * l_even)

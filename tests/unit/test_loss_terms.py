@@ -10,7 +10,8 @@ import torch
 
 from coral_core.editing.config import LossWeights
 from coral_core.editing.losses import (area_betas, area_loss, clip_loss, clip_loss_per_image,
-                                       leak_loss, mask_areas, tv_loss, uneven_change_loss)
+                                       leak_loss, mask_areas, tv_loss, uneven_change_loss,
+                                       uneven_share)
 from coral_core.errors import InputError
 
 RES = (4, 8, 8, 16, 16, 32)
@@ -226,3 +227,37 @@ def test_the_even_change_term_is_the_mean_of_each_image_s_own() -> None:
     both = float(uneven_change_loss(ringed, original, region))
     first = float(uneven_change_loss(ringed[:1], original[:1], region[:1]))
     assert both == pytest.approx(first / 2, rel=1e-5)
+
+
+def test_a_change_of_shape_is_not_asked_to_be_even_and_a_recolour_with_a_ring_is() -> None:
+    """The gate reads how uneven the change already is: a recolour with a ring of the old
+    colour is mostly even (small share) and pays; a change in one corner of the region only
+    (a shape drawn, a part that is not the whole region) is left alone."""
+    original, edited, region = _recolour((0.6, -0.2, 0.1))
+    ringed = edited.clone()
+    ringed[..., 4:6, 4:6] = original[..., 4:6, 4:6]
+    corner = original.clone()
+    corner[..., :4, :4] += 0.8
+    shares = {"ringed": uneven_share(ringed, original, region),
+              "corner": uneven_share(corner, original, region)}
+    assert bool((shares["ringed"] < 0.1).all()) and bool((shares["corner"] > 0.5).all())
+    assert float(uneven_change_loss(ringed, original, region, only_below=0.15)) == \
+        pytest.approx(float(uneven_change_loss(ringed, original, region)), rel=1e-6)
+    assert float(uneven_change_loss(corner, original, region)) > 1
+    assert float(uneven_change_loss(corner, original, region, only_below=0.15)) == 0
+    # per image: one of each in a batch pays half of the ringed one's cost
+    both = torch.cat([ringed[:1], corner[1:]])
+    assert float(uneven_change_loss(both, original, region, only_below=0.15)) == \
+        pytest.approx(float(uneven_change_loss(ringed[:1], original[:1], region[:1])) / 2,
+                      rel=1e-5)
+
+
+def test_the_gate_passes_no_gradient_and_the_term_does() -> None:
+    original, edited, region = _recolour((0.3, 0.3, 0.3))
+    edited = edited.clone()
+    edited[..., 2:4, 2:4] = original[..., 2:4, 2:4]
+    edited.requires_grad_(True)
+    uneven_change_loss(edited, original, region, only_below=0.5).backward()
+    assert edited.grad is not None and float(edited.grad.abs().sum()) > 0
+    # outside the region nothing is pulled
+    assert float(edited.grad[..., 8:].abs().sum()) == 0

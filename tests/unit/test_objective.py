@@ -224,7 +224,8 @@ def test_with_a_region_an_uneven_change_pays_its_weight_and_without_one_nothing(
     the region choice (no region), and weighted like every other term after it."""
     from coral_core.editing.losses import uneven_change_loss
 
-    cfg, ws, noise, original, direction, masks = _setup(G)
+    ungated = LossWeights(even_change_below=1.0)  # every change's share is at most 1
+    cfg, ws, noise, original, direction, masks = _setup(G, weights=ungated)
     assert cfg.weights.even_change > 0  # on by default
     region = torch.zeros(2, 1, G.img_resolution, G.img_resolution)
     region[..., :, : G.img_resolution // 2] = 1
@@ -238,3 +239,7 @@ def test_with_a_region_an_uneven_change_pays_its_weight_and_without_one_nothing(
     assert plain.terms["even"] == 0.0
     assert step.terms["total"] == pytest.approx(
         plain.terms["total"] + cfg.weights.even_change * expected, rel=1e-5)
+    # a change far from even (this random direction's) is a change of shape: left alone
+    gated = _call(G, dataclasses.replace(cfg, weights=LossWeights()), ws, noise, original,
+                  direction, masks, region=region)
+    assert gated.terms["even"] == 0.0

@@ -60,13 +60,15 @@ def test_cli_train_takes_a_preset_and_records_it(tmp_path: Path):
     run = subprocess.run([sys.executable, "-m", "coral_core", "train", "--prompt",
                           "a green background", "--seeds", "3", "--steps", "2",
                           "--preset", "paper", "--prune-tolerance", "0.1", "--absent-check",
-                          "--out", str(out)],
+                          "--even-change", "0.5", "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     config = Edit.load(out).info["config"]
     assert config["composite"] is False and config["segment_pieces"] == 0
     assert config["prune_tolerance"] == 0.1  # set by the user: wins over the preset
     assert config["check_absent"] is True and config["check_fit"] is False  # the same
+    weights = Edit.load(out).info["loss_weights"]
+    assert weights["even_change"] == 0.5 and weights["area_weighting"] == "uniform"
     assert json.loads(run.stdout[:run.stdout.rindex("}") + 1])["prompt"] == "a green background"
 
 
