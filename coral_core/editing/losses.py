@@ -123,8 +123,8 @@ def uneven_change_loss(edited: torch.Tensor, original: torch.Tensor, region: tor
     to the mean change so that a large recolour pays no more than a small one (an absolute
     spread held object recolours short of their colour). Why the gate: a change of shape (long
     hair, glasses) or one whose region reaches past the part it changes (a face's eyes) is
-    uneven by nature, and asking it to be even spread it over the whole region (measured on the
-    face world: other parts kept in 19 of 30 edits against 23)."""
+    uneven by nature, and asking it to be even spread it over the whole region. Measurements:
+    docs/method.md ("An even change across the region")."""
     change, weight, area = _change_over(edited, original, region)
     mean = (change * weight).sum((2, 3), keepdim=True) / area
     spread = ((change - mean).square().sum(1, keepdim=True) * weight).sum((2, 3))[:, 0] \
@@ -138,8 +138,8 @@ def uneven_change_loss(edited: torch.Tensor, original: torch.Tensor, region: tor
 def uneven_share(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
                  ) -> torch.Tensor:
     """[B]: the share of the change's energy over ``region`` that is not its mean change there
-    (0: alike everywhere; near 1: concentrated in a part). Recolours measured 0.003-0.11 at the
-    region choice on both demo worlds; changes of shape and eye recolours on faces 0.13-0.78."""
+    (0: alike everywhere; near 1: concentrated in a part): the gate that tells a recolour
+    (small) from a change of shape (large); what each kind measured is in docs/method.md."""
     change, weight, area = _change_over(edited.detach(), original, region)
     mean = (change * weight).sum((2, 3), keepdim=True) / area
     spread = ((change - mean).square().sum(1, keepdim=True) * weight).sum((2, 3))
