@@ -261,3 +261,57 @@ def test_the_gate_passes_no_gradient_and_the_term_does() -> None:
     assert edited.grad is not None and float(edited.grad.abs().sum()) > 0
     # outside the region nothing is pulled
     assert float(edited.grad[..., 8:].abs().sum()) == 0
+
+
+def test_the_even_change_term_stays_calm_where_little_or_nothing_changes() -> None:
+    """No region, a one-pixel region, no change yet, or a change too small to see: the term
+    is finite and at or near zero (it must not push an edit that has barely begun)."""
+    original, edited, region = _recolour((0.5, -0.5, 0.2))
+    nothing = torch.zeros_like(region)
+    assert float(uneven_change_loss(edited, original, nothing)) == 0
+    one = torch.zeros_like(region)
+    one[..., 3, 3] = 1
+    assert float(uneven_change_loss(edited, original, one)) == pytest.approx(0, abs=1e-6)
+    assert float(uneven_share(edited, original, one).max()) == pytest.approx(0, abs=1e-6)
+    assert float(uneven_change_loss(original, original, region)) == 0
+    faint = original + 0.02
+    faint[..., 4:8, 4:8] = original[..., 4:8, 4:8]  # an eighth not changed, but 0.02 is faint
+    value = float(uneven_change_loss(faint, original, region))
+    assert 0 <= value < 0.02
+    shares = uneven_share(faint, original, region)
+    assert bool(((shares >= 0) & (shares < 0.02)).all())
+    assert float(uneven_share(original + 0.6 * (faint - original) / 0.02, original,
+                              region).min()) > 0.1  # the same pattern, plainly visible
+
+
+def test_each_image_s_share_is_its_own_and_the_bound_is_inclusive() -> None:
+    original, edited, region = _recolour((0.6, -0.2, 0.1))
+    mixed = edited.clone()
+    mixed[0, :, 4:8, 4:8] = original[0, :, 4:8, 4:8]
+    mixed[1, :, :4, :] = original[1, :, :4, :]  # a quarter of its region
+    together = uneven_share(mixed, original, region)
+    alone = torch.cat([uneven_share(mixed[i:i + 1], original[i:i + 1], region[i:i + 1])
+                       for i in range(2)])
+    assert torch.allclose(together, alone) and float((together[0] - together[1]).abs()) > 0.01
+    first = float(together[0])
+    at_bound = float(uneven_change_loss(mixed[:1], original[:1], region[:1], only_below=first))
+    assert at_bound == pytest.approx(float(uneven_change_loss(mixed[:1], original[:1],
+                                                              region[:1])), rel=1e-6)
+    assert at_bound > 0
+
+
+def test_the_even_change_term_reads_both_pictures_clamped_both_ways() -> None:
+    region = torch.ones(1, 1, 8, 8)
+    original = torch.full((1, 3, 8, 8), 0.5)
+    original[..., :2, :] = 1.6   # drawn past white: shows white
+    original[..., 6:, :] = -1.7  # past black: shows black
+    edited = torch.full((1, 3, 8, 8), -0.5)
+    edited[..., :2, :] = 0.0
+    edited[..., 6:, :] = -2.5    # pushed further past black: still black, no change shown
+    # shown: rows 0-1 change by -1, rows 2-5 by -1, rows 6-7 by 0: a quarter unchanged
+    assert float(uneven_share(edited, original, region)) == pytest.approx(0.25, rel=0.05)
+    even = edited.clone()
+    even[..., 6:, :] = -1.0      # shows black, as the original did: still no change
+    assert float(uneven_share(even, original, region)) == pytest.approx(0.25, rel=0.05)
+    assert float(uneven_change_loss(edited, original, region)) == \
+        pytest.approx(float(uneven_change_loss(even, original, region)), rel=1e-5)
