@@ -125,11 +125,8 @@ def uneven_change_loss(edited: torch.Tensor, original: torch.Tensor, region: tor
     hair, glasses) or one whose region reaches past the part it changes (a face's eyes) is
     uneven by nature, and asking it to be even spread it over the whole region. Measurements:
     docs/method.md ("An even change across the region")."""
-    change, weight, area = _change_over(edited, original, region)
-    mean = (change * weight).sum((2, 3), keepdim=True) / area
-    spread = ((change - mean).square().sum(1, keepdim=True) * weight).sum((2, 3))[:, 0] \
-        / area.flatten()
-    per_image = spread / (mean.square().sum(1).flatten() + UNEVEN_FLOOR)
+    mean, spread, _ = _change_over(edited, original, region)
+    per_image = spread / (mean.square().sum(1) + UNEVEN_FLOOR)
     if only_below is not None:  # uneven_share reads a detached copy: the gate has no gradient
         per_image = per_image * (uneven_share(edited, original, region) <= only_below)
     return per_image.mean()
@@ -140,20 +137,22 @@ def uneven_share(edited: torch.Tensor, original: torch.Tensor, region: torch.Ten
     """[B]: the share of the change's energy over ``region`` that is not its mean change there
     (0: alike everywhere; near 1: concentrated in a part): the gate that tells a recolour
     (small) from a change of shape (large); what each kind measured is in docs/method.md."""
-    change, weight, area = _change_over(edited.detach(), original, region)
-    mean = (change * weight).sum((2, 3), keepdim=True) / area
-    spread = ((change - mean).square().sum(1, keepdim=True) * weight).sum((2, 3))
-    energy = (change.square().sum(1, keepdim=True) * weight).sum((2, 3))
-    return (spread / (energy + UNEVEN_FLOOR * area[..., 0, 0]))[:, 0]
+    _, spread, energy = _change_over(edited.detach(), original, region)
+    return spread / (energy + UNEVEN_FLOOR)
 
 
 def _change_over(edited: torch.Tensor, original: torch.Tensor, region: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The displayed change [B, 3, H, W], the region's weight [B, 1, H, W] and its area
-    [B, 1, 1, 1] (at least one pixel)."""
+    """Per image, over ``region`` (weighted; its area taken as at least one pixel), of the
+    displayed change (both pictures clamped to [-1, 1]): the mean change [B, 3], the mean
+    squared distance from it (the spread) [B] and the mean squared change (the energy) [B]."""
     change = edited.float().clamp(-1, 1) - original.float().clamp(-1, 1)
     weight = region.float()
-    return change, weight, weight.sum((2, 3), keepdim=True).clamp_min(1.0)
+    area = weight.sum((2, 3)).clamp_min(1.0)  # [B, 1]
+    mean = (change * weight).sum((2, 3)) / area  # [B, 3]
+    spread = ((change - mean[..., None, None]).square() * weight).sum((1, 2, 3)) / area[:, 0]
+    energy = (change.square() * weight).sum((1, 2, 3)) / area[:, 0]
+    return mean, spread, energy
 
 
 #: added to the mean change's squared size (RGB in [-1, 1]) so that an edit that has not yet
