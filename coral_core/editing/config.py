@@ -167,9 +167,7 @@ class TrainConfig:
     split_clauses: bool = True
     # The CLIP reads the picture as displayed (clamped to [-1, 1]; clip_model.displayed): on
     # the raw output an edit bought CLIP score with colours past the range, which the user
-    # sees clipped (inside the region closer to the ideal render: +2.5 dB on the tuning seeds,
-    # +0.4 dB on fresh ones, success the same; docs/method.md). False: the raw output (the
-    # paper's).
+    # sees clipped (measurements: docs/method.md). False: the raw output (the paper's).
     clip_sees_display: bool = True
     # SS: how segments shrink to coarse layers ("area" the paper's, "max": see selectors.py)
     segment_pool: str = "max"

@@ -125,10 +125,10 @@ def uneven_change_loss(edited: torch.Tensor, original: torch.Tensor, region: tor
     hair, glasses) or one whose region reaches past the part it changes (a face's eyes) is
     uneven by nature, and asking it to be even spread it over the whole region. Measurements:
     docs/method.md ("An even change across the region")."""
-    mean, spread, _ = _change_over(edited, original, region)
+    mean, spread, energy = _change_over(edited, original, region)
     per_image = spread / (mean.square().sum(1) + UNEVEN_FLOOR)
-    if only_below is not None:  # uneven_share reads a detached copy: the gate has no gradient
-        per_image = per_image * (uneven_share(edited, original, region) <= only_below)
+    if only_below is not None:  # the gate (uneven_share from the same sums) has no gradient
+        per_image = per_image * (_share(spread, energy).detach() <= only_below)
     return per_image.mean()
 
 
@@ -138,6 +138,10 @@ def uneven_share(edited: torch.Tensor, original: torch.Tensor, region: torch.Ten
     (0: alike everywhere; near 1: concentrated in a part): the gate that tells a recolour
     (small) from a change of shape (large); what each kind measured is in docs/method.md."""
     _, spread, energy = _change_over(edited.detach(), original, region)
+    return _share(spread, energy)
+
+
+def _share(spread: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
     return spread / (energy + UNEVEN_FLOOR)
 
 
