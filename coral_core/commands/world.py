@@ -35,7 +35,9 @@ def cmd_world(args: argparse.Namespace) -> int:
         result = train_gan(out, steps=args.steps or 20000, seed=args.seed, reporter=rep,
                            device=args.device, max_minutes=args.max_minutes,
                            stop_at=args.stop_at, world=args.world,
-                           part_weight=args.part_weight)
+                           part_weight=args.part_weight,
+                           init_from=Path(args.init_from) if args.init_from else None,
+                           **({"lr": args.lr} if args.lr is not None else {}))
     elif args.action == "train-judge":
         out = Path(args.out or assets.world_assets(args.world).judge)
         if args.world == "faces":
@@ -139,10 +141,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "that a time budget cut short)")
     s.add_argument("--batch", type=int, default=None, help="train-clip: scenes per step "
                    "(each with its twin; default 128)")
-    s.add_argument("--lr", type=float, default=None, help="train-clip: peak learning rate "
-                   "(default 1e-3)")
+    s.add_argument("--lr", type=float, default=None, help="train-clip / train-gan: peak "
+                   "learning rate (default 1e-3 / 2e-3)")
     s.add_argument("--from", dest="init_from", default=None,
-                   help="train-clip: continue from this CLIP folder (fine-tuning)")
+                   help="train-clip: continue from this CLIP folder; train-gan: start from "
+                        "this generator file (fine-tuning)")
     s.add_argument("--blend-twins", action="store_true",
                    help="train-clip: add a part-way-colour negative of every scene")
     s.add_argument("--focus", default=None,

@@ -103,6 +103,19 @@ def part_pixel_weights(masks: torch.Tensor, strength: float) -> torch.Tensor:
     return 1.0 + strength * per_pixel
 
 
+def _weights_from(source: Generator, target: Generator, path: Path) -> dict[str, torch.Tensor]:
+    """``source``'s state for ``target``, refused by name when the two are not the same
+    architecture (a fine-tune must start from this world's generator)."""
+    theirs, ours = source.state_dict(), target.state_dict()
+    wrong = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
+    if wrong or len(theirs) != len(ours):
+        from ..errors import InputError
+
+        raise InputError(f"{path}: not a generator of this world's architecture (differs at "
+                         f"{', '.join(wrong[:3]) or 'its extra tensors'})")
+    return {k: v.to(ours[k].dtype) for k, v in theirs.items()}
+
+
 def _checkpoint_path(out: Path) -> Path:
     return out.with_suffix(".ckpt.pt")
 
@@ -122,21 +135,27 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
               checkpoint_every: int = 500, device: str = "cpu",
               cfg: GeneratorConfig | None = None,
               max_minutes: float | None = None, stop_at: int | None = None,
-              world: str = "shapes", part_weight: float = 0.0) -> dict[str, Any]:
+              world: str = "shapes", part_weight: float = 0.0,
+              init_from: Path | None = None) -> dict[str, Any]:
     """Train (or resume) and write ``out`` (.safetensors); returns a small report.
 
     Adam with a cosine learning-rate decay over ``steps``; ``max_minutes`` stops early with a
     checkpoint (resume later with the same command) so a lent GPU's time limit loses nothing.
     Resuming with a larger ``steps`` continues on the longer schedule's tail (a fine-tune at a
     lower learning rate). ``part_weight`` > 0 weights each pixel by its part's rarity (see
-    ``part_pixel_weights``).
+    ``part_pixel_weights``). ``init_from``: a generator file of this world's architecture to
+    start from (a fine-tune after the world's drawing changed: a fresh optimiser and
+    schedule, the built mapping steps rebuilt); a checkpoint of ``out`` still wins.
     """
-    from ..formats import save_generator
+    from ..formats import load_generator, save_generator
 
     spec = get_world(world)
     cfg = cfg or spec.generator_cfg
     torch.manual_seed(seed)
     G = build_demo_generator(cfg, spec).to(device).train()
+    if init_from is not None:
+        G.load_state_dict(_weights_from(load_generator(init_from).generator, G, init_from))
+        init_scene_mapping(G, spec)  # the built steps stay exactly as built
     params = [p for p in G.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
     start, elapsed = 0, 0.0
@@ -185,6 +204,7 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
                                       "steps": str(step), "wall_seconds": f"{wall:.0f}"})
     report = {"steps": step, "planned_steps": steps, "batch": batch, "final_loss": loss_value,
               "wall_seconds": round(wall), "device": device, "config": cfg.to_dict(),
-              "world": world, "part_weight": part_weight, "resumed_at_step": start}
+              "world": world, "part_weight": part_weight, "resumed_at_step": start,
+              "started_from": None if init_from is None else str(init_from)}
     write_text_atomic(out.with_suffix(".report.json"), json.dumps(report, indent=2))
     return report

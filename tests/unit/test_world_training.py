@@ -35,6 +35,33 @@ def test_gan_training_stops_where_told_and_resumes_there(tmp_path: Path) -> None
     assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
 
 
+def test_gan_fine_tuning_starts_from_the_given_generator_and_refuses_another_world(
+        tmp_path: Path) -> None:
+    """``coral world train-gan --from G``: a fine-tune after the world's drawing changed
+    starts where G is (a tiny learning rate leaves its pictures as they were), and a generator
+    of another architecture is refused by name before any step."""
+    shipped = assets.require(assets.DEMO_GENERATOR)
+    out = tmp_path / "g.safetensors"
+    report = train_gan(out, steps=1, batch=2, lr=1e-12, init_from=shipped)
+    assert report["started_from"] == str(shipped)
+    a, b = load_generator(shipped).generator, load_generator(out).generator
+    z = a.z_from_seeds([3, 4])
+    with torch.no_grad():
+        pa = a.synthesize(a.mapping_ws(z), noise_mode="const")
+        pb = b.synthesize(b.mapping_ws(z), noise_mode="const")
+    assert (pa - pb).abs().max() < 1e-4
+    from coral_core.formats import save_generator
+    from coral_core.stylegan import Generator, GeneratorConfig
+
+    other = tmp_path / "other.safetensors"  # a real generator, another architecture
+    save_generator(Generator(GeneratorConfig(img_resolution=32, z_dim=32, w_dim=64,
+                                             mapping_layers=2, channel_base=512,
+                                             channel_max=64)), other)
+    with pytest.raises(Exception, match="not a generator of this world") as err:
+        train_gan(tmp_path / "h.safetensors", steps=1, batch=2, init_from=other)
+    assert str(other) in str(err.value) and not (tmp_path / "h.safetensors").exists()
+
+
 def test_clip_training_writes_a_clip_the_loader_reads(tmp_path: Path) -> None:
     report = train_clip(tmp_path / "clip", steps=2, batch=8, report_renders=200)
     assert report["steps"] == 2
