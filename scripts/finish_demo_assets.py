@@ -4,7 +4,8 @@
 Exports the rosinality copy, trains the shipped per-prompt demo edit, renders the README sample
 grid and the template thumbnails. Run from the repository root:
     python scripts/finish_demo_assets.py
-(``--thumbnails`` rewrites only the template thumbnails from docs/images.)
+(``--thumbnails`` rewrites only the template thumbnails from docs/images; ``--faces`` only
+the face generator's sample grid, docs/images/faces_samples.png.)
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 from coral_core.formats import load_generator  # noqa: E402
 from coral_core.stylegan.generator import image_to_uint8  # noqa: E402
 from coral_core.world import assets  # noqa: E402
-from coral_core.world.render import render  # noqa: E402
-from coral_core.world.scene import scenes_from_z  # noqa: E402
+from coral_core.world.spec import get_world  # noqa: E402
 
 
 def coral(*args: str) -> None:
@@ -41,17 +41,9 @@ def main() -> int:
     for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
             assets.DEMO_EDITS.glob("catalogue-*")):
         junk.unlink()
-    G = load_generator(assets.DEMO_GENERATOR).generator
-    z = G.z_from_seeds(range(16))
-    with torch.no_grad():
-        samples = image_to_uint8(G.synthesize(G.mapping_ws(z)))
-    targets = image_to_uint8(render(scenes_from_z(z), G.img_resolution)[0])
-    rows = [np.concatenate(list(samples[:8]), 1), np.concatenate(list(targets[:8]), 1),
-            np.concatenate(list(samples[8:]), 1), np.concatenate(list(targets[8:]), 1)]
-    grid = np.kron(np.concatenate(rows, 0), np.ones((2, 2, 1), dtype=np.uint8))
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(out / "demo_samples.png")
+    write_sample_grid("shapes", out / "demo_samples.png")
     demo = ROOT / "out" / "demo_thumbs"
     coral("demo", "--out", str(demo))
     shutil.copy(demo / "before_after.png", out / "demo_before_after.png")
@@ -60,6 +52,21 @@ def main() -> int:
     write_thumbnails()
     print("done")
     return 0
+
+
+def write_sample_grid(world: str, path: Path) -> None:
+    """Rows of the world's shipped generator's samples of seeds 0-15, each above the render
+    of the scene its z names (the README's picture of how faithful the generator is)."""
+    spec = get_world(world)
+    G = load_generator(assets.world_assets(world).generator).generator
+    z = G.z_from_seeds(range(16))
+    with torch.no_grad():
+        samples = image_to_uint8(G.synthesize(G.mapping_ws(z)))
+    targets = image_to_uint8(spec.render(spec.scenes_from_z(z), G.img_resolution)[0])
+    rows = [np.concatenate(list(samples[:8]), 1), np.concatenate(list(targets[:8]), 1),
+            np.concatenate(list(samples[8:]), 1), np.concatenate(list(targets[8:]), 1)]
+    grid = np.kron(np.concatenate(rows, 0), np.ones((2, 2, 1), dtype=np.uint8))
+    Image.fromarray(grid).save(path)
 
 
 # Each template's thumbnail shows what that template makes (the template browser lists them
@@ -85,5 +92,8 @@ def write_thumbnails() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--thumbnails"]:
         write_thumbnails()
+        sys.exit(0)
+    if sys.argv[1:] == ["--faces"]:  # after the face generator is (re)trained
+        write_sample_grid("faces", ROOT / "docs" / "images" / "faces_samples.png")
         sys.exit(0)
     sys.exit(main())

@@ -105,3 +105,24 @@ def test_shipped_face_models_check_and_eval_run_and_read_renders(tmp_path) -> No
     assert out["rows"] and "psnr_outside" in out["rows"][0]
     assert "| coral_ss / background |" in format_table(out["summary"])
     assert (tmp_path / "eval.json").is_file()
+
+
+def test_a_smile_shows_teeth_that_a_neutral_mouth_lacks() -> None:
+    """A smile must differ from a neutral mouth by colour, not by a 1-px change of outline
+    alone (the CLIP read the two as one at 64 px): the same faces, smiling and neutral, differ
+    in the mouth by near-white pixels, and only inside the mouth's masks."""
+    faces = random_faces(16, 5)
+    smiling, m_s = render(faces.replace(mouth=torch.ones_like(faces.mouth)))
+    neutral, m_n = render(faces.replace(mouth=torch.zeros_like(faces.mouth)))
+    mouth = PARTS.index("mouth")
+    for i in range(16):
+        in_smile = m_s[i, mouth] > 0.5
+        in_neutral = m_n[i, mouth] > 0.5
+        # every channel past 0.65 of full (the side light dims a face to 0.78 of it)
+        white_s = (smiling[i].amin(0) > 0.3) & in_smile
+        white_n = (neutral[i].amin(0) > 0.3) & in_neutral
+        assert int(white_s.sum()) >= 8, i
+        assert int(white_n.sum()) == 0, i
+        assert int(in_smile.sum()) > int(in_neutral.sum()), i
+        changed = (smiling[i] - neutral[i]).abs().amax(0) > 1e-4
+        assert not bool((changed & ~((m_s[i, mouth] + m_n[i, mouth]) > 0)).any()), i

@@ -17,6 +17,7 @@ _TABLES = {name: torch.tensor(list(table.values())) for name, table in
             ("eyes", EYE_COLOURS))}
 SCLERA = (0.95, 0.95, 0.93)
 MOUTH = (0.58, 0.12, 0.16)
+TEETH = (0.97, 0.96, 0.90)
 FRAME = (0.08, 0.08, 0.10)
 BEARD_SHADE = 0.82   # a beard is its hair colour, a little darker
 PX = 1 / 64          # geometry below is written in 64-px units, scaled with the head
@@ -62,8 +63,12 @@ def layers(faces: FaceBatch, res: int, ss: int) -> list[tuple[str, torch.Tensor,
     beard = beard_shell & ((v > 0.30) | ((u.abs() > 0.80) & (v > -0.15)))
     beard = beard & (col(faces.beard) == 1)
     my = cy + 0.52 * ry
-    smile = _ellipse(x, y, cx, my, 6.0 * PX * s, 3.4 * PX * s) & \
-        ~_ellipse(x, y, cx, my - 1.7 * PX * s, 6.9 * PX * s, 3.0 * PX * s)
+    # a smile is an open mouth (the lower half of an ellipse) showing a band of teeth: a thin
+    # crescent of the lips' colour alone was no cue the CLIP could read at 64 px (its texts and
+    # images for "smiling" and "neutral" embedded at cosine 0.999; docs/demo-worlds.md)
+    top = my - 0.6 * PX * s
+    smile = _ellipse(x, y, cx, top, 6.2 * PX * s, 3.8 * PX * s) & (y >= top)
+    teeth = smile & (y <= top + 1.7 * PX * s) & (col(faces.mouth) == 1)
     neutral = _ellipse(x, y, cx, my + 1.0 * PX * s, 4.6 * PX * s, 1.25 * PX * s)
     mouth = torch.where(col(faces.mouth) == 1, smile, neutral)
     ey = cy - 0.08 * ry
@@ -86,6 +91,7 @@ def layers(faces: FaceBatch, res: int, ss: int) -> list[tuple[str, torch.Tensor,
     return [("hair", hair_back, hair_rgb), ("skin", neck, skin_rgb * 0.9),
             ("skin", face, skin_rgb), ("hair", hair_top, hair_rgb),
             ("beard", beard, hair_rgb * BEARD_SHADE), ("mouth", mouth, _const(MOUTH, hair_rgb)),
+            ("mouth", teeth, _const(TEETH, hair_rgb)),
             ("skin", sclera, _const(SCLERA, hair_rgb)),
             ("eyes", iris, _colour("eyes", faces.eyes)),
             ("glasses", glasses, _const(FRAME, hair_rgb))]
