@@ -35,7 +35,7 @@ def test_gan_training_stops_where_told_and_resumes_there(tmp_path: Path) -> None
     assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
 
 
-def test_gan_fine_tuning_starts_from_the_given_generator_and_refuses_another_world(
+def test_gan_fine_tuning_starts_from_the_given_generator_and_refuses_another_architecture(
         tmp_path: Path) -> None:
     """``coral world train-gan --from G``: a fine-tune after the world's drawing changed
     starts where G is (a tiny learning rate leaves its pictures as they were), and a generator
