@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path, write_text_atomic
+from ..errors import InputError
 from ..progress import Reporter
 from ..stylegan import Generator, GeneratorConfig
 from ..stylegan.layers import FullyConnectedLayer
@@ -103,19 +104,6 @@ def part_pixel_weights(masks: torch.Tensor, strength: float) -> torch.Tensor:
     return 1.0 + strength * per_pixel
 
 
-def _weights_from(source: Generator, target: Generator, path: Path) -> dict[str, torch.Tensor]:
-    """``source``'s state for ``target``, refused by name when the two are not the same
-    architecture (a fine-tune must start from this world's generator)."""
-    theirs, ours = source.state_dict(), target.state_dict()
-    wrong = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
-    if wrong or len(theirs) != len(ours):
-        from ..errors import InputError
-
-        raise InputError(f"{path}: not a generator of this world's architecture (differs at "
-                         f"{', '.join(wrong[:3]) or 'its extra tensors'})")
-    return {k: v.to(ours[k].dtype) for k, v in theirs.items()}
-
-
 def _checkpoint_path(out: Path) -> Path:
     return out.with_suffix(".ckpt.pt")
 
@@ -154,7 +142,12 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
     torch.manual_seed(seed)
     G = build_demo_generator(cfg, spec).to(device).train()
     if init_from is not None:
-        G.load_state_dict(_weights_from(load_generator(init_from).generator, G, init_from))
+        source = load_generator(init_from).generator
+        if source.cfg != cfg:  # a fine-tune starts from this world's architecture only
+            raise InputError(f"{init_from}: not a generator of this world's architecture "
+                             f"({source.cfg.img_resolution} px, w {source.cfg.w_dim}; this "
+                             f"world's: {cfg.img_resolution} px, w {cfg.w_dim})")
+        G.load_state_dict(source.state_dict())
         init_scene_mapping(G, spec)  # the built steps stay exactly as built
     params = [p for p in G.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
