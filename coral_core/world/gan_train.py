@@ -141,7 +141,9 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
     cfg = cfg or spec.generator_cfg
     torch.manual_seed(seed)
     G = build_demo_generator(cfg, spec).to(device).train()
-    if init_from is not None:
+    ckpt = _checkpoint_path(out)
+    resuming = resume and ckpt.is_file()
+    if init_from is not None and not resuming:  # a checkpoint wins: no load for nothing
         source = load_generator(init_from).generator
         if source.cfg != cfg:  # a fine-tune starts from this world's architecture only
             raise InputError(f"{init_from}: not a generator of this world's architecture "
@@ -152,8 +154,7 @@ def train_gan(out: Path, steps: int = 20000, batch: int = 16, lr: float = 2e-3, 
     params = [p for p in G.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
     start, elapsed = 0, 0.0
-    ckpt = _checkpoint_path(out)
-    if resume and ckpt.is_file():
+    if resuming:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         G.load_state_dict(state["G"])
         opt.load_state_dict(state["opt"])
