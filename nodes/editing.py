@@ -142,6 +142,14 @@ class CoralTrainEdit:
                 "tooltip": "coral: the pack's defaults (every measured departure from the "
                            "paper on); paper: the published method with none. Settings above "
                            "left at their defaults follow the preset."}),
+            "hold_to_prior": (list(ABSENT_CHECK_CHOICES), {
+                "default": "preset",
+                "tooltip": "Per image: until the region is chosen, the edit may only scale "
+                           "the direction prior, per layer (an image it cannot take far "
+                           "enough is then freed). Keeps the rest of a face as it was (a "
+                           "smile that does not recolour the skin); in scenes of several "
+                           "objects it can pick the wrong one. 'preset' follows the preset "
+                           "(coral: off)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,
@@ -152,18 +160,19 @@ class CoralTrainEdit:
               area_weighting: str = "", max_layer: int = 0, segments_k: int = 0,
               region_pruning: float = -1.0, prior_samples: int = -1,
               absent_check: str = "preset", preset: str = DEFAULT_PRESET,
-              split_clauses: str = "preset", unique_id: str | None = None):
+              split_clauses: str = "preset", hold_to_prior: str = "preset",
+              unique_id: str | None = None):
         with host.autograd_enabled():
             return self._train(model, clip, prompt, variant, direction, mode, steps, seed,
                                latents, segments, neutral_prompt, directional, batch, lr,
                                area_weight, tv_weight, l2_weight, area_weighting, max_layer,
                                segments_k, region_pruning, prior_samples, absent_check, preset,
-                               split_clauses, unique_id)
+                               split_clauses, hold_to_prior, unique_id)
 
     def _train(self, model, clip, prompt, variant, direction, mode, steps, seed, latents,
                segments, neutral_prompt, directional, batch, lr, area_weight, tv_weight,
                l2_weight, area_weighting, max_layer, segments_k, region_pruning,
-               prior_samples, absent_check, preset, split_clauses, unique_id):
+               prior_samples, absent_check, preset, split_clauses, hold_to_prior, unique_id):
         G = model.generator()
         C = clip.ready()
         mode_key = mode.replace(" ", "_")
@@ -182,7 +191,8 @@ class CoralTrainEdit:
             ("prior_samples", prior_samples, _TRAIN.prior_samples),
             ("num_segments", segments_k, _TRAIN.num_segments))
             if value >= 0 and value != default and not (name == "num_segments" and value == 0)}
-        for name, choice in (("check_absent", absent_check), ("split_clauses", split_clauses)):
+        for name, choice in (("check_absent", absent_check), ("split_clauses", split_clauses),
+                             ("along_prior", hold_to_prior)):
             if choice in ("on", "off"):
                 chosen[name] = choice == "on"
         weights = {name: value for name, value, default in (

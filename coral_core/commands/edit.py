@@ -100,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("fit_scenes_only", args.fit_scenes_only),
                                 ("prior_samples", args.prior_samples),
                                 ("check_absent", args.absent_check),
-                                ("split_clauses", args.split_clauses)) if v is not None}
+                                ("split_clauses", args.split_clauses),
+                                ("along_prior", args.hold_to_prior)) if v is not None}
     cfg = preset_config(args.preset, prompt=args.prompt, neutral=args.neutral or "",
                         variant=args.variant, direction=args.direction, mode=mode,
                         steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
@@ -323,6 +324,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per image: leave an image that seems to lack what the prompt names "
                         "unchanged, with a warning (--no-absent-check: edit it anyway; coral: "
                         f"{'on' if _TRAIN.check_absent else 'off'})")
+    s.add_argument("--hold-to-prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="per image: until the region choice the edit may only scale the "
+                        "direction prior, per layer (an image it cannot take far enough is "
+                        "then freed); keeps other parts of a face as they were, but can "
+                        "recolour the wrong object in a scene of several (coral: "
+                        f"{'on' if _TRAIN.along_prior else 'off'})")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from the mean w of the generator samples "
                         "(of this many, cached per generator and CLIP) that the CLIP ranks "

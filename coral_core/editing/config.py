@@ -134,6 +134,15 @@ class TrainConfig:
     prior_samples: int = 1024
     prior_top: int = 64
     prior_scale: float = 2.0
+    # Per image, with the prior and masks ("hold to the prior"): the direction may only scale
+    # the prior, one gain per W+ entry (projected after every step, the region contest's
+    # rivals too), so the region is chosen for the generator's own w-direction of the prompt
+    # rather than for whatever the CLIP's gradient finds first; at the region choice an image
+    # whose edit got under fit.MIN_REACH of the way to the bank's best samples is freed for
+    # the rest of the run. Off by default: on the face world it keeps the other parts (a
+    # smile no longer recolours the skin) but on the shapes world object recolours often
+    # pick the wrong object (figures: docs/method.md, "Holding the direction to the prior").
+    along_prior: bool = False
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve

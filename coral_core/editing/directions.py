@@ -25,6 +25,26 @@ class GlobalDirection(nn.Module):
         self.delta = nn.Parameter(torch.randn(rows, num_ws, w_dim, generator=g) * init_std)
         self.register_buffer("scale", torch.ones(w_dim) if scale is None
                              else scale.detach().to(torch.float32).clone())
+        # A unit direction in ``delta``'s units that the rows marked in ``held`` must stay
+        # along (one gain per W+ entry), or None: every row is free. The trainer sets it from
+        # the direction prior (config ``along_prior``); it is not saved, since the saved
+        # offsets already lie along it.
+        self.axis: torch.Tensor | None = None
+        self.held: torch.Tensor | None = None  # [rows] bool
+
+    def hold_to_axis(self) -> None:
+        """Project the held rows' offsets onto ``axis`` (after every optimiser step: a
+        projected gradient descent, so the optimiser may only scale the prior per entry)."""
+        if self.axis is None or self.held is None or not bool(self.held.any()):
+            return
+        with torch.no_grad():
+            on_axis = (self.delta @ self.axis)[..., None] * self.axis
+            self.delta[self.held] = on_axis[self.held]
+
+    def hold_like(self, other: "GlobalDirection") -> None:
+        """Share ``other``'s axis and held rows (a copy trained apart, as the region contest's
+        rivals)."""
+        self.axis, self.held = other.axis, other.held
 
     def offset(self) -> torch.Tensor:
         """The W+ offset in the generator's own units [rows, num_ws, w_dim]."""

@@ -253,6 +253,7 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
                             scale=direction.scale).to(judge.ws.device)
     with torch.no_grad():
         rival.delta.copy_(direction.delta)
+    rival.hold_like(direction)
     opt = torch.optim.Adam(rival.parameters(), lr=judge.cfg.direction_lr())
     for _ in range(judge.cfg.contest_steps):
         if judge.check is not None:
@@ -261,5 +262,6 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
+        rival.hold_to_axis()
     with torch.no_grad():
         return rival, judge.loss(selector, masks, rival, rows)

@@ -29,7 +29,7 @@ from .catalogue import SegmentCatalogue, catalogue_for
 from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
 from .edit import Edit
-from .fit import PromptFit, SceneCheck
+from .fit import MIN_REACH, PromptFit, SceneCheck
 from .losses import mask_areas
 from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
@@ -334,6 +334,10 @@ def _start_from_bank(run: _Run) -> None:
     if wants_prior and bank is not None:
         assert isinstance(run.direction, GlobalDirection)
         run.prior = _start_from_prior(cfg, run.direction, run.target, bank)
+        if cfg.along_prior and cfg.mode == "per_image" and not cfg.no_masks and \
+                run.prune_step > 0:
+            _hold_to_prior(run.direction, _prior_units(cfg, run.direction, run.target, bank),
+                           run.prior)
     if cfg.check_fit:
         run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank)
     if wants_fit and cfg.mode == "per_prompt" and bank is not None:
@@ -364,6 +368,7 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
         progress.pruned = _choose_region(run, step, ws, noise, original, mix)
         progress.region_seconds = time.perf_counter() - started
         progress.credited_to = _contest_credit(run, step, progress.pruned)
+        _free_short_rows(run, progress)
     with run.memory.autocast():
         masks = layer_masks(run.selector, run.G, original.feats, original.segs, cfg,
                             no_masks=cfg.no_masks)
@@ -387,6 +392,8 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     run.opt.zero_grad(set_to_none=True)
     loss.total.backward()
     run.opt.step()
+    if isinstance(run.direction, GlobalDirection):
+        run.direction.hold_to_axis()
     if run.sched is not None:
         run.sched.step()
     if cfg.checkpoint is not None and cfg.mode == "per_prompt" and \
@@ -708,12 +715,46 @@ def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torc
                       bank: SampleBank) -> dict[str, Any]:
     """Add the prompt's CLIP-retrieval prior (prior.py) to every row and W+ entry of the
     direction, in its w-spread units; return what the edit's summary records."""
-    offset = retrieval_prior(bank, target, cfg.prior_top).to(direction.delta.device)
-    units = cfg.prior_scale * offset / direction.scale
+    units = _prior_units(cfg, direction, target, bank)
     with torch.no_grad():
         direction.delta.add_(units)
     return {"samples": cfg.prior_samples, "top": cfg.prior_top, "scale": cfg.prior_scale,
             "norm_w_spread": round(float(units.norm()), 3)}
+
+
+def _prior_units(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,
+                 bank: SampleBank) -> torch.Tensor:
+    """The prior's offset [w_dim] in the direction's w-spread units, times ``prior_scale``."""
+    offset = retrieval_prior(bank, target, cfg.prior_top).to(direction.delta.device)
+    return cfg.prior_scale * offset / direction.scale
+
+
+def _hold_to_prior(direction: GlobalDirection, axis: torch.Tensor,
+                   prior: dict[str, Any]) -> None:
+    """Hold every row to the prior's ``axis`` (config ``along_prior``) from the first step."""
+    direction.axis = axis / axis.norm().clamp_min(1e-12)
+    direction.held = torch.ones(direction.delta.shape[0], dtype=torch.bool,
+                                device=direction.delta.device)
+    direction.hold_to_axis()
+    prior["held_to_prior"] = True
+
+
+def _free_short_rows(run: _Run, progress: _Progress) -> None:
+    """At the region choice: an image whose edit, held to the prior, got less than
+    ``MIN_REACH`` of the way to the bank's best samples is freed for the rest of the run
+    (the prior's axis alone cannot make it); the others stay held. Recorded in the prior's
+    summary."""
+    direction = run.direction
+    if not isinstance(direction, GlobalDirection) or direction.held is None or \
+            run.fit is None or run.fit.aimless or progress.last is None:
+        return
+    with torch.no_grad():
+        reached = run.fit.reach(run.target, run.clip.encode_image(progress.last.edited.detach()))
+    short = torch.tensor([r < MIN_REACH for r in reached], device=direction.held.device)
+    if short.numel() == direction.held.numel():
+        direction.held = direction.held & ~short
+    if run.prior is not None:
+        run.prior["freed_at_region_choice"] = short.nonzero().flatten().tolist()
 
 
 def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:

@@ -31,6 +31,13 @@ def test_train_apply_masks_invert(tmp_path, clip_files, capsys) -> None:
                  "--out", str(no_prior)]) == 0
     capsys.readouterr()
     assert "prior" not in Edit.load(no_prior).info
+    held = tmp_path / "held.safetensors"
+    assert main(["train", *common, "--clip", str(clip_files["local_dir"]), "--prompt",
+                 "a red circle", "--seeds", "0", "--steps", "2", "--hold-to-prior",
+                 "--out", str(held)]) == 0
+    capsys.readouterr()
+    assert Edit.load(held).info["prior"].get("held_to_prior") is True
+    assert "held_to_prior" not in Edit.load(edit).info["prior"]  # off by default
     assert main(["apply", *common, "--edit", str(edit), "--strength", "0,1",
                  "--out", str(tmp_path / "applied")]) == 0
     files = {p.name for p in (tmp_path / "applied").iterdir()}

@@ -65,7 +65,8 @@ def test_training_starts_from_the_prior(G, clip, tmp_path) -> None:
     """With a vanishing learning rate the trained direction is where training started: the
     scaled prior (in w-spread units, on every W+ entry) plus the usual tiny random start."""
     common = dict(prompt="a red circle", steps=1, batch=1, seed=4, lr=1e-8,
-                  catalogue_dir=tmp_path, prior_samples=16, prior_top=4, prior_scale=3.0)
+                  catalogue_dir=tmp_path, prior_samples=16, prior_top=4, prior_scale=3.0,
+                  along_prior=False)
     with_prior = train_edit(G, clip, TrainConfig(**common)).edit
     without = train_edit(G, clip, TrainConfig(**{**common, "prior_samples": 0})).edit
     bank = sample_bank_for(G, clip, 16, tmp_path)
@@ -77,6 +78,77 @@ def test_training_starts_from_the_prior(G, clip, tmp_path) -> None:
     assert with_prior.info["prior"]["norm_w_spread"] == pytest.approx(
         float(expected.norm()), rel=1e-3)
     assert "prior" not in without.info
+
+
+def _cosines_to(delta: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+    """[rows, num_ws] cosine of each W+ entry's offset with ``axis``."""
+    return torch.nn.functional.cosine_similarity(delta, axis.expand_as(delta), dim=-1)
+
+
+def test_held_rows_stay_on_the_axis_and_free_rows_move_as_they_like() -> None:
+    from coral_core.editing.directions import GlobalDirection
+
+    d = GlobalDirection(num_ws=3, w_dim=4, rows=2, init_std=1.0)
+    axis = torch.tensor([3.0, 0, 4, 0])
+    d.axis, d.held = axis / 5, torch.tensor([True, False])
+    free_before = d.delta[1].detach().clone()
+    want = (d.delta[0].detach() @ (axis / 5))[:, None] * (axis / 5)
+    d.hold_to_axis()
+    assert torch.allclose(d.delta[0], want)  # each entry keeps its own gain along the axis
+    assert torch.equal(d.delta[1], free_before)
+    rival = GlobalDirection(num_ws=3, w_dim=4, rows=2)
+    rival.hold_like(d)
+    rival.hold_to_axis()
+    assert _cosines_to(rival.delta[:1], axis).abs().min() > 0.999
+    d.held = torch.tensor([False, False])  # nobody held: nothing moves
+    before = d.delta.detach().clone()
+    d.hold_to_axis()
+    assert torch.equal(d.delta, before)
+
+
+def test_an_edit_held_to_the_prior_scales_it_per_entry_and_a_free_one_does_not(
+        G, clip, tmp_path) -> None:
+    """What the saved edit shows: held, every W+ entry's offset lies along the prior (the
+    optimiser chose each entry's gain); free (along_prior off), the offsets turn away."""
+    common = dict(prompt="a red circle", steps=6, batch=1, seed=4, lr=0.2, prune_at=1.0,
+                  catalogue_dir=tmp_path, prior_samples=16, prior_top=4, check_fit=False,
+                  along_prior=True)
+    held = train_edit(G, clip, TrainConfig(**common)).edit
+    free = train_edit(G, clip, TrainConfig(**{**common, "along_prior": False})).edit
+    bank = sample_bank_for(G, clip, 16, tmp_path)
+    axis = retrieval_prior(bank, clip.encode_text(["a red circle"]), 4) / G.w_spread()
+    assert _cosines_to(held.direction.delta, axis).abs().min() > 0.999
+    gains = held.direction.delta[0] @ (axis / axis.norm())
+    assert float(gains.max() - gains.min()) > 1e-3  # not one shared scale
+    assert _cosines_to(free.direction.delta, axis).abs().min() < 0.99
+    assert held.info["prior"]["held_to_prior"] is True
+    assert "held_to_prior" not in free.info["prior"]
+
+
+def test_the_region_choice_frees_the_images_the_prior_cannot_take_far_enough() -> None:
+    """Held until the region choice; then an image whose edit got under MIN_REACH of the way
+    to the bank's best samples is freed, the others stay held (and the summary says which)."""
+    from types import SimpleNamespace
+
+    from coral_core.editing.directions import GlobalDirection
+    from coral_core.editing.fit import MIN_REACH
+    from coral_core.editing.trainer import _free_short_rows
+
+    d = GlobalDirection(num_ws=2, w_dim=3, rows=3)
+    d.axis, d.held = torch.tensor([1.0, 0, 0]), torch.ones(3, dtype=torch.bool)
+    fit = SimpleNamespace(aimless=False,
+                          reach=lambda _t, _e: [MIN_REACH - 0.01, MIN_REACH, 2.0])
+    run = SimpleNamespace(direction=d, fit=fit, target=torch.zeros(1, 3), prior={},
+                          clip=SimpleNamespace(encode_image=lambda img: img))
+    _free_short_rows(run, SimpleNamespace(last=SimpleNamespace(edited=torch.zeros(3, 3))))
+    assert d.held.tolist() == [False, True, True]
+    assert run.prior["freed_at_region_choice"] == [0]
+    # no fit check (nothing to measure the way by) or an aimless prompt: everyone stays held
+    for fit in (None, SimpleNamespace(aimless=True)):
+        d.held = torch.ones(3, dtype=torch.bool)
+        run.fit = fit
+        _free_short_rows(run, SimpleNamespace(last=SimpleNamespace(edited=torch.zeros(3, 3))))
+        assert d.held.all()
 
 
 def test_bad_prior_settings_are_refused(G, clip) -> None:
