@@ -391,11 +391,7 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     progress.last, progress.original = loss, original.image
     run.opt.zero_grad(set_to_none=True)
     loss.total.backward()
-    run.opt.step()
-    if isinstance(run.direction, GlobalDirection):
-        run.direction.hold_to_axis()
-    if run.sched is not None:
-        run.sched.step()
+    _optimiser_step(run)
     if cfg.checkpoint is not None and cfg.mode == "per_prompt" and \
             step % cfg.checkpoint_every == 0:
         save_checkpoint(cfg, run.run_id, run.direction, run.selector, run.opt, step)
@@ -727,6 +723,15 @@ def _prior_units(cfg: TrainConfig, direction: GlobalDirection, target: torch.Ten
     """The prior's offset [w_dim] in the direction's w-spread units, times ``prior_scale``."""
     offset = retrieval_prior(bank, target, cfg.prior_top).to(direction.delta.device)
     return cfg.prior_scale * offset / direction.scale
+
+
+def _optimiser_step(run: _Run) -> None:
+    """The optimiser's step, the held rows put back on the prior's axis, the schedule's step."""
+    run.opt.step()
+    if isinstance(run.direction, GlobalDirection):
+        run.direction.hold_to_axis()
+    if run.sched is not None:
+        run.sched.step()
 
 
 def _hold_to_prior(direction: GlobalDirection, axis: torch.Tensor,
