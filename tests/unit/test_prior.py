@@ -106,6 +106,23 @@ def test_held_rows_stay_on_the_axis_and_free_rows_move_as_they_like() -> None:
     assert torch.equal(d.delta, before)
 
 
+def test_a_direction_is_free_until_both_its_axis_and_its_held_rows_are_set() -> None:
+    """A new direction (every edit but a held one) is never projected: with neither, with
+    only an axis or with only held rows, holding leaves it exactly as it was."""
+    from coral_core.editing.directions import GlobalDirection
+
+    for axis, held in ((None, None), (torch.tensor([1.0, 0, 0]), None),
+                       (None, torch.tensor([True]))):
+        d = GlobalDirection(num_ws=2, w_dim=3, rows=1, init_std=1.0)
+        if axis is not None:
+            d.axis = axis
+        if held is not None:
+            d.held = held
+        before = d.delta.detach().clone()
+        d.hold_to_axis()
+        assert torch.equal(d.delta, before)
+
+
 def test_an_edit_held_to_the_prior_scales_it_per_entry_and_a_free_one_does_not(
         G, clip, tmp_path) -> None:
     """What the saved edit shows: held, every W+ entry's offset lies along the prior (the
