@@ -333,11 +333,11 @@ def _start_from_bank(run: _Run) -> None:
                                _counted_heartbeat(run.reporter, cfg.steps, "sample bank"))
     if wants_prior and bank is not None:
         assert isinstance(run.direction, GlobalDirection)
-        run.prior = _start_from_prior(cfg, run.direction, run.target, bank)
+        units = _prior_units(cfg, run.direction, run.target, bank)
+        run.prior = _start_from_prior(cfg, run.direction, units)
         if cfg.along_prior and cfg.mode == "per_image" and not cfg.no_masks and \
                 run.prune_step > 0:
-            _hold_to_prior(run.direction, _prior_units(cfg, run.direction, run.target, bank),
-                           run.prior)
+            _hold_to_prior(run.direction, units, run.prior)
     if cfg.check_fit:
         run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank)
     if wants_fit and cfg.mode == "per_prompt" and bank is not None:
@@ -707,11 +707,10 @@ def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
     return SceneCheck.from_bank(bank, target, cfg.prior_top, *_prompt_parts_encoded(clip, cfg))
 
 
-def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,
-                      bank: SampleBank) -> dict[str, Any]:
-    """Add the prompt's CLIP-retrieval prior (prior.py) to every row and W+ entry of the
-    direction, in its w-spread units; return what the edit's summary records."""
-    units = _prior_units(cfg, direction, target, bank)
+def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, units: torch.Tensor
+                      ) -> dict[str, Any]:
+    """Add the prompt's CLIP-retrieval prior (``_prior_units``) to every row and W+ entry of
+    the direction; return what the edit's summary records."""
     with torch.no_grad():
         direction.delta.add_(units)
     return {"samples": cfg.prior_samples, "top": cfg.prior_top, "scale": cfg.prior_scale,

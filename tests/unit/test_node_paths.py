@@ -217,38 +217,34 @@ def _capture_training_config(monkeypatch, editing):
     return seen, Stop, model, clip
 
 
-def test_train_node_absent_check_follows_the_preset_unless_set(monkeypatch) -> None:
-    """Train Edit Advanced's absent_check: 'preset' takes the preset's (coral on, paper off);
-    'on' / 'off' win over either preset."""
+def _choice_per_preset(monkeypatch, widget: str, field: str) -> tuple[list, object]:
+    """The config field a Train Edit Advanced on/off/preset widget sets, for each preset and
+    choice (coral then paper; preset, on, off), then with the widget left out; and the node
+    module."""
     _host()
     import coralpack.nodes.editing as editing  # type: ignore[import-not-found]
 
     seen, Stop, model, clip = _capture_training_config(monkeypatch, editing)
-    for preset in ("coral", "paper"):
-        for choice in ("preset", "on", "off"):
-            with pytest.raises(Stop):
-                editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
-                                               "per image", 7, 3, absent_check=choice,
-                                               preset=preset)
-    assert [cfg.check_absent for cfg in seen] == [True, True, False, False, True, False]
+    calls = [{widget: choice, "preset": preset} for preset in ("coral", "paper")
+             for choice in ("preset", "on", "off")] + [{}]
+    for kwargs in calls:
+        with pytest.raises(Stop):
+            editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
+                                           "per image", 7, 3, **kwargs)
+    return [getattr(cfg, field) for cfg in seen], editing
+
+
+def test_train_node_absent_check_follows_the_preset_unless_set(monkeypatch) -> None:
+    """Train Edit Advanced's absent_check: 'preset' takes the preset's (coral on, paper off);
+    'on' / 'off' win over either preset."""
+    got, _ = _choice_per_preset(monkeypatch, "absent_check", "check_absent")
+    assert got == [True, True, False, False, True, False, True]
 
 
 def test_train_node_hold_to_prior_follows_the_preset_unless_set(monkeypatch) -> None:
     """Train Edit Advanced's hold_to_prior: 'preset' takes the preset's (off in both); 'on'
     / 'off' win; a workflow saved before the widget existed (no value) keeps the preset's."""
-    _host()
-    import coralpack.nodes.editing as editing  # type: ignore[import-not-found]
-
-    seen, Stop, model, clip = _capture_training_config(monkeypatch, editing)
-    for preset in ("coral", "paper"):
-        for choice in ("preset", "on", "off"):
-            with pytest.raises(Stop):
-                editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
-                                               "per image", 7, 3, hold_to_prior=choice,
-                                               preset=preset)
-    with pytest.raises(Stop):
-        editing.CoralTrainEdit().train(model, clip, "a red circle", "ss", "global",
-                                       "per image", 7, 3)
-    assert [cfg.along_prior for cfg in seen] == [False, True, False, False, True, False, False]
+    got, editing = _choice_per_preset(monkeypatch, "hold_to_prior", "along_prior")
+    assert got == [False, True, False, False, True, False, False]
     inputs = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
     assert list(inputs)[-1] == "hold_to_prior"  # appended: saved workflows keep their order
