@@ -54,7 +54,9 @@ def prune_selection(active: torch.Tensor, score: GateScore, tolerance: float,
     none_all = score(torch.zeros_like(keep, dtype=torch.float32))
     full_all = score(keep.float())
     none, full = _row_loss(none_all), _row_loss(full_all)
-    floor = none - (1 - tolerance) * (none - full)  # the highest loss a pruned edit may have
+    # the highest loss a pruned edit may have; written from ``full`` so that at tolerance 0 a
+    # unit worth exactly nothing goes (none - (1 - 0) * (none - full) rounded below full)
+    floor = full + tolerance * (none - full)
     can_prune = full < none
     guard = _image_guard(none_all, full_all, image_keep)
     rows = torch.arange(keep.shape[0], device=keep.device)

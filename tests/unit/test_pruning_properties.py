@@ -117,6 +117,15 @@ def test_a_removal_that_lands_exactly_on_the_tolerance_is_taken() -> None:
     assert gate[0, 0].tolist() == [0, 1] or gate[0, 0].tolist() == [1, 0]
 
 
+def test_at_tolerance_zero_a_unit_worth_nothing_goes() -> None:
+    """Found by hypothesis: with no tolerance, a segment that adds no gain on any judged
+    image is still dropped (the bound used to round one ulp below the full edit's loss)."""
+    gains = torch.tensor([[[[0.0, 0.5625]], [[0.0, 0.625]], [[0.0, 0.625]]]],
+                         dtype=torch.float64)
+    gate = prune_selection(torch.ones(1, 1, 2, dtype=torch.bool), per_image(gains), 0.0)
+    assert gate[0, 0].tolist() == [0, 1]
+
+
 # ---- per-prompt edits: a loss per judged image, and the guard for each image's own gain
 
 def per_image(gains: torch.Tensor):
