@@ -29,7 +29,7 @@ from .catalogue import SegmentCatalogue, catalogue_for
 from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
 from .edit import Edit
-from .fit import MIN_REACH, PromptFit, SceneCheck
+from .fit import PromptFit, SceneCheck, off_target_rows
 from .losses import mask_areas
 from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
@@ -744,17 +744,21 @@ def _hold_to_prior(direction: GlobalDirection, axis: torch.Tensor,
 
 
 def _free_short_rows(run: _Run, progress: _Progress) -> None:
-    """At the region choice: an image whose edit, held to the prior, got less than
-    ``MIN_REACH`` of the way to the bank's best samples is freed for the rest of the run
-    (the prior's axis alone cannot make it); the others stay held. Recorded in the prior's
-    summary."""
+    """At the region choice: an image whose edit, held to the prior, fell short of the bank's
+    best samples (fit.off_target_rows: under ``MIN_REACH`` of the way) is freed for the rest
+    of the run (the prior's axis alone cannot make it); the others stay held. Recorded in the
+    prior's summary."""
     direction = run.direction
     if not isinstance(direction, GlobalDirection) or direction.held is None or \
             run.fit is None or run.fit.aimless or progress.last is None:
         return
     with torch.no_grad():
-        reached = run.fit.reach(run.target, run.clip.encode_image(progress.last.edited.detach()))
-    short = torch.tensor([r < MIN_REACH for r in reached], device=direction.held.device)
+        edited = run.clip.encode_image(progress.last.edited.detach())
+    reached = run.fit.reach(run.target, edited)
+    _, short_rows = off_target_rows(reached, run.fit.past_best(run.target, edited),
+                                    range(len(reached)))
+    short = torch.tensor([i in short_rows for i in range(len(reached))], dtype=torch.bool,
+                         device=direction.held.device)
     if short.numel() == direction.held.numel():
         direction.held = direction.held & ~short
     if run.prior is not None:

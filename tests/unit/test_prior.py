@@ -154,7 +154,8 @@ def test_the_region_choice_frees_the_images_the_prior_cannot_take_far_enough() -
     d = GlobalDirection(num_ws=2, w_dim=3, rows=3)
     d.axis, d.held = torch.tensor([1.0, 0, 0]), torch.ones(3, dtype=torch.bool)
     fit = SimpleNamespace(aimless=False,
-                          reach=lambda _t, _e: [MIN_REACH - 0.01, MIN_REACH, 2.0])
+                          reach=lambda _t, _e: [MIN_REACH - 0.01, MIN_REACH, 2.0],
+                          past_best=lambda _t, _e: [0.0, 0.0, 0.0])
     run = SimpleNamespace(direction=d, fit=fit, target=torch.zeros(1, 3), prior={},
                           clip=SimpleNamespace(encode_image=lambda img: img))
     _free_short_rows(run, SimpleNamespace(last=SimpleNamespace(edited=torch.zeros(3, 3))))
