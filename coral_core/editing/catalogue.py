@@ -40,6 +40,9 @@ class SegmentCatalogue:
     # Pieces of fewer cells than this join the neighbour they share most border with (0: off;
     # edits saved before it existed apply with 0, as they trained). See absorb_fragments.
     absorb: int = 0
+    # Hand the cells of outline rings and border strips to the parts beside them
+    # (dissolve_boundaries); False for edits saved before it existed, which apply as trained.
+    dissolve: bool = False
 
     @property
     def k(self) -> int:
@@ -51,7 +54,12 @@ class SegmentCatalogue:
         return self.pieces or self.k
 
     def with_pieces(self, pieces: int, absorb: int = 0) -> "SegmentCatalogue":
-        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, pieces, absorb)
+        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, pieces, absorb,
+                                self.dissolve)
+
+    def with_dissolve(self, dissolve: bool) -> "SegmentCatalogue":
+        return SegmentCatalogue(self.centres, self.layer, self.fingerprint, self.pieces,
+                                self.absorb, dissolve)
 
     def id(self) -> str:
         import hashlib
@@ -59,13 +67,15 @@ class SegmentCatalogue:
         h = hashlib.sha256(self.centres.detach().cpu().numpy().tobytes()).hexdigest()[:12]
         pieces = f"-P{self.pieces}" if self.pieces else ""
         pieces += f"-A{self.absorb}" if self.pieces and self.absorb else ""
+        pieces += "-D" if self.dissolve else ""
         return f"{self.fingerprint}-L{self.layer}-K{self.k}-{h}{pieces}"
 
     def segments(self, features: list[torch.Tensor]) -> torch.Tensor:
         """One-hot segments [B, count, r, r] of the images whose conv features are given."""
         f = F.normalize(features[self.layer - 1].detach().to(torch.float32), dim=1)
         sim = torch.einsum("bchw,kc->bkhw", f, self.centres.to(f.device))
-        clusters = F.one_hot(sim.argmax(1), self.k).permute(0, 3, 1, 2).to(torch.float32)
+        ids = dissolve_boundaries(sim.argmax(1), sim) if self.dissolve else sim.argmax(1)
+        clusters = F.one_hot(ids, self.k).permute(0, 3, 1, 2).to(torch.float32)
         return connected_pieces(clusters, self.pieces, self.absorb) if self.pieces else clusters
 
     def save(self, path: Path) -> None:
@@ -152,21 +162,96 @@ def catalogue_for(G: Generator, k: int, cache_dir: Path | None = None,
     return cat
 
 
-def connected_pieces(segments: torch.Tensor, limit: int, absorb: int = 0) -> torch.Tensor:
-    """One-hot segments [B, K, r, r] -> their connected pieces (8-neighbourhood) [B, limit, r,
-    r], largest first; the pieces beyond ``limit`` share the last slot. Pieces of fewer than
-    ``absorb`` cells first join a neighbour (``absorb_fragments``). Deterministic (ties go by
-    position), so training and applying an edit see the same pieces."""
-    b, _, h, w = segments.shape
-    member = segments > 0.5
-    index = torch.arange(1, h * w + 1, dtype=torch.float32, device=segments.device)
+def _piece_labels(member: torch.Tensor) -> torch.Tensor:
+    """One-hot segments [B, K, h, w] (bool) -> a piece id per cell [B, h, w]: each connected
+    piece (8-neighbourhood) of each segment is named by the largest flat index (1-based) of
+    its cells, so ids are unique across segments and deterministic."""
+    _, _, h, w = member.shape
+    index = torch.arange(1, h * w + 1, dtype=torch.float32, device=member.device)
     labels = torch.where(member, index.view(1, 1, h, w), torch.zeros(()))
     for _ in range(h * w):  # each round spreads a piece's largest index one pixel further
         grown = F.max_pool2d(labels, 3, stride=1, padding=1) * member
         if torch.equal(grown, labels):
             break
         labels = grown
-    pixel_label = labels.amax(1).long()  # [B, h, w]: one piece id per pixel
+    return labels.amax(1).long()
+
+
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x [B, h, w] read at (y + dy, x + dx), the border continued outward."""
+    padded = F.pad(x[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    h, w = x.shape[-2:]
+    return padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w].to(x.dtype)
+
+
+# A piece is thin when under this share of its cells are interior (their 3x3 neighbourhood
+# wholly inside the piece and the picture): outline rings are one or two cells wide with a stray interior cell where
+# they bulge; a 3x3 block (1 of 9 interior) already counts as a part.
+THIN_INTERIOR_SHARE = 0.1
+
+
+def dissolve_boundaries(clusters: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    """Cluster ids [B, h, w] with every *boundary piece* handed cell by cell to the adjacent
+    cluster its features are closest to (``sim`` [B, K, h, w]: each cell's similarity to each
+    centre). A boundary piece is thin (``THIN_INTERIOR_SHARE``) and touches two or more thick
+    pieces, or one and the picture's border. Why: where two parts meet, the
+    generator's features mix and form clusters of their own, one or two cells wide, that
+    follow every outline (on the face world, a ring round every head, often two rings side by
+    side); no prompt names such a ring, so a background edit stopped short of the head and
+    left a band of the old colour round it; along the border, a strip left a frame. Thin
+    pieces side by side count as one zone; a zone inside one piece (an eye inside a face)
+    stays apart."""
+    b, k, h, w = sim.shape
+    labels = _piece_labels(F.one_hot(clusters, k).permute(0, 3, 1, 2).bool())
+    # a cell on the picture's border is never interior: a strip two cells wide along the
+    # border has no inside
+    interior = torch.zeros_like(labels, dtype=torch.bool)
+    interior[:, 1:-1, 1:-1] = True
+    for dy, dx in _NEIGHBOURS:
+        interior &= _shifted(labels, dy, dx) == labels
+    out = clusters.clone()
+    edge = torch.zeros(h, w, dtype=torch.bool, device=clusters.device)
+    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+    for i in range(b):
+        ids, size = torch.unique(labels[i], return_counts=True)
+        inner = torch.stack([(labels[i][interior[i]] == j).sum() for j in ids])
+        thick = torch.isin(labels[i], ids[inner >= THIN_INTERIOR_SHARE * size])
+        pending = torch.zeros(h, w, dtype=torch.bool, device=clusters.device)
+        zones = _piece_labels(~thick[None, None])[0]  # thin pieces side by side: one zone
+        for zone in torch.unique(zones[~thick]):
+            cells = zones == zone
+            near = F.max_pool2d(cells[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+            touches = len(torch.unique(labels[i][near & thick]))
+            if touches >= 2 or (touches == 1 and bool((cells & edge).any())):
+                pending |= cells
+        while bool(pending.any()):
+            best = torch.full((h, w), -float("inf"), device=clusters.device)
+            choice = out[i].clone()
+            for dy, dx in _NEIGHBOURS:
+                ready = ~_shifted(pending[None], dy, dx)[0]
+                cand = _shifted(out[i][None], dy, dx)[0]
+                score = torch.gather(sim[i], 0, cand[None])[0]
+                better = pending & ready & (score > best)
+                best = torch.where(better, score, best)
+                choice = torch.where(better, cand, choice)
+            took = pending & torch.isfinite(best)
+            if not bool(took.any()):
+                break
+            out[i] = torch.where(took, choice, out[i])
+            pending &= ~took
+    return out
+
+
+def connected_pieces(segments: torch.Tensor, limit: int, absorb: int = 0) -> torch.Tensor:
+    """One-hot segments [B, K, r, r] -> their connected pieces (8-neighbourhood) [B, limit, r,
+    r], largest first; the pieces beyond ``limit`` share the last slot. Pieces of fewer than
+    ``absorb`` cells first join a neighbour (``absorb_fragments``). Deterministic (ties go by
+    position), so training and applying an edit see the same pieces."""
+    b, _, h, w = segments.shape
+    pixel_label = _piece_labels(segments > 0.5)  # [B, h, w]: one piece id per pixel
     if absorb > 0:
         pixel_label = torch.stack([absorb_fragments(lab, absorb) for lab in pixel_label])
     pixel_label = pixel_label.flatten(1)

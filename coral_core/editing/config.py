@@ -88,6 +88,10 @@ class TrainConfig:
     # ... and a piece of fewer cells than this (at the catalogue's 32-px grid) joins the
     # neighbour it shares most border with: corner and edge fragments (catalogue.py). 0: off.
     piece_min_cells: int = 3
+    # Outline rings and border strips (thin clusters along every edge between two parts) are
+    # handed cell by cell to the parts beside them (catalogue.dissolve_boundaries), per image
+    # and per prompt: left apart, no prompt selects them and edits stop short of the edge.
+    dissolve_boundaries: bool = True
     mask_init: float = 0.5    # every mask's starting value (the paper: logits 0, so 0.5)
     max_layer: int | None = None
     only_layers: list[int] | None = None  # restrict masks to these layers (FEAT-style: one)
@@ -123,6 +127,11 @@ class TrainConfig:
     # alone gets a short re-optimisation of the direction, and the best by the pruning loss
     # wins (see _contest_regions). 0 switches it off.
     contest_steps: int = 15
+    # ... and each region's score counts the training's own area term (LossWeights.area with
+    # its layer weights, for the masks that region would have) beside the CLIP loss, as the
+    # paper's objective does: the CLIP alone often scores a background and the named object
+    # within a few thousandths, and the larger region then took an object's edit.
+    contest_counts_area: bool = True
     # The contest's winner trained contest_steps steps on its own region and carries on, so
     # the run skips as many of its remaining steps (see trainer._contest_credit).
     credit_contest: bool = True

@@ -268,6 +268,8 @@ class Edit:
             if self.catalogue is not None else "",
             "catalogue_absorb": str(self.catalogue.absorb)
             if self.catalogue is not None else "",
+            "catalogue_dissolve": "1" if self.catalogue is not None and self.catalogue.dissolve
+            else "",
             "can_channels": json.dumps(getattr(self.selector, "channels", [])),
             "info": json.dumps(self.info, default=str),
             "scene_check_clip": self.scene_check_clip,
@@ -327,7 +329,8 @@ class Edit:
                                          meta["generator_fingerprint"],
                                          int(meta.get("catalogue_pieces") or 0),
                                          _meta_int(meta, "catalogue_absorb", path, 0, 4096)
-                                         if meta.get("catalogue_absorb") else 0)
+                                         if meta.get("catalogue_absorb") else 0,
+                                         bool(meta.get("catalogue_dissolve")))
         return cls(variant=meta["variant"], direction_form=meta["direction"],
                    mode=meta["mode"], prompt=meta["prompt"], neutral=meta["neutral_prompt"],
                    direction=direction.train(False).requires_grad_(False),

@@ -23,7 +23,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # trained throughout, no region pruning or contest, no direction prior, no composite, no
     # fit check, area-downsampled segments, one area weight for every layer, no even-change
     # term, the CLIP reading the raw output
-    "paper": {"segment_pieces": 0, "piece_min_cells": 0, "prune_tolerance": 0.0,
+    "paper": {"segment_pieces": 0, "piece_min_cells": 0,
+              "dissolve_boundaries": False, "prune_tolerance": 0.0,
               "contest_steps": 0, "prior_samples": 0, "along_prior": False, "composite": False,
               "harden_selection": False, "check_fit": False, "check_absent": False,
               "fit_scenes_only": False,

@@ -16,7 +16,7 @@ from ..stylegan import Generator
 from .blend import blended_synthesis
 from .config import TrainConfig
 from .directions import GlobalDirection
-from .losses import clip_loss_per_image
+from .losses import area_betas, clip_loss_per_image
 from .memory import MemoryPlan
 from .objective import layer_masks
 from .pruning import prune_selection
@@ -83,6 +83,17 @@ class RegionJudge:
             return loss
         loss = loss[self.judged()]
         return loss[None] if per_image else loss.mean(0, keepdim=True)
+
+    def area(self, masks: list[torch.Tensor | None], rows: int) -> torch.Tensor:
+        """The training's area term (its weight and layer weights) for these masks, per row
+        as ``loss`` gives the CLIP loss (one row: the mean over the judged images)."""
+        betas = area_betas(self.G, self.cfg.weights)
+        per_image = torch.zeros(self.ws.shape[0], device=self.ws.device)
+        for m, b in zip(masks, betas):
+            if m is not None:
+                per_image = per_image + b * m.float().mean((1, 2, 3))
+        cost = self.cfg.weights.area * per_image
+        return cost if rows > 1 else cost[self.judged()].mean(0, keepdim=True)
 
 
 def judge_loss(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
@@ -254,6 +265,7 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
     with torch.no_grad():
         rival.delta.copy_(direction.delta)
     rival.hold_like(direction)
+    area = judge.area(masks, rows) if judge.cfg.contest_counts_area else 0.0
     opt = torch.optim.Adam(rival.parameters(), lr=judge.cfg.direction_lr())
     for _ in range(judge.cfg.contest_steps):
         if judge.check is not None:
@@ -264,4 +276,5 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
         opt.step()
         rival.hold_to_axis()
     with torch.no_grad():
-        return rival, judge.loss(selector, masks, rival, rows)
+        return rival, judge.loss(selector, masks, rival, rows) + area
+

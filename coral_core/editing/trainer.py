@@ -306,7 +306,7 @@ def _choose_catalogue(G: Generator, cfg: TrainConfig, segments: torch.Tensor | N
             catalogue = catalogue.with_pieces(cfg.segment_pieces, cfg.piece_min_cells)
     elif cfg.variant == "can" and prunes:  # CAN prunes over the catalogue's clusters
         catalogue = catalogue or catalogue_for(G, cfg.num_segments, cfg.catalogue_dir)
-    return catalogue
+    return catalogue.with_dissolve(cfg.dissolve_boundaries) if catalogue is not None else None
 
 
 def _identity_term(cfg: TrainConfig, notes: list[str], device: torch.device

@@ -72,6 +72,33 @@ def target_shares(edited: torch.Tensor, palette: torch.Tensor, target: int,
     return out
 
 
+# A pixel's change counts as made when it goes at least this share of the way to the ideal
+# render; only pixels the ideal changes by more than MIN_IDEAL_CHANGE (RGB distance, [-1, 1])
+# are judged, so anti-aliased edges and the generator's own small errors do not count.
+HALFWAY = 0.5
+MIN_IDEAL_CHANGE = 0.3
+
+
+def change_shares(edited: torch.Tensor, original: torch.Tensor, ideal: torch.Tensor,
+                  region: torch.Tensor) -> dict[str, float]:
+    """Share of the region's pixels changed at least halfway towards the ideal render, in its
+    interior and in its edge band (within ``RING`` px of the region's outline or of the
+    image's border). Why: a halo or a frame is the old picture left along the edge of a
+    change that is made inside; it shows as an edge share below the interior's, whatever the
+    colours are (on the face world, where no palette names the parts' colours)."""
+    o, e, i = (t.float() for t in (original, edited, ideal))
+    wanted = i - o
+    size2 = (wanted ** 2).sum(0)
+    judged = (region >= 0.5) & (size2.sqrt() > MIN_IDEAL_CHANGE)
+    made = ((e - o) * wanted).sum(0) / size2.clamp_min(1e-6) >= HALFWAY
+    band = torch.zeros_like(judged)
+    band[:RING] = band[-RING:] = True
+    band[:, :RING] = band[:, -RING:] = True
+    edge = ~shrink(region >= 0.5, RING) | band
+    return {"change_interior": _share(made, judged & ~edge),
+            "change_edge": _share(made, judged & edge)}
+
+
 def _share(hit: torch.Tensor, where: torch.Tensor) -> float:
     n = int(where.sum())
     return float((hit & where).sum()) / n if n else float("nan")

@@ -37,7 +37,8 @@ def _builders(G, ws) -> dict[str, Callable[[], Edit]]:
         return ss_edit(G, k=2, segments=segs, max_layer=5)
 
     def gated_can() -> Edit:
-        e = can_edit(G, catalogue=catalogue_for(G, k=3, layer=4), composite=True)
+        e = can_edit(G, catalogue=catalogue_for(G, k=3, layer=4).with_dissolve(True),
+                     composite=True)
         e.selector.cluster_gate = torch.tensor([[1.0, 0.0, 1.0]])
         return e
 
@@ -48,7 +49,8 @@ def _builders(G, ws) -> dict[str, Callable[[], Edit]]:
     return {
         "ss per prompt": lambda: ss_edit(G, composite=True, only_layers=[2, 3]),
         "ss pieces, max pool": lambda: _with_pool(ss_edit(
-            G, k=4, catalogue=catalogue_for(G, k=3).with_pieces(4, 2)), "max"),
+            G, k=4, catalogue=catalogue_for(G, k=3).with_pieces(4, 2).with_dissolve(True)),
+            "max"),
         "ss per image": per_image,
         "ss supplied segments": supplied,
         "can gated": gated_can,
@@ -77,6 +79,7 @@ def _same_edit(a: Edit, b: Edit) -> None:
     assert (a.catalogue is None) == (b.catalogue is None)
     if a.catalogue is not None and b.catalogue is not None:
         assert a.catalogue.id() == b.catalogue.id() and a.catalogue.absorb == b.catalogue.absorb
+        assert a.catalogue.dissolve == b.catalogue.dissolve
     ga, gb = (getattr(e.selector, "cluster_gate", None) for e in (a, b))
     assert (ga is None) == (gb is None) and (ga is None or torch.equal(ga, gb))
     assert (a.scene_check is None) == (b.scene_check is None)
@@ -673,12 +676,13 @@ def test_a_long_bad_value_is_quoted_cut_short(G, tmp_path: Path) -> None:
 def test_older_files_without_optional_fields_load_with_their_defaults(G, tmp_path: Path) -> None:
     meta, tensors = _parts(ss_edit(G, catalogue=catalogue_for(G, k=3), clip_model_id="c"))
     for key in ("info", "clip_model", "catalogue_pieces", "catalogue_absorb",
-                "scene_check_clip", "only_layers", "max_layer"):
+                "catalogue_dissolve", "scene_check_clip", "only_layers", "max_layer"):
         meta.pop(key, None)
     edit = _loads(tmp_path, meta, tensors)
     assert edit.info == {} and edit.clip_model_id == "" and edit.scene_check_clip == ""
     assert edit.catalogue is not None and edit.catalogue.pieces == 0
     assert edit.catalogue.absorb == 0 and edit.only_layers is None and edit.max_layer is None
+    assert not edit.catalogue.dissolve  # older edits apply as they were trained
     meta["only_layers"] = ""
     assert _loads(tmp_path, meta, tensors).only_layers is None
     meta["only_layers"] = "[3]"

@@ -102,7 +102,9 @@ def test_shipped_face_models_check_and_eval_run_and_read_renders(tmp_path) -> No
     assert figures["part IoU background (median)"] >= 0.95
     out = run_face_eval(G, get_clip(where.clip), judge, [201], kinds=("background",),
                         steps=3, out=tmp_path, log=lambda *a: None)
-    assert out["rows"] and "psnr_outside" in out["rows"][0]
+    row = out["rows"][0]
+    assert 0 <= row["change_interior"] <= 1 and 0 <= row["change_edge"] <= 1
+    assert "psnr_outside" in row and "interior / edge" in format_table(out["summary"])
     assert "| coral_ss / background |" in format_table(out["summary"])
     assert (tmp_path / "eval.json").is_file()
 

@@ -40,9 +40,18 @@ class KnownJudge(RegionJudge):
     power: torch.Tensor | None = None
     calls: int = 0
     recompute_seen: list = field(default_factory=list)
+    area_per_share: float = 0.0  # the area cost of a region covering the whole picture
 
     def masks(self, selector):
         return [selector]
+
+    def area(self, masks, rows):
+        """``area_per_share`` times the share of the picture the gate lets through."""
+        (selector,) = masks
+        on = selector.gate.amax(1)  # [P, K]
+        share = self.segs.flatten(2).mean(2)  # [B, K]
+        cost = self.area_per_share * (on.expand_as(share) * share).sum(1)
+        return cost if rows > 1 else cost[self.judged()].mean(0, keepdim=True)
 
     def loss(self, selector, masks, direction, rows, recompute=False, per_image=False):
         assert masks == [selector], "a loss judged with another selector's masks"
@@ -225,6 +234,40 @@ def test_on_a_tie_the_larger_region_wins() -> None:
                                    torch.ones(1, LAYERS, 2, dtype=torch.bool))
     assert report[0]["losses"][0] == report[0]["losses"][1] and report[0]["winner"] == 0
     assert kept[0].amax(0).tolist() == [True, False]
+
+
+def test_on_a_near_tie_the_region_that_costs_less_area_wins() -> None:
+    """The CLIP gains of a large and a small region differ by less than the larger one's
+    extra area costs the training objective: the small one wins, unless the contest is told
+    to judge by the CLIP alone."""
+    judge = _judge(1, [40, 10], [[1.02, 1.0]])
+    judge.area_per_share = 0.1
+    kept, report = contest_regions(judge, SegmentSelector(LAYERS, 2), _direction(1),
+                                   torch.ones(1, LAYERS, 2, dtype=torch.bool))
+    assert report[0]["winner"] == 1 and kept[0].amax(0).tolist() == [False, True]
+    clip_alone = _judge(1, [40, 10], [[1.02, 1.0]], contest_counts_area=False)
+    clip_alone.area_per_share = 0.1
+    _, report = contest_regions(clip_alone, SegmentSelector(LAYERS, 2), _direction(1),
+                                torch.ones(1, LAYERS, 2, dtype=torch.bool))
+    assert report[0]["winner"] == 0
+
+
+def test_a_region_s_area_cost_is_the_training_s_area_term() -> None:
+    from coral_core.editing.losses import area_betas
+
+    cfg = TrainConfig(prompt="p")
+    G = SimpleNamespace(num_ws=4, w_dim=WDIM, conv_layers=[SimpleNamespace(resolution=r)
+                                                           for r in (4, 8, 8)])
+    judge = RegionJudge(G=G, cfg=cfg, ws=torch.zeros(2, 4, WDIM), noise=[], feats=[],
+                        segs=_segs(2, [32, 32]), image_loss=lambda x: x,
+                        memory=MemoryPlan(recompute=False, bf16=False),
+                        fits=torch.tensor([1.0, 0.0]))
+    masks = [torch.ones(2, 1, 4, 4), None, torch.zeros(2, 1, 8, 8)]
+    masks[2][0, :, :4] = 1.0  # image 0: half of the last layer; image 1: none of it
+    betas = area_betas(G, cfg.weights)
+    want = cfg.weights.area * torch.tensor([betas[0] + betas[2] / 2, betas[0]])
+    assert torch.allclose(judge.area(masks, rows=2), want)
+    assert torch.allclose(judge.area(masks, rows=1), want[:1])  # the judged image only
 
 
 def test_a_region_of_exactly_the_minimum_share_contests() -> None:

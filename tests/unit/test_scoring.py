@@ -6,7 +6,8 @@ import torch
 
 from coral_core.world.render import palette_rgb, render
 from coral_core.world.scene import COLOUR_NAMES, random_scenes
-from coral_core.world.scoring import grow, iou, outline, psnr_in, target_shares
+from coral_core.world.scoring import (change_shares, grow, iou, outline, psnr_in,
+                                      target_shares)
 
 
 def _background_recoloured():
@@ -49,6 +50,26 @@ def test_a_halo_and_a_frame_lower_the_ring_and_border_shares_only() -> None:
     s = target_shares(damaged, palette_rgb("cpu"), new, region, 1 - region, border=True)
     assert s["share_interior"] > 0.99
     assert s["share_ring"] < 0.5 and s["share_border"] < 0.8
+
+
+def test_a_change_left_short_at_its_edge_shows_in_the_edge_share_only() -> None:
+    img, masks, ideal, _ = _scene_and_recoloured()
+    region = masks[0]
+    full = change_shares(ideal, img, ideal, region)
+    assert full == {"change_interior": 1.0, "change_edge": 1.0}
+    assert change_shares(img, img, ideal, region) == {"change_interior": 0.0,
+                                                      "change_edge": 0.0}
+    objects = region < 0.5
+    halo = grow(objects, 2) & ~objects
+    short = change_shares(torch.where(halo[None], img, ideal), img, ideal, region)
+    assert short["change_interior"] == 1.0 and 0.0 < short["change_edge"] < 0.9
+    # a third of the way is not halfway; going past the ideal is
+    third = change_shares(img + (ideal - img) / 3, img, ideal, region)
+    past = change_shares(img + (ideal - img) * 1.5, img, ideal, region)
+    assert third["change_interior"] == 0.0 and past["change_interior"] == 1.0
+    # nothing to judge where the ideal changes nothing
+    nothing = change_shares(img, img, img, region)
+    assert all(v != v for v in nothing.values())
 
 
 def test_outline_follows_the_pixels_and_a_reshaped_object_loses_iou() -> None:

@@ -71,7 +71,7 @@ def test_a_per_image_run_edits_the_seed_images_and_repeats_exactly(G, clip) -> N
     seeds = G.mapping_ws(G.z_from_seeds([3, 4]))
     assert edit.latents is not None and torch.allclose(edit.latents, seeds)
     assert edit.mode == "per_image" and edit.rows() == 2 and edit.composite
-    assert edit.catalogue is not None and edit.catalogue.pieces == 4
+    assert edit.catalogue is not None and edit.catalogue.pieces == 4 and edit.catalogue.dissolve
     assert edit.generator_fingerprint == G.fingerprint() and edit.clip_model_id == clip.model_id
     assert edit.info["steps"] == 4 and edit.info["prior"]["samples"] == 16
     again = train_edit(G, clip, _cfg())
@@ -93,6 +93,9 @@ def test_a_per_prompt_run_samples_its_own_latents(G, clip) -> None:
     res = train_edit(G, clip, _cfg(mode="per_prompt"))
     assert res.edit.latents is None and res.edit.rows() == 1
     assert res.edit.catalogue is not None and res.edit.catalogue.pieces == 0  # shared ids
+    assert res.edit.catalogue.dissolve
+    assert not train_edit(G, clip, _cfg(mode="per_prompt", dissolve_boundaries=False)
+                          ).edit.catalogue.dissolve  # type: ignore[union-attr]
     with pytest.raises(InputError, match="samples its own latents"):
         train_edit(G, clip, _cfg(mode="per_prompt"),
                    latents=G.mapping_ws(G.z_from_seeds([1, 2])))

@@ -25,7 +25,7 @@ from ...editing.presets import DEFAULT_PRESET, preset_config, preset_defaults
 from ...editing.trainer import train_edit
 from ...images import image_to_uint8, save_png
 from ...stylegan import Generator
-from ..scoring import grow, psnr_in
+from ..scoring import change_shares, grow, psnr_in
 from .captions import BALD, caption, facts_of
 from .judge import FaceJudge
 from .render import render
@@ -118,6 +118,7 @@ def score(case: FaceCase, judge: FaceJudge, faces: FaceBatch, original: torch.Te
             "psnr_outside": psnr_in(e, o, ~region),
             "psnr_outside_dilated": psnr_in(e, o, ~grow(region, 2)),
             "psnr_inside_ideal": psnr_in(e, ideal[0], case.region >= 0.5),
+            **change_shares(e, o, ideal[0], case.region),
             "read_after": after_read}
 
 
@@ -203,19 +204,30 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "psnr_outside_dilated": float(np.nanmedian([r["psnr_outside_dilated"]
                                                            for r in sub])),
                 "psnr_inside_ideal": float(np.nanmedian([r["psnr_inside_ideal"] for r in sub])),
+                **{key: _median(sub, key) for key in ("change_interior", "change_edge")},
                 "s_per_edit": float(np.mean([r["seconds_per_edit"] for r in sub])),
                 "layers": ",".join(str(k) for k, v in sorted(layers.items())
                                    if v >= max(1, len(sub) // 2))}
     return out
 
 
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    """Median over the rows that have the figure (older rows, or none judged: NaN)."""
+    values = [r.get(key, float("nan")) for r in rows]
+    values = [v for v in values if v == v]
+    return float(np.median(values)) if values else float("nan")
+
+
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
     lines = ["| method / edit | cases | success | others kept | PSNR outside, median (dB) | "
-             "+2 px | PSNR inside vs ideal | layers (>= half the cases) | s/edit |",
-             "|" + "---|" * 9]
+             "+2 px | PSNR inside vs ideal | changed halfway, interior / edge | "
+             "layers (>= half the cases) | s/edit |",
+             "|" + "---|" * 10]
     for name, r in summary.items():
         lines.append(f"| {name} | {r['cases']} | {r['success']:.2f} | "
                      f"{r['others_preserved']:.2f} | {r['psnr_outside']:.1f} | "
                      f"{r['psnr_outside_dilated']:.1f} | {r['psnr_inside_ideal']:.1f} | "
+                     f"{r.get('change_interior', float('nan')):.2f} / "
+                     f"{r.get('change_edge', float('nan')):.2f} | "
                      f"{r['layers'] or '-'} | {r['s_per_edit']:.1f} |")
     return "\n".join(lines)
