@@ -161,7 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")
     s.set_defaults(run=cmd_demo)
     s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
-                   help="which demo world's models (faces: 'a face with a beard')")
+                   help="which demo world's models (shapes: 'an orange background', faces: "
+                        "'a blue background', unless --prompt says otherwise)")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--prompt", default=None)
     s.add_argument("--seeds", default="0-3")

@@ -188,8 +188,8 @@ def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 # A piece is thin when under this share of its cells are interior (their 3x3 neighbourhood
-# wholly inside the piece and the picture): outline rings are one or two cells wide with a stray interior cell where
-# they bulge; a 3x3 block (1 of 9 interior) already counts as a part.
+# wholly inside the piece and the picture): outline rings are one or two cells wide, with a
+# stray interior cell where they bulge; a 3x3 block (1 of 9 interior) already counts as a part.
 THIN_INTERIOR_SHARE = 0.1
 
 
@@ -197,8 +197,8 @@ def dissolve_boundaries(clusters: torch.Tensor, sim: torch.Tensor) -> torch.Tens
     """Cluster ids [B, h, w] with every *boundary piece* handed cell by cell to the adjacent
     cluster its features are closest to (``sim`` [B, K, h, w]: each cell's similarity to each
     centre). A boundary piece is thin (``THIN_INTERIOR_SHARE``) and touches two or more thick
-    pieces, or one and the picture's border. Why: where two parts meet, the
-    generator's features mix and form clusters of their own, one or two cells wide, that
+    pieces, or one and the picture's border. Why: where two parts meet, the generator's
+    features mix and form clusters of their own, one or two cells wide, that
     follow every outline (on the face world, a ring round every head, often two rings side by
     side); no prompt names such a ring, so a background edit stopped short of the head and
     left a band of the old colour round it; along the border, a strip left a frame. Thin

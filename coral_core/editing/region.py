@@ -277,4 +277,3 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
         rival.hold_to_axis()
     with torch.no_grad():
         return rival, judge.loss(selector, masks, rival, rows) + area
-

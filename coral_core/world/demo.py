@@ -47,7 +47,10 @@ def _grid(rows: list[np.ndarray], scale: int = 4) -> np.ndarray:
     return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
-DEMO_PROMPTS = {"shapes": DEFAULT_PROMPT, "faces": "a face with a beard"}
+# Faces: a background recolour, the face world's most reliable edit on fresh faces (the
+# paper's "a face with a beard" is refused by the fit check with the shipped face CLIP, so a
+# newcomer would see nothing change; figures in docs/demo-worlds.md).
+DEMO_PROMPTS = {"shapes": DEFAULT_PROMPT, "faces": "a blue background"}
 
 
 def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:

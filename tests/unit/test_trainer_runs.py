@@ -25,7 +25,11 @@ FAST = dict(prompt="a red circle", steps=4, batch=2, seed=3, prior_samples=16, p
             check_fit=False, prune_tolerance=0.0,
             # the random generator draws 39 % of its pixels past [-1, 1]: read raw (see
             # test_editing._cfg; test_clip_display.py tests the display)
-            clip_sees_display=False)
+            clip_sees_display=False,
+            # its features are noise, so its clusters are salt and pepper: handed on as
+            # outline rings they merge into one or two parts and the region choice would have
+            # nothing to choose between (the rule itself: test_catalogue_boundaries.py)
+            dissolve_boundaries=False)
 REGION = dict(prune_tolerance=0.3)
 
 
@@ -71,13 +75,21 @@ def test_a_per_image_run_edits_the_seed_images_and_repeats_exactly(G, clip) -> N
     seeds = G.mapping_ws(G.z_from_seeds([3, 4]))
     assert edit.latents is not None and torch.allclose(edit.latents, seeds)
     assert edit.mode == "per_image" and edit.rows() == 2 and edit.composite
-    assert edit.catalogue is not None and edit.catalogue.pieces == 4 and edit.catalogue.dissolve
+    assert edit.catalogue is not None and edit.catalogue.pieces == 4
     assert edit.generator_fingerprint == G.fingerprint() and edit.clip_model_id == clip.model_id
     assert edit.info["steps"] == 4 and edit.info["prior"]["samples"] == 16
     again = train_edit(G, clip, _cfg())
     assert torch.equal(_direction(again), _direction(res))
     other = train_edit(G, clip, _cfg(seed=4))
     assert not torch.equal(_direction(other), _direction(res))
+
+
+@pytest.mark.parametrize("mode", ["per_image", "per_prompt"])
+def test_the_catalogue_an_edit_keeps_hands_on_outline_rings_as_configured(G, clip, mode
+                                                                          ) -> None:
+    for dissolve in (True, False):
+        edit = train_edit(G, clip, _cfg(mode=mode, steps=2, dissolve_boundaries=dissolve)).edit
+        assert edit.catalogue is not None and edit.catalogue.dissolve is dissolve
 
 
 def test_given_latents_are_the_images_trained_on(G, clip) -> None:
@@ -93,9 +105,6 @@ def test_a_per_prompt_run_samples_its_own_latents(G, clip) -> None:
     res = train_edit(G, clip, _cfg(mode="per_prompt"))
     assert res.edit.latents is None and res.edit.rows() == 1
     assert res.edit.catalogue is not None and res.edit.catalogue.pieces == 0  # shared ids
-    assert res.edit.catalogue.dissolve
-    assert not train_edit(G, clip, _cfg(mode="per_prompt", dissolve_boundaries=False)
-                          ).edit.catalogue.dissolve  # type: ignore[union-attr]
     with pytest.raises(InputError, match="samples its own latents"):
         train_edit(G, clip, _cfg(mode="per_prompt"),
                    latents=G.mapping_ws(G.z_from_seeds([1, 2])))
