@@ -105,6 +105,8 @@ def test_the_catalogue_dissolves_when_asked_and_says_so_in_its_id() -> None:
     plain = cat.segments(feats)
     dissolved = cat.with_dissolve(True).segments(feats)
     assert float(plain[0, 2].sum()) == 24 and float(dissolved[0, 2].sum()) == 0
+    assert plain.shape == dissolved.shape == (1, 3, 12, 12)
+    assert torch.equal(dissolved[0, 0], torch.ones(12, 12))  # the frame joined the background
     assert cat.with_dissolve(True).id() == cat.id() + "-D"
     assert cat.with_dissolve(True).with_pieces(4, 3).dissolve
     assert cat.with_pieces(4, 3).with_dissolve(True).id() == cat.id() + "-P4-A3-D"
