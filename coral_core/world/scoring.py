@@ -30,6 +30,14 @@ def shrink(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return ~grow(~mask.bool(), pixels)
 
 
+def border_band(like: torch.Tensor) -> torch.Tensor:
+    """The image's ``RING``-px border band, a boolean mask shaped like ``like`` [H, W]."""
+    band = torch.zeros_like(like, dtype=torch.bool)
+    band[:RING] = band[-RING:] = True
+    band[:, :RING] = band[:, -RING:] = True
+    return band
+
+
 def hue(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hue in [0, 1), saturation) per pixel of a [3, H, W] image in [-1, 1]: hue does not move
     with the world's lighting gradient, which scales brightness only."""
@@ -60,9 +68,7 @@ def target_shares(edited: torch.Tensor, palette: torch.Tensor, target: int,
     names = colour_names(edited, palette) == target
     inside = region >= 0.5
     full = region >= 0.99  # pixels wholly of the region: anti-aliased edge pixels excluded
-    band = torch.zeros_like(inside)
-    band[:RING] = band[-RING:] = True
-    band[:, :RING] = band[:, -RING:] = True
+    band = border_band(inside)
     interior = shrink(inside, RING) & ~(band if border else torch.zeros_like(band))
     out = {"share_interior": _share(names, interior)}
     obj = others >= 0.5
@@ -91,10 +97,7 @@ def change_shares(edited: torch.Tensor, original: torch.Tensor, ideal: torch.Ten
     size2 = (wanted ** 2).sum(0)
     judged = (region >= 0.5) & (size2.sqrt() > MIN_IDEAL_CHANGE)
     made = ((e - o) * wanted).sum(0) / size2.clamp_min(1e-6) >= HALFWAY
-    band = torch.zeros_like(judged)
-    band[:RING] = band[-RING:] = True
-    band[:, :RING] = band[:, -RING:] = True
-    edge = ~shrink(region >= 0.5, RING) | band
+    edge = ~shrink(region >= 0.5, RING) | border_band(judged)
     return {"change_interior": _share(made, judged & ~edge),
             "change_edge": _share(made, judged & edge)}
 

@@ -212,9 +212,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:
-    """Median over the rows that have the figure (older rows, or none judged: NaN)."""
-    values = [r.get(key, float("nan")) for r in rows]
-    values = [v for v in values if v == v]
+    """Median over the rows where the figure was judged; NaN where none was (a part too
+    small to have an interior), without numpy's warning for an all-NaN slice."""
+    values = [r[key] for r in rows if r[key] == r[key]]
     return float(np.median(values)) if values else float("nan")
 
 
