@@ -57,8 +57,10 @@ def test_joining_things_with_on_gives_them_back(words, n) -> None:
 
 def test_each_part_leaves_one_content_word_out_with_articles_that_fit() -> None:
     assert prompt_parts("an orange circle") == [(0, "a circle"), (0, "an orange")]
-    assert prompt_parts("a red square on a blue background") == [
-        (0, "a square"), (0, "a red"), (1, "a background"), (1, "a blue")]
+    assert prompt_parts("a red square on a blue background") == [(0, "a square"), (0, "a red")]
+    # every picture has a background: a clause naming one is never found missing
+    assert prompt_parts("a grey Background.") == []
+    assert prompt_parts("a blue sofa on a green backdrop") == [(0, "a sofa"), (0, "a blue")]
     assert prompt_parts("An orange circle") == [(0, "A circle"), (0, "An orange")]
     assert prompt_parts("a red apple") == [(0, "an apple"), (0, "a red")]
     assert prompt_parts("a red Apple") == [(0, "an Apple"), (0, "a red")]
