@@ -2,7 +2,7 @@
 """After the demo generator is (re)trained: everything that depends on its weights.
 
 Exports the rosinality copy, trains the shipped per-prompt demo edit, renders the README sample
-grid and the template thumbnails. Run from the repository root:
+grid, both worlds' `coral demo` pictures and the template thumbnails. Run from the repository root:
     python scripts/finish_demo_assets.py
 (``--thumbnails`` rewrites only the template thumbnails from docs/images; ``--faces`` only
 the face generator's sample grid, docs/images/faces_samples.png.)
@@ -44,11 +44,12 @@ def main() -> int:
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
     write_sample_grid("shapes", out / "demo_samples.png")
-    demo = ROOT / "out" / "demo_thumbs"
-    coral("demo", "--out", str(demo))
-    shutil.copy(demo / "before_after.png", out / "demo_before_after.png")
-    shutil.copy(demo / "mask_grid.png", out / "demo_mask_grid.png")
-    shutil.copy(demo / "overlay.png", out / "demo_overlay.png")
+    for world in assets.WORLDS:  # the shapes pictures as demo_*, the faces' as faces_demo_*
+        demo = ROOT / "out" / "demo_thumbs" / world
+        coral("demo", "--world", world, "--out", str(demo))
+        prefix = "demo" if world == "shapes" else f"{world}_demo"
+        for name in ("before_after", "mask_grid", "overlay"):
+            shutil.copy(demo / f"{name}.png", out / f"{prefix}_{name}.png")
     write_thumbnails()
     print("done")
     return 0
@@ -72,7 +73,7 @@ def write_sample_grid(world: str, path: Path) -> None:
 # Each template's thumbnail shows what that template makes (the template browser lists them
 # side by side, so identical pictures tell a user nothing).
 THUMBNAIL_SOURCES = {
-    "train_apply_visualise": "demo_before_after.png",
+    "train_apply_visualise": "faces_demo_before_after.png",
     "apply_saved_edit": "demo_overlay.png",
     "invert_photo_and_edit": "demo_samples.png",
     "segments_from_masks": "demo_mask_grid.png",

@@ -122,6 +122,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``world``, ``demo`` and ``eval`` to the ``coral`` parser."""
+    from ..world import assets  # paths and names only: no torch at start-up
+
     _register_eval(sub)
     s = sub.add_parser("world", help="demo world: train / export / check / render")
     s.set_defaults(run=cmd_world)
@@ -160,9 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("demo", help="the main job: a CORAL edit on the demo models")
     s.set_defaults(run=cmd_demo)
-    s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
-                   help="which demo world's models (shapes: 'an orange background', faces: "
-                        "'a blue background', unless --prompt says otherwise)")
+    s.add_argument("--world", default=assets.DEMO_WORLD, choices=assets.WORLDS,
+                   help=f"which demo world's models (default {assets.DEMO_WORLD}; prompts: "
+                        + ", ".join(f"{w} {p!r}" for w, p in assets.DEMO_PROMPTS.items())
+                        + ", unless --prompt says otherwise)")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--prompt", default=None)
     s.add_argument("--seeds", default="0-3")

@@ -12,8 +12,16 @@ DEMO_CLIP = ASSETS / "clip"
 DEMO_JUDGE = ASSETS / "judge.safetensors"
 DEMO_EDITS = ASSETS / "edits"
 FACES = ASSETS.parent / "faces"
+#: The world a newcomer meets first: `coral demo`, the main template, the README's first
+#: picture (issue 26: the pack's users edit faces).
+DEMO_WORLD = "faces"
+#: Each world's demo prompt, the edit that shows the method best there: on faces a background
+#: recolour (hair and eye colours damage other parts more often, and the paper's "a face with
+#: a beard" is refused by the fit check with the shipped face CLIP; docs/demo-worlds.md).
+DEMO_PROMPTS = {"shapes": "an orange background", "faces": "a blue background"}
 #: The prompt the demo, the Train node and the templates start from.
-DEFAULT_PROMPT = "an orange background"
+DEFAULT_PROMPT = DEMO_PROMPTS[DEMO_WORLD]
+WORLDS = tuple(DEMO_PROMPTS)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def true_background(G: Any, seeds: list[int]) -> torch.Tensor:
 
 # The demo uses the library's defaults (TrainConfig, LossWeights) and nothing of its own but
 # the prompt, which the Train node also offers by default.
-from .assets import DEFAULT_PROMPT  # noqa: E402  (re-exported for callers)
+from .assets import DEMO_PROMPTS, DEMO_WORLD  # noqa: E402
 
 
 def _grid(rows: list[np.ndarray], scale: int = 4) -> np.ndarray:
@@ -45,12 +45,6 @@ def _grid(rows: list[np.ndarray], scale: int = 4) -> np.ndarray:
     lines = [np.concatenate(list(r), 1) for r in rows]
     img = np.concatenate(lines, 0)
     return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
-
-
-# Faces: a background recolour, the face world's most reliable edit on fresh faces (the
-# paper's "a face with a beard" is refused by the fit check with the shipped face CLIP, so a
-# newcomer would see nothing change; figures in docs/demo-worlds.md).
-DEMO_PROMPTS = {"shapes": DEFAULT_PROMPT, "faces": "a blue background"}
 
 
 def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:
@@ -74,7 +68,7 @@ def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:
 
 def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
              steps: int | None = None, device: str | None = None,
-             world: str = "shapes", preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+             world: str = DEMO_WORLD, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
     t0 = time.perf_counter()
     prompt = prompt or DEMO_PROMPTS[world]
     where = assets.world_assets(world)

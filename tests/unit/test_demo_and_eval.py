@@ -36,6 +36,8 @@ def test_demo_writes_images_masks_and_report(tmp_path) -> None:
                  "report.json", "report.md"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "report.json").read_text())
+    # a newcomer's first edit is on portraits, with the prompt the Train node offers too
+    assert saved["world"] == "faces" and saved["prompt"] == assets.DEFAULT_PROMPT
     assert saved["prompt"] == report["prompt"] and len(saved["clip_score_after"]) == 4
     assert "judge_after" in saved and len(saved["mask_area_per_layer"]) == 9
 
