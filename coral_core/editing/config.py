@@ -160,6 +160,12 @@ class TrainConfig:
     # pruning kept (the soft attention masks left a ring of the old colour round objects).
     # False: the paper's blend alone.
     composite: bool = True
+    # CAN per prompt, with ``composite``: once pruning has kept some clusters, training sees
+    # what apply will give (the composite over them) and the even-change term asks for the
+    # same change across them, as SS does over its segments. Why: the kept clusters' change
+    # faded near objects, leaving a ring of the old colour wider than the composite's edge
+    # band (docs/method.md, "CAN trains on the composite").
+    can_trains_on_composite: bool = True
     # SS: once region pruning has chosen, the kept (layer, segment) masks are set to 1 and
     # frozen, and the direction alone trains on: soft masks left a background edit half done
     # (a muddy colour). False: the masks stay soft and trainable (the paper's).

@@ -27,6 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "dissolve_boundaries": False, "prune_tolerance": 0.0,
               "contest_steps": 0, "prior_samples": 0, "along_prior": False, "composite": False,
               "harden_selection": False, "check_fit": False, "check_absent": False,
+              "can_trains_on_composite": False,
               "fit_scenes_only": False,
               "split_clauses": False,
               "segment_pool": "area", "clip_sees_display": False,

@@ -37,7 +37,7 @@ from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
 from .region import RegionJudge, harden_selection, judge_loss, prune_region
 from .run_record import resume, run_identity, save_checkpoint
-from .selectors import AttentionSelector, SegmentSelector
+from .selectors import AttentionSelector, SegmentSelector, weighted_region
 
 
 @dataclass
@@ -372,11 +372,7 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     with run.memory.autocast():
         masks = layer_masks(run.selector, run.G, original.feats, original.segs, cfg,
                             no_masks=cfg.no_masks)
-        region = None
-        if run.uses_composite and step >= run.prune_step:
-            assert isinstance(run.selector, SegmentSelector) and original.segs is not None
-            region = run.selector.region(original.segs, run.G.img_resolution,
-                                         run.allowed_layers(), original.image)
+        region = _training_region(run, step, original)
         loss = run.objective(run.direction, ws, masks, noise, original.image, original.source,
                              mix, region=region, recompute=run.memory.recompute,
                              image_weights=original.fits)
@@ -397,6 +393,25 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
         save_checkpoint(cfg, run.run_id, run.direction, run.selector, run.opt, step)
     _report(run, step, record, loss)
     return True
+
+
+def _training_region(run: _Run, step: int, original: _Original) -> torch.Tensor | None:
+    """Where this step's composite keeps the edit (None: the paper's blend everywhere): from
+    the region choice on, SS's selected segments, or the clusters a CAN edit's pruning kept
+    (``can_trains_on_composite``); the region apply will use, so the CLIP sees what the user
+    gets and the even-change term reads the change there."""
+    if step < run.prune_step or original.segs is None:
+        return None
+    if run.uses_composite:
+        assert isinstance(run.selector, SegmentSelector)
+        return run.selector.region(original.segs, run.G.img_resolution, run.allowed_layers(),
+                                   original.image)
+    if run.cfg.can_trains_on_composite and _composites_at_apply(run):
+        assert isinstance(run.selector, AttentionSelector) and \
+            run.selector.cluster_gate is not None
+        return weighted_region(run.selector.cluster_gate, original.segs,
+                               run.G.img_resolution, original.image)
+    return None
 
 
 def _original_pass(run: _Run, ws: torch.Tensor, noise: list, keep: bool = True) -> _Original:
