@@ -10,6 +10,7 @@ from coral_core.editing import trainer as trainer_module
 from coral_core.editing.memory import MemoryPlan
 from coral_core.editing.apply import apply_edits
 from coral_core.editing.catalogue import resize_segments
+from coral_core.editing.config import LossWeights
 from coral_core.editing.edit import Edit
 from coral_core.editing.losses import clip_loss_per_image
 from coral_core.editing.pruning import prune_selection
@@ -300,6 +301,54 @@ def test_a_pruned_attention_edit_keeps_the_picture_outside_its_clusters(
     outside = (region == 0).expand_as(res.edited)
     assert bool(outside.any()) and bool((region > 0).any())
     assert torch.equal(res.edited[outside], res.original[outside])
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_a_pruned_attention_edit_trains_on_what_apply_will_give(G, clip, monkeypatch,
+                                                                  tmp_path, on) -> None:
+    """From the pruning step on, CAN's training composites over the kept clusters, the region
+    apply will use (its edges snapped to the picture): the CLIP sees no change outside them
+    and the even-change term reads the change inside; before pruning, and with
+    ``can_trains_on_composite`` off, the paper's blend everywhere and no even-change term."""
+    def keep_first_present(allowed, score, tolerance, layers, image_keep=0.0):
+        gate = torch.zeros_like(allowed, dtype=torch.float32)
+        gate[0, 0, int(allowed[0, 0].float().argmax())] = 1
+        return gate
+
+    monkeypatch.setattr(region_module, "prune_selection", keep_first_present)
+    seen: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
+    call = trainer_module.CoralObjective.__call__
+
+    def spy(self, direction, ws, masks, noise, original, *args, **kwargs):
+        loss = call(self, direction, ws, masks, noise, original, *args, **kwargs)
+        region = kwargs.get("region")
+        seen.append((None if region is None else region.detach().clone(),
+                     loss.edited.detach().clone(), original.detach().clone()))
+        return loss
+
+    monkeypatch.setattr(trainer_module.CoralObjective, "__call__", spy)
+    cfg = TrainConfig(prompt="a red circle", variant="can", mode="per_prompt", steps=4,
+                      batch=2, seed=5, catalogue_dir=tmp_path, prune_at=0.5,
+                      dissolve_boundaries=False, can_trains_on_composite=on,
+                      # the random generator's change is uneven: open the term's gate
+                      weights=LossWeights(even_change_below=1.0))
+    result = train_edit(G, clip, cfg)
+    prune_step = 2
+    evens = [r["even"] for r in result.history]
+    assert all(region is None for region, _, _ in seen[:prune_step - 1])
+    assert evens[:prune_step - 1] == [0.0] * (prune_step - 1)
+    after = seen[prune_step - 1:]
+    if not on:
+        assert all(region is None for region, _, _ in after)
+        assert all(e == 0.0 for e in evens[prune_step - 1:])
+        return
+    assert all(region is not None for region, _, _ in after)
+    assert any(e > 0 for e in evens[prune_step - 1:])
+    assert any(bool((region > 0).any()) for region, _, _ in after if region is not None)
+    for region, edited, original in after:
+        assert region is not None and bool((region == 0).any())
+        outside = (region == 0).expand_as(edited)
+        assert torch.equal(edited[outside], original[outside])
 
 
 @pytest.mark.parametrize("directional", [True, False])
