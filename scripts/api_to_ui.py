@@ -143,7 +143,8 @@ NOTES = {
         "Train an edit for a prompt on the demo portraits, apply it, look at the masks.\n\n"
         "Change first: the prompt in Train Edit (e.g. 'a red background', 'a face with "
         "blond hair'), then queue; for the shapes world pick the '[demo] shapes' generator "
-        "and CLIP ('a red circle'). Re-queueing with only Apply's strength changed does not retrain.\n\n"
+        "and CLIP ('a red circle'). Re-queueing with only Apply's strength changed does not "
+        "retrain.\n\n"
         "Outputs: edited and original side by side, the per-layer mask grid, the mask "
         "overlay; the edit is saved to models/coral_edits."),
     "apply_saved_edit": (

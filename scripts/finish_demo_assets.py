@@ -36,7 +36,7 @@ def main() -> int:
         old.unlink()
     edit = assets.DEMO_EDITS / "orange_background.safetensors"
     # the library's defaults, nothing tuned for the demo
-    coral("train", "--prompt", "an orange background", "--mode", "per-prompt",
+    coral("train", "--prompt", assets.DEMO_PROMPTS["shapes"], "--mode", "per-prompt",
           "--out", str(edit), "--progress-every", "50")
     for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
             assets.DEMO_EDITS.glob("catalogue-*")):

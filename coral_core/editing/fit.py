@@ -66,7 +66,7 @@ CLAUSE_WORDS = frozenset({"on", "and", "beside"})
 # Nouns for what every picture has: a clause naming one ("a grey background") is never found
 # missing. The CLIP's score for "a background" leans towards some colours, so the check
 # refused background recolours that fit (16 % on the faces bank, 3 % on the shapes bank;
-# docs/method.md, "The prompt fit check").
+# docs/method.md, "Every picture has a background").
 EVER_PRESENT = frozenset({"background", "backdrop", "picture", "image", "photo", "scene"})
 MIN_REACH = 0.5
 MAX_REACH = 1.5
@@ -203,10 +203,10 @@ def prompt_parts(prompt: str) -> list[tuple[int, str]]:
     parts = []
     for c, clause in enumerate(prompt_clauses(prompt)):
         words = clause.split()
-        if any(w.lower().strip(".,;:!?") in EVER_PRESENT for w in words):
+        bare = [w.lower().strip(".,;:!?") for w in words]
+        if EVER_PRESENT.intersection(bare):
             continue
-        content = [i for i, w in enumerate(words)
-                   if w.lower().strip(".,;:!?") not in FUNCTION_WORDS]
+        content = [i for i, w in enumerate(bare) if w not in FUNCTION_WORDS]
         if len(content) >= 2:
             parts += [(c, _fix_articles(words[:i] + words[i + 1:])) for i in content]
     return parts
