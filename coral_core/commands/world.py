@@ -129,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(run=cmd_world)
     s.add_argument("action", choices=["train-clip", "train-gan", "train-judge",
                                       "export-rosinality", "check", "render"])
-    s.add_argument("--world", default="shapes", choices=["shapes", "faces"],
+    s.add_argument("--world", default="shapes", choices=assets.WORLDS,
                    help="which demo world (default shapes)")
     s.add_argument("--out", default=None, help="output path (default: the shipped asset)")
     s.add_argument("--steps", type=int, default=None)
@@ -242,9 +242,11 @@ def eval_settings(items: list[str]) -> dict[str, Any]:
 
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:
+    from ..world import assets  # paths and names only: no torch at start-up
+
     s = sub.add_parser("eval", help="scored edit benchmark on a demo world (4 methods)")
     s.set_defaults(run=cmd_eval)
-    s.add_argument("--world", default="shapes", choices=["shapes", "faces"])
+    s.add_argument("--world", default="shapes", choices=assets.WORLDS)
     s.add_argument("--generator", default=None)
     s.add_argument("--clip", default=None)
     s.add_argument("--seeds", default="0-7", help="scenes")

@@ -35,9 +35,6 @@ def true_background(G: Any, seeds: list[int]) -> torch.Tensor:
     _, masks = render(scenes_from_z(G.z_from_seeds(seeds)), G.img_resolution)
     return masks[:, 0]
 
-# The demo uses the library's defaults (TrainConfig, LossWeights) and nothing of its own but
-# the prompt, which the Train node also offers by default.
-from .assets import DEMO_PROMPTS, DEMO_WORLD  # noqa: E402
 
 
 def _grid(rows: list[np.ndarray], scale: int = 4) -> np.ndarray:
@@ -66,11 +63,13 @@ def _face_truth(G: Any, seeds: list[int], prompt: str) -> torch.Tensor | None:
     return None
 
 
+# The demo uses the library's defaults (TrainConfig, LossWeights) and nothing of its own but
+# the prompt (assets.DEMO_PROMPTS), which the Train node also offers by default.
 def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
              steps: int | None = None, device: str | None = None,
-             world: str = DEMO_WORLD, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+             world: str = assets.DEMO_WORLD, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
     t0 = time.perf_counter()
-    prompt = prompt or DEMO_PROMPTS[world]
+    prompt = prompt or assets.DEMO_PROMPTS[world]
     where = assets.world_assets(world)
     G = get_generator(assets.require(where.generator), device).generator
     clip = get_clip(assets.require(where.clip), None, device)
