@@ -146,10 +146,11 @@ class CoralTrainEdit:
                 "default": "preset",
                 "tooltip": "Per image: until the region is chosen, the edit may only scale "
                            "the direction prior, per layer (an image it cannot take far "
-                           "enough is then freed). Keeps the rest of a face as it was (a "
-                           "smile that does not recolour the skin); in scenes of several "
-                           "objects it can pick the wrong one. 'preset' follows the preset "
-                           "(coral: off)."}),
+                           "enough is then freed); the prior is then taken between look-alike "
+                           "samples, so it changes what the prompt names and little else. "
+                           "Keeps the rest of a face as it was (a smile that does not "
+                           "recolour the skin); in scenes of several objects it can pick the "
+                           "wrong one. 'preset' follows the preset (coral: off)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,

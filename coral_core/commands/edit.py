@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import ensure_writable, file_stamp, save_keeping_result
-from ..editing.config import AREA_WEIGHTINGS
+from ..editing.config import AREA_WEIGHTINGS, PRIOR_FORMS
 from ..editing.presets import DEFAULT_PRESET, PRESETS, preset_config, preset_defaults
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("prune_image_keep", args.prune_image_keep),
                                 ("fit_scenes_only", args.fit_scenes_only),
                                 ("prior_samples", args.prior_samples),
+                                ("prior_form", args.prior_form),
                                 ("check_absent", args.absent_check),
                                 ("split_clauses", args.split_clauses),
                                 ("along_prior", args.hold_to_prior)) if v is not None}
@@ -331,10 +332,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "recolour the wrong object in a scene of several (coral: "
                         f"{'on' if _TRAIN.along_prior else 'off'})")
     s.add_argument("--prior-samples", type=int, default=None,
-                   help="global direction: start from the mean w of the generator samples "
-                        "(of this many, cached per generator and CLIP) that the CLIP ranks "
-                        "highest for the prompt, minus the mean of all (0 = start at ~0; "
+                   help="global direction: start from where the generator samples (of "
+                        "this many, cached per generator and CLIP) that the CLIP ranks "
+                        "highest for the prompt lie (see --prior-form; 0 = start at ~0; "
                         f"coral: {_TRAIN.prior_samples})")
+    s.add_argument("--prior-form", choices=list(PRIOR_FORMS), default=None,
+                   help="matched: the best samples less their look-alikes (changes what "
+                        "the prompt names and little else); mean: the best samples' mean "
+                        "less the mean of all (coral: matched with --hold-to-prior, mean "
+                        "otherwise)")
     s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",
                    default="auto",
                    help="bf16 autocast on CUDA, losses and mask maths stay in float32 (auto: "

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..stylegan import Generator
 
 VARIANTS = ("ss", "can")
+PRIOR_FORMS = ("matched", "mean")  # prior.retrieval_prior
 DIRECTIONS = ("global", "mapper")
 MODES = ("per_image", "per_prompt")
 MAX_PROMPT_CHARS = 2000
@@ -143,6 +144,11 @@ class TrainConfig:
     prior_samples: int = 1024
     prior_top: int = 64
     prior_scale: float = 2.0
+    # The prior's form (prior.retrieval_prior): "mean", best minus all; "matched", each best
+    # sample less its look-alike among the low scorers: the prompt's change and little else.
+    # None = automatic: matched as the axis a held direction keeps to (along_prior), mean as
+    # a free start (docs/method.md, "Direction prior").
+    prior_form: str | None = None
     # Per image, with the prior and masks ("hold to the prior"): the direction may only scale
     # the prior, one gain per W+ entry (projected after every step, the region contest's
     # rivals too), so the region is chosen for the generator's own w-direction of the prompt
@@ -213,7 +219,9 @@ class TrainConfig:
         self._validate_texts()
         for name, value, allowed in (("variant", self.variant, VARIANTS),
                                      ("direction", self.direction, DIRECTIONS),
-                                     ("mode", self.mode, MODES)):
+                                     ("mode", self.mode, MODES),
+                                     ("prior_form", self.prior_form or PRIOR_FORMS[0],
+                                      PRIOR_FORMS)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {value!r}")
         self._validate_numbers()

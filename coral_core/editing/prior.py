@@ -31,6 +31,7 @@ from ..atomic import atomic_path
 from ..clip_model import CoralClip
 from ..stylegan import Generator
 from .catalogue import default_cache_dir
+from .config import PRIOR_FORMS
 from .memory import images_per_chunk
 
 BANK_SEED = 20231204  # fixed: the same generator and CLIP always give the same prior
@@ -137,10 +138,40 @@ def _load_if_valid(path: Path, G: Generator, clip: CoralClip, samples: int
     return None
 
 
-def retrieval_prior(bank: SampleBank, text_embedding: torch.Tensor, top: int) -> torch.Tensor:
-    """Mean w of the ``top`` samples the CLIP ranks highest for the text, minus the mean w of
-    all samples [w_dim], in the generator's own w units."""
-    scores = bank.embeddings @ text_embedding.reshape(-1).float().cpu()
-    best = scores.topk(min(top, scores.shape[0])).indices
-    return bank.ws[best].mean(0) - bank.ws.mean(0)
+def retrieval_prior(bank: SampleBank, text_embedding: torch.Tensor, top: int, form: str
+                    ) -> torch.Tensor:
+    """The prior's offset [w_dim], in the generator's own w units.
 
+    ``"mean"``: the mean w of the ``top`` samples the CLIP ranks highest for the text, minus
+    the mean w of all samples. The best pictures of a prompt differ from the average picture
+    in more than the prompt (on the face world the CLIP's best "a smiling face" samples are
+    rarely bald and never on blue; its best "a face with glasses" rarely have brown eyes), and
+    that direction carries all of it into the edit.
+
+    ``"matched"``: each best sample against its partner, the sample the CLIP sees
+    as most alike in everything but the prompt (cosine of the embeddings with their
+    component along the text removed) among those that score in the lower half for the
+    prompt; the mean of those differences. The pairs share what the prompt does not name,
+    so their difference is mostly the prompt's own change. The lower half, because the text
+    direction holds only part of what the CLIP sees of the prompt: a partner chosen anywhere
+    outside the best often still shows it (a smiling partner for a smiling face) and the
+    difference then lacks the change itself (measured: docs/history.md, session 27).
+
+    The trainer (TrainConfig.prior_form None) holds a direction to the matched form and
+    starts a free one from the mean form (a start that reaches; training shapes the rest)."""
+    text = text_embedding.reshape(-1).float().cpu()
+    embeddings = bank.embeddings.float()
+    scores = embeddings @ text
+    best = scores.topk(min(top, scores.shape[0])).indices
+    rest = scores <= scores.median()
+    rest[best] = False
+    if form == "mean" or not bool(rest.any()):
+        return bank.ws[best].mean(0) - bank.ws.mean(0)
+    if form != "matched":
+        raise ValueError(f"prior form {form!r}: expected one of {PRIOR_FORMS}")
+    others = embeddings - scores[:, None] * (text / text.norm().clamp_min(1e-12)
+                                             / text.norm().clamp_min(1e-12))[None]
+    others = others / others.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    candidates = rest.nonzero()[:, 0]
+    partner = candidates[(others[best] @ others[candidates].T).argmax(1)]
+    return (bank.ws[best] - bank.ws[partner]).mean(0)

@@ -333,10 +333,12 @@ def _start_from_bank(run: _Run) -> None:
                                _counted_heartbeat(run.reporter, cfg.steps, "sample bank"))
     if wants_prior and bank is not None:
         assert isinstance(run.direction, GlobalDirection)
-        units = _prior_units(cfg, run.direction, run.target, bank)
-        run.prior = _start_from_prior(cfg, run.direction, units)
-        if cfg.along_prior and cfg.mode == "per_image" and not cfg.no_masks and \
-                run.prune_step > 0:
+        held = cfg.along_prior and cfg.mode == "per_image" and not cfg.no_masks and \
+            run.prune_step > 0
+        form = cfg.prior_form or ("matched" if held else "mean")
+        units = _prior_units(cfg, run.direction, run.target, bank, form)
+        run.prior = _start_from_prior(cfg, run.direction, units, form)
+        if held:
             _hold_to_prior(run.direction, units, run.prior)
     if cfg.check_fit:
         run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank)
@@ -722,20 +724,21 @@ def _scene_check(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
     return SceneCheck.from_bank(bank, target, cfg.prior_top, *_prompt_parts_encoded(clip, cfg))
 
 
-def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, units: torch.Tensor
-                      ) -> dict[str, Any]:
+def _start_from_prior(cfg: TrainConfig, direction: GlobalDirection, units: torch.Tensor,
+                      form: str) -> dict[str, Any]:
     """Add the prompt's CLIP-retrieval prior (``_prior_units``) to every row and W+ entry of
     the direction; return what the edit's summary records."""
     with torch.no_grad():
         direction.delta.add_(units)
     return {"samples": cfg.prior_samples, "top": cfg.prior_top, "scale": cfg.prior_scale,
-            "norm_w_spread": round(float(units.norm()), 3)}
+            "form": form, "norm_w_spread": round(float(units.norm()), 3)}
 
 
 def _prior_units(cfg: TrainConfig, direction: GlobalDirection, target: torch.Tensor,
-                 bank: SampleBank) -> torch.Tensor:
-    """The prior's offset [w_dim] in the direction's w-spread units, times ``prior_scale``."""
-    offset = retrieval_prior(bank, target, cfg.prior_top).to(direction.delta.device)
+                 bank: SampleBank, form: str) -> torch.Tensor:
+    """The prior's offset [w_dim] (prior.retrieval_prior of ``form``) in the direction's
+    w-spread units, times ``prior_scale``."""
+    offset = retrieval_prior(bank, target, cfg.prior_top, form).to(direction.delta.device)
     return cfg.prior_scale * offset / direction.scale
 
 

@@ -34,9 +34,11 @@ def test_train_apply_masks_invert(tmp_path, clip_files, capsys) -> None:
     held = tmp_path / "held.safetensors"
     assert main(["train", *common, "--clip", str(clip_files["local_dir"]), "--prompt",
                  "a red circle", "--seeds", "0", "--steps", "2", "--hold-to-prior",
-                 "--out", str(held)]) == 0
+                 "--prior-form", "mean", "--out", str(held)]) == 0
     capsys.readouterr()
     assert Edit.load(held).info["prior"].get("held_to_prior") is True
+    assert Edit.load(held).info["prior"]["form"] == "mean"
+    assert Edit.load(edit).info["prior"]["form"] == "mean"  # free: the automatic form
     assert "held_to_prior" not in Edit.load(edit).info["prior"]  # off by default
     assert main(["apply", *common, "--edit", str(edit), "--strength", "0,1",
                  "--out", str(tmp_path / "applied")]) == 0

@@ -6,23 +6,64 @@ import torch
 
 from coral_core.editing import prior as prior_module
 from coral_core.editing.memory import images_per_chunk
+from coral_core.editing.config import PRIOR_FORMS
 from coral_core.editing.prior import SampleBank, retrieval_prior, sample_bank_for
 from coral_core.editing.trainer import TrainConfig, train_edit
 from coral_core.errors import InputError
 
 
-def test_prior_is_the_mean_of_the_best_ranked_samples_minus_the_mean_of_all() -> None:
+def test_mean_prior_is_the_best_ranked_samples_minus_the_mean_of_all() -> None:
     ws = torch.tensor([[0.0, 1], [10, 12], [0, 2], [10, 14], [0, 1], [1, 0]])  # w_dim 2
     text = torch.tensor([1.0, 0.0])
     emb = torch.tensor([[0.1, 1], [0.9, 0], [0.2, 1], [0.8, 0], [0.0, 1], [0.3, 1]])
     bank = SampleBank(ws, emb, "g", "c")
-    got = retrieval_prior(bank, text, top=2)       # samples 1 and 3 score highest
+    got = retrieval_prior(bank, text, top=2, form="mean")  # samples 1 and 3 score highest
     want = ws[[1, 3]].mean(0) - ws.mean(0)
     assert torch.allclose(got, want)
     # the prompt decides the direction: the other end of the ranking points the other way
-    assert float(retrieval_prior(bank, -text, top=2) @ got) < 0
-    # asking for more than the bank holds uses every sample: no direction at all
-    assert torch.allclose(retrieval_prior(bank, text, top=100), torch.zeros(2))
+    assert float(retrieval_prior(bank, -text, top=2, form="mean") @ got) < 0
+    # asking for more than the bank holds uses every sample: no direction at all, either form
+    for form in PRIOR_FORMS:
+        assert torch.allclose(retrieval_prior(bank, text, top=100, form=form), torch.zeros(2))
+
+
+def _confounded_bank() -> tuple[SampleBank, torch.Tensor]:
+    """w = (the prompt's attribute, another attribute), each 0 or 1, four samples of each
+    pair; the CLIP sees both (and what every picture shares), and its text for the prompt
+    also leans to the other attribute, so the best-ranked samples all have both."""
+    g = torch.Generator().manual_seed(0)
+    pairs = [(a, c) for a in (0.0, 1.0) for c in (0.0, 1.0) for _ in range(4)]
+    ws = torch.tensor(pairs)
+    emb = torch.tensor([[a, c, 1.0] for a, c in pairs]) + 0.01 * torch.randn(16, 3, generator=g)
+    return SampleBank(ws, emb / emb.norm(dim=1, keepdim=True), "g", "c"), \
+        torch.tensor([1.0, 0.5, 0.0])
+
+
+def test_matched_prior_moves_the_prompt_s_attribute_and_not_what_it_is_ranked_with() -> None:
+    bank, text = _confounded_bank()
+    matched = retrieval_prior(bank, text, top=4, form="matched")
+    mean = retrieval_prior(bank, text, top=4, form="mean")
+    assert torch.allclose(mean, torch.tensor([0.5, 0.5]), atol=1e-6)  # carries the other
+    assert torch.allclose(matched, torch.tensor([1.0, 0.0]), atol=1e-6)  # only the prompt's
+    # the text's length does not matter, only its direction
+    assert torch.allclose(retrieval_prior(bank, 3 * text, top=4, form="matched"), matched)
+    with pytest.raises(ValueError, match="prior form 'median'"):
+        retrieval_prior(bank, text, top=4, form="median")
+
+
+def test_matched_partners_come_from_the_pictures_that_score_low_for_the_prompt() -> None:
+    """More pictures with both attributes than the best group holds: the ones left out look
+    exactly like the best but are no partner (their difference would be no change at all)."""
+    bank, text = _confounded_bank()
+    extra = SampleBank(torch.cat([bank.ws, bank.ws[-4:]]),
+                       torch.cat([bank.embeddings, bank.embeddings[-4:]]), "g", "c")
+    assert torch.allclose(retrieval_prior(extra, text, top=4, form="matched"),
+                          torch.tensor([1.0, 0.0]), atol=1e-6)
+
+
+def test_an_unknown_prior_form_is_refused_before_training(G) -> None:
+    with pytest.raises(InputError, match="prior_form must be one of"):
+        TrainConfig(prompt="a red circle", prior_form="median").validate(G)
 
 
 def test_bank_is_cached_per_generator_and_clip(G, clip, tmp_path, monkeypatch) -> None:
@@ -63,21 +104,24 @@ def test_another_clip_gets_its_own_bank(G, clip, tmp_path) -> None:
 
 def test_training_starts_from_the_prior(G, clip, tmp_path) -> None:
     """With a vanishing learning rate the trained direction is where training started: the
-    scaled prior (in w-spread units, on every W+ entry) plus the usual tiny random start."""
+    scaled prior (in w-spread units, on every W+ entry) plus the usual tiny random start; a
+    free direction starts from the mean form unless another is asked for."""
     common = dict(prompt="a red circle", steps=1, batch=1, seed=4, lr=1e-8,
                   catalogue_dir=tmp_path, prior_samples=16, prior_top=4, prior_scale=3.0,
                   along_prior=False)
-    with_prior = train_edit(G, clip, TrainConfig(**common)).edit
     without = train_edit(G, clip, TrainConfig(**{**common, "prior_samples": 0})).edit
-    bank = sample_bank_for(G, clip, 16, tmp_path)
-    expected = 3.0 * retrieval_prior(bank, clip.encode_text(["a red circle"]), 4) / G.w_spread()
-    moved = with_prior.direction.delta - without.direction.delta
-    assert torch.allclose(moved, expected.expand_as(moved), atol=1e-5)
-    assert float(expected.norm()) > 0
-    assert with_prior.info["prior"]["samples"] == 16 and with_prior.info["prior"]["scale"] == 3
-    assert with_prior.info["prior"]["norm_w_spread"] == pytest.approx(
-        float(expected.norm()), rel=1e-3)
     assert "prior" not in without.info
+    bank = sample_bank_for(G, clip, 16, tmp_path)
+    text = clip.encode_text(["a red circle"])
+    for asked, form in ((None, "mean"), ("matched", "matched")):
+        with_prior = train_edit(G, clip, TrainConfig(**common, prior_form=asked)).edit
+        expected = 3.0 * retrieval_prior(bank, text, 4, form) / G.w_spread()
+        moved = with_prior.direction.delta - without.direction.delta
+        assert torch.allclose(moved, expected.expand_as(moved), atol=1e-5)
+        assert float(expected.norm()) > 0
+        info = with_prior.info["prior"]
+        assert info["samples"] == 16 and info["scale"] == 3 and info["form"] == form
+        assert info["norm_w_spread"] == pytest.approx(float(expected.norm()), rel=1e-3)
 
 
 def _cosines_to(delta: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
@@ -133,7 +177,10 @@ def test_an_edit_held_to_the_prior_scales_it_per_entry_and_a_free_one_does_not(
     held = train_edit(G, clip, TrainConfig(**common)).edit
     free = train_edit(G, clip, TrainConfig(**{**common, "along_prior": False})).edit
     bank = sample_bank_for(G, clip, 16, tmp_path)
-    axis = retrieval_prior(bank, clip.encode_text(["a red circle"]), 4) / G.w_spread()
+    # held, the axis is the matched form (the prompt's change alone); free, the mean form
+    assert (held.info["prior"]["form"], free.info["prior"]["form"]) == ("matched", "mean")
+    axis = retrieval_prior(bank, clip.encode_text(["a red circle"]), 4, "matched") / \
+        G.w_spread()
     assert _cosines_to(held.direction.delta, axis).abs().min() > 0.999
     gains = held.direction.delta[0] @ (axis / axis.norm())
     assert float(gains.max() - gains.min()) > 1e-3  # not one shared scale

@@ -123,7 +123,7 @@ def test_the_direction_starts_from_the_prior_of_the_sample_bank(G, clip) -> None
     once = _direction(train_edit(G, clip, _cfg(prior_scale=1.0, **base)))
     twice = train_edit(G, clip, _cfg(prior_scale=2.0, **base))
     assert torch.allclose(_direction(twice) - without, 2 * (once - without), atol=1e-5)
-    assert twice.edit.info["prior"] == {"samples": 16, "top": 2, "scale": 2.0,
+    assert twice.edit.info["prior"] == {"samples": 16, "top": 2, "scale": 2.0, "form": "mean",
                                         "norm_w_spread": pytest.approx(
                                             float((_direction(twice) - without)[0, 0].norm()),
                                             abs=2e-3)}
@@ -638,7 +638,7 @@ def test_the_direction_is_in_units_of_the_generator_s_spread(G, clip) -> None:
     scale = res.edit.direction.scale  # type: ignore[union-attr]
     assert torch.allclose(scale, G.w_spread())
     bank = sample_bank_for(G, clip, 16)
-    offset = retrieval_prior(bank, clip.encode_text(["a red circle"]), 2)
+    offset = retrieval_prior(bank, clip.encode_text(["a red circle"]), 2, "mean")
     assert torch.allclose((_direction(res) - without)[0] * scale, offset.expand(G.num_ws, -1),
                           atol=1e-4)
 
