@@ -220,8 +220,7 @@ class TrainConfig:
         for name, value, allowed in (("variant", self.variant, VARIANTS),
                                      ("direction", self.direction, DIRECTIONS),
                                      ("mode", self.mode, MODES),
-                                     ("prior_form", self.prior_form or PRIOR_FORMS[0],
-                                      PRIOR_FORMS)):
+                                     ("prior_form", self.prior_form, (None, *PRIOR_FORMS))):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {value!r}")
         self._validate_numbers()

@@ -145,7 +145,7 @@ def retrieval_prior(bank: SampleBank, text_embedding: torch.Tensor, top: int, fo
     ``"mean"``: the mean w of the ``top`` samples the CLIP ranks highest for the text, minus
     the mean w of all samples. The best pictures of a prompt differ from the average picture
     in more than the prompt (on the face world the CLIP's best "a smiling face" samples are
-    rarely bald and never on blue; its best "a face with glasses" rarely have brown eyes), and
+    rarely bald or on blue; its best "a face with glasses" rarely have brown eyes), and
     that direction carries all of it into the edit.
 
     ``"matched"``: each best sample against its partner, the sample the CLIP sees
@@ -155,23 +155,24 @@ def retrieval_prior(bank: SampleBank, text_embedding: torch.Tensor, top: int, fo
     so their difference is mostly the prompt's own change. The lower half, because the text
     direction holds only part of what the CLIP sees of the prompt: a partner chosen anywhere
     outside the best often still shows it (a smiling partner for a smiling face) and the
-    difference then lacks the change itself (measured: docs/history.md, session 27).
+    difference then lacks the change itself (measured: docs/history.md, session 27). With
+    no low scorer outside the best (``top`` half the bank or more), the mean form.
 
     The trainer (TrainConfig.prior_form None) holds a direction to the matched form and
     starts a free one from the mean form (a start that reaches; training shapes the rest)."""
+    if form not in PRIOR_FORMS:
+        raise ValueError(f"prior form {form!r}: expected one of {PRIOR_FORMS}")
     text = text_embedding.reshape(-1).float().cpu()
     embeddings = bank.embeddings.float()
     scores = embeddings @ text
     best = scores.topk(min(top, scores.shape[0])).indices
-    rest = scores <= scores.median()
-    rest[best] = False
-    if form == "mean" or not bool(rest.any()):
+    low = scores <= scores.median()
+    low[best] = False
+    if form == "mean" or not bool(low.any()):  # no low scorer left: the best are half or more
         return bank.ws[best].mean(0) - bank.ws.mean(0)
-    if form != "matched":
-        raise ValueError(f"prior form {form!r}: expected one of {PRIOR_FORMS}")
-    others = embeddings - scores[:, None] * (text / text.norm().clamp_min(1e-12)
-                                             / text.norm().clamp_min(1e-12))[None]
-    others = others / others.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    candidates = rest.nonzero()[:, 0]
-    partner = candidates[(others[best] @ others[candidates].T).argmax(1)]
+    unit = text / text.norm().clamp_min(1e-12)
+    rest_of_it = embeddings - (embeddings @ unit)[:, None] * unit[None]  # all but the prompt
+    rest_of_it = rest_of_it / rest_of_it.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    candidates = low.nonzero()[:, 0]
+    partner = candidates[(rest_of_it[best] @ rest_of_it[candidates].T).argmax(1)]
     return (bank.ws[best] - bank.ws[partner]).mean(0)
