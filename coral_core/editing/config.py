@@ -146,8 +146,8 @@ class TrainConfig:
     prior_scale: float = 2.0
     # The prior's form (prior.retrieval_prior): "mean", best minus all; "matched", each best
     # sample less its look-alike among the low scorers: the prompt's change and little else.
-    # None = automatic: matched as the axis a held direction keeps to (along_prior), mean as
-    # a free start (docs/method.md, "Direction prior").
+    # None = automatic (prior_form_for): matched as the axis a held direction keeps to
+    # (along_prior), mean as a free start (docs/method.md, "Direction prior").
     prior_form: str | None = None
     # Per image, with the prior and masks ("hold to the prior"): the direction may only scale
     # the prior, one gain per W+ entry (projected after every step, the region contest's
@@ -212,6 +212,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     catalogue_dir: Path | None = None
     identity_model: Path | None = None  # model_ir_se50.pth, for the optional identity loss
+
+    def prior_form_for(self, held: bool) -> str:
+        """The prior's form for a direction held to it or free (``prior_form`` if set)."""
+        return self.prior_form or ("matched" if held else "mean")
 
     def validate(self, G: Generator) -> None:
         """Refuse a setting out of range, of the wrong kind, or a combination that cannot

@@ -335,7 +335,7 @@ def _start_from_bank(run: _Run) -> None:
         assert isinstance(run.direction, GlobalDirection)
         held = cfg.along_prior and cfg.mode == "per_image" and not cfg.no_masks and \
             run.prune_step > 0
-        form = cfg.prior_form or ("matched" if held else "mean")
+        form = cfg.prior_form_for(held)
         units = _prior_units(cfg, run.direction, run.target, bank, form)
         run.prior = _start_from_prior(cfg, run.direction, units, form)
         if held:
