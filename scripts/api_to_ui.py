@@ -157,7 +157,8 @@ NOTES = {
         "generator must be able to draw it), then the edit in Load Edit."),
     "segments_from_masks": (
         "Segment selection with regions from any mask node: the edit may only use the "
-        "regions the masks give.\n\n"
+        "regions the masks give. Here the blue channel of a portrait on a blue background, "
+        "thresholded, is its background, and the prompt recolours it.\n\n"
         "Change first: the threshold in Threshold Mask (which pixels form the region), or "
         "connect masks from your own segmentation node; then the prompt."),
 }

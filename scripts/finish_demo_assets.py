@@ -4,8 +4,9 @@
 Exports the rosinality copy, trains the shipped per-prompt demo edit, renders the README sample
 grid, both worlds' `coral demo` pictures and the template thumbnails. Run from the repository root:
     python scripts/finish_demo_assets.py
-(``--thumbnails`` rewrites only the template thumbnails from docs/images; ``--faces`` only
-the face generator's sample grid, docs/images/faces_samples.png.)
+(``--thumbnails`` rewrites only the template thumbnails from docs/images; ``--edits`` only the
+shipped per-prompt edits; ``--faces`` only the face generator's sample grid,
+docs/images/faces_samples.png.)
 """
 from __future__ import annotations
 
@@ -34,10 +35,7 @@ def coral(*args: str) -> None:
 def main() -> int:
     for old in assets.DEMO_EDITS.glob("*.safetensors"):
         old.unlink()
-    edit = assets.DEMO_EDITS / "orange_background.safetensors"
-    # the library's defaults, nothing tuned for the demo
-    coral("train", "--prompt", assets.DEMO_PROMPTS["shapes"], "--mode", "per-prompt",
-          "--out", str(edit), "--progress-every", "50")
+    train_shipped_edits()
     for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
             assets.DEMO_EDITS.glob("catalogue-*")):
         junk.unlink()
@@ -53,6 +51,16 @@ def main() -> int:
     write_thumbnails()
     print("done")
     return 0
+
+
+def train_shipped_edits() -> None:
+    """Each world's shipped per-prompt edit of its demo prompt (assets.SHIPPED_EDITS), with
+    the library's defaults, nothing tuned for the demo."""
+    for world, name in assets.SHIPPED_EDITS.items():
+        where = assets.world_assets(world)
+        coral("train", "--generator", str(where.generator), "--clip", str(where.clip),
+              "--prompt", assets.DEMO_PROMPTS[world], "--mode", "per-prompt",
+              "--out", str(assets.DEMO_EDITS / name), "--progress-every", "50")
 
 
 def write_sample_grid(world: str, path: Path) -> None:
@@ -74,9 +82,9 @@ def write_sample_grid(world: str, path: Path) -> None:
 # side by side, so identical pictures tell a user nothing).
 THUMBNAIL_SOURCES = {
     "train_apply_visualise": "faces_demo_before_after.png",
-    "apply_saved_edit": "demo_overlay.png",
-    "invert_photo_and_edit": "demo_samples.png",
-    "segments_from_masks": "demo_mask_grid.png",
+    "apply_saved_edit": "faces_demo_overlay.png",
+    "invert_photo_and_edit": "faces_samples.png",
+    "segments_from_masks": "faces_demo_mask_grid.png",
 }
 
 
@@ -93,6 +101,9 @@ def write_thumbnails() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--thumbnails"]:
         write_thumbnails()
+        sys.exit(0)
+    if sys.argv[1:] == ["--edits"]:  # the shipped per-prompt edits alone
+        train_shipped_edits()
         sys.exit(0)
     if sys.argv[1:] == ["--faces"]:  # after the face generator is (re)trained
         write_sample_grid("faces", ROOT / "docs" / "images" / "faces_samples.png")

@@ -22,6 +22,10 @@ DEMO_PROMPTS = {"shapes": "an orange background", "faces": "a blue background"}
 #: The prompt the demo, the Train node and the templates start from.
 DEFAULT_PROMPT = DEMO_PROMPTS[DEMO_WORLD]
 WORLDS = tuple(DEMO_PROMPTS)
+#: Each world's shipped per-prompt edit of its demo prompt (in DEMO_EDITS; the Load Edit node
+#: lists them as "[demo] NAME"), made by scripts/finish_demo_assets.py.
+SHIPPED_EDITS = {"shapes": "orange_background.safetensors",
+                 "faces": "faces_blue_background.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,12 @@ class WorldAssets:
     generator: Path
     clip: Path
     judge: Path
-    edits: Path
 
 
 def world_assets(world: str) -> WorldAssets:
     folder = {"shapes": ASSETS, "faces": FACES}[world]
     return WorldAssets(folder / "generator.safetensors", folder / "clip",
-                       folder / "judge.safetensors", folder / "edits")
+                       folder / "judge.safetensors")
 
 
 def require(path: Path) -> Path:

@@ -81,22 +81,22 @@ def test_apply_saved_edit_to_a_batch(server) -> None:
 def test_invert_template_runs_as_shipped_and_on_an_uploaded_photo(server) -> None:
     from coral_core.images import image_to_uint8
     from coral_core.metrics import psnr
-    from coral_core.world.render import render
-    from coral_core.world.scene import random_scenes
+    from coral_core.world.faces.render import render
+    from coral_core.world.faces.scene import random_faces
 
-    # as shipped: the Demo Photo node's scene, nothing to upload first
+    # as shipped: the Demo Photo node's portrait, nothing to upload first
     wf = load_workflow("invert_photo_and_edit")
-    assert wf["3"]["class_type"] == "CoralDemoPhoto"
+    assert wf["3"]["class_type"] == "CoralDemoPhoto" and wf["3"]["inputs"]["world"] == "faces"
     outputs = _ok(server.run(wf))
     rec = output_images(server, outputs, "7")[0]
     assert rec.shape == (64, 64, 3)
     assert output_images(server, outputs, "8")[0].shape == (64, 64, 3)
-    truth, _ = render(random_scenes(1, wf["3"]["inputs"]["seed"]))
+    truth, _ = render(random_faces(1, wf["3"]["inputs"]["seed"]))
     as_tensor = torch.from_numpy(rec.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    assert float(psnr(as_tensor, truth)[0]) > 15  # the reconstruction is of that scene
+    assert float(psnr(as_tensor, truth)[0]) > 15  # the reconstruction is of that portrait
 
     # a user's photo through Load Image, at a size the generator does not draw
-    img, _ = render(random_scenes(1, 99), 48)
+    img, _ = render(random_faces(1, 99), 48)
     buf = io.BytesIO()
     Image.fromarray(image_to_uint8(img)[0]).save(buf, format="PNG")
     upload_image(server, "coral_photo.png", buf.getvalue())

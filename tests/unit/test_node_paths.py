@@ -248,3 +248,29 @@ def test_train_node_hold_to_prior_follows_the_preset_unless_set(monkeypatch) -> 
     assert got == [False, True, False, False, True, False, False]
     inputs = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
     assert list(inputs)[-1] == "hold_to_prior"  # appended: saved workflows keep their order
+
+
+def test_demo_photo_draws_either_world_as_its_renderer_does() -> None:
+    """Demo Photo's picture is the world's render of the seed's scenes (never the
+    generator's), with the caption of what each shows; an unknown world is a named error."""
+    import torch
+
+    from coral_core.world.faces.render import render as render_faces
+    from coral_core.world.faces.scene import random_faces
+    from coral_core.world.render import render as render_shapes
+    from coral_core.world.scene import random_scenes
+
+    _host()
+    from coralpack.nodes.demo import CoralDemoPhoto  # type: ignore[import-not-found]
+
+    node = CoralDemoPhoto()
+    for world, truth in (("faces", render_faces(random_faces(2, 5))[0]),
+                         ("shapes", render_shapes(random_scenes(2, 5))[0])):
+        image, caption = node.make(5, 2, world)
+        assert image.shape == (2, 64, 64, 3)
+        assert torch.allclose(image, ((truth.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1))
+        assert len(caption.splitlines()) == 2
+    assert "face" in node.make(5, 1, "faces")[1]
+    assert node.make(5, 1)[1] == node.make(5, 1, "faces")[1]  # the newcomer's world
+    with pytest.raises(ValueError, match="world"):
+        node.make(5, 1, "cats")
