@@ -147,7 +147,9 @@ class CoralTrainEdit:
                 "tooltip": "Per image: until the region is chosen, the edit may only scale "
                            "the direction prior, per layer (an image it cannot take far "
                            "enough is then freed); the prior is then taken between look-alike "
-                           "samples, so it changes what the prompt names and little else. "
+                           "samples, so it changes what the prompt names and little else, and "
+                           "the masks start where it changes the picture (the segments split "
+                           "there: long hair or a wider mouth gets a region of its own). "
                            "Keeps the rest of a face as it was (a smile that does not "
                            "recolour the skin); in scenes of several objects it can pick the "
                            "wrong one. 'preset' follows the preset (coral: off)."}),

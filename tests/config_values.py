@@ -12,7 +12,8 @@ OTHER: dict[str, Any] = {
     "lr": 0.01, "max_layer": 3, "only_layers": [1], "select_then_edit": 0.5, "bf16": True,
     "recompute": True, "identity_model": Path("ir_se50.pth"), "l2": 0.5,
     "area_layer_weights": [1.0, 2.0], "checkpoint": Path("run.ckpt.pt"),
-    "catalogue_dir": Path("cache"), "weights": LossWeights(area=0.5), "prior_form": "matched"}
+    "catalogue_dir": Path("cache"), "weights": LossWeights(area=0.5), "prior_form": "matched",
+    "prior_region": True}
 
 
 def other_value(name: str, value: Any) -> Any:

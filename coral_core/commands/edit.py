@@ -328,9 +328,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--hold-to-prior", action=argparse.BooleanOptionalAction, default=None,
                    help="per image: until the region choice the edit may only scale the "
                         "direction prior, per layer (an image it cannot take far enough is "
-                        "then freed); keeps other parts of a face as they were, but can "
-                        "recolour the wrong object in a scene of several (coral: "
-                        f"{'on' if _TRAIN.along_prior else 'off'})")
+                        "then freed), and the masks start where the prior changes the "
+                        "picture (the segments are split there, so long hair or a wider "
+                        "mouth has a region of its own); keeps other parts of a face as "
+                        "they were, but can recolour the wrong object in a scene of several "
+                        f"(coral: {'on' if _TRAIN.along_prior else 'off'})")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from where the generator samples (of "
                         "this many, cached per generator and CLIP) that the CLIP ranks "

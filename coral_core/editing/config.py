@@ -158,6 +158,11 @@ class TrainConfig:
     # smile no longer recolours the skin) but on the shapes world object recolours often
     # pick the wrong object (figures: docs/method.md, "Holding the direction to the prior").
     along_prior: bool = False
+    # Per image SS with the prior's start: split every segment piece where that start changes
+    # the picture visibly, and start the unchanged halves' masks low (prior_region.py), so a
+    # change of shape (long hair over the background, a wider mouth) has a region of its own.
+    # None = automatic (prior_region_for): on with along_prior, where it was measured.
+    prior_region: bool | None = None
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve
@@ -217,6 +222,11 @@ class TrainConfig:
         """The prior's form for a direction held to it or free (``prior_form`` if set)."""
         return self.prior_form or ("matched" if held else "mean")
 
+    def prior_region_for(self, held: bool) -> bool:
+        """Whether the pieces are split where the prior's start acts (``prior_region`` if
+        set; else with a direction held to the prior)."""
+        return held if self.prior_region is None else self.prior_region
+
     def validate(self, G: Generator) -> None:
         """Refuse a setting out of range, of the wrong kind, or a combination that cannot
         train, with a message naming it, before any work starts."""
@@ -224,7 +234,8 @@ class TrainConfig:
         for name, value, allowed in (("variant", self.variant, VARIANTS),
                                      ("direction", self.direction, DIRECTIONS),
                                      ("mode", self.mode, MODES),
-                                     ("prior_form", self.prior_form, (None, *PRIOR_FORMS))):
+                                     ("prior_form", self.prior_form, (None, *PRIOR_FORMS)),
+                                     ("prior_region", self.prior_region, (None, True, False))):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {value!r}")
         self._validate_numbers()

@@ -35,6 +35,7 @@ from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
 from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
+from .prior_region import changed_cells, split_pieces, start_weights, visible_change
 from .region import RegionJudge, harden_selection, judge_loss, prune_region
 from .run_record import resume, run_identity, save_checkpoint
 from .selectors import AttentionSelector, SegmentSelector, weighted_region
@@ -340,10 +341,42 @@ def _start_from_bank(run: _Run) -> None:
         run.prior = _start_from_prior(cfg, run.direction, units, form)
         if held:
             _hold_to_prior(run.direction, units, run.prior)
+        if cfg.prior_region_for(held) and cfg.variant == "ss" and cfg.mode == "per_image" \
+                and run.catalogue is not None and not cfg.no_masks:
+            _split_where_the_prior_acts(run)
     if cfg.check_fit:
         run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank)
     if wants_fit and cfg.mode == "per_prompt" and bank is not None:
         run.scene_check = _scene_check(run.clip, cfg, run.target, bank)
+
+
+def _split_where_the_prior_acts(run: _Run) -> None:
+    """Per image SS (``TrainConfig.prior_region``, prior_region.py): the catalogue's pieces
+    split where the prior's start changes each picture, the unchanged halves starting with
+    low masks. The split segments replace the catalogue (the edit saves them, so apply sees
+    the same), hence a new selector and optimiser for their number: this runs once, before
+    the first step, when the prior's start is known."""
+    G, cfg, latents = run.G, run.cfg, run.latents
+    assert latents is not None and run.catalogue is not None and run.prior is not None
+    with torch.no_grad():
+        noise = G.make_noise(latents.shape[0], "const")
+        image, feats = G.synthesize_with_features(latents, noise=noise)
+        moved = G.synthesize(latents + run.direction(latents), noise=noise)
+        pieces = run.catalogue.segments(feats)
+        cells = changed_cells(visible_change(moved, image), pieces.shape[-1])
+        run.segments = split_pieces(pieces, cells)
+    run.catalogue = None
+    selector = _make_selector(G, cfg, latents.shape[0], run.segments, None)
+    assert isinstance(selector, SegmentSelector)
+    with torch.no_grad():
+        start = start_weights(pieces.shape[1], cfg.mask_init).clamp(1e-4, 1 - 1e-4)
+        selector.logits.copy_(torch.logit(start).expand_as(selector.logits))
+    run.selector = selector.to(latents.device)
+    run.opt = torch.optim.Adam(
+        [{"params": list(run.direction.parameters()), "lr": cfg.direction_lr()},
+         {"params": list(run.selector.parameters()), "lr": cfg.selector_lr()}])
+    run.sched = _cosine_rampdown(run.opt, cfg.steps)
+    run.prior["region_share"] = [round(float(c), 3) for c in cells.flatten(1).mean(1)]
 
 
 # --- one step ---------------------------------------------------------------------------------
