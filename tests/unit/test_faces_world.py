@@ -149,3 +149,22 @@ def test_a_background_recolour_of_a_face_is_never_refused_as_lacking_a_backgroun
         edit = train_edit(G, clip, TrainConfig(prompt=prompt, steps=1, batch=3),
                           latents=ws).edit
         assert not any("lack" in w for w in edit.info.get("warnings", [])), prompt
+
+
+def test_a_seed_and_kind_are_the_same_case_whatever_other_kinds_are_asked_for() -> None:
+    """`coral eval --kinds` with a subset, or in another order, scores the same edits as the
+    full run for the kinds they share (arms run with different --kinds are comparable)."""
+    from coral_core.cache import get_generator
+    from coral_core.world import assets
+    from coral_core.world.evaluate import KINDS as SHAPE_KINDS
+    from coral_core.world.evaluate import build_cases as shape_cases
+    from coral_core.world.faces.evaluate import build_cases as face_cases
+
+    for world, build, kinds in (("faces", face_cases, tuple(KINDS)),
+                                ("shapes", shape_cases, SHAPE_KINDS)):
+        G = get_generator(assets.world_assets(world).generator).generator
+        seeds = [300, 301, 302]
+        every = {(c.seed, c.kind): c.prompt for c in build(G, seeds, kinds)[0]}
+        some = tuple(reversed(kinds[1::2]))
+        picked = {(c.seed, c.kind): c.prompt for c in build(G, seeds, some)[0]}
+        assert picked and picked == {k: v for k, v in every.items() if k[1] in some}, world

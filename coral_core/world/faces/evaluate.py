@@ -88,9 +88,11 @@ def build_cases(G: Generator, seeds: list[int], kinds: tuple[str, ...] = tuple(K
     _, masks = render(faces, G.img_resolution)
     cases = []
     for i, seed in enumerate(seeds):
-        for n, kind in enumerate(kinds):
+        for kind in kinds:
             one = faces.select(slice(i, i + 1)).clone()
-            new = _new_value(kind, one, np.random.RandomState(seed * 89 + n))
+            # seeded by the kind's place among all kinds, not in the list asked for, so a
+            # seed and kind are the same case whatever other kinds a run asks for
+            new = _new_value(kind, one, np.random.RandomState(seed * 89 + list(KINDS).index(kind)))
             if new is None:
                 continue
             attr, parts = KINDS[kind]
