@@ -253,8 +253,7 @@ def _prepare(G: Generator, clip: CoralClip, cfg: TrainConfig, latents: torch.Ten
         reporter.update(0, cfg.steps, force=True, phase="segment catalogue")
     catalogue = _choose_catalogue(G, cfg, segments, catalogue, prunes)
     selector = _make_selector(G, cfg, rows, segments, catalogue).to(device)
-    opt = torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
-                            {"params": list(selector.parameters()), "lr": cfg.selector_lr()}])
+    opt = _make_optimiser(cfg, direction, selector)
     run_id = run_identity(cfg, G, clip)
     start_step = resume(cfg, run_id, direction, selector, opt)
     target = clip.encode_text([cfg.prompt])
@@ -366,15 +365,14 @@ def _split_where_the_prior_acts(run: _Run) -> None:
         cells = changed_cells(visible_change(moved, image), pieces.shape[-1])
         run.segments = split_pieces(pieces, cells)
     run.catalogue = None
+    run.fixed_original = _Original(image, feats, run.segments)  # the first step's, kept
     selector = _make_selector(G, cfg, latents.shape[0], run.segments, None)
     assert isinstance(selector, SegmentSelector)
     with torch.no_grad():
-        start = start_weights(pieces.shape[1], cfg.mask_init).clamp(1e-4, 1 - 1e-4)
-        selector.logits.copy_(torch.logit(start).expand_as(selector.logits))
+        start = torch.logit(start_weights(pieces.shape[1], cfg.mask_init), eps=1e-4)
+        selector.logits.copy_(start.expand_as(selector.logits))
     run.selector = selector.to(latents.device)
-    run.opt = torch.optim.Adam(
-        [{"params": list(run.direction.parameters()), "lr": cfg.direction_lr()},
-         {"params": list(run.selector.parameters()), "lr": cfg.selector_lr()}])
+    run.opt = _make_optimiser(cfg, run.direction, run.selector)
     run.sched = _cosine_rampdown(run.opt, cfg.steps)
     run.prior["region_share"] = [round(float(c), 3) for c in cells.flatten(1).mean(1)]
 
@@ -668,6 +666,12 @@ def _make_direction(G: Generator, cfg: TrainConfig, rows: int
     if cfg.direction == "global":
         return GlobalDirection(G.num_ws, G.w_dim, rows, seed=cfg.seed, scale=spread)
     return LatentMapper(G.num_ws, G.w_dim, spread=spread)
+
+
+def _make_optimiser(cfg: TrainConfig, direction: nn.Module, selector: nn.Module
+                    ) -> torch.optim.Optimizer:
+    return torch.optim.Adam([{"params": list(direction.parameters()), "lr": cfg.direction_lr()},
+                             {"params": list(selector.parameters()), "lr": cfg.selector_lr()}])
 
 
 def _make_selector(G: Generator, cfg: TrainConfig, rows: int, segments: torch.Tensor | None,
