@@ -85,9 +85,15 @@ def changed_cells(changed: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def split_pieces(pieces: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """Segments [B, 2K, r, r]: pieces [B, K, r, r] within the changed ``cells`` [B, 1, r, r],
-    then the same pieces outside them. Still a partition where the pieces were one; a piece
-    wholly inside or outside leaves an empty twin, which no region choice ever selects."""
-    return torch.cat([pieces * cells, pieces * (1 - cells)], 1)
+    then the same pieces outside them. A piece the prior changes mostly (at least half its
+    cells) goes wholly to the changed half: the prior acts on that part, and a change graded
+    across it (a background's shift, stronger near the head) split "a blue background" into
+    a ring and left the edit short. Still a partition where the pieces were one; a piece
+    wholly on one side leaves an empty twin, which no region choice ever selects."""
+    share = (pieces * cells).sum((2, 3)) / pieces.sum((2, 3)).clamp_min(1e-6)  # [B, K]
+    mostly = (share >= 0.5).to(pieces.dtype)[..., None, None]
+    inside = torch.maximum(pieces * cells, pieces * mostly)
+    return torch.cat([inside, pieces - inside], 1)
 
 
 def start_weights(k: int, mask_init: float) -> torch.Tensor:

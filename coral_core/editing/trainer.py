@@ -374,7 +374,8 @@ def _split_where_the_prior_acts(run: _Run) -> None:
     run.selector = selector.to(latents.device)
     run.opt = _make_optimiser(cfg, run.direction, run.selector)
     run.sched = _cosine_rampdown(run.opt, cfg.steps)
-    run.prior["region_share"] = [round(float(c), 3) for c in cells.flatten(1).mean(1)]
+    changed = run.segments[:, :pieces.shape[1]].sum(1)
+    run.prior["region_share"] = [round(float(c), 3) for c in changed.flatten(1).mean(1)]
 
 
 # --- one step ---------------------------------------------------------------------------------

@@ -77,6 +77,12 @@ def test_split_pieces_keep_a_partition_and_put_the_changed_half_first() -> None:
     assert torch.equal(split.sum(1), torch.ones(1, 4, 4))
     assert torch.equal(split[:, :3].sum(1, keepdim=True), cells)
     assert torch.equal(split[:, :3] + split[:, 3:], pieces)
+    # a piece the prior changes mostly is changed whole: its region is that piece
+    cells[0, 0, 0, 0] = cells[0, 0, 0, 1] = 1  # now 3 of piece 0's 4 cells
+    split = split_pieces(pieces, cells)
+    assert torch.equal(split[:, 0], pieces[:, 0]) and not split[:, 3].any()
+    assert torch.equal(split[:, 1], pieces[:, 1] * cells[:, 0])  # 1 of 4: still split
+    assert torch.equal(split.sum(1), torch.ones(1, 4, 4))
     assert start_weights(3, 0.5).tolist() == [0.5] * 3 + [pytest.approx(REST_WEIGHT)] * 3
 
 
