@@ -24,6 +24,26 @@ def test_otsu_splits_two_groups_between_them_whatever_their_sizes() -> None:
     assert otsu_threshold(torch.full((50,), 0.3)) == pytest.approx(0.3)
 
 
+def _between_class_variance(values: torch.Tensor, t: float) -> float:
+    low, high = values[values <= t], values[values > t]
+    if not len(low) or not len(high):
+        return 0.0
+    return len(low) * len(high) * float(low.mean() - high.mean()) ** 2 / len(values) ** 2
+
+
+def test_otsu_finds_the_best_split_of_three_uneven_groups() -> None:
+    """Against a brute-force search over every gap of the raw values: the histogram's
+    threshold separates the groups as well, within what one of its bins can cost."""
+    g = torch.Generator().manual_seed(2)
+    values = torch.cat([0.05 * torch.rand(2000, generator=g),
+                        0.3 + 0.1 * torch.rand(700, generator=g),
+                        1.2 + 0.3 * torch.rand(300, generator=g)])
+    best = max(values.unique().tolist(), key=lambda c: _between_class_variance(values, c))
+    t = otsu_threshold(values)
+    assert _between_class_variance(values, t) > 0.995 * _between_class_variance(values, best)
+    assert torch.equal(values > t, values > best)  # the same two groups
+
+
 def _pictures(step: float, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A grey picture and the same with a square raised by ``step`` and every pixel moved by
     up to ``noise`` (what the prior's start does: a clear change and a faint shimmer)."""
@@ -58,6 +78,14 @@ def test_an_outline_that_moved_is_no_region_but_the_milder_change_beside_it_is()
     assert torch.equal(got[0, 0, :, :16], torch.ones(32, 16))
     assert not got[0, 0, :, 16:].any()
     assert opening_width(32) == opening_width(64) == 3 and opening_width(1024) == 49
+    # the same at 128 px on a grey picture, with an outline 4 px wide (7 px opening)
+    image = torch.full((1, 3, 128, 128), 0.3)
+    moved = image.clone()
+    moved[:, :, :, :64] -= 0.2
+    moved[:, :, 8:120, 80:84] += 1.5
+    got = visible_change(moved, image)
+    assert got.shape == (1, 1, 128, 128)
+    assert got[0, 0, :, :64].all() and not got[0, 0, :, 64:].any()
 
 
 def test_a_cell_with_any_changed_pixel_is_changed() -> None:
@@ -82,6 +110,8 @@ def test_split_pieces_keep_a_partition_and_put_the_changed_half_first() -> None:
     split = split_pieces(pieces, cells)
     assert torch.equal(split[:, 0], pieces[:, 0]) and not split[:, 3].any()
     assert torch.equal(split[:, 1], pieces[:, 1] * cells[:, 0])  # 1 of 4: still split
+    cells[0, 0, 0, 2] = 1  # 2 of piece 1's 4 cells: half is enough
+    assert torch.equal(split_pieces(pieces, cells)[:, 1], pieces[:, 1])
     assert torch.equal(split.sum(1), torch.ones(1, 4, 4))
     assert start_weights(3, 0.5).tolist() == [0.5] * 3 + [pytest.approx(REST_WEIGHT)] * 3
 
