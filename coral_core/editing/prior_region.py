@@ -9,8 +9,9 @@ region wins) chose neither; held to the prior, 7 of 8 hair-style edits and 7 of 
 left unchanged. The prior's start, ``G(w + start)``, already draws the change: where it
 differs visibly from ``G(w)`` is where the generator's own direction of the prompt acts.
 
-So each segment piece is split in two, its cells that the prior's start changes and the rest,
-and the rest start with a small mask weight (``REST_WEIGHT``): the masks begin where the
+So each segment piece is split in two, its cells that the prior's start changes and the rest
+(a piece it changes mostly goes whole to the changed half), and the rest start with a small
+mask weight (``REST_WEIGHT``): the masks begin where the
 prior acts and the CLIP, area and region choice decide from there. Nothing here reads the
 truth: the threshold is the one that best splits the picture's own change magnitudes
 (Otsu's), never below one visible grey level.
