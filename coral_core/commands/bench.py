@@ -366,9 +366,10 @@ def bench_startup(repeats: int = 3) -> dict[str, float]:
     import statistics
     import tempfile
 
-    from ..world.assets import DEMO_EDITS, require
+    from ..world.assets import DEMO_EDITS, SHIPPED_EDITS, require
 
-    edit = sorted(require(DEMO_EDITS).glob("*.safetensors"))[0]
+    # the CLI's default generator is the shapes world's, so its shipped edit
+    edit = require(DEMO_EDITS / SHIPPED_EDITS["shapes"])
     out = {}
     with tempfile.TemporaryDirectory() as folder:
         runs = {"coral --help": ["--help"],
