@@ -36,9 +36,6 @@ def main() -> int:
     for old in assets.DEMO_EDITS.glob("*.safetensors"):
         old.unlink()
     train_shipped_edits()
-    for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
-            assets.DEMO_EDITS.glob("catalogue-*")):
-        junk.unlink()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
     write_sample_grid("shapes", out / "demo_samples.png")
@@ -61,6 +58,9 @@ def train_shipped_edits() -> None:
         coral("train", "--generator", str(where.generator), "--clip", str(where.clip),
               "--prompt", assets.DEMO_PROMPTS[world], "--mode", "per-prompt",
               "--out", str(assets.DEMO_EDITS / name), "--progress-every", "50")
+    for junk in list(assets.DEMO_EDITS.glob("*.ckpt.pt")) + list(
+            assets.DEMO_EDITS.glob("catalogue-*")):  # training's leftovers never ship
+        junk.unlink()
 
 
 def write_sample_grid(world: str, path: Path) -> None:

@@ -344,7 +344,8 @@ def _start_from_bank(run: _Run) -> None:
                 and run.catalogue is not None and not cfg.no_masks:
             _split_where_the_prior_acts(run)
     if cfg.check_fit:
-        run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank)
+        drawn = run.fixed_original.image if run.fixed_original is not None else None
+        run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank, drawn)
     if wants_fit and cfg.mode == "per_prompt" and bank is not None:
         run.scene_check = _scene_check(run.clip, cfg, run.target, bank)
 
@@ -723,9 +724,11 @@ def _counted_heartbeat(reporter: Reporter | None, total_steps: int, phase: str
 
 def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 latents: torch.Tensor | None, target: torch.Tensor,
-                bank: SampleBank | None) -> PromptFit | None:
+                bank: SampleBank | None, drawn: torch.Tensor | None = None
+                ) -> PromptFit | None:
     """fit.py's checks for a per-image edit; for a per-prompt edit only "nothing to aim at"
-    (its scenes are met at apply time: ``_scene_check``). None without a sample bank."""
+    (its scenes are met at apply time: ``_scene_check``). None without a sample bank.
+    ``drawn``: the latents' pictures when already drawn (not drawn again)."""
     if bank is None or cfg.no_masks:
         return None
     from .fit import check_prompt_fit
@@ -734,7 +737,8 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
         no_images = torch.zeros(0, bank.embeddings.shape[1])
         return check_prompt_fit(bank, target, no_images, cfg.prompt, cfg.prior_top)
     with torch.no_grad():
-        images = G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
+        images = drawn if drawn is not None else \
+            G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
     return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top,
                             *_prompt_parts_encoded(clip, cfg))

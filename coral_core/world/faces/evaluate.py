@@ -87,12 +87,13 @@ def build_cases(G: Generator, seeds: list[int], kinds: tuple[str, ...] = tuple(K
     faces = faces_from_z(z)
     _, masks = render(faces, G.img_resolution)
     cases = []
+    place = {kind: n for n, kind in enumerate(KINDS)}
     for i, seed in enumerate(seeds):
         for kind in kinds:
             one = faces.select(slice(i, i + 1)).clone()
             # seeded by the kind's place among all kinds, not in the list asked for, so a
             # seed and kind are the same case whatever other kinds a run asks for
-            new = _new_value(kind, one, np.random.RandomState(seed * 89 + list(KINDS).index(kind)))
+            new = _new_value(kind, one, np.random.RandomState(seed * 89 + place[kind]))
             if new is None:
                 continue
             attr, parts = KINDS[kind]
