@@ -200,20 +200,52 @@ def _lay_clauses(G: Generator, ws: torch.Tensor, edit: Edit,
     object, and its features overwrote that object's new colour (session 15's first try)."""
     s = strength if isinstance(strength, (int, float)) else list(strength)[0]
     results = []
-    for link in edit.chain():
+    links = edit.chain()
+    for link in links:
         alone = replace(link, then=None)
         results.append(apply_edits(G, ws, [alone], s, threshold, noise_mode, True, transfer,
                                    clip))
     original = results[0].original
     assert original is not None
     edited = original.clone()
-    for res in results:
+    for link, res in zip(links, results):
         change = res.edited - original
         moved = change.abs().amax(1, keepdim=True) > 0
+        moved[_rows_without_direction(link, G.check_ws(ws.to(G.w_avg.device)))] = False
         edited = torch.where(moved.expand_as(edited), res.edited, edited)
-    return ApplyResult(edited, original, [m for r in results for m in r.masks],
-                       results[0].transferred, [v for r in results for v in r.scenes],
-                       [p for r in results for p in r.prompts])
+    masks, prompts, scenes = _one_per_prompt(results)
+    return ApplyResult(edited, original, masks, results[0].transferred, scenes, prompts)
+
+
+def _rows_without_direction(link: Edit, ws: torch.Tensor) -> list[int]:
+    """The images a per-image link of a chain leaves alone (its direction row is 0): a blend
+    of identical features can still differ from them in the last bit, and such a row must not
+    cover the change an earlier link made there."""
+    delta = link.delta(ws)
+    if delta.shape[0] != ws.shape[0]:
+        return []
+    return [i for i in range(ws.shape[0]) if not bool(delta[i].any())]
+
+
+def _one_per_prompt(results: list[ApplyResult]
+                    ) -> tuple[list[list[torch.Tensor | None]], list[str], list]:
+    """Masks, prompts and scene verdicts per thing the prompt names. Links of one prompt (a
+    held edit and the free one trained again for the images it fell short on: trainer
+    ``free_when_short``) act on different images, so their masks are merged (the larger per
+    pixel) and they count as one clause."""
+    masks: list[list[torch.Tensor | None]] = []
+    prompts: list[str] = []
+    scenes: list = []
+    for res in results:
+        for m, p, v in zip(res.masks, res.prompts, res.scenes):
+            if prompts and prompts[-1] == p:
+                masks[-1] = [a if b is None else b if a is None else torch.maximum(a, b)
+                             for a, b in zip(masks[-1], m)]
+                continue
+            masks.append(list(m))
+            prompts.append(p)
+            scenes.append(v)
+    return masks, prompts, scenes
 
 
 def _scene_verdict(edit: Edit, clip: CoralClip | None, original: torch.Tensor | None

@@ -57,7 +57,9 @@ class Edit:
     scene_check: SceneCheck | None = None
     scene_check_clip: str = ""
     # a prompt that joins two things: the edit of the next one, laid over this one at apply
-    # (trainer._train_clauses); its file keeps it under CLAUSE_PREFIX
+    # (trainer._train_clauses); or, of the same prompt, the edit trained again free for the
+    # images a held edit fell short on (trainer.free_when_short); its file keeps it under
+    # CLAUSE_PREFIX
     then: "Edit | None" = None
 
     def chain(self) -> list["Edit"]:
@@ -204,8 +206,9 @@ class Edit:
         out.update({k: self.info[k] for k in ("selection", "final_losses", "mask_area",
                                                "steps", "wall_seconds", "partial", "warnings")
                     if k in self.info})
-        if self.then is not None:
-            out["clauses"] = [link.prompt for link in self.chain()]
+        clauses = list(dict.fromkeys(link.prompt for link in self.chain()))  # a link trained
+        if len(clauses) > 1:  # again free (trainer.free_when_short) is no clause of its own
+            out["clauses"] = clauses
         return out
 
     # ---- file ------------------------------------------------------------------------------
@@ -288,6 +291,10 @@ class Edit:
     @classmethod
     def _load(cls, path: Path) -> "Edit":
         meta, tensors = read_safetensors(path, "edit", require_hash=False)
+        # fresh copies: a tensor read at an odd offset of the file takes another kernel path
+        # and applied a few 1e-6 away from the edit that was saved (found when a longer
+        # header moved the data)
+        tensors = {k: v.clone() for k, v in tensors.items()}
         if meta.get("format") != EDIT_FORMAT:
             raise ModelFormatError(f"{path}: not a CoralStyleCLIP edit (no '{EDIT_FORMAT}' "
                                    "metadata)")

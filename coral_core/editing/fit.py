@@ -85,28 +85,37 @@ class PromptFit:
     off_target: list[bool] = field(default_factory=list)  # per image: reach out of bounds
     overshoot: list[float] = field(default_factory=list)  # per image: past the best, in ranges
     absent: list[bool] = field(default_factory=list)  # per image: nothing it names is there
+    # per image, after training: under MIN_REACH of the way (a subset of off_target)
+    fell_short: list[int] = field(default_factory=list)
+    # rows another edit of the same training makes (trainer: a held edit's rows that reached):
+    # left unchanged here, never judged and never named in a warning
+    covered: list[int] = field(default_factory=list)
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
         return [i for i, already in enumerate(self.already)
-                if already or self.aimless or (i < len(self.off_target) and self.off_target[i])
+                if already or self.aimless or i in self.covered
+                or (i < len(self.off_target) and self.off_target[i])
                 or (i < len(self.absent) and self.absent[i])]
 
     def judge_outcome(self, prompt: str, text_embedding: torch.Tensor,
-                      edited_embeddings: torch.Tensor) -> None:
+                      edited_embeddings: torch.Tensor, warn_short: bool = True) -> None:
         """After training: an edit that covered less than MIN_REACH of the way to the bank's
         best samples did not do what the prompt says (it names something the image lacks, or
         a change the edit could not make); one that went more than MAX_REACH of that way and
         more than MAX_OVERSHOOT of the prompt's range past the best samples' score moved the
         CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP
         reacts to but this generator does not draw). Either way the image is left as it was,
-        with a warning, instead of being changed at random."""
+        with a warning, instead of being changed at random. ``warn_short`` off: the rows that
+        fell short are only recorded (``fell_short``), for a caller that trains them again."""
         self.reached = self.reach(text_embedding, edited_embeddings)
         self.overshoot = self.past_best(text_embedding, edited_embeddings)
         far, short = off_target_rows(self.reached, self.overshoot,
-                                     [i for i, a in enumerate(self.already) if not a])
+                                     [i for i, a in enumerate(self.already)
+                                      if not a and i not in self.covered])
         self.off_target = [i in far or i in short for i in range(len(self.reached))]
-        if short:
+        self.fell_short = short
+        if short and warn_short:
             self.warnings.append(
                 f"prompt {prompt!r}: the edit of image(s) {', '.join(map(str, short))} got only "
                 f"{min(self.reached[i] for i in short):.0%} of the way to the generator's best "

@@ -172,9 +172,25 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
     clauses = _clauses_to_split(cfg)
     if clauses:
         return _train_clauses(G, clip, cfg, clauses, latents, segments, reporter, catalogue)
+    result = _train_once(G, clip, cfg, latents, segments, reporter, catalogue)
+    short = (result.edit.info.get("prior") or {}).get("short_when_held", [])
+    if short and not result.partial:
+        return _train_short_rows_free(G, clip, cfg, result, short, latents, segments, reporter,
+                                      catalogue)
+    return result
+
+
+def _train_once(G: Generator, clip: CoralClip, cfg: TrainConfig, latents: torch.Tensor | None,
+                segments: torch.Tensor | None, reporter: Reporter | None,
+                catalogue: SegmentCatalogue | None, covered: list[int] | None = None
+                ) -> TrainResult:
+    """One training of one prompt. ``covered``: rows another edit of this training makes
+    (left unchanged here, never judged or warned about)."""
     with isolated_rng(cfg.seed, G.w_avg.device):
         t0 = time.perf_counter()
         run = _prepare(G, clip, cfg, latents, segments, reporter, catalogue)
+        if covered and run.fit is not None:
+            run.fit.covered = list(covered)
         run.setup_seconds, t0 = time.perf_counter() - t0, time.perf_counter()
         progress = _Progress()
         try:
@@ -186,6 +202,45 @@ def train_edit(G: Generator, clip: CoralClip, cfg: TrainConfig,
                 f"{len(progress.history)}"
         _restore_after_stop(run, progress)
         return _finish(run, progress, time.perf_counter() - t0)
+
+
+def _train_short_rows_free(G: Generator, clip: CoralClip, cfg: TrainConfig,
+                           held: TrainResult, short: list[int], latents: torch.Tensor | None,
+                           segments: torch.Tensor | None, reporter: Reporter | None,
+                           catalogue: SegmentCatalogue | None) -> TrainResult:
+    """``TrainConfig.free_when_short``: the images whose edit, held to the prior, ended short
+    of the bank's best samples are trained again as the defaults train them (same seed, the
+    direction free), instead of being left unchanged. When every image fell short, the free
+    edit is the edit; otherwise it follows the held one in a chain (``Edit.then``), covering
+    only those images, and apply gives each image the change of the edit that made it."""
+    if reporter is not None:
+        reporter.update(0, cfg.steps, force=True, phase="training again, free",
+                        warning=f"image(s) {', '.join(map(str, short))}: held to the prior, "
+                                "the edit fell short; training them again without the hold")
+    assert held.edit.latents is not None  # a held edit is per image
+    covered = [i for i in range(held.edit.latents.shape[0]) if i not in short]
+    free = _train_once(G, clip, replace(cfg, along_prior=False), latents, segments, reporter,
+                       catalogue, covered)
+    held_info = held.edit.info
+    tried = {"short": short, "reach": (held_info.get("prompt_fit") or {}).get("reach"),
+             "wall_seconds": held_info.get("wall_seconds", 0.0)}
+    info = free.edit.info
+    info.setdefault("prior", {})["held_first"] = tried
+    info["wall_seconds"] = round(info.get("wall_seconds", 0.0) + tried["wall_seconds"], 2)
+    if not covered:
+        return free
+    head = held.edit
+    head.then = free.edit
+    warnings = list(dict.fromkeys(held_info.get("warnings", []) + info.get("warnings", [])))
+    if warnings:
+        head.info["warnings"] = warnings
+    reach = (held_info.get("prompt_fit") or {}).get("reach")
+    free_reach = (info.get("prompt_fit") or {}).get("reach")
+    if reach and free_reach:
+        head.info["prompt_fit"]["reach"] = [free_reach[i] if i in short else r
+                                            for i, r in enumerate(reach)]
+    head.info["prior"]["trained_again_free"] = short
+    return TrainResult(head, free.partial, held.history + free.history, free.stopped_reason)
 
 
 MAX_SPLIT_CLAUSES = 4  # a prompt joining more things is learned whole (one training per thing)
@@ -219,7 +274,7 @@ def _train_clauses(G: Generator, clip: CoralClip, cfg: TrainConfig, clauses: lis
             break
     head = results[0].edit
     for before, after in zip(results, results[1:]):
-        before.edit.then = after.edit
+        before.edit.chain()[-1].then = after.edit  # after a clause's own free retraining
     warnings = [w for r in results for w in r.edit.info.get("warnings", [])]
     if warnings:
         head.info["warnings"] = warnings
@@ -568,13 +623,16 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
     cfg, direction, selector = run.cfg, run.direction, run.selector
     if isinstance(selector, SegmentSelector):
         selector.bake_gate()
+    retrains = _retrains_short_rows(run, progress)
     if run.fit is not None:
         if progress.last is not None and not run.fit.aimless and cfg.mode == "per_image" \
                 and isinstance(direction, GlobalDirection):
             with torch.no_grad():
                 run.fit.judge_outcome(cfg.prompt, run.target, run.clip.encode_image(
-                    progress.last.edited.detach()))
+                    progress.last.edited.detach()), warn_short=not retrains)
         leave_unchanged(direction, selector, run.fit)
+        if retrains and run.fit.fell_short and run.prior is not None:
+            run.prior["short_when_held"] = run.fit.fell_short
     edit = _make_edit(run)
     edit.info = summary_info(run.G, edit, cfg, progress.history, wall, progress.partial,
                              progress.reason)
@@ -582,7 +640,8 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
     if not progress.partial and cfg.checkpoint is not None:
         Path(cfg.checkpoint).unlink(missing_ok=True)  # the run is complete: nothing to resume
     last = progress.last
-    warnings = user_warnings(run.clip, cfg, run.fit, None if last is None or
+    trained_again = bool((run.prior or {}).get("short_when_held"))
+    warnings = user_warnings(run.clip, cfg, run.fit, None if last is None or trained_again or
                              progress.original is None else
                              (last.masks, last.edited, progress.original))
     if warnings:
@@ -590,6 +649,13 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
     if run.fit is not None:
         edit.info["prompt_fit"] = fit_info(run.fit)
     return TrainResult(edit, progress.partial, progress.history, progress.reason)
+
+
+def _retrains_short_rows(run: _Run, progress: _Progress) -> bool:
+    """Whether images that end short of the prompt are trained again free (train_edit):
+    a complete per-image run held to the prior, with ``free_when_short``."""
+    return bool(run.cfg.free_when_short and not progress.partial and run.prior is not None
+                and run.prior.get("held_to_prior"))
 
 
 def _make_edit(run: _Run) -> Edit:

@@ -1,0 +1,145 @@
+"""A held edit that falls short is trained again free (TrainConfig.free_when_short): what a
+user's --hold-to-prior run gives, saves and applies when some or all of its images end short
+of the prompt."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from coral_core.editing import fit
+from coral_core.editing.apply import apply_edits
+from coral_core.editing.edit import Edit
+from coral_core.editing.fit import PromptFit
+from coral_core.errors import CancelledError
+from coral_core.progress import Reporter
+from coral_core.editing.trainer import TrainConfig, train_edit
+
+SHORT_WARNING = "of the way to the generator's best pictures"
+
+
+def _short_on(monkeypatch: pytest.MonkeyPatch, rows: set[int]) -> None:
+    """The CLIP's verdict, fixed: a held edit gets nowhere on ``rows`` and all the way on
+    the others; a free edit gets all the way everywhere."""
+    monkeypatch.setattr(fit, "MIN_REACH", 0.5)
+
+    def reach(self: PromptFit, text: torch.Tensor, edited: torch.Tensor) -> list[float]:
+        held = not self.covered and _training_held[0]
+        return [0.0 if held and i in rows else 1.0 for i in range(edited.shape[0])]
+
+    monkeypatch.setattr(PromptFit, "reach", reach)
+
+
+_training_held = [True]
+
+
+def _config(**changes: Any) -> TrainConfig:
+    common: dict[str, Any] = dict(prompt="a red background", steps=4, seed=3,
+                                  prior_samples=32, prior_top=4, along_prior=True,
+                                  prune_at=0.5, contest_steps=1)
+    return TrainConfig(**{**common, **changes})
+
+
+@pytest.fixture
+def held_then_free(monkeypatch: pytest.MonkeyPatch):
+    """Tell the fake verdict whether the run being judged holds the direction."""
+    import coral_core.editing.trainer as trainer
+
+    once = trainer._train_once
+
+    def spy(G, clip, cfg, *args, **kwargs):
+        _training_held[0] = cfg.along_prior
+        return once(G, clip, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_once", spy)
+    yield
+    _training_held[0] = True
+
+
+def test_the_image_that_fell_short_gets_the_free_edit_and_the_other_keeps_the_held_one(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    _short_on(monkeypatch, {1})
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]))
+    cfg = _config(batch=2, catalogue_dir=tmp_path)
+    edit = train_edit(G, clip, cfg, latents=ws).edit
+    assert edit.then is not None and edit.then.prompt == edit.prompt
+    assert edit.info["prior"]["trained_again_free"] == [1]
+    assert not any(SHORT_WARNING in w for w in edit.info.get("warnings", []))
+    assert "clauses" not in edit.summary()
+
+    held_alone = apply_edits(G, ws, [Edit.load(edit.save(tmp_path / "e.safetensors"))])
+    res = apply_edits(G, ws, [edit])
+    assert torch.equal(held_alone.edited, res.edited)  # the file applies as trained
+    assert len(res.masks) == 1 and len(res.prompts) == 1  # one thing named, one mask set
+
+    monkeypatch.setattr(fit, "MIN_REACH", float("-inf"))  # nothing short: the plain runs
+    only_held = train_edit(G, clip, _config(batch=2, catalogue_dir=tmp_path,
+                                            free_when_short=False), latents=ws).edit
+    only_free = train_edit(G, clip, _config(batch=2, catalogue_dir=tmp_path,
+                                            along_prior=False), latents=ws).edit
+    held_img = apply_edits(G, ws, [only_held]).edited
+    free_img = apply_edits(G, ws, [only_free]).edited
+    assert not torch.equal(held_img[0], free_img[0])  # the two edits differ, so the test can
+    assert torch.allclose(res.edited[0], held_img[0], atol=1e-5)  # which edit each image got
+    # image 1 as the free edit alone draws it (up to the rounding of another batch's blend)
+    assert torch.allclose(res.edited[1], free_img[1], atol=1e-5)
+    assert not torch.allclose(held_img[1], free_img[1], atol=1e-2)
+
+
+def test_when_every_image_fell_short_the_free_edit_is_the_edit(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    _short_on(monkeypatch, {0})
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path), latents=ws).edit
+    assert edit.then is None and edit.segments is None  # no split: the defaults' segments
+    tried = edit.info["prior"]["held_first"]
+    assert tried["short"] == [0] and tried["reach"] == [0.0]
+    assert edit.info["wall_seconds"] >= tried["wall_seconds"]
+    monkeypatch.setattr(fit, "MIN_REACH", float("-inf"))
+    free = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, along_prior=False),
+                      latents=ws).edit
+    assert torch.equal(apply_edits(G, ws, [edit]).edited, apply_edits(G, ws, [free]).edited)
+
+
+def test_switched_off_or_free_from_the_start_an_image_that_fell_short_stays_unchanged(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    _short_on(monkeypatch, {0})
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path,
+                                       free_when_short=False), latents=ws).edit
+    res = apply_edits(G, ws, [edit])
+    assert edit.then is None and "held_first" not in edit.info["prior"]
+    assert torch.equal(res.edited, res.original)
+    assert any(SHORT_WARNING in w for w in edit.info["warnings"])
+
+
+def test_a_cancelled_held_run_is_not_trained_again(G, clip, tmp_path, monkeypatch,
+                                                   held_then_free) -> None:
+    _short_on(monkeypatch, {0})
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    calls = []
+
+    def cancel_at_step_one(step: int, total: int, info: dict) -> None:
+        calls.append(info.get("phase"))
+        if step == 1:
+            raise CancelledError("stop")
+
+    reporter = Reporter(cancel_at_step_one, every=1)
+    result = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path), latents=ws,
+                        reporter=reporter)
+    assert result.partial and "held_first" not in result.edit.info["prior"]
+    assert "training again, free" not in calls
+
+
+def test_a_two_clause_prompt_keeps_both_clauses_when_one_is_trained_again(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    _short_on(monkeypatch, {1})
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]))
+    edit = train_edit(G, clip, _config(prompt="a red circle on a blue background", batch=2,
+                                       catalogue_dir=tmp_path), latents=ws).edit
+    prompts = [link.prompt for link in edit.chain()]
+    assert prompts == ["a red circle"] * 2 + ["a blue background"] * 2
+    assert edit.summary()["clauses"] == ["a red circle", "a blue background"]
+    res = apply_edits(G, ws, [Edit.load(edit.save(tmp_path / "two.safetensors"))])
+    assert res.prompts == ["a red circle", "a blue background"]
