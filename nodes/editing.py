@@ -149,9 +149,8 @@ class CoralTrainEdit:
                            "enough is then freed); the prior is then taken between look-alike "
                            "samples, so it changes what the prompt names and little else, and "
                            "the masks start where it changes the picture (the segments split "
-                           "there: long hair or a wider mouth gets a region of its own); "
-                           "an image still short of the prompt at the end is trained again "
-                           "without the hold (a second training). Keeps the rest of a face as it was (a smile that does not "
+                           "there: long hair or a wider mouth gets a region of its own). "
+                           "Keeps the rest of a face as it was (a smile that does not "
                            "recolour the skin); in scenes of several objects it can pick the "
                            "wrong one. 'preset' follows the preset (coral: off)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}

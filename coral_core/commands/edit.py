@@ -330,9 +330,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "direction prior, per layer (an image it cannot take far enough is "
                         "then freed), and the masks start where the prior changes the "
                         "picture (the segments are split there, so long hair or a wider "
-                        "mouth has a region of its own); an image still short of the "
-                        "prompt at the end is trained again without the hold (costs a "
-                        "second training); keeps other parts of a face as "
+                        "mouth has a region of its own); keeps other parts of a face as "
                         "they were, but can recolour the wrong object in a scene of several "
                         f"(coral: {'on' if _TRAIN.along_prior else 'off'})")
     s.add_argument("--prior-samples", type=int, default=None,

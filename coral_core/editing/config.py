@@ -165,10 +165,10 @@ class TrainConfig:
     prior_region: bool | None = None
     # With along_prior: an image whose held edit still ends under fit.MIN_REACH of the way is
     # trained again as the defaults train it (free), instead of being left unchanged with the
-    # reach warning; the rows that reached keep the held edit. Costs a second training when it
-    # fires (on faces, most often backgrounds: the prior's axis from a green background does
-    # not lead to blue). Off: such images stay unchanged, with the warning.
-    free_when_short: bool = True
+    # reach warning; the rows that reached keep the held edit. A second training when it
+    # fires. Off by default: on fresh faces it made no more clean edits and spoilt other
+    # parts where the free edit failed too (docs/method.md, "Trained again when short").
+    free_when_short: bool = False
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve

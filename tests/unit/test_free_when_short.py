@@ -37,7 +37,7 @@ _training_held = [True]
 def _config(**changes: Any) -> TrainConfig:
     common: dict[str, Any] = dict(prompt="a red background", steps=4, seed=3,
                                   prior_samples=32, prior_top=4, along_prior=True,
-                                  prune_at=0.5, contest_steps=1)
+                                  prune_at=0.5, contest_steps=1, free_when_short=True)
     return TrainConfig(**{**common, **changes})
 
 
@@ -102,12 +102,13 @@ def test_when_every_image_fell_short_the_free_edit_is_the_edit(
     assert torch.equal(apply_edits(G, ws, [edit]).edited, apply_edits(G, ws, [free]).edited)
 
 
-def test_switched_off_or_free_from_the_start_an_image_that_fell_short_stays_unchanged(
+def test_by_default_an_image_that_fell_short_stays_unchanged_with_the_warning(
         G, clip, tmp_path, monkeypatch, held_then_free) -> None:
     _short_on(monkeypatch, {0})
     ws = G.mapping_ws(G.z_from_seeds([5]))
     edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path,
-                                       free_when_short=False), latents=ws).edit
+                                       free_when_short=TrainConfig("p").free_when_short),
+                      latents=ws).edit
     res = apply_edits(G, ws, [edit])
     assert edit.then is None and "held_first" not in edit.info["prior"]
     assert torch.equal(res.edited, res.original)
