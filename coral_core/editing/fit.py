@@ -47,6 +47,10 @@ import torch
 from .prior import SampleBank
 
 MIN_RELATIVE_RANGE = 0.25
+# Sarle's bimodality coefficient of a uniform spread: above it the bank's scores for a prompt
+# fall into two groups (pictures that show it and pictures that do not), so the CLIP does see
+# the prompt in the generator's pictures, however small their range (a beard on a face).
+UNIFORM_BIMODALITY = 5 / 9
 ALREADY_MARGIN = 0.1
 # After training (see PromptFit.judge_outcome): the share of the way from the image's own CLIP
 # score to the bank's best samples' score that the edit must cover (MIN_REACH); an edit is
@@ -90,6 +94,8 @@ class PromptFit:
     # rows another edit of the same training makes (trainer: a held edit's rows that reached):
     # left unchanged here, never judged and never named in a warning
     covered: list[int] = field(default_factory=list)
+    # Sarle's bimodality coefficient of the bank's scores for the prompt (0: not computed)
+    bimodality: float = 0.0
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -131,7 +137,9 @@ class PromptFit:
 
     @property
     def aimless(self) -> bool:
-        return self.relative_range < MIN_RELATIVE_RANGE
+        """The CLIP sees nothing of the prompt in the generator's pictures: a small range
+        and no two groups among the bank's scores."""
+        return aimless(self.relative_range, self.bimodality)
 
     def reach(self, text_embedding: torch.Tensor, edited_embeddings: torch.Tensor
               ) -> list[float]:
@@ -146,6 +154,28 @@ class PromptFit:
         units of the prompt's range on the bank (0: as good as they are; negative: short)."""
         return past(_scores(text_embedding, edited_embeddings), self.best_score,
                     self.prompt_range)
+
+
+def aimless(relative_range: float, bimodality: float) -> bool:
+    """Nothing to aim at: the prompt's range is under MIN_RELATIVE_RANGE of the clearest
+    direction's and its scores on the bank are no more two groups than a uniform spread."""
+    return relative_range < MIN_RELATIVE_RANGE and bimodality <= UNIFORM_BIMODALITY
+
+
+def bimodality_coefficient(scores: torch.Tensor) -> float:
+    """Sarle's coefficient (skewness^2 + 1) / kurtosis, with the sample-size corrections:
+    5/9 for a uniform spread, about 1/3 for a normal one, towards 1 for two clear groups."""
+    n = scores.numel()
+    if n < 4:
+        return 0.0
+    x = scores.double() - scores.double().mean()
+    m2, m3, m4 = float(x.pow(2).mean()), float(x.pow(3).mean()), float(x.pow(4).mean())
+    if m2 <= 0:
+        return 0.0
+    g1, g2 = m3 / m2 ** 1.5, m4 / m2 ** 2 - 3
+    skew = g1 * (n * (n - 1)) ** 0.5 / (n - 2)
+    excess = (n - 1) / ((n - 2) * (n - 3)) * ((n + 1) * g2 + 6)
+    return (skew ** 2 + 1) / (excess + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
 
 
 def off_target_rows(reached: Sequence[float], overshoot: Sequence[float],
@@ -379,21 +409,24 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
     scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings, part_clauses)
     rng, best = scene.prompt_range, scene.best_score
     relative = rng / max(best_range(bank, top), 1e-8)
+    bimodality = bimodality_coefficient(bank.embeddings.float() @ text_embedding.reshape(-1)
+                                        .float().cpu())
     scores = scene.scores(image_embeddings)
     already = scene.already(image_embeddings)
     absent = scene.absent(image_embeddings)
     warnings = []
-    if relative < MIN_RELATIVE_RANGE:
+    nothing = aimless(relative, bimodality)
+    if nothing:
         warnings.append(
             f"prompt {prompt!r}: the CLIP finds nothing like it in this generator's pictures "
             f"(it separates them {relative:.2f} as well as the clearest direction; at least "
-            f"{MIN_RELATIVE_RANGE} expected), so the edit changes nothing; describe "
-            "something the generator draws")
+            f"{MIN_RELATIVE_RANGE} expected, or two groups of them), so the edit changes "
+            "nothing; describe something the generator draws")
     elif any(already):
         which = ", ".join(str(i) for i, a in enumerate(already) if a)
         warnings.append(f"prompt {prompt!r}: image(s) {which} already match it as well as the "
                         "generator's best samples do, so they are left unchanged")
-    if relative >= MIN_RELATIVE_RANGE and any(absent):
+    if not nothing and any(absent):
         which = ", ".join(str(i) for i, a in enumerate(absent) if a)
         warnings.append(f"prompt {prompt!r}: image(s) {which} seem to lack what it names (with "
                         "any one word left out, the rest is still far from the generator's "
@@ -401,4 +434,4 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
                         "something in the image, or switch this check off (coral train "
                         "--no-absent-check; Train Edit Advanced: absent_check off)")
     return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng,
-                     absent=absent)
+                     absent=absent, bimodality=bimodality)

@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coral_core.editing.fit import (ALREADY_MARGIN, MAX_OVERSHOOT, MAX_REACH, MIN_REACH,
-                                    MIN_RELATIVE_RANGE, PromptFit, SceneCheck,
-                                    check_prompt_fit, off_target_rows, past, prompt_clauses,
-                                    prompt_parts, reach_of)
+                                    MIN_RELATIVE_RANGE, UNIFORM_BIMODALITY, PromptFit,
+                                    SceneCheck, bimodality_coefficient, check_prompt_fit,
+                                    off_target_rows, past, prompt_clauses, prompt_parts,
+                                    reach_of)
 from coral_core.editing.prior import SampleBank
 
 D = 6
@@ -97,6 +98,52 @@ def test_a_prompt_the_bank_cannot_tell_apart_has_nothing_to_aim_at() -> None:
     assert fit.unchanged_rows() == [0, 1, 2]
     clear = check_prompt_fit(bank, _axis(0), images, "a red square", top=16)
     assert clear.relative_range > 0.5 and not clear.aimless and clear.warnings == []
+
+
+def test_bimodality_is_five_ninths_for_a_flat_spread_a_third_for_a_bell_near_one_for_two_groups(
+        ) -> None:
+    g = torch.Generator().manual_seed(4)
+    n = 200_000
+    assert bimodality_coefficient(torch.rand(n, generator=g)) == pytest.approx(5 / 9, abs=0.01)
+    assert bimodality_coefficient(torch.randn(n, generator=g)) == pytest.approx(1 / 3, abs=0.01)
+    two = torch.cat([torch.randn(700, generator=g) * 0.05, 1 + torch.randn(300, generator=g) * 0.05])
+    assert bimodality_coefficient(two) > 0.9
+    assert bimodality_coefficient(torch.ones(50)) == 0.0  # no spread: no groups
+    assert bimodality_coefficient(torch.tensor([0.0, 1.0, 2.0])) == 0.0  # too few to say
+
+
+@given(st.floats(0.01, 100), st.floats(-50, 50))
+def test_bimodality_does_not_depend_on_the_scores_scale_or_offset(scale, shift) -> None:
+    scores = torch.tensor([0.0, 0.1, 0.15, 0.9, 1.0, 1.1, 0.3, 0.95], dtype=torch.float64)
+    assert bimodality_coefficient(scores * scale + shift) == pytest.approx(
+        bimodality_coefficient(scores), rel=1e-6)
+
+
+def _bank_with_a_small_part(grouped: bool) -> SampleBank:
+    """Samples spread widely over axes 0-4; along axis 5 a small difference: a third of the
+    samples show it (two groups) or it varies smoothly (one bell) with the same spread."""
+    bank = _bank()
+    g = torch.Generator().manual_seed(9)
+    n = bank.embeddings.shape[0]
+    if grouped:
+        part = (torch.rand(n, generator=g) < 1 / 3).float() * 0.4
+    else:
+        part = torch.randn(n, generator=g) * 0.4 * (2 / 9) ** 0.5
+    bank.embeddings[:, 5] = part
+    return bank
+
+
+def test_a_small_part_some_pictures_show_is_something_to_aim_at() -> None:
+    """A beard on the faces' bank: the CLIP's range for it is small beside the clearest
+    direction's, but its scores fall into two groups (faces with and without)."""
+    images = torch.randn(2, D)
+    grouped = check_prompt_fit(_bank_with_a_small_part(True), _axis(5), images, "a beard", 16)
+    smooth = check_prompt_fit(_bank_with_a_small_part(False), _axis(5), images, "qwzx", 16)
+    assert grouped.relative_range < MIN_RELATIVE_RANGE and smooth.relative_range < \
+        MIN_RELATIVE_RANGE
+    assert grouped.bimodality > UNIFORM_BIMODALITY >= smooth.bimodality
+    assert not grouped.aimless and not any("finds nothing" in w for w in grouped.warnings)
+    assert smooth.aimless and smooth.unchanged_rows() == [0, 1]
 
 
 def test_an_image_as_good_as_the_best_samples_already_shows_the_prompt() -> None:
@@ -213,8 +260,9 @@ def test_the_fit_warnings_read_in_full() -> None:
     fit = check_prompt_fit(bank, _axis(5), torch.zeros(1, D), "qwzx", top=16)
     assert fit.warnings == [
         "prompt 'qwzx': the CLIP finds nothing like it in this generator's pictures (it "
-        "separates them 0.00 as well as the clearest direction; at least 0.25 expected), so "
-        "the edit changes nothing; describe something the generator draws"]
+        "separates them 0.00 as well as the clearest direction; at least 0.25 expected, or "
+        "two groups of them), so the edit changes nothing; describe something the generator "
+        "draws"]
     already = check_prompt_fit(bank, _axis(0), torch.stack([_axis(0, 9.0)] * 2), "a red", 16)
     assert already.warnings == ["prompt 'a red': image(s) 0, 1 already match it as well as "
                                 "the generator's best samples do, so they are left unchanged"]
