@@ -90,7 +90,7 @@ def user_warnings(clip: CoralClip, cfg: TrainConfig, fit: PromptFit | None,
 def fit_info(fit: PromptFit) -> dict[str, Any]:
     """The prompt fit check's figures, as the edit records them."""
     out: dict[str, Any] = {"relative_range": round(fit.relative_range, 3),
-                           "bimodality": round(fit.bimodality, 3),
+                           "bimodality": round(fit.bimodality, 3), "aimless": fit.aimless,
                            "already": fit.already, "absent": fit.absent}
     if fit.reached:
         out["reach"] = fit.reached

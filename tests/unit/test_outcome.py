@@ -157,8 +157,11 @@ def test_user_warnings_fall_back_to_the_empty_edit_check() -> None:
 
 def test_fit_info_records_the_figures_an_edit_keeps() -> None:
     fit = _fit(2, relative_range=0.123456, already=[True, False], absent=[False, True])
-    assert fit_info(fit) == {"relative_range": 0.123, "already": [True, False],
-                             "absent": [False, True]}
+    fit.bimodality = 0.81234
+    assert fit_info(fit) == {"relative_range": 0.123, "bimodality": 0.812, "aimless": False,
+                             "already": [True, False], "absent": [False, True]}
+    fit.bimodality = 0.5
+    assert fit_info(fit)["aimless"] is True  # a small range and one group
     fit.reached = [0.25, 1.0]
     assert fit_info(fit)["reach"] == [0.25, 1.0]
 
