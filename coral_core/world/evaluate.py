@@ -401,6 +401,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                            silent_damage=_mean(sub, "silent_damage"))
             else:
                 row.update(others_preserved=_mean(sub, "others_preserved"),
+                           clean=_mean([{"x": bool(r["success"]) and bool(r["others_preserved"])}
+                                        for r in sub], "x"),
                            outlines_kept=_mean(sub, "outlines_kept"),
                            psnr_outside=_median(sub, "psnr_outside"),
                            psnr_outside_worst=float(np.nanmin([r["psnr_outside"] for r in sub])),
@@ -429,10 +431,11 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     def f(row: dict[str, float], key: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(row[key]) if key in row else "-"
 
-    head = ("| method / kinds | cases | success | others kept | outlines kept | PSNR outside, "
+    head = ("| method / kinds | cases | success | others kept | clean (both) | outlines kept | "
+            "PSNR outside, "
             "median (dB) | worst | +1 px | cases >= 30 dB | PSNR inside vs ideal | target "
             "share interior / ring / border | s/edit |")
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     unfit = ["| method | cases | left unchanged and warned | unchanged (>= 35 dB) | warned | "
              "changed without a warning | s/edit |", "|" + "---|" * 7]
     for name, r in summary.items():
@@ -443,7 +446,8 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
             continue
         shares = " / ".join(f(r, k) for k in ("share_interior", "share_ring", "share_border"))
         lines.append(f"| {name} | {r['cases']:.0f} | {r['success']:.2f} | "
-                     f"{r['others_preserved']:.2f} | {r['outlines_kept']:.2f} | "
+                     f"{r['others_preserved']:.2f} | {r['clean']:.2f} | "
+                     f"{r['outlines_kept']:.2f} | "
                      f"{r['psnr_outside']:.1f} | {r['psnr_outside_worst']:.1f} | "
                      f"{r['psnr_outside_dilated']:.1f} | {r['share_30db']:.2f} | "
                      f"{r['psnr_inside_ideal']:.1f} | {shares} | {r['s_per_edit']:.1f} |")

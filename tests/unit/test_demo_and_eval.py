@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from coral_core.cache import get_clip, get_generator
@@ -66,6 +67,10 @@ def test_eval_runs_every_method_and_scores(tmp_path) -> None:
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "eval_grid.png").is_file()
     table = format_table(result["summary"])
     assert "| coral_ss / colour |" in table and "| coral_ss / unfit |" in table
+    colour = [r for r in result["rows"] if r["method"] == "coral_ss" and
+              r["kind"] in ("background", "object colour")]
+    assert result["summary"]["coral_ss / colour"]["clean"] == pytest.approx(
+        sum(bool(r["success"]) and bool(r["others_preserved"]) for r in colour) / len(colour))
 
 
 def test_the_true_region_bound_edits_inside_the_true_region() -> None:

@@ -163,6 +163,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **s, "seconds_per_edit": t_edit,
                          "selected_layers": selected,
+                         "unchanged": bool(torch.equal(res.edited, res.original)),
                          "warnings": res.all_warnings([edit])})
             if method == "coral_ss":
                 bad = (0 if s["success"] else 100) + max(0.0, 40 - s["psnr_outside"])
@@ -190,28 +191,40 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: each edit kind, then all kinds together (``method / all``)."""
     out: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
-        for kind in dict.fromkeys(r["kind"] for r in rows):
-            sub = [r for r in rows if r["method"] == method and r["kind"] == kind]
-            if not sub:
-                continue
-            layers: dict[int, int] = {}
-            for r in sub:
-                for layer in r["selected_layers"]:
-                    layers[layer] = layers.get(layer, 0) + 1
-            out[f"{method} / {kind}"] = {
-                "cases": len(sub), "success": float(np.mean([r["success"] for r in sub])),
-                "others_preserved": float(np.mean([r["others_preserved"] for r in sub])),
-                "psnr_outside": float(np.nanmedian([r["psnr_outside"] for r in sub])),
-                "psnr_outside_dilated": float(np.nanmedian([r["psnr_outside_dilated"]
-                                                           for r in sub])),
-                "psnr_inside_ideal": float(np.nanmedian([r["psnr_inside_ideal"] for r in sub])),
-                **{key: _median(sub, key) for key in ("change_interior", "change_edge")},
-                "s_per_edit": float(np.mean([r["seconds_per_edit"] for r in sub])),
-                "layers": ",".join(str(k) for k, v in sorted(layers.items())
-                                   if v >= max(1, len(sub) // 2))}
+        mine = [r for r in rows if r["method"] == method]
+        for kind in dict.fromkeys(r["kind"] for r in mine):
+            out[f"{method} / {kind}"] = _figures([r for r in mine if r["kind"] == kind])
+        if len({r["kind"] for r in mine}) > 1:
+            out[f"{method} / all"] = _figures(mine)
     return out
+
+
+def _figures(sub: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the table. ``clean``: the edit succeeded and every other part is read
+    unchanged (the figure a user cares about); ``unchanged_warned``: left exactly as it was
+    with a warning (a refusal, not damage)."""
+    layers: dict[int, int] = {}
+    for r in sub:
+        for layer in r["selected_layers"]:
+            layers[layer] = layers.get(layer, 0) + 1
+    return {
+        "cases": len(sub), "success": float(np.mean([r["success"] for r in sub])),
+        "others_preserved": float(np.mean([r["others_preserved"] for r in sub])),
+        "clean": float(np.mean([bool(r["success"]) and bool(r["others_preserved"])
+                                for r in sub])),
+        "unchanged_warned": float(np.mean([bool(r["warnings"]) and bool(r["unchanged"])
+                                           for r in sub])),
+        "psnr_outside": float(np.nanmedian([r["psnr_outside"] for r in sub])),
+        "psnr_outside_worst": float(np.nanmin([r["psnr_outside"] for r in sub])),
+        "psnr_outside_dilated": float(np.nanmedian([r["psnr_outside_dilated"] for r in sub])),
+        "psnr_inside_ideal": float(np.nanmedian([r["psnr_inside_ideal"] for r in sub])),
+        **{key: _median(sub, key) for key in ("change_interior", "change_edge")},
+        "s_per_edit": float(np.mean([r["seconds_per_edit"] for r in sub])),
+        "layers": ",".join(str(k) for k, v in sorted(layers.items())
+                           if v >= max(1, len(sub) // 2))}
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:
@@ -222,13 +235,15 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method / edit | cases | success | others kept | PSNR outside, median (dB) | "
-             "+2 px | PSNR inside vs ideal | changed halfway, interior / edge | "
-             "layers (>= half the cases) | s/edit |",
-             "|" + "---|" * 10]
+    lines = ["| method / edit | cases | success | others kept | clean (both) | left unchanged, "
+             "warned | PSNR outside, median (dB) | worst | +2 px | PSNR inside vs ideal | "
+             "changed halfway, interior / edge | layers (>= half the cases) | s/edit |",
+             "|" + "---|" * 13]
     for name, r in summary.items():
         lines.append(f"| {name} | {r['cases']} | {r['success']:.2f} | "
-                     f"{r['others_preserved']:.2f} | {r['psnr_outside']:.1f} | "
+                     f"{r['others_preserved']:.2f} | {r['clean']:.2f} | "
+                     f"{r['unchanged_warned']:.2f} | {r['psnr_outside']:.1f} | "
+                     f"{r['psnr_outside_worst']:.1f} | "
                      f"{r['psnr_outside_dilated']:.1f} | {r['psnr_inside_ideal']:.1f} | "
                      f"{r.get('change_interior', float('nan')):.2f} / "
                      f"{r.get('change_edge', float('nan')):.2f} | "
