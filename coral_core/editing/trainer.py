@@ -240,6 +240,7 @@ def _train_short_rows_free(G: Generator, clip: CoralClip, cfg: TrainConfig,
         head.info["prompt_fit"]["reach"] = [free_reach[i] if i in short else r
                                             for i, r in enumerate(reach)]
     head.info["prior"]["trained_again_free"] = short
+    head.info["wall_seconds"] = info["wall_seconds"]  # both trainings
     return TrainResult(head, free.partial, held.history + free.history, free.stopped_reason)
 
 

@@ -65,6 +65,8 @@ def test_the_image_that_fell_short_gets_the_free_edit_and_the_other_keeps_the_he
     edit = train_edit(G, clip, cfg, latents=ws).edit
     assert edit.then is not None and edit.then.prompt == edit.prompt
     assert edit.info["prior"]["trained_again_free"] == [1]
+    assert edit.info["wall_seconds"] == edit.then.info["wall_seconds"] >= \
+        edit.then.info["prior"]["held_first"]["wall_seconds"]  # both trainings counted
     assert not any(SHORT_WARNING in w for w in edit.info.get("warnings", []))
     assert "clauses" not in edit.summary()
 
