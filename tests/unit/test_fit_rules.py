@@ -112,6 +112,24 @@ def test_bimodality_is_five_ninths_for_a_flat_spread_a_third_for_a_bell_near_one
     assert bimodality_coefficient(torch.tensor([0.0, 1.0, 2.0])) == 0.0  # too few to say
 
 
+def test_bimodality_on_few_samples_uses_the_unbiased_skewness_and_kurtosis() -> None:
+    """Against scipy.stats' skew and kurtosis with bias=False (values computed with scipy
+    1.17 once; no scipy at test time): the corrections matter on small samples."""
+    assert bimodality_coefficient(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 3.0])) == \
+        pytest.approx(0.40254398470067, rel=1e-6)
+    assert bimodality_coefficient(torch.tensor([0.1, 0.5, 0.2, 0.9, 1.3, 0.0])) == \
+        pytest.approx(0.30233221802661, rel=1e-6)
+    assert bimodality_coefficient(torch.tensor([0.0, 1.0, 2.0, 5.0])) > 0  # four: enough
+
+
+def test_a_prompt_exactly_at_the_bounds_is_refused() -> None:
+    from coral_core.editing.fit import aimless
+
+    assert aimless(MIN_RELATIVE_RANGE - 1e-9, UNIFORM_BIMODALITY)  # a flat spread: one group
+    assert not aimless(MIN_RELATIVE_RANGE, 0.0)  # the range alone suffices at the floor
+    assert not aimless(0.0, UNIFORM_BIMODALITY + 1e-9)
+
+
 @given(st.floats(0.01, 100), st.floats(-50, 50))
 def test_bimodality_does_not_depend_on_the_scores_scale_or_offset(scale, shift) -> None:
     scores = torch.tensor([0.0, 0.1, 0.15, 0.9, 1.0, 1.1, 0.3, 0.95], dtype=torch.float64)
