@@ -13,6 +13,9 @@ their CLIP embeddings), so they cost one text encoding:
   colour prompts 0.72-0.85, "a square" 0.33; faces, "a dog" 0.11, "qwzx blorp" 0.18, "a
   smiling face" 0.03 (this CLIP cannot see a smile), "a face with a beard" 0.29, "... glasses"
   0.30, hair and eye prompts 0.39-0.53. 0.3 (chosen on shapes alone) refused the beard.
+  A small range is not enough to refuse when the bank's scores fall into two groups
+  (``UNIFORM_BIMODALITY``): a small part some pictures show and others lack, a beard on a face
+  (0.22 with the bank of displayed pictures, and two clear groups); nonsense gives one bell.
 - **already there**: the image scores at least as high as the samples that match the prompt
   best, less ``ALREADY_MARGIN`` of the range ("a cyan background" on a cyan background).
 
