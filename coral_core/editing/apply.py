@@ -208,10 +208,11 @@ def _lay_clauses(G: Generator, ws: torch.Tensor, edit: Edit,
     original = results[0].original
     assert original is not None
     edited = original.clone()
+    checked = G.check_ws(ws.to(G.w_avg.device))
     for link, res in zip(links, results):
         change = res.edited - original
         moved = change.abs().amax(1, keepdim=True) > 0
-        moved[_rows_without_direction(link, G.check_ws(ws.to(G.w_avg.device)))] = False
+        moved[_rows_without_direction(link, checked)] = False
         edited = torch.where(moved.expand_as(edited), res.edited, edited)
     masks, prompts, scenes = _one_per_prompt(results)
     return ApplyResult(edited, original, masks, results[0].transferred, scenes, prompts)

@@ -412,8 +412,7 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
     scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings, part_clauses)
     rng, best = scene.prompt_range, scene.best_score
     relative = rng / max(best_range(bank, top), 1e-8)
-    bimodality = bimodality_coefficient(bank.embeddings.float() @ text_embedding.reshape(-1)
-                                        .float().cpu())
+    bimodality = bimodality_coefficient(scene.scores(bank.embeddings))
     scores = scene.scores(image_embeddings)
     already = scene.already(image_embeddings)
     absent = scene.absent(image_embeddings)
