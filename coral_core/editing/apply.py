@@ -134,7 +134,9 @@ def apply_edits(G: Generator, ws: torch.Tensor, edits: Sequence[Edit],
         all_masks.append(masks)
     edited = stacked_synthesis(G, ws, pairs, noise, original_features=feats)
     if original is not None:
-        edited = _finished(edited, original, regions, _left_by_every_edit(scenes, strengths))
+        untouched = sorted(set(_left_by_every_edit(scenes, strengths))
+                           | set(_rows_without_direction(pairs, ws.shape[0])))
+        edited = _finished(edited, original, regions, untouched)
         if checks and len(edits) == 1 and clip is not None:
             _undo_off_target(edits[0], clip, scenes[0], strengths[0], original, edited)
     return ApplyResult(edited, original if return_original else None, all_masks, transferred,
@@ -200,32 +202,28 @@ def _lay_clauses(G: Generator, ws: torch.Tensor, edit: Edit,
     object, and its features overwrote that object's new colour (session 15's first try)."""
     s = strength if isinstance(strength, (int, float)) else list(strength)[0]
     results = []
-    links = edit.chain()
-    for link in links:
+    for link in edit.chain():
         alone = replace(link, then=None)
         results.append(apply_edits(G, ws, [alone], s, threshold, noise_mode, True, transfer,
                                    clip))
     original = results[0].original
     assert original is not None
     edited = original.clone()
-    checked = G.check_ws(ws.to(G.w_avg.device))
-    for link, res in zip(links, results):
+    for res in results:
         change = res.edited - original
         moved = change.abs().amax(1, keepdim=True) > 0
-        moved[_rows_without_direction(link, checked)] = False
         edited = torch.where(moved.expand_as(edited), res.edited, edited)
     masks, prompts, scenes = _one_per_prompt(results)
     return ApplyResult(edited, original, masks, results[0].transferred, scenes, prompts)
 
 
-def _rows_without_direction(link: Edit, ws: torch.Tensor) -> list[int]:
-    """The images a per-image link of a chain leaves alone (its direction row is 0): a blend
-    of identical features can still differ from them in the last bit, and such a row must not
-    cover the change an earlier link made there."""
-    delta = link.delta(ws)
-    if delta.shape[0] != ws.shape[0]:
-        return []
-    return [i for i in range(ws.shape[0]) if not bool(delta[i].any())]
+def _rows_without_direction(pairs: list, batch: int) -> list[int]:
+    """The images no edit moves in W+ (every direction row 0: an image the prompt fit check
+    left alone, a scene check's verdict): given back exactly, since a blend of identical
+    features can still differ in the last bit (and a chain's later link must not cover an
+    earlier link's change with such a row)."""
+    return [i for i in range(batch)
+            if not any(bool(delta[i if delta.shape[0] > 1 else 0].any()) for delta, _ in pairs)]
 
 
 def _one_per_prompt(results: list[ApplyResult]

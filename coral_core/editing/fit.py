@@ -92,8 +92,6 @@ class PromptFit:
     off_target: list[bool] = field(default_factory=list)  # per image: reach out of bounds
     overshoot: list[float] = field(default_factory=list)  # per image: past the best, in ranges
     absent: list[bool] = field(default_factory=list)  # per image: nothing it names is there
-    # per image, after training: under MIN_REACH of the way (a subset of off_target)
-    fell_short: list[int] = field(default_factory=list)
     # rows another edit of the same training makes (trainer: a held edit's rows that reached):
     # left unchanged here, never judged and never named in a warning
     covered: list[int] = field(default_factory=list)
@@ -116,14 +114,13 @@ class PromptFit:
         CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP
         reacts to but this generator does not draw). Either way the image is left as it was,
         with a warning, instead of being changed at random. ``warn_short`` off: the rows that
-        fell short are only recorded (``fell_short``), for a caller that trains them again."""
+        fell short are only recorded (``short_rows``), for a caller that trains them again."""
         self.reached = self.reach(text_embedding, edited_embeddings)
         self.overshoot = self.past_best(text_embedding, edited_embeddings)
         far, short = off_target_rows(self.reached, self.overshoot,
                                      [i for i, a in enumerate(self.already)
                                       if not a and i not in self.covered])
         self.off_target = [i in far or i in short for i in range(len(self.reached))]
-        self.fell_short = short
         if short and warn_short:
             self.warnings.append(
                 f"prompt {prompt!r}: the edit of image(s) {', '.join(map(str, short))} got only "
@@ -137,6 +134,11 @@ class PromptFit:
                 "generator's own best pictures of it, so they are left unchanged: the CLIP "
                 "reacts to words that name nothing this generator draws; describe something "
                 "it draws")
+
+    def short_rows(self) -> list[int]:
+        """After training: the images left unchanged because their edit got under
+        MIN_REACH of the way."""
+        return [i for i, off in enumerate(self.off_target) if off and self.reached[i] < MIN_REACH]
 
     @property
     def aimless(self) -> bool:

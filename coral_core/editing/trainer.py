@@ -632,8 +632,8 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
                 run.fit.judge_outcome(cfg.prompt, run.target, run.clip.encode_image(
                     progress.last.edited.detach()), warn_short=not retrains)
         leave_unchanged(direction, selector, run.fit)
-        if retrains and run.fit.fell_short and run.prior is not None:
-            run.prior["short_when_held"] = run.fit.fell_short
+        if retrains and run.fit.short_rows() and run.prior is not None:
+            run.prior["short_when_held"] = run.fit.short_rows()
     edit = _make_edit(run)
     edit.info = summary_info(run.G, edit, cfg, progress.history, wall, progress.partial,
                              progress.reason)
