@@ -133,6 +133,18 @@ class TrainConfig:
     # paper's objective does: the CLIP alone often scores a background and the named object
     # within a few thousandths, and the larger region then took an object's edit.
     contest_counts_area: bool = True
+    # ... and each region is judged with the masks hardening will give it (harden_selection:
+    # its layers above 0.5 at full strength, the rest off), as the user will get it. Judged
+    # with the soft masks joint training left, a background won "a cyan square" by drawing a
+    # cyan blob at half strength, which hardening then erased (docs/method.md, session 30).
+    contest_hardened: bool = True
+    # Per image: the piece where the image shows what the prompt names (locate.py: the text
+    # without the word that says what it should become, "a circle" for "a yellow circle",
+    # and the piece whose hiding lowers the CLIP's score of it most) wins the contest
+    # outright. Why: the CLIP binds colour to shape weakly, and the contest gave "a yellow
+    # circle" to the triangle beside it (docs/method.md, session 30). False: the contest
+    # alone decides.
+    locate_named: bool = True
     # The contest's winner trained contest_steps steps on its own region and carries on, so
     # the run skips as many of its remaining steps (see trainer._contest_credit).
     credit_contest: bool = True

@@ -209,6 +209,12 @@ def _scores(text_embedding: torch.Tensor, images: torch.Tensor) -> list[float]:
     return (images.float().cpu() @ text_embedding.reshape(-1).float().cpu()).tolist()
 
 
+def text_range(bank: SampleBank, text_embedding: torch.Tensor, top: int) -> float:
+    """How far the bank's ``top`` best samples for a text score above the bank's mean: the
+    unit the fit check reads a prompt's reach in."""
+    return _range(bank.embeddings.float() @ text_embedding.reshape(-1).float().cpu(), top)[0]
+
+
 def _range(scores: torch.Tensor, top: int) -> tuple[float, float]:
     best = scores.topk(min(top, scores.numel())).values.mean()
     return float(best - scores.mean()), float(best)

@@ -4,9 +4,10 @@ switches off what the CLIP does not miss (``prune_tolerance``), and the choice i
 full strength (``harden_selection``). The paper trains the soft masks to the end instead."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,9 @@ class RegionJudge:
     # per prompt: [B] 1 for the images the scene check lets the edit act on (trainer's
     # ``fit_scenes_only``); the others are not judged. None: every image is.
     fits: torch.Tensor | None = None
+    # per row (per-image edits): the piece where the image shows what the prompt names
+    # (locate.named_pieces), which then wins the contest outright; None: the contest decides
+    named: list[int | None] | None = None
 
     def judged(self) -> torch.Tensor:
         """[B] bool: the images whose losses count (all, unless none would)."""
@@ -58,9 +62,13 @@ class RegionJudge:
             return torch.ones(self.ws.shape[0], dtype=torch.bool, device=self.ws.device)
         return self.fits > 0
 
-    def masks(self, selector: Selector) -> list[torch.Tensor | None]:
-        """The selector's masks as its gate now stands (float32, no gradient)."""
+    def masks(self, selector: Selector, hardened: bool = False) -> list[torch.Tensor | None]:
+        """The selector's masks as its gate now stands (float32, no gradient); ``hardened``
+        (segment selection): as ``harden_selection`` would then set them."""
         with torch.no_grad():
+            if hardened and isinstance(selector, SegmentSelector):
+                with _as_hardened(selector):
+                    return layer_masks(selector, self.G, self.feats, self.segs, self.cfg)
             return layer_masks(selector, self.G, self.feats, self.segs, self.cfg)
 
     def loss(self, selector: Selector, masks: list[torch.Tensor | None],
@@ -113,24 +121,48 @@ def judge_loss(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
                              as_displayed=cfg.clip_sees_display)
 
 
+def hardened_pairs(selector: SegmentSelector) -> torch.Tensor:
+    """[P, L, K] bool: the (layer, segment) pairs hardening sets to full strength: those
+    above 0.5 within the gate; a row that selected nothing above 0.5 keeps its strongest
+    pairs (within 10 % of its best weight): soft masks still made a change there, and
+    hardening must not erase it."""
+    with torch.no_grad():
+        on = selector.active()
+        weights = selector.weights()
+        best = weights.flatten(1).amax(1)[:, None, None]
+        strongest = (weights >= 0.9 * best) & (best > 0)
+        return torch.where(on.flatten(1).any(1)[:, None, None], on, strongest)
+
+
+def _hard_logits(on: torch.Tensor) -> torch.Tensor:
+    return torch.where(on, torch.full(on.shape, HARD_LOGIT, device=on.device),
+                       torch.full(on.shape, -200.0, device=on.device))
+
+
 def harden_selection(selector: SegmentSelector, segs: torch.Tensor) -> None:
-    """Set the selected (layer, segment) weights (above 0.5, within the gate) to exactly 1 and
-    the rest to 0, and freeze them (see ``TrainConfig.harden_selection``). Only segments the
+    """Set the selected (layer, segment) weights (``hardened_pairs``) to exactly 1 and the
+    rest to 0, and freeze them (see ``TrainConfig.harden_selection``). Only segments the
     judged images ``segs`` [B, K, r, r] show are decided; the others (a per-prompt edit's
     cluster this batch lacks) are left as training left them."""
     present = _present(segs, int(selector.logits.shape[0]))[:, None].expand_as(selector.logits)
     with torch.no_grad():
-        on = selector.active()
-        # a row that selected nothing above 0.5 keeps its strongest pairs (within 10 % of its
-        # best weight): soft masks still made a change there, and hardening must not erase it
-        weights = selector.weights()
-        best = weights.flatten(1).amax(1)[:, None, None]
-        strongest = (weights >= 0.9 * best) & (best > 0)
-        on = torch.where(on.flatten(1).any(1)[:, None, None], on, strongest)
-        hard = torch.where(on, torch.full_like(selector.logits, HARD_LOGIT),
-                           torch.full_like(selector.logits, -200.0))
+        hard = _hard_logits(hardened_pairs(selector)).to(selector.logits.dtype)
         selector.logits.copy_(torch.where(present, hard, selector.logits))
     selector.logits.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _as_hardened(selector: SegmentSelector) -> Iterator[None]:
+    """For the duration, the selector's masks are those ``harden_selection`` would leave
+    (every segment present or not: an absent one's mask is zero on these images anyway)."""
+    saved = selector.logits.detach().clone()
+    with torch.no_grad():
+        selector.logits.copy_(_hard_logits(hardened_pairs(selector)).to(saved.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            selector.logits.copy_(saved)
 
 
 def _present(segs: torch.Tensor, rows: int) -> torch.Tensor:
@@ -180,6 +212,8 @@ def prune_region(judge: RegionJudge, selector: Selector, direction: torch.nn.Mod
         # selected nothing yet keeps every segment (there is nothing to measure)
         chosen = selector.active().any(1, keepdim=True) & present[:, None]
         chosen = chosen | (~chosen.any(2, keepdim=True) & present[:, None])
+        for p, k in _named(judge, rows).items():  # the named piece is always a candidate
+            chosen[p, :, k] = present[p, k]
         allowed = before = chosen.expand_as(selector.logits)
         if judge.cfg.contest_steps > 0 and isinstance(direction, GlobalDirection):
             allowed, contest = contest_regions(judge, selector, direction, allowed)
@@ -211,6 +245,8 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
     ``contest_steps`` steps of its own copy of the direction under the pruning loss; the
     region that then does best wins, the other large regions are switched off, and the
     winner's direction carries on. Small pieces (edges, fragments) stay for greedy pruning.
+    A row whose image shows the prompt's named thing in one of its large pieces
+    (``judge.named``, locate.py) gives that piece the win: only its rival trains.
     A cancel (raised by ``judge.check``) leaves the selector's gate as training left it.
     """
     rows = int(selector.logits.shape[0])
@@ -218,19 +254,25 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
     if rows == 1:
         share = share.mean(0, keepdim=True)
     big = allowed.any(1) & (share >= CONTEST_MIN_SHARE)  # [P, K]
-    counts = big.sum(1)
-    if int(counts.max()) < 2:
+    named = _named_rows(judge, big)
+    candidates = big.clone()
+    for p, piece in named.items():  # the named piece wins without a contest
+        candidates[p] = False
+        candidates[p, piece] = True
+    counts = candidates.sum(1)
+    decided = big.sum(1) >= 2  # a row with one large piece has nothing to decide
+    if not bool(decided.any()):
         return allowed, None
-    ranked = torch.argsort(torch.where(big, share, torch.full_like(share, -1.0)), dim=1,
-                           descending=True)
+    ranked = torch.argsort(torch.where(candidates, share, torch.full_like(share, -1.0)),
+                           dim=1, descending=True)
     best_loss = torch.full((rows,), float("inf"), device=judge.ws.device)
     best_piece = torch.full((rows,), -1, dtype=torch.long, device=judge.ws.device)
     best_delta = direction.delta.detach().clone()
     losses: list[list[float]] = [[] for _ in range(rows)]
     previous_gate = selector.gate
     try:
-        for j in range(int(counts.max())):
-            has, piece = counts > j, ranked[:, j]
+        for j in range(int(counts[decided].max())):
+            has, piece = decided & (counts > j), ranked[:, j]
             gate = torch.zeros_like(allowed)
             for p in has.nonzero().flatten().tolist():
                 gate[p, :, piece[p]] = allowed[p, :, piece[p]]
@@ -244,22 +286,36 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
             best_delta[better] = rival.delta.detach()[better]
     finally:
         selector.gate = previous_gate
-    contested = counts >= 2
     with torch.no_grad():
-        direction.delta[contested] = best_delta[contested]
-    losers = big & contested[:, None]
-    for p in contested.nonzero().flatten().tolist():
+        direction.delta[decided] = best_delta[decided]
+    losers = big & decided[:, None]
+    for p in decided.nonzero().flatten().tolist():
         losers[p, best_piece[p]] = False
     report = [{"row": p, "pieces": ranked[p, :int(counts[p])].tolist(), "losses": losses[p],
-               "winner": int(best_piece[p])} for p in contested.nonzero().flatten().tolist()]
+               "winner": int(best_piece[p]), **({"named": True} if p in named else {})}
+              for p in decided.nonzero().flatten().tolist()]
     return allowed & ~losers[:, None], report
+
+
+def _named(judge: RegionJudge, rows: int) -> dict[int, int]:
+    """{row: piece} for the rows with a named piece (``judge.named``, one per row)."""
+    if judge.named is None or not judge.cfg.locate_named or len(judge.named) != rows:
+        return {}
+    return {p: int(k) for p, k in enumerate(judge.named) if k is not None}
+
+
+def _named_rows(judge: RegionJudge, big: torch.Tensor) -> dict[int, int]:
+    """{row: piece} for the rows whose named piece is one of their large allowed pieces;
+    only those are decided by it."""
+    return {p: k for p, k in _named(judge, int(big.shape[0])).items() if bool(big[p, k])}
 
 
 def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: GlobalDirection,
                  rows: int) -> tuple[GlobalDirection, torch.Tensor]:
     """A copy of the direction trained ``contest_steps`` steps on the selector's current gate
     alone; return it and its final judged loss per row."""
-    masks = judge.masks(selector)
+    masks = judge.masks(selector, hardened=judge.cfg.harden_selection
+                        and judge.cfg.contest_hardened)
     rival = GlobalDirection(judge.G.num_ws, judge.G.w_dim, rows,
                             scale=direction.scale).to(judge.ws.device)
     with torch.no_grad():

@@ -33,10 +33,12 @@ from .fit import PromptFit, SceneCheck, off_target_rows
 from .losses import mask_areas
 from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
+from .locate import named_pieces
 from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
-from .prior_region import changed_cells, split_pieces, start_weights, visible_change
-from .region import RegionJudge, harden_selection, judge_loss, prune_region
+from .prior_region import (REST_WEIGHT, changed_cells, split_pieces, start_weights,
+                           visible_change)
+from .region import CONTEST_MIN_SHARE, RegionJudge, harden_selection, judge_loss, prune_region
 from .run_record import resume, run_identity, save_checkpoint
 from .selectors import AttentionSelector, SegmentSelector, weighted_region
 
@@ -119,6 +121,8 @@ class _Run:
     fixed_original: _Original | None = None  # per image: the one batch, computed once
     noise: dict[int, list] = field(default_factory=dict)  # per batch size
     setup_seconds: float = 0.0  # catalogue, sample bank, prior, fit check: before step 1
+    # per image: the piece where each image shows what the prompt names (locate.py)
+    named: list[int | None] | None = None
 
     @property
     def last_step(self) -> int:
@@ -399,6 +403,7 @@ def _start_from_bank(run: _Run) -> None:
         if cfg.prior_region_for(held) and cfg.variant == "ss" and cfg.mode == "per_image" \
                 and run.catalogue is not None and not cfg.no_masks:
             _split_where_the_prior_acts(run)
+    _aim_at_named(run, bank)
     if cfg.check_fit:
         drawn = run.fixed_original.image if run.fixed_original is not None else None
         run.fit = _prompt_fit(run.G, run.clip, cfg, run.latents, run.target, bank, drawn)
@@ -433,6 +438,40 @@ def _split_where_the_prior_acts(run: _Run) -> None:
     run.sched = _cosine_rampdown(run.opt, cfg.steps)
     changed = run.segments[:, :pieces.shape[1]].sum(1)
     run.prior["region_share"] = [round(float(c), 3) for c in changed.flatten(1).mean(1)]
+
+
+def _aim_at_named(run: _Run, bank: SampleBank | None) -> None:
+    """Per image SS with a region choice (``TrainConfig.locate_named``, locate.py): find the
+    piece where each image shows what the prompt names, once before the first step; its
+    large rivals start with low masks (``REST_WEIGHT``, as the pieces the prior leaves alone
+    do), so the direction is shaped for the named thing from the start, and it wins the
+    contest. Rows without a named piece start as before."""
+    cfg = run.cfg
+    if not (cfg.locate_named and cfg.mode == "per_image" and cfg.contest_steps > 0
+            and run.prune_step > 0 and run.start_step == 0 and run.latents is not None
+            and isinstance(run.selector, SegmentSelector)):
+        return
+    latents = run.latents
+    noise = run.noise.setdefault(latents.shape[0], run.G.make_noise(latents.shape[0], "const"))
+    original = _original_pass(run, latents, noise)
+    assert original.segs is not None
+    run.named = named_pieces(run.clip, original.image, original.segs, cfg.prompt,
+                             CONTEST_MIN_SHARE, bank, cfg.prior_top, cfg.clip_sees_display)
+    rest_named_rivals(run.selector, original.segs, run.named)
+
+
+def rest_named_rivals(selector: SegmentSelector, segs: torch.Tensor,
+                      named: list[int | None]) -> None:
+    """Per row with a named piece: every other piece large enough to contest (``segs`` [B,
+    K, r, r], one row per image) starts its masks at ``REST_WEIGHT`` at every layer."""
+    share = segs.flatten(2).float().mean(2)  # [B, K]
+    rest = math.log(REST_WEIGHT / (1 - REST_WEIGHT))
+    with torch.no_grad():
+        for row, piece in enumerate(named):
+            if piece is None:
+                continue
+            rivals = (share[row] >= CONTEST_MIN_SHARE).nonzero().flatten()
+            selector.logits[row, :, rivals[rivals != piece]] = rest
 
 
 # --- one step ---------------------------------------------------------------------------------
@@ -595,7 +634,7 @@ def _region_judge(run: _Run, step: int, ws: torch.Tensor, noise: list, original:
                        run.memory, _heartbeat(run.reporter, step, run.cfg.steps,
                                               "region contest and pruning"),
                        original=original.image if run.uses_composite else None,
-                       layers=run.allowed_layers(), fits=original.fits)
+                       layers=run.allowed_layers(), fits=original.fits, named=run.named)
 
 
 def _report(run: _Run, step: int, record: dict[str, float], loss: StepLoss) -> None:
@@ -701,6 +740,8 @@ def _record_run(run: _Run, progress: _Progress, info: dict[str, Any]) -> None:
         if progress.credited_to:  # the steps the contest's winner had already taken
             info["region_pruning"]["steps_credited_to_the_contest"] = \
                 progress.credited_to - run.prune_step
+        if run.named is not None:  # per image: the piece aimed at (locate.py), or None
+            info["region_pruning"]["named_pieces"] = run.named
     if run.prior is not None:
         info["prior"] = run.prior
     if run.start_step:

@@ -42,7 +42,7 @@ class KnownJudge(RegionJudge):
     recompute_seen: list = field(default_factory=list)
     area_per_share: float = 0.0  # the area cost of a region covering the whole picture
 
-    def masks(self, selector):
+    def masks(self, selector, hardened=False):
         return [selector]
 
     def area(self, masks, rows):
@@ -428,3 +428,116 @@ def test_a_per_image_edit_of_one_picture_has_no_per_picture_guard() -> None:
         sel = SegmentSelector(LAYERS, 2, init=0.9)
         prune_region(judge, sel, _direction(1))
         assert sel.gate[0].amax(0).tolist() == kept, mode
+
+
+@dataclass
+class StrengthJudge(RegionJudge):
+    """The real judge's masks (RegionJudge.masks) with a loss that reads them: per image,
+    1 - the sum over segments k of power[k] times the segment's mask strength summed over
+    the layers, times the mean W+ offset. A region's score thus depends on how strongly its
+    masks act, as a CLIP's does on how much of the change the blend lets through."""
+    power: torch.Tensor | None = None
+
+    def loss(self, selector, masks, direction, rows, recompute=False, per_image=False):
+        segs = self.segs.float()
+        strength = sum((m * segs).flatten(2).sum(2) / segs.flatten(2).sum(2).clamp_min(1)
+                       for m in masks if m is not None)  # [B, K]
+        move = direction(self.ws).mean((1, 2))
+        loss = 1 - (strength * self.power).sum(1) * move
+        return loss if rows > 1 else loss.mean(0, keepdim=True)
+
+
+def _strength_judge(**cfg) -> StrengthJudge:
+    config = TrainConfig(prompt="p", contest_steps=5, contest_counts_area=False, **cfg)
+    G = SimpleNamespace(num_ws=WS, w_dim=WDIM, conv_layers=[
+        SimpleNamespace(index=i + 1, resolution=RES) for i in range(LAYERS)])
+    return StrengthJudge(G=G, cfg=config, ws=torch.zeros(1, WS, WDIM), noise=[], feats=[],
+                         segs=_segs(1, [32, 32]), image_loss=lambda x: x,
+                         memory=MemoryPlan(recompute=False, bf16=False),
+                         power=torch.tensor([[1.5, 0.6]]))
+
+
+def _soft_selection() -> SegmentSelector:
+    """Segment 0 strong at one layer (0.9, 0.05, 0.05): hardened, that one layer; segment 1
+    just past half at every layer (0.55 each): hardened, all three at full strength."""
+    sel = SegmentSelector(LAYERS, 2)
+    with torch.no_grad():
+        sel.logits.copy_(torch.logit(torch.tensor([[[0.9, 0.55], [0.05, 0.55],
+                                                    [0.05, 0.55]]])))
+    return sel
+
+
+def test_the_contest_judges_each_region_as_hardening_will_leave_it() -> None:
+    """Soft, segment 0 scores 1.5 x 1.0 against segment 1's 0.6 x 1.65; hardened as the user
+    gets them, 1.5 x 1 against 0.6 x 3: segment 1 wins, and only when the contest judges the
+    hardened masks. The selector itself is left as training left it."""
+    sel = _soft_selection()
+    before = sel.logits.detach().clone()
+    allowed = torch.ones(1, LAYERS, 2, dtype=torch.bool)
+    _, report = contest_regions(_strength_judge(), sel, _direction(1), allowed)
+    assert report[0]["winner"] == 1
+    assert torch.equal(sel.logits.detach(), before) and sel.logits.requires_grad
+    _, soft = contest_regions(_strength_judge(contest_hardened=False), _soft_selection(),
+                              _direction(1), allowed)
+    assert soft[0]["winner"] == 0
+    _, no_hardening = contest_regions(_strength_judge(harden_selection=False),
+                                      _soft_selection(), _direction(1), allowed)
+    assert no_hardening[0]["winner"] == 0  # soft masks to the end: judged soft
+
+
+def test_the_hardened_masks_are_exactly_those_hardening_sets() -> None:
+    judge = _strength_judge()
+    sel = _soft_selection()
+    sel.gate = torch.ones(1, LAYERS, 2)
+    sel.gate[0, 2, 1] = 0  # a pair pruning removed stays off
+    seen = judge.masks(sel, hardened=True)
+    soft = judge.masks(sel)
+    harden_selection(sel, judge.segs)
+    assert all(torch.equal(a, b) for a, b in zip(seen, judge.masks(sel)))
+    assert not all(torch.equal(a, b) for a, b in zip(seen, soft))
+    assert float(seen[2][..., 32:].max()) == 0.0
+
+
+def test_a_named_piece_wins_the_contest_without_rivals() -> None:
+    """Row 0 names its weaker piece: it wins, only its own rival trains, the other large
+    piece is switched off (the small strip stays for pruning); row 1 names nothing and its
+    contest runs as before."""
+    judge = _judge(2, [24, 24, 1], [[3.0, 1.0, 0.5], [3.0, 1.0, 0.5]])
+    judge.named = [1, None]
+    allowed = torch.ones(2, LAYERS, 3, dtype=torch.bool)
+    kept, report = contest_regions(judge, SegmentSelector(LAYERS, 3, rows=2), _direction(2),
+                                   allowed)
+    assert report[0] == {"row": 0, "pieces": [1], "losses": report[0]["losses"], "winner": 1,
+                         "named": True}
+    assert len(report[0]["losses"]) == 1 and len(report[1]["losses"]) == 2
+    assert report[1]["winner"] == 0 and "named" not in report[1]
+    assert kept[0].amax(0).tolist() == [False, True, True]
+    assert kept[1].amax(0).tolist() == [True, False, True]
+
+
+def test_a_named_piece_decides_only_when_it_is_a_large_allowed_piece_and_asked_to() -> None:
+    allowed = torch.ones(1, LAYERS, 3, dtype=torch.bool)
+    small = _judge(1, [30, 30, 1], [[3.0, 1.0, 9.0]])
+    small.named = [2]  # under the contest's least share: the contest decides
+    _, report = contest_regions(small, SegmentSelector(LAYERS, 3), _direction(1), allowed)
+    assert report[0]["winner"] == 0 and "named" not in report[0]
+    off = _judge(1, [30, 30, 1], [[3.0, 1.0, 9.0]], locate_named=False)
+    off.named = [1]
+    _, report = contest_regions(off, SegmentSelector(LAYERS, 3), _direction(1), allowed)
+    assert report[0]["winner"] == 0
+    alone = _judge(1, [62, 1, 1], [[3.0, 1.0, 1.0]])
+    alone.named = [0]  # the only large piece: nothing to decide
+    kept, report = contest_regions(alone, SegmentSelector(LAYERS, 3), _direction(1), allowed)
+    assert report is None and torch.equal(kept, allowed)
+
+
+def test_pruning_offers_the_named_piece_though_training_never_selected_it() -> None:
+    judge = _judge(1, [32, 32], [[1.0, 2.0]], steps=3)
+    judge.named = [1]
+    sel = SegmentSelector(LAYERS, 2)
+    with torch.no_grad():
+        sel.logits[0, :, 0] = 5.0    # training chose piece 0 only
+        sel.logits[0, :, 1] = -5.0
+    out = prune_region(judge, sel, _direction(1))
+    assert out["contest"][0]["winner"] == 1 and out["contest"][0]["named"]
+    assert out["segments"] == [[0, 0]]

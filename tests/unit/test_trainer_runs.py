@@ -673,3 +673,40 @@ def test_a_run_that_ends_before_its_first_checkpoint_finishes_cleanly(G, clip,
                                    checkpoint_every=5))
     assert not res.partial and not ckpt.exists()
     assert 0 <= res.edit.info["region_choice_seconds"] <= res.edit.info["wall_seconds"]
+
+
+def test_the_named_thing_s_large_rivals_start_low() -> None:
+    from coral_core.editing.prior_region import REST_WEIGHT
+    from coral_core.editing.trainer import rest_named_rivals
+
+    segs = torch.zeros(2, 3, 10, 10)
+    segs[:, 0, :, :6] = 1
+    segs[:, 1, :, 6:] = 1
+    segs[:, 1, 0, 9] = 0  # piece 2: one cell, under the contest's least share
+    segs[:, 2, 0, 9] = 1
+    sel = SegmentSelector(4, 3, rows=2)
+    rest_named_rivals(sel, segs, [1, None])
+    w = torch.sigmoid(sel.logits.detach())
+    assert torch.allclose(w[0, :, 0], torch.full((4,), REST_WEIGHT))
+    assert torch.allclose(w[0, :, 1:], torch.full((4, 2), 0.5))  # the named, the small
+    assert torch.allclose(w[1], torch.full((4, 3), 0.5))  # nothing named: as it started
+
+
+def test_the_named_pieces_are_found_per_image_and_recorded(G, clip, monkeypatch) -> None:
+    import coral_core.editing.trainer as trainer
+
+    asked: list[str] = []
+
+    def named(clip, images, segs, prompt, min_share, bank, top, as_displayed=True):
+        asked.append(prompt)
+        return [0, None][:images.shape[0]]
+
+    monkeypatch.setattr(trainer, "named_pieces", named)
+    res = train_edit(G, clip, _cfg(steps=4, prune_at=0.5, **REGION))
+    assert asked == ["a red circle"]
+    assert res.edit.info["region_pruning"]["named_pieces"] == [0, None]
+    contest = res.edit.info["region_pruning"]["removed"].get("contest") or []
+    assert [(r["winner"], r.get("named")) for r in contest if r["row"] == 0] == [(0, True)]
+    train_edit(G, clip, _cfg(steps=4, prune_at=0.5, locate_named=False, **REGION))
+    train_edit(G, clip, _cfg(steps=4, prune_at=0.5, mode="per_prompt", **REGION))
+    assert asked == ["a red circle"]  # neither switched off nor per prompt asks
