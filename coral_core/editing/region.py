@@ -246,7 +246,8 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
     region that then does best wins, the other large regions are switched off, and the
     winner's direction carries on. Small pieces (edges, fragments) stay for greedy pruning.
     A row whose image shows the prompt's named thing in one of its large pieces
-    (``judge.named``, locate.py) gives that piece the win: only its rival trains.
+    (``judge.named``, locate.py) gives that piece the win: it trains in every round the
+    others would have had, each round going on from the last (the same cost).
     A cancel (raised by ``judge.check``) leaves the selector's gate as training left it.
     """
     rows = int(selector.logits.shape[0])
@@ -255,16 +256,14 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
         share = share.mean(0, keepdim=True)
     big = allowed.any(1) & (share >= CONTEST_MIN_SHARE)  # [P, K]
     named = _named_rows(judge, big)
-    candidates = big.clone()
-    for p, piece in named.items():  # the named piece wins without a contest
-        candidates[p] = False
-        candidates[p, piece] = True
-    counts = candidates.sum(1)
-    decided = big.sum(1) >= 2  # a row with one large piece has nothing to decide
+    counts = big.sum(1)
+    decided = counts >= 2  # a row with one large piece has nothing to decide
     if not bool(decided.any()):
         return allowed, None
-    ranked = torch.argsort(torch.where(candidates, share, torch.full_like(share, -1.0)),
+    ranked = torch.argsort(torch.where(big, share, torch.full_like(share, -1.0)),
                            dim=1, descending=True)
+    for p, k in named.items():  # the named piece wins: it trains in every round, on and on
+        ranked[p] = k
     best_loss = torch.full((rows,), float("inf"), device=judge.ws.device)
     best_piece = torch.full((rows,), -1, dtype=torch.long, device=judge.ws.device)
     best_delta = direction.delta.detach().clone()
@@ -277,7 +276,10 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
             for p in has.nonzero().flatten().tolist():
                 gate[p, :, piece[p]] = allowed[p, :, piece[p]]
             selector.gate = gate.float()
-            rival, final = _train_rival(judge, selector, direction, rows)
+            start = direction.delta.detach().clone()
+            for p in named:
+                start[p] = best_delta[p]
+            rival, final = _train_rival(judge, selector, direction, rows, start)
             for p in has.nonzero().flatten().tolist():
                 losses[p].append(round(float(final[p]), 4))
             better = has & (final < best_loss)
@@ -291,8 +293,9 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
     losers = big & decided[:, None]
     for p in decided.nonzero().flatten().tolist():
         losers[p, best_piece[p]] = False
-    report = [{"row": p, "pieces": ranked[p, :int(counts[p])].tolist(), "losses": losses[p],
-               "winner": int(best_piece[p]), **({"named": True} if p in named else {})}
+    report = [{"row": p, "pieces": ranked[p, :1 if p in named else int(counts[p])].tolist(),
+               "losses": losses[p], "winner": int(best_piece[p]),
+               **({"named": True} if p in named else {})}
               for p in decided.nonzero().flatten().tolist()]
     return allowed & ~losers[:, None], report
 
@@ -311,15 +314,15 @@ def _named_rows(judge: RegionJudge, big: torch.Tensor) -> dict[int, int]:
 
 
 def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: GlobalDirection,
-                 rows: int) -> tuple[GlobalDirection, torch.Tensor]:
-    """A copy of the direction trained ``contest_steps`` steps on the selector's current gate
-    alone; return it and its final judged loss per row."""
+                 rows: int, start: torch.Tensor) -> tuple[GlobalDirection, torch.Tensor]:
+    """A copy of the direction (from offsets ``start``) trained ``contest_steps`` steps on
+    the selector's current gate alone; return it and its final judged loss per row."""
     masks = judge.masks(selector, hardened=judge.cfg.harden_selection
                         and judge.cfg.contest_hardened)
     rival = GlobalDirection(judge.G.num_ws, judge.G.w_dim, rows,
                             scale=direction.scale).to(judge.ws.device)
     with torch.no_grad():
-        rival.delta.copy_(direction.delta)
+        rival.delta.copy_(start)
     rival.hold_like(direction)
     area = judge.area(masks, rows) if judge.cfg.contest_counts_area else 0.0
     opt = torch.optim.Adam(rival.parameters(), lr=judge.cfg.direction_lr())

@@ -36,8 +36,7 @@ from .objective import CoralObjective, StepLoss, layer_masks
 from .locate import named_pieces
 from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
-from .prior_region import (REST_WEIGHT, changed_cells, split_pieces, start_weights,
-                           visible_change)
+from .prior_region import changed_cells, split_pieces, start_weights, visible_change
 from .region import CONTEST_MIN_SHARE, RegionJudge, harden_selection, judge_loss, prune_region
 from .run_record import resume, run_identity, save_checkpoint
 from .selectors import AttentionSelector, SegmentSelector, weighted_region
@@ -442,10 +441,8 @@ def _split_where_the_prior_acts(run: _Run) -> None:
 
 def _aim_at_named(run: _Run, bank: SampleBank | None) -> None:
     """Per image SS with a region choice (``TrainConfig.locate_named``, locate.py): find the
-    piece where each image shows what the prompt names, once before the first step; its
-    large rivals start with low masks (``REST_WEIGHT``, as the pieces the prior leaves alone
-    do), so the direction is shaped for the named thing from the start, and it wins the
-    contest. Rows without a named piece start as before."""
+    piece where each image shows what the prompt names, once, on the unedited pictures
+    before the first step; it will win the region contest."""
     cfg = run.cfg
     if not (cfg.locate_named and cfg.mode == "per_image" and cfg.contest_steps > 0
             and run.prune_step > 0 and run.start_step == 0 and run.latents is not None
@@ -457,21 +454,6 @@ def _aim_at_named(run: _Run, bank: SampleBank | None) -> None:
     assert original.segs is not None
     run.named = named_pieces(run.clip, original.image, original.segs, cfg.prompt,
                              CONTEST_MIN_SHARE, bank, cfg.prior_top, cfg.clip_sees_display)
-    rest_named_rivals(run.selector, original.segs, run.named)
-
-
-def rest_named_rivals(selector: SegmentSelector, segs: torch.Tensor,
-                      named: list[int | None]) -> None:
-    """Per row with a named piece: every other piece large enough to contest (``segs`` [B,
-    K, r, r], one row per image) starts its masks at ``REST_WEIGHT`` at every layer."""
-    share = segs.flatten(2).float().mean(2)  # [B, K]
-    rest = math.log(REST_WEIGHT / (1 - REST_WEIGHT))
-    with torch.no_grad():
-        for row, piece in enumerate(named):
-            if piece is None:
-                continue
-            rivals = (share[row] >= CONTEST_MIN_SHARE).nonzero().flatten()
-            selector.logits[row, :, rivals[rivals != piece]] = rest
 
 
 # --- one step ---------------------------------------------------------------------------------

@@ -498,18 +498,21 @@ def test_the_hardened_masks_are_exactly_those_hardening_sets() -> None:
     assert float(seen[2][..., 32:].max()) == 0.0
 
 
-def test_a_named_piece_wins_the_contest_without_rivals() -> None:
-    """Row 0 names its weaker piece: it wins, only its own rival trains, the other large
-    piece is switched off (the small strip stays for pruning); row 1 names nothing and its
-    contest runs as before."""
+def test_a_named_piece_wins_the_contest_and_trains_in_every_round() -> None:
+    """Row 0 names its weaker piece: it wins, trains in both rounds (each going on from the
+    last, so its loss falls round by round), and the other large piece is switched off (the
+    small strip stays for pruning); row 1 names nothing and its contest runs as before."""
     judge = _judge(2, [24, 24, 1], [[3.0, 1.0, 0.5], [3.0, 1.0, 0.5]])
     judge.named = [1, None]
     allowed = torch.ones(2, LAYERS, 3, dtype=torch.bool)
-    kept, report = contest_regions(judge, SegmentSelector(LAYERS, 3, rows=2), _direction(2),
+    direction = _direction(2)
+    kept, report = contest_regions(judge, SegmentSelector(LAYERS, 3, rows=2), direction,
                                    allowed)
     assert report[0] == {"row": 0, "pieces": [1], "losses": report[0]["losses"], "winner": 1,
                          "named": True}
-    assert len(report[0]["losses"]) == 1 and len(report[1]["losses"]) == 2
+    first, second = report[0]["losses"]
+    assert second < first and len(report[1]["losses"]) == 2
+    assert float(direction.delta[0].mean()) > float(direction.delta[1].mean())  # it went on
     assert report[1]["winner"] == 0 and "named" not in report[1]
     assert kept[0].amax(0).tolist() == [False, True, True]
     assert kept[1].amax(0).tolist() == [True, False, True]

@@ -675,23 +675,6 @@ def test_a_run_that_ends_before_its_first_checkpoint_finishes_cleanly(G, clip,
     assert 0 <= res.edit.info["region_choice_seconds"] <= res.edit.info["wall_seconds"]
 
 
-def test_the_named_thing_s_large_rivals_start_low() -> None:
-    from coral_core.editing.prior_region import REST_WEIGHT
-    from coral_core.editing.trainer import rest_named_rivals
-
-    segs = torch.zeros(2, 3, 10, 10)
-    segs[:, 0, :, :6] = 1
-    segs[:, 1, :, 6:] = 1
-    segs[:, 1, 0, 9] = 0  # piece 2: one cell, under the contest's least share
-    segs[:, 2, 0, 9] = 1
-    sel = SegmentSelector(4, 3, rows=2)
-    rest_named_rivals(sel, segs, [1, None])
-    w = torch.sigmoid(sel.logits.detach())
-    assert torch.allclose(w[0, :, 0], torch.full((4,), REST_WEIGHT))
-    assert torch.allclose(w[0, :, 1:], torch.full((4, 2), 0.5))  # the named, the small
-    assert torch.allclose(w[1], torch.full((4, 3), 0.5))  # nothing named: as it started
-
-
 def test_the_named_pieces_are_found_per_image_and_recorded(G, clip, monkeypatch) -> None:
     import coral_core.editing.trainer as trainer
 
