@@ -52,6 +52,9 @@ def _named(img, segs, prompt="a yellow circle", min_share=0.02, bank=BANK):
     ("a green background", None),      # what every picture has
     ("a dog", None),                   # one content word
     ("circle", None),
+    ("a red circle with", None),       # ends on a function word
+    ("a red circle with.", None),      # ... whatever the punctuation
+    ("a face with glasses on a red circle", "a circle"),  # the first clause that has one
 ])
 def test_the_text_read_is_the_thing_without_what_it_should_become(prompt, text) -> None:
     assert named_text(prompt) == text
@@ -110,11 +113,18 @@ def test_each_image_gets_its_own_piece() -> None:
 
 
 def test_a_hidden_piece_takes_the_colour_round_it_and_nothing_else_changes() -> None:
+    """The red square (cells 2-5, pixels 4-11) and one cell round it (pixels 2-13) take the
+    median colour of the two-cell ring beyond (pixels 0-1 and 14-17: the ground's 0.25, not
+    the lighter ground further down or the band just round the square)."""
     img, segs = _scene()
-    img[0, :, 20:, :] = 0.5  # the lower part of the ground is lighter
+    img[0] = torch.where(img[0] == 0, torch.full_like(img[0], 0.25), img[0])
+    img[0, :, 20:, :] = 0.5        # the lower ground is lighter, outside the ring
+    img[0, :, 0:2, :] = 0.1        # the ring's top row is darker: the median stays 0.25
+    img[0, :, 2:4, 2:14] = 0.9     # a band one cell round the square: hidden with it
     out = hidden(img[0], segs[0, 1])
-    assert torch.equal(out[:, 4:12, 4:12], torch.zeros(3, 8, 8))  # the ring round it is grey
-    grown = F.interpolate(F.max_pool2d(segs[:, 1:2], 3, 1, 1), size=RES)[0, 0] > 0
+    grown = torch.zeros(RES, RES, dtype=torch.bool)
+    grown[2:14, 2:14] = True
+    assert torch.equal(out[:, grown], torch.full((3, int(grown.sum())), 0.25))
     assert torch.equal(out[:, ~grown], img[0][:, ~grown])
     assert torch.equal(hidden(img[0], torch.ones(CELLS, CELLS)), img[0])  # no ring: as it was
 
