@@ -140,8 +140,7 @@ class TrainConfig:
     contest_hardened: bool = True
     # Per image: the piece where the image shows what the prompt names (locate.py: the text
     # without the word that says what it should become, "a circle" for "a yellow circle",
-    # and the piece whose hiding lowers the CLIP's score of it most) wins the contest
-    # outright. Why: the CLIP binds colour to shape weakly, and the contest gave "a yellow
+    # and the piece whose hiding lowers the CLIP's score of it most) wins the contest. Why: the CLIP binds colour to shape weakly, and the contest gave "a yellow
     # circle" to the triangle beside it (docs/method.md, session 30). False: the contest
     # alone decides.
     locate_named: bool = True

@@ -8,10 +8,12 @@ the contest gave most failed object recolours to the wrong object. The same CLIP
 *shape* well: the picture with the circle hidden matches "a circle" far less, the picture with
 the triangle hidden does not (the hidden piece that lowers it most was the named object in 43
 of 43 recolouring cases, docs/method.md, session 30). So the prompt is read as its grammar
-says: in "a yellow circle" or "a face with blond hair" the last word names the thing and the
-word before it says what it should become; the text without that word ("a circle", "a face
-with hair") is what the picture already shows, and the piece whose hiding lowers its score
-most is where the edit belongs.
+says: in "a yellow circle" the last word names the thing and the word before it says what it
+should become; the text without that word ("a circle") is what the picture already shows, and
+the piece whose hiding lowers its score most is where the edit belongs. Only a clause naming
+one thing is read so: in "a face with blond hair" the rest, "a face with hair", names two, and
+on fresh faces 332-341 it named the face's skin for the hair (the pieces there mix hair and
+face) and lost three hair recolours.
 
 No truth and no tuned number: a piece is hidden by filling it with the median colour of the
 ring round it (two catalogue cells wide, one cell out), and only pieces between the contest's
@@ -36,16 +38,20 @@ MAX_NAMED_SHARE = 0.5  # of the picture: a larger piece is the ground, never hid
 
 
 def named_text(prompt: str) -> str | None:
-    """The prompt's first clause without the word that says what its last word's thing should
-    become ("a yellow circle": "a circle"; "a face with blond hair": "a face with hair"), or
-    None where no clause has one (one content word, a detail added with "with a", or a clause
-    naming what every picture has, such as a background)."""
+    """The prompt's first clause that names one thing and what it should become, without
+    the latter ("a yellow circle": "a circle"; "a smiling face": "a face"), or None where no
+    clause does: one content word, a detail added with "with", a clause naming what every
+    picture has (a background), or one that names a second thing ("a face with blond hair"
+    left "a face with hair": hiding the face lowers that as much as hiding the hair, and on
+    the face world the pieces mix the two)."""
     for clause in prompt_clauses(prompt):
         words = clause.split()
         bare = [w.lower().strip(".,;:!?") for w in words]
         if len(words) < 2 or EVER_PRESENT.intersection(bare):
             continue
         if bare[-1] in FUNCTION_WORDS or bare[-2] in FUNCTION_WORDS:
+            continue
+        if sum(w not in FUNCTION_WORDS for w in bare[:-2]):
             continue
         return _fix_articles(words[:-2] + words[-1:])
     return None
