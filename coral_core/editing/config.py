@@ -140,9 +140,9 @@ class TrainConfig:
     contest_hardened: bool = True
     # Per image: the piece where the image shows what the prompt names (locate.py: the text
     # without the word that says what it should become, "a circle" for "a yellow circle",
-    # and the piece whose hiding lowers the CLIP's score of it most) wins the contest. Why: the CLIP binds colour to shape weakly, and the contest gave "a yellow
-    # circle" to the triangle beside it (docs/method.md, session 30). False: the contest
-    # alone decides.
+    # and the piece whose hiding lowers the CLIP's score of it most) wins the contest. Why:
+    # the CLIP binds colour to shape weakly, and the contest gave "a yellow circle" to the
+    # triangle beside it (docs/method.md, session 30). False: the contest alone decides.
     locate_named: bool = True
     # The contest's winner trained contest_steps steps on its own region and carries on, so
     # the run skips as many of its remaining steps (see trainer._contest_credit).

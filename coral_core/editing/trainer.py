@@ -30,10 +30,10 @@ from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
 from .edit import Edit
 from .fit import PromptFit, SceneCheck, off_target_rows
+from .locate import named_pieces
 from .losses import mask_areas
 from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
-from .locate import named_pieces
 from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
 from .prior_region import changed_cells, split_pieces, start_weights, visible_change
