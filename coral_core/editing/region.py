@@ -264,14 +264,35 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
                            dim=1, descending=True)
     for p, k in named.items():  # the named piece wins: it trains in every round, on and on
         ranked[p] = k
+    best_piece, best_delta, losses = _rounds(judge, selector, direction, allowed, ranked,
+                                             counts * decided, list(named))
+    with torch.no_grad():
+        direction.delta[decided] = best_delta[decided]
+    losers = big & decided[:, None]
+    for p in decided.nonzero().flatten().tolist():
+        losers[p, best_piece[p]] = False
+    report = [{"row": p, "pieces": ranked[p, :1 if p in named else int(counts[p])].tolist(),
+               "losses": losses[p], "winner": int(best_piece[p]),
+               **({"named": True} if p in named else {})}
+              for p in decided.nonzero().flatten().tolist()]
+    return allowed & ~losers[:, None], report
+
+
+def _rounds(judge: RegionJudge, selector: SegmentSelector, direction: GlobalDirection,
+            allowed: torch.Tensor, ranked: torch.Tensor, counts: torch.Tensor,
+            named: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
+    """The contest's rounds: in round j every row with more than j candidates trains its j-th
+    (``ranked``) alone; a ``named`` row's rival goes on from its best so far. Return each
+    row's best piece and direction offsets, and its losses round by round."""
+    rows = int(ranked.shape[0])
     best_loss = torch.full((rows,), float("inf"), device=judge.ws.device)
     best_piece = torch.full((rows,), -1, dtype=torch.long, device=judge.ws.device)
     best_delta = direction.delta.detach().clone()
     losses: list[list[float]] = [[] for _ in range(rows)]
     previous_gate = selector.gate
     try:
-        for j in range(int(counts[decided].max())):
-            has, piece = decided & (counts > j), ranked[:, j]
+        for j in range(int(counts.max())):
+            has, piece = counts > j, ranked[:, j]
             gate = torch.zeros_like(allowed)
             for p in has.nonzero().flatten().tolist():
                 gate[p, :, piece[p]] = allowed[p, :, piece[p]]
@@ -288,16 +309,7 @@ def contest_regions(judge: RegionJudge, selector: SegmentSelector,
             best_delta[better] = rival.delta.detach()[better]
     finally:
         selector.gate = previous_gate
-    with torch.no_grad():
-        direction.delta[decided] = best_delta[decided]
-    losers = big & decided[:, None]
-    for p in decided.nonzero().flatten().tolist():
-        losers[p, best_piece[p]] = False
-    report = [{"row": p, "pieces": ranked[p, :1 if p in named else int(counts[p])].tolist(),
-               "losses": losses[p], "winner": int(best_piece[p]),
-               **({"named": True} if p in named else {})}
-              for p in decided.nonzero().flatten().tolist()]
-    return allowed & ~losers[:, None], report
+    return best_piece, best_delta, losses
 
 
 def _named(judge: RegionJudge, rows: int) -> dict[int, int]:
