@@ -253,13 +253,18 @@ def prompt_parts(prompt: str) -> list[tuple[int, str]]:
     parts = []
     for c, clause in enumerate(prompt_clauses(prompt)):
         words = clause.split()
-        bare = [w.lower().strip(".,;:!?") for w in words]
+        bare = bare_words(words)
         if EVER_PRESENT.intersection(bare):
             continue
         content = [i for i, w in enumerate(bare) if w not in FUNCTION_WORDS]
         if len(content) >= 2:
             parts += [(c, _fix_articles(words[:i] + words[i + 1:])) for i in content]
     return parts
+
+
+def bare_words(words: list[str]) -> list[str]:
+    """The words lower-cased and without trailing punctuation, to compare with word lists."""
+    return [w.lower().strip(".,;:!?") for w in words]
 
 
 def _fix_articles(words: list[str]) -> str:

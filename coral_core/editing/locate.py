@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..clip_model import CoralClip
-from .fit import (EVER_PRESENT, FUNCTION_WORDS, MIN_REACH, _fix_articles, prompt_clauses,
-                  text_range)
+from .fit import (EVER_PRESENT, FUNCTION_WORDS, MIN_REACH, _fix_articles, bare_words,
+                  prompt_clauses, text_range)
 from .prior import SampleBank
 
 MAX_NAMED_SHARE = 0.5  # of the picture: a larger piece is the ground, never hidden
@@ -46,7 +46,7 @@ def named_text(prompt: str) -> str | None:
     the face world the pieces mix the two)."""
     for clause in prompt_clauses(prompt):
         words = clause.split()
-        bare = [w.lower().strip(".,;:!?") for w in words]
+        bare = bare_words(words)
         if len(words) < 2 or EVER_PRESENT.intersection(bare):
             continue
         if bare[-1] in FUNCTION_WORDS or bare[-2] in FUNCTION_WORDS:

@@ -449,8 +449,7 @@ def _aim_at_named(run: _Run, bank: SampleBank | None) -> None:
             and isinstance(run.selector, SegmentSelector)):
         return
     latents = run.latents
-    noise = run.noise.setdefault(latents.shape[0], run.G.make_noise(latents.shape[0], "const"))
-    original = _original_pass(run, latents, noise)
+    original = _original_pass(run, latents, _noise_for(run, latents.shape[0]))
     assert original.segs is not None
     run.named = named_pieces(run.clip, original.image, original.segs, cfg.prompt,
                              CONTEST_MIN_SHARE, bank, cfg.prior_top, cfg.clip_sees_display)
@@ -466,9 +465,7 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     if _credited(run, progress, step):
         return True
     ws = run.sampler.next()
-    if ws.shape[0] not in run.noise:  # the generator's constant noise, once per batch size
-        run.noise[ws.shape[0]] = run.G.make_noise(ws.shape[0], "const")
-    noise = run.noise[ws.shape[0]]
+    noise = _noise_for(run, ws.shape[0])
     original = _original_pass(run, ws, noise)
     phase_two = cfg.select_then_edit is not None and step > cfg.select_then_edit * cfg.steps
     if phase_two:
@@ -524,6 +521,13 @@ def _training_region(run: _Run, step: int, original: _Original) -> torch.Tensor 
         return weighted_region(run.selector.cluster_gate, original.segs,
                                run.G.img_resolution, original.image)
     return None
+
+
+def _noise_for(run: _Run, batch: int) -> list:
+    """The generator's constant noise for ``batch`` images, made once per batch size."""
+    if batch not in run.noise:
+        run.noise[batch] = run.G.make_noise(batch, "const")
+    return run.noise[batch]
 
 
 def _original_pass(run: _Run, ws: torch.Tensor, noise: list, keep: bool = True) -> _Original:
