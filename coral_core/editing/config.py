@@ -180,6 +180,10 @@ class TrainConfig:
     # fires. Off by default: on fresh faces it made no more clean edits and spoilt other
     # parts where the free edit failed too (docs/method.md, "Trained again when short").
     free_when_short: bool = False
+    # ... "short" meaning under this share of the way (None: fit.MIN_REACH, the bar that
+    # leaves an image unchanged). Higher, a held edit that got most but not all of the way
+    # (a muddy colour the CLIP half accepts) is trained again free too.
+    free_below: float | None = None
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve
@@ -263,6 +267,8 @@ class TrainConfig:
             if not self.directional:
                 raise InputError("select_then_edit learns the region under the directional "
                                  "CLIP loss: give a neutral prompt and switch directional on")
+        if self.free_below is not None:
+            finite("free_below", self.free_below, 0.0, 2.0)
         if self.directional and not self.neutral.strip():
             raise InputError("the directional CLIP loss needs a neutral prompt")
 

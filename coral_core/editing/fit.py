@@ -97,6 +97,8 @@ class PromptFit:
     covered: list[int] = field(default_factory=list)
     # Sarle's bimodality coefficient of the bank's scores for the prompt (0: not computed)
     bimodality: float = 0.0
+    # the share of the way under which an image counts as short (judge_outcome)
+    short_below: float = MIN_REACH
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -106,7 +108,8 @@ class PromptFit:
                 or (i < len(self.absent) and self.absent[i])]
 
     def judge_outcome(self, prompt: str, text_embedding: torch.Tensor,
-                      edited_embeddings: torch.Tensor, warn_short: bool = True) -> None:
+                      edited_embeddings: torch.Tensor, warn_short: bool = True,
+                      short_below: float | None = None) -> None:
         """After training: an edit that covered less than MIN_REACH of the way to the bank's
         best samples did not do what the prompt says (it names something the image lacks, or
         a change the edit could not make); one that went more than MAX_REACH of that way and
@@ -114,12 +117,15 @@ class PromptFit:
         CLIP in a way none of the generator's own pictures of the prompt do (words the CLIP
         reacts to but this generator does not draw). Either way the image is left as it was,
         with a warning, instead of being changed at random. ``warn_short`` off: the rows that
-        fell short are only recorded (``short_rows``), for a caller that trains them again."""
+        fell short are only recorded (``short_rows``), for a caller that trains them again;
+        ``short_below`` (with it off) raises the bar they are recorded under."""
         self.reached = self.reach(text_embedding, edited_embeddings)
         self.overshoot = self.past_best(text_embedding, edited_embeddings)
+        if short_below is not None and not warn_short:
+            self.short_below = max(short_below, MIN_REACH)
         far, short = off_target_rows(self.reached, self.overshoot,
                                      [i for i, a in enumerate(self.already)
-                                      if not a and i not in self.covered])
+                                      if not a and i not in self.covered], self.short_below)
         self.off_target = [i in far or i in short for i in range(len(self.reached))]
         if short and warn_short:
             self.warnings.append(
@@ -137,8 +143,10 @@ class PromptFit:
 
     def short_rows(self) -> list[int]:
         """After training: the images left unchanged because their edit got under
-        MIN_REACH of the way."""
-        return [i for i, off in enumerate(self.off_target) if off and self.reached[i] < MIN_REACH]
+        ``short_below`` (MIN_REACH unless a caller that trains them again raised it) of the
+        way."""
+        return [i for i, off in enumerate(self.off_target)
+                if off and self.reached[i] < self.short_below]
 
     @property
     def aimless(self) -> bool:
@@ -184,12 +192,13 @@ def bimodality_coefficient(scores: torch.Tensor) -> float:
 
 
 def off_target_rows(reached: Sequence[float], overshoot: Sequence[float],
-                    judged: Sequence[int]) -> tuple[list[int], list[int]]:
+                    judged: Sequence[int], short_below: float = MIN_REACH
+                    ) -> tuple[list[int], list[int]]:
     """(too far, too short) among the ``judged`` rows: the one rule for how far an edit may
     move the CLIP, used after per-image training (PromptFit.judge_outcome) and when a
     per-prompt edit meets new scenes at apply (SceneCheck.off_target)."""
     far = [i for i in judged if reached[i] > MAX_REACH and overshoot[i] > MAX_OVERSHOOT]
-    short = [i for i in judged if reached[i] < MIN_REACH]
+    short = [i for i in judged if reached[i] < short_below]
     return far, short
 
 

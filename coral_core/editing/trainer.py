@@ -655,7 +655,8 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
                 and isinstance(direction, GlobalDirection):
             with torch.no_grad():
                 run.fit.judge_outcome(cfg.prompt, run.target, run.clip.encode_image(
-                    progress.last.edited.detach()), warn_short=not retrains)
+                    progress.last.edited.detach()), warn_short=not retrains,
+                    short_below=cfg.free_below if retrains else None)
         leave_unchanged(direction, selector, run.fit)
         if retrains and run.fit.short_rows() and run.prior is not None:
             run.prior["short_when_held"] = run.fit.short_rows()

@@ -85,6 +85,31 @@ def test_off_target_rows_apply_both_bounds_and_only_to_judged_rows() -> None:
     far, short = off_target_rows(reached, over, judged=[0, 1, 2, 3, 4])
     assert short == [1]        # exactly MIN_REACH is enough; row 5 is not judged
     assert far == [4]          # both bounds must be passed, each strictly
+    _, short = off_target_rows([0.8, 0.9, 0.95], [0.0] * 3, judged=[0, 1, 2], short_below=0.9)
+    assert short == [0]        # a caller's higher bar, exactly it enough
+
+
+def _judged(reached: list[float], **kwargs) -> PromptFit:
+    """A fit whose images reached ``reached`` of the way, judged after training."""
+    f = PromptFit(relative_range=1.0, already=[False] * len(reached), warnings=[])
+    f.reach = lambda text, edited: list(reached)  # type: ignore[method-assign]
+    f.past_best = lambda text, edited: [0.0] * len(reached)  # type: ignore[method-assign]
+    f.judge_outcome("a red circle", torch.zeros(1, D), torch.zeros(len(reached), D), **kwargs)
+    return f
+
+
+def test_a_caller_that_trains_again_may_raise_the_short_bar_and_only_then() -> None:
+    reached = [0.3, 0.7, 0.95]
+    plain = _judged(reached, warn_short=False)
+    assert plain.short_rows() == [0] and plain.unchanged_rows() == [0]
+    raised = _judged(reached, warn_short=False, short_below=0.9)
+    assert raised.short_rows() == [0, 1] and raised.unchanged_rows() == [0, 1]
+    assert raised.warnings == []  # recorded for training again, not warned about
+    # a run that does not train again keeps the rule that leaves images unchanged
+    warned = _judged(reached, warn_short=True, short_below=0.9)
+    assert warned.short_rows() == [0] and len(warned.warnings) == 1
+    # a bar under MIN_REACH does not let a short image through
+    assert _judged(reached, warn_short=False, short_below=0.1).short_rows() == [0]
 
 
 # ---- the checks before training

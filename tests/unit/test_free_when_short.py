@@ -146,3 +146,25 @@ def test_a_two_clause_prompt_keeps_both_clauses_when_one_is_trained_again(
     assert edit.summary()["clauses"] == ["a red circle", "a blue background"]
     res = apply_edits(G, ws, [Edit.load(edit.save(tmp_path / "two.safetensors"))])
     assert res.prompts == ["a red circle", "a blue background"]
+
+
+def test_a_raised_bar_trains_again_the_image_that_got_only_part_of_the_way(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    """``free_below``: held, image 0 got 0.7 of the way (not short by the bar that leaves an
+    image unchanged); with the bar at 0.9 it is trained again free, without it it keeps the
+    held edit."""
+    monkeypatch.setattr(fit, "MIN_REACH", 0.5)
+
+    def reach(self: PromptFit, text: torch.Tensor, edited: torch.Tensor) -> list[float]:
+        held = not self.covered and _training_held[0]
+        return [0.7 if held else 1.0 for _ in range(edited.shape[0])]
+
+    monkeypatch.setattr(PromptFit, "reach", reach)
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    raised = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9),
+                        latents=ws).edit
+    assert raised.info["prior"]["held_first"]["short"] == [0]
+    kept = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path), latents=ws).edit
+    assert "held_first" not in kept.info["prior"] and kept.info["prompt_fit"]["reach"] == [0.7]
+    res = apply_edits(G, ws, [kept])
+    assert not torch.equal(res.edited, res.original)  # 0.7 of the way is an edit, not a miss

@@ -62,6 +62,8 @@ def test_each_setting_is_accepted_at_its_bounds(field, good) -> None:
     ("direction", "sideways", "direction"), ("mode", "per_batch", "mode"),
     ("select_then_edit", 1.5, "select_then_edit"),
     ("select_then_edit", -0.1, "select_then_edit"), ("prune_image_keep", -0.1, "prune_image_keep"),
+    ("free_below", -0.1, "free_below"), ("free_below", float("nan"), "free_below"),
+    ("free_below", 2.5, "free_below"),
 ])
 def test_a_setting_out_of_range_is_refused_by_name(field, bad, named) -> None:
     with pytest.raises(InputError) as err:

@@ -163,6 +163,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **s, "seconds_per_edit": t_edit,
                          "selected_layers": selected,
+                         "reach": (edit.info.get("prompt_fit") or {}).get("reach"),
                          "unchanged": bool(torch.equal(res.edited, res.original)),
                          "warnings": res.all_warnings([edit])})
             if method == "coral_ss":
