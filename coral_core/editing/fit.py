@@ -97,8 +97,9 @@ class PromptFit:
     covered: list[int] = field(default_factory=list)
     # Sarle's bimodality coefficient of the bank's scores for the prompt (0: not computed)
     bimodality: float = 0.0
-    # the share of the way under which an image counts as short (judge_outcome)
-    short_below: float = MIN_REACH
+    # the share of the way under which an image counts as short (judge_outcome; None:
+    # MIN_REACH)
+    short_below: float | None = None
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -121,8 +122,8 @@ class PromptFit:
         ``short_below`` (with it off) raises the bar they are recorded under."""
         self.reached = self.reach(text_embedding, edited_embeddings)
         self.overshoot = self.past_best(text_embedding, edited_embeddings)
-        if short_below is not None and not warn_short:
-            self.short_below = max(short_below, MIN_REACH)
+        if not warn_short:
+            self.short_below = short_below
         far, short = off_target_rows(self.reached, self.overshoot,
                                      [i for i, a in enumerate(self.already)
                                       if not a and i not in self.covered], self.short_below)
@@ -145,8 +146,8 @@ class PromptFit:
         """After training: the images left unchanged because their edit got under
         ``short_below`` (MIN_REACH unless a caller that trains them again raised it) of the
         way."""
-        return [i for i, off in enumerate(self.off_target)
-                if off and self.reached[i] < self.short_below]
+        bar = short_bar(self.short_below)
+        return [i for i, off in enumerate(self.off_target) if off and self.reached[i] < bar]
 
     @property
     def aimless(self) -> bool:
@@ -192,14 +193,22 @@ def bimodality_coefficient(scores: torch.Tensor) -> float:
 
 
 def off_target_rows(reached: Sequence[float], overshoot: Sequence[float],
-                    judged: Sequence[int], short_below: float = MIN_REACH
+                    judged: Sequence[int], short_below: float | None = None
                     ) -> tuple[list[int], list[int]]:
     """(too far, too short) among the ``judged`` rows: the one rule for how far an edit may
     move the CLIP, used after per-image training (PromptFit.judge_outcome) and when a
-    per-prompt edit meets new scenes at apply (SceneCheck.off_target)."""
+    per-prompt edit meets new scenes at apply (SceneCheck.off_target). ``short_below``: a
+    higher bar for "too short" (``short_bar``), for callers that train such rows again."""
     far = [i for i in judged if reached[i] > MAX_REACH and overshoot[i] > MAX_OVERSHOOT]
-    short = [i for i in judged if reached[i] < short_below]
+    bar = short_bar(short_below)
+    short = [i for i in judged if reached[i] < bar]
     return far, short
+
+
+def short_bar(short_below: float | None) -> float:
+    """The share of the way under which an image is short: MIN_REACH, or a caller's higher
+    bar (never a lower one: an image under MIN_REACH did not do what the prompt says)."""
+    return MIN_REACH if short_below is None else max(short_below, MIN_REACH)
 
 
 def reach_of(start: Sequence[float], edited: Sequence[float], best: float) -> list[float]:
