@@ -150,6 +150,8 @@ class CoralTrainEdit:
                            "samples, so it changes what the prompt names and little else, and "
                            "the masks start where it changes the picture (the segments split "
                            "there: long hair or a wider mouth gets a region of its own). "
+                           f"An image it takes under {_TRAIN.free_below} of the way is "
+                           "trained again free (up to twice the time). "
                            "Keeps the rest of a face as it was (a smile that does not "
                            "recolour the skin); in scenes of several objects it can pick the "
                            "wrong one. 'preset' follows the preset (coral: off)."}),

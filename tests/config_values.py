@@ -13,7 +13,7 @@ OTHER: dict[str, Any] = {
     "recompute": True, "identity_model": Path("ir_se50.pth"), "l2": 0.5,
     "area_layer_weights": [1.0, 2.0], "checkpoint": Path("run.ckpt.pt"),
     "catalogue_dir": Path("cache"), "weights": LossWeights(area=0.5), "prior_form": "matched",
-    "prior_region": True, "free_below": 0.9}
+    "prior_region": True, "free_below": None}
 
 
 def other_value(name: str, value: Any) -> Any:

@@ -330,8 +330,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "direction prior, per layer (an image it cannot take far enough is "
                         "then freed), and the masks start where the prior changes the "
                         "picture (the segments are split there, so long hair or a wider "
-                        "mouth has a region of its own); keeps other parts of a face as "
-                        "they were, but can recolour the wrong object in a scene of several "
+                        "mouth has a region of its own); an image it takes under "
+                        f"{_TRAIN.free_below} of the way is trained again free (up to twice "
+                        "the time); keeps other parts of a face as they were, but can "
+                        "recolour the wrong object in a scene of several "
                         f"(coral: {'on' if _TRAIN.along_prior else 'off'})")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from where the generator samples (of "

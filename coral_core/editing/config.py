@@ -174,16 +174,15 @@ class TrainConfig:
     # change of shape (long hair over the background, a wider mouth) has a region of its own.
     # None = automatic (prior_region_for): on with along_prior, where it was measured.
     prior_region: bool | None = None
-    # With along_prior: an image whose held edit still ends under fit.MIN_REACH of the way is
-    # trained again as the defaults train it (free), instead of being left unchanged with the
-    # reach warning; the rows that reached keep the held edit. A second training when it
-    # fires. Off by default: on fresh faces it made no more clean edits and spoilt other
-    # parts where the free edit failed too (docs/method.md, "Trained again when short").
-    free_when_short: bool = False
-    # ... "short" meaning under this share of the way (None: fit.MIN_REACH, the bar that
-    # leaves an image unchanged). Higher, a held edit that got most but not all of the way
-    # (a muddy colour the CLIP half accepts) is trained again free too.
-    free_below: float | None = None
+    # With along_prior: an image whose held edit ends short (``free_below``) is trained
+    # again as a free edit (the direction not held, same seed) instead of being left
+    # unchanged or muddy; the rows that got there keep the held edit. A second training where
+    # it fires (1.6-2x the time per edit). Figures: docs/method.md, "Trained again when short".
+    free_when_short: bool = True
+    # ... "short" meaning under this share of the way to the bank's best samples (None:
+    # fit.MIN_REACH, the bar that leaves an image unchanged). 0.9: a held edit that got most
+    # but not all of the way (a muddy colour the CLIP half accepts) is trained again too.
+    free_below: float | None = 0.9
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve

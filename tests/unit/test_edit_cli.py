@@ -36,8 +36,10 @@ def test_train_apply_masks_invert(tmp_path, clip_files, capsys) -> None:
                  "a red circle", "--seeds", "0", "--steps", "2", "--hold-to-prior",
                  "--prior-form", "mean", "--out", str(held)]) == 0
     capsys.readouterr()
-    assert Edit.load(held).info["prior"].get("held_to_prior") is True
-    assert Edit.load(held).info["prior"]["form"] == "mean"
+    prior = Edit.load(held).info["prior"]
+    # held: the edit, or (an image it took short of the way, trained again free) its first try
+    assert prior.get("held_to_prior") is True or "held_first" in prior
+    assert prior["form"] == "mean"
     assert Edit.load(edit).info["prior"]["form"] == "mean"  # free: the automatic form
     assert "held_to_prior" not in Edit.load(edit).info["prior"]  # off by default
     assert main(["apply", *common, "--edit", str(edit), "--strength", "0,1",

@@ -104,13 +104,17 @@ def test_when_every_image_fell_short_the_free_edit_is_the_edit(
     assert torch.equal(apply_edits(G, ws, [edit]).edited, apply_edits(G, ws, [free]).edited)
 
 
-def test_by_default_an_image_that_fell_short_stays_unchanged_with_the_warning(
+def test_by_default_a_held_image_that_fell_short_is_trained_again_and_without_it_kept_as_was(
         G, clip, tmp_path, monkeypatch, held_then_free) -> None:
     _short_on(monkeypatch, {0})
     ws = G.mapping_ws(G.z_from_seeds([5]))
+    defaults = TrainConfig("p")
+    again = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path,
+                                        free_when_short=defaults.free_when_short,
+                                        free_below=defaults.free_below), latents=ws).edit
+    assert again.info["prior"]["held_first"]["short"] == [0]
     edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path,
-                                       free_when_short=TrainConfig("p").free_when_short),
-                      latents=ws).edit
+                                       free_when_short=False), latents=ws).edit
     res = apply_edits(G, ws, [edit])
     assert edit.then is None and "held_first" not in edit.info["prior"]
     assert torch.equal(res.edited, res.original)
@@ -164,7 +168,8 @@ def test_a_raised_bar_trains_again_the_image_that_got_only_part_of_the_way(
     raised = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9),
                         latents=ws).edit
     assert raised.info["prior"]["held_first"]["short"] == [0]
-    kept = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path), latents=ws).edit
+    kept = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=None),
+                      latents=ws).edit
     assert "held_first" not in kept.info["prior"] and kept.info["prompt_fit"]["reach"] == [0.7]
     res = apply_edits(G, ws, [kept])
     assert not torch.equal(res.edited, res.original)  # 0.7 of the way is an edit, not a miss
