@@ -112,11 +112,23 @@ def test_a_caller_that_trains_again_may_raise_the_short_bar_and_only_then() -> N
     assert _judged(reached, warn_short=False, short_below=0.1).short_rows() == [0]
 
 
+def test_an_image_that_already_matched_is_never_short() -> None:
+    """It was not trained towards the prompt, so its low reach says nothing: it is left as
+    it was, not trained again."""
+    f = PromptFit(relative_range=1.0, already=[True, False], warnings=[])
+    f.reach = lambda text, edited: [0.0, 0.0]  # type: ignore[method-assign]
+    f.past_best = lambda text, edited: [0.0, 0.0]  # type: ignore[method-assign]
+    f.judge_outcome("a red circle", torch.zeros(1, D), torch.zeros(2, D), warn_short=False,
+                    short_below=0.9)
+    assert f.short_rows() == [1]
+
+
 # ---- the checks before training
 
 def test_a_prompt_the_bank_cannot_tell_apart_has_nothing_to_aim_at() -> None:
     bank = _bank()
-    images = torch.randn(3, D)
+    images = torch.randn(3, D, generator=torch.Generator().manual_seed(0))
+    images[:, 0] = -images[:, 0].abs()  # none of them already shows the clear prompt below
     fit = check_prompt_fit(bank, _axis(5), images, "qwzx", top=16)
     assert fit.relative_range < MIN_RELATIVE_RANGE and fit.aimless
     assert len(fit.warnings) == 1 and "finds nothing like it" in fit.warnings[0]
