@@ -78,6 +78,10 @@ class CoralClip:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     model_id: str
+    # The words the CLIP was trained on, where its folder lists them (``coral_vocabulary`` in
+    # open_clip_config.json: the demo CLIPs, trained on a few dozen words); None for every
+    # CLIP trained on the open web, which has read them all. fit.unread_words reads it.
+    vocabulary: frozenset[str] | None = None
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
@@ -220,6 +224,7 @@ def _load_clip(source: str | Path, model_name: str | None,
         raise ModelFormatError(f"{path}: no such CLIP file or folder (weights are never "
                                "downloaded; put the file in the CLIP models folder)")
     preprocess: dict[str, Any] = {}
+    vocabulary = None
     if path.is_dir():
         config = path / "open_clip_config.json"
         if not config.is_file():
@@ -230,6 +235,7 @@ def _load_clip(source: str | Path, model_name: str | None,
             raise ModelFormatError(f"{path}: no weights in the folder (expected one of "
                                    f"{', '.join(LOCAL_DIR_WEIGHTS)})")
         model_cfg, preprocess = _read_config(config)
+        vocabulary = preprocess.pop("vocabulary", None)
         model, name = _build_from_config(model_cfg, _read_weights(weights), weights)
         tokenizer = open_clip.get_tokenizer(name)
         model_id = f"local-dir:{path.name}"
@@ -250,6 +256,7 @@ def _load_clip(source: str | Path, model_name: str | None,
             sd = _read_weights(path)
             if model_name is None and beside.is_file():
                 model_cfg, preprocess = _read_config(beside)
+                vocabulary = preprocess.pop("vocabulary", None)
                 model, name = _build_from_config(model_cfg, sd, path)
                 tokenizer = open_clip.get_tokenizer(name)
                 model_id = f"coral-config:{path.name}"
@@ -273,15 +280,20 @@ def _load_clip(source: str | Path, model_name: str | None,
     model = _freeze(model).to(device)
     size, mean, std = _preprocess_cfg(model)
     mean, std = preprocess.get("mean", mean), preprocess.get("std", std)
-    return CoralClip(model, tokenizer, size, mean, std, model_id)
+    return CoralClip(model, tokenizer, size, mean, std, model_id, vocabulary)
 
 
 LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
                      "open_clip_model.bin", "open_clip_pytorch_model.pt")
 
 
+MAX_VOCABULARY_WORDS = 100_000
+MAX_WORD_CHARS = 64
+
+
 def _read_config(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model_cfg, checked preprocess mean/std) of an ``open_clip_config.json``, bounded."""
+    """(model_cfg, checked preprocess mean/std and ``vocabulary``) of an
+    ``open_clip_config.json``, bounded."""
     from .formats.bounded_json import read_json_file
 
     data = read_json_file(config_file, "open_clip config")
@@ -302,7 +314,19 @@ def _read_config(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 raise ModelFormatError(f"{config_file}: preprocess_cfg.{key} = {value!r}; "
                                        "expected three finite numbers")
             out[key] = tuple(float(v) for v in value)
+    if "coral_vocabulary" in data:
+        out["vocabulary"] = _checked_vocabulary(data["coral_vocabulary"], config_file)
     return model_cfg, out
+
+
+def _checked_vocabulary(words: Any, config_file: Path) -> frozenset[str]:
+    """``coral_vocabulary``: the words the CLIP was trained on, a list of short strings."""
+    if not (isinstance(words, list) and 0 < len(words) <= MAX_VOCABULARY_WORDS and all(
+            isinstance(w, str) and 0 < len(w) <= MAX_WORD_CHARS for w in words)):
+        raise ModelFormatError(f"{config_file}: coral_vocabulary must be a list of 1 to "
+                               f"{MAX_VOCABULARY_WORDS} words of at most {MAX_WORD_CHARS} "
+                               "characters (the words the CLIP was trained on)")
+    return frozenset(w.lower() for w in words)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 
 class ColourClip:
     model_id = "colour-clip"
     context_words = 16  # prompts longer than this are "cut"
+    vocabulary = None  # as an open-web CLIP: it lists no words
 
     def __init__(self) -> None:
         self.model = torch.nn.Identity()

@@ -70,6 +70,11 @@ FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "
 # is checked on its own, since no one word left out of the whole prompt leaves what is there.
 # Not "with" or "in": "a face with a beard" names one thing with a detail of it.
 CLAUSE_WORDS = frozenset({"on", "and", "beside"})
+# Words after which a clause names what the edit gives its thing ("a face with a beard": the
+# beard is the change, the face what must be there): only the words before one are checked
+# for being there. Checked whole, "a face with a beard" found 20 of 190 beardless faces
+# lacking what it names (every face run of sessions 24-31) and left them unchanged.
+DETAIL_WORDS = frozenset({"with", "wearing", "having"})
 # Nouns for what every picture has: a clause naming one ("a grey background") is never found
 # missing. The CLIP's score for "a background" leans towards some colours, so the check
 # refused background recolours that fit (16 % on the faces bank, 3 % on the shapes bank;
@@ -100,6 +105,8 @@ class PromptFit:
     # the share of the way under which an image counts as short (judge_outcome; None:
     # MIN_REACH)
     short_below: float | None = None
+    # the CLIP lists the words it was trained on and read none of the prompt's (unread_words)
+    unread: bool = False
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -152,8 +159,8 @@ class PromptFit:
     @property
     def aimless(self) -> bool:
         """The CLIP sees nothing of the prompt in the generator's pictures: a small range
-        and no two groups among the bank's scores."""
-        return aimless(self.relative_range, self.bimodality)
+        and no two groups among the bank's scores, or not one word of it that it knows."""
+        return self.unread or aimless(self.relative_range, self.bimodality)
 
     def reach(self, text_embedding: torch.Tensor, edited_embeddings: torch.Tensor
               ) -> list[float]:
@@ -267,17 +274,35 @@ def prompt_parts(prompt: str) -> list[tuple[int, str]]:
     """(clause, the clause with one content word left out), for each content word of each
     clause of two or more ("a cyan triangle": "a triangle", "a cyan"; "a red square on a blue
     background": "a square", "a red"); none for a clause of one or one naming what every
-    picture has (``EVER_PRESENT``)."""
+    picture has (``EVER_PRESENT``). A clause is read up to its first ``DETAIL_WORDS`` word:
+    "a face with a beard" is checked as "a face" (one content word: no parts)."""
     parts = []
     for c, clause in enumerate(prompt_clauses(prompt)):
         words = clause.split()
         bare = bare_words(words)
+        head = next((i for i, w in enumerate(bare) if w in DETAIL_WORDS), len(bare))
+        words, bare = words[:head], bare[:head]
         if EVER_PRESENT.intersection(bare):
             continue
         content = [i for i, w in enumerate(bare) if w not in FUNCTION_WORDS]
         if len(content) >= 2:
             parts += [(c, _fix_articles(words[:i] + words[i + 1:])) for i in content]
     return parts
+
+
+def unread_words(prompt: str, vocabulary: frozenset[str] | None) -> tuple[list[str], bool]:
+    """(the prompt's content words the CLIP never read in training, whether that is every
+    content word) for a CLIP that lists its vocabulary (``CoralClip.vocabulary``: the demo
+    CLIPs); ([], False) for any other. Why: a CLIP trained on a few dozen words maps a word it
+    never read wherever its untrained token rows happen to point; the shapes demo CLIP reads
+    "qwzx blorp" as a colour with a colour's confidence, so nothing the sample bank holds tells
+    it from a real prompt (docs/history.md, session 22). A CLIP trained on the open web has
+    read every word and lists none."""
+    if not vocabulary:
+        return [], False
+    content = [w for w in bare_words(prompt.split()) if w and w not in FUNCTION_WORDS]
+    unread = list(dict.fromkeys(w for w in content if w not in vocabulary))
+    return unread, bool(content) and len(unread) == len(set(content))
 
 
 def bare_words(words: list[str]) -> list[str]:
@@ -432,14 +457,19 @@ def _residual(scores: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
 def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
                      image_embeddings: torch.Tensor, prompt: str, top: int,
                      part_embeddings: torch.Tensor | None = None,
-                     part_clauses: list[int] | None = None) -> PromptFit:
+                     part_clauses: list[int] | None = None,
+                     vocabulary: frozenset[str] | None = None) -> PromptFit:
     """``top``: the size of the prompt's best-matching group of bank samples (the prior's
     ``prior_top``: one notion of "the generator's best pictures of the prompt").
     ``part_embeddings``, ``part_clauses``: the text embeddings and clause numbers of
-    ``prompt_parts(prompt)`` (None or empty: the "nothing of it there" check is skipped)."""
+    ``prompt_parts(prompt)`` (None or empty: the "nothing of it there" check is skipped).
+    ``vocabulary``: the words the CLIP was trained on, where it lists them
+    (``unread_words``)."""
     n_images = image_embeddings.shape[0]
+    unread, reads_nothing = unread_words(prompt, vocabulary)
     if bank.embeddings.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest
-        return PromptFit(1.0, [False] * n_images, [])
+        return PromptFit(1.0, [False] * n_images, _unread_warnings(prompt, unread, vocabulary),
+                         unread=reads_nothing)
     scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings, part_clauses)
     rng, best = scene.prompt_range, scene.best_score
     relative = rng / max(best_range(bank, top), 1e-8)
@@ -447,15 +477,15 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
     scores = scene.scores(image_embeddings)
     already = scene.already(image_embeddings)
     absent = scene.absent(image_embeddings)
-    warnings = []
-    nothing = aimless(relative, bimodality)
-    if nothing:
+    warnings = _unread_warnings(prompt, unread, vocabulary)
+    nothing = reads_nothing or aimless(relative, bimodality)
+    if nothing and not reads_nothing:  # (an unread prompt is said by _unread_warnings)
         warnings.append(
             f"prompt {prompt!r}: the CLIP finds nothing like it in this generator's pictures "
             f"(it separates them {relative:.2f} as well as the clearest direction; at least "
             f"{MIN_RELATIVE_RANGE} expected, or two groups of them), so the edit changes "
             "nothing; describe something the generator draws")
-    elif any(already):
+    elif not nothing and any(already):
         which = ", ".join(str(i) for i, a in enumerate(already) if a)
         warnings.append(f"prompt {prompt!r}: image(s) {which} already match it as well as the "
                         "generator's best samples do, so they are left unchanged")
@@ -467,4 +497,19 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
                         "something in the image, or switch this check off (coral train "
                         "--no-absent-check; Train Edit Advanced: absent_check off)")
     return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng,
-                     absent=absent, bimodality=bimodality)
+                     absent=absent, bimodality=bimodality, unread=reads_nothing)
+
+
+def _unread_warnings(prompt: str, unread: list[str], vocabulary: frozenset[str] | None
+                     ) -> list[str]:
+    """What to tell a user whose prompt has words the CLIP never read (``unread_words``)."""
+    if not unread or not vocabulary:
+        return []
+    known = ", ".join(sorted(w for w in vocabulary if w not in FUNCTION_WORDS and w.isalpha()))
+    _, reads_nothing = unread_words(prompt, vocabulary)
+    words = ", ".join(repr(w) for w in unread)
+    if reads_nothing:
+        return [f"prompt {prompt!r}: this CLIP was never trained on {words}, so the edit "
+                f"changes nothing; it knows only: {known}"]
+    return [f"prompt {prompt!r}: this CLIP was never trained on {words} and reads only the "
+            f"rest of the prompt; it knows: {known}"]

@@ -830,13 +830,14 @@ def _prompt_fit(G: Generator, clip: CoralClip, cfg: TrainConfig,
 
     if cfg.mode != "per_image" or latents is None:
         no_images = torch.zeros(0, bank.embeddings.shape[1])
-        return check_prompt_fit(bank, target, no_images, cfg.prompt, cfg.prior_top)
+        return check_prompt_fit(bank, target, no_images, cfg.prompt, cfg.prior_top,
+                                vocabulary=clip.vocabulary)
     with torch.no_grad():
         images = drawn if drawn is not None else \
             G.synthesize(latents, noise=G.make_noise(latents.shape[0], "const"))
         embeddings = clip.encode_image(images)
     return check_prompt_fit(bank, target, embeddings, cfg.prompt, cfg.prior_top,
-                            *_prompt_parts_encoded(clip, cfg))
+                            *_prompt_parts_encoded(clip, cfg), vocabulary=clip.vocabulary)
 
 
 def _prompt_parts_encoded(clip: CoralClip, cfg: TrainConfig

@@ -92,3 +92,18 @@ ATTRIBUTE_PROMPTS = {
     "object shape": [with_article(s) for s in SHAPES],
     "background colour": [with_article(f"{b} background") for b in BG_NAMES],
 }
+
+
+def words_of(texts: list[str]) -> list[str]:
+    """Every word of ``texts``, lower-cased, without punctuation, sorted."""
+    return sorted({w.lower().strip(".,;:!?") for t in texts for w in t.split()} - {""})
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption of this world can hold: the demo CLIP's whole vocabulary (its
+    folder lists it, ``CoralClip.vocabulary``)."""
+    texts = [CaptionSpec(c, s, b, (c, s)).text() for c in OBJ_NAMES for s in SHAPES
+             for b in BG_NAMES]
+    texts += [CaptionSpec(colour=c).text() for c in OBJ_NAMES]
+    texts += [p for prompts in ATTRIBUTE_PROMPTS.values() for p in prompts]
+    return words_of(texts)

@@ -225,7 +225,7 @@ def train_clip(out_dir: Path, steps: int = 6000, batch: int = 128, lr: float = 1
               "continued_from": None if init_from is None else str(init_from),
               "blend_twins": blends, "focus": list(focus), "final_loss": loss_value, "zero_shot": acc,
               "wall_seconds": round(time.perf_counter() - t0), "device": device}
-    save_clip_folder(model.to("cpu"), out_dir, report)
+    save_clip_folder(model.to("cpu"), out_dir, report, world_vocabulary(world))
     return report
 
 
@@ -291,11 +291,26 @@ def _truth(specs: list[CaptionSpec], scenes: SceneBatch) -> torch.Tensor:
     return ok.float()
 
 
-def save_clip_folder(model: torch.nn.Module, out_dir: Path, report: dict[str, Any]) -> None:
+def world_vocabulary(world: str) -> list[str]:
+    """Every word the world's captions hold: what its CLIP was trained on."""
+    if world == "faces":
+        from .faces.captions import vocabulary as faces_vocabulary
+
+        return faces_vocabulary()
+    from .captions import vocabulary
+
+    return vocabulary()
+
+
+def save_clip_folder(model: torch.nn.Module, out_dir: Path, report: dict[str, Any],
+                     vocabulary: list[str]) -> None:
+    """An open_clip local-dir folder, its config listing the words the CLIP was trained on
+    (``coral_vocabulary``: a prompt of words it never read is refused, fit.unread_words)."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {"model_cfg": DEMO_CLIP_CFG, "preprocess_cfg": PREPROCESS_CFG}
+    cfg = {"model_cfg": DEMO_CLIP_CFG, "preprocess_cfg": PREPROCESS_CFG,
+           "coral_vocabulary": vocabulary}
     write_text_atomic(out_dir / "open_clip_config.json", json.dumps(cfg, indent=2))
     tensors = {k: v.detach().to(torch.float16).contiguous()
                for k, v in model.state_dict().items()}

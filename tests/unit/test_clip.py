@@ -104,3 +104,45 @@ def test_missing_and_bad_clip_files(tmp_path) -> None:
     torch.save({"something": torch.zeros(2)}, tmp_path / "junk.pt")
     with pytest.raises(ModelFormatError, match="visual.conv1.weight"):
         load_clip(tmp_path / "junk.pt")
+
+
+def _with_vocabulary(clip_files, tmp_path, vocabulary) -> object:
+    """A copy of the local-dir CLIP whose config lists ``vocabulary``."""
+    import json
+    import shutil
+
+    folder = tmp_path / "vocab_clip"
+    shutil.copytree(clip_files["local_dir"], folder)
+    config = folder / "open_clip_config.json"
+    data = json.loads(config.read_text())
+    data["coral_vocabulary"] = vocabulary
+    config.write_text(json.dumps(data))
+    return folder
+
+
+def test_a_clip_folder_may_list_the_words_it_was_trained_on(clip_files, tmp_path) -> None:
+    assert load_clip(clip_files["local_dir"]).vocabulary is None  # an open-web CLIP: none
+    folder = _with_vocabulary(clip_files, tmp_path, ["a", "Red", "circle"])
+    clip = load_clip(folder)
+    assert clip.vocabulary == frozenset({"a", "red", "circle"})
+    # the list changes no weight: the same embeddings
+    assert torch.equal(clip.encode_text(PROMPTS),
+                       load_clip(clip_files["local_dir"]).encode_text(PROMPTS))
+
+
+@pytest.mark.parametrize("vocabulary", [[], "a red circle", ["a", 3], ["a", ""], ["x" * 65],
+                                        {"words": ["a"]}])
+def test_a_vocabulary_that_is_not_a_list_of_words_is_refused(clip_files, tmp_path,
+                                                             vocabulary) -> None:
+    folder = _with_vocabulary(clip_files, tmp_path, vocabulary)
+    with pytest.raises(ModelFormatError, match="open_clip_config.json: coral_vocabulary"):
+        load_clip(folder)
+
+
+@pytest.mark.parametrize("world", ["shapes", "faces"])
+def test_the_demo_clips_list_every_word_of_their_captions(world) -> None:
+    from coral_core.world.assets import world_assets
+    from coral_core.world.clip_train import world_vocabulary
+
+    clip = load_clip(world_assets(world).clip)
+    assert clip.vocabulary == frozenset(world_vocabulary(world))

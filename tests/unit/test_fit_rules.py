@@ -12,7 +12,7 @@ from coral_core.editing.fit import (ALREADY_MARGIN, MAX_OVERSHOOT, MAX_REACH, MI
                                     MIN_RELATIVE_RANGE, UNIFORM_BIMODALITY, PromptFit,
                                     SceneCheck, bimodality_coefficient, check_prompt_fit,
                                     off_target_rows, past, prompt_clauses, prompt_parts,
-                                    reach_of)
+                                    reach_of, unread_words)
 from coral_core.editing.prior import SampleBank
 
 D = 6
@@ -68,6 +68,19 @@ def test_each_part_leaves_one_content_word_out_with_articles_that_fit() -> None:
     assert prompt_parts("a dog") == []                      # one content word: no parts
     assert prompt_parts("a dog on a blue sofa") == [(1, "a sofa"), (1, "a blue")]
     assert prompt_parts("the dog.") == []                   # punctuation is no word
+
+
+@pytest.mark.parametrize("prompt, parts", [
+    # what follows "with" is the change an edit makes: only the thing before it must be there
+    ("a face with a beard", []),
+    ("a smiling face With glasses", [(0, "a face"), (0, "a smiling")]),
+    ("a woman wearing red glasses", []),
+    ("a blue car with a dent on a green background", [(0, "a car"), (0, "a blue")]),
+    ("a red circle with a hole on a blue background", [(0, "a circle"), (0, "a red")]),
+    ("with a beard", []),
+])
+def test_what_follows_with_is_not_looked_for_in_the_image(prompt, parts) -> None:
+    assert prompt_parts(prompt) == parts
 
 
 # ---- how far an edit may move the CLIP
@@ -135,6 +148,54 @@ def test_a_prompt_the_bank_cannot_tell_apart_has_nothing_to_aim_at() -> None:
     assert fit.unchanged_rows() == [0, 1, 2]
     clear = check_prompt_fit(bank, _axis(0), images, "a red square", top=16)
     assert clear.relative_range > 0.5 and not clear.aimless and clear.warnings == []
+
+
+VOCABULARY = frozenset({"a", "an", "red", "square", "circle", "on", "background", "blue"})
+
+
+def test_a_prompt_of_words_the_clip_never_read_changes_nothing_and_says_which() -> None:
+    bank = _bank()
+    images = torch.randn(2, D, generator=torch.Generator().manual_seed(1))
+    images[:, 0] = -images[:, 0].abs()
+    # the CLIP separates the bank along the prompt as well as for a real one: only the word
+    # list can tell (the shapes demo CLIP reads "qwzx blorp" as a colour)
+    fit = check_prompt_fit(bank, _axis(0), images, "Qwzx blorp!", top=16, vocabulary=VOCABULARY)
+    assert fit.relative_range > 0.5 and fit.unread and fit.aimless
+    assert fit.unchanged_rows() == [0, 1]
+    assert len(fit.warnings) == 1
+    assert "never trained on 'qwzx', 'blorp', so the edit changes nothing" in fit.warnings[0]
+    assert fit.warnings[0].endswith("it knows only: background, blue, circle, red, square")
+    small = check_prompt_fit(_bank(n=32), _axis(0), images, "a dog", 16, vocabulary=VOCABULARY)
+    assert small.aimless and "'dog'" in small.warnings[0]  # no best group: still refused
+
+
+def test_a_prompt_with_some_words_the_clip_read_is_trained_with_a_warning() -> None:
+    bank = _bank()
+    images = -torch.ones(2, D)
+    fit = check_prompt_fit(bank, _axis(0), images, "a qwzx red square", top=16,
+                           vocabulary=VOCABULARY)
+    assert not fit.aimless and fit.unchanged_rows() == []
+    assert fit.warnings == ["prompt 'a qwzx red square': this CLIP was never trained on "
+                            "'qwzx' and reads only the rest of the prompt; it knows: "
+                            "background, blue, circle, red, square"]
+    for vocabulary in (None, frozenset()):  # a CLIP that lists no words: no word is unread
+        plain = check_prompt_fit(bank, _axis(0), images, "qwzx blorp", 16, vocabulary=vocabulary)
+        assert not plain.unread and plain.warnings == []
+
+
+@pytest.mark.parametrize("prompt, unread, nothing", [
+    ("qwzx blorp", ["qwzx", "blorp"], True),
+    ("a blorp, a blorp", ["blorp"], True),         # each word once
+    ("a red square on a blue background", [], False),
+    ("A RED Circle.", [], False),                   # case and punctuation are no word
+    ("a qwzx circle", ["qwzx"], False),
+    ("a an the with", [], False),                   # function words are always read
+    ("", [], False),
+])
+def test_unread_words_are_the_content_words_outside_the_vocabulary(prompt, unread,
+                                                                   nothing) -> None:
+    assert unread_words(prompt, VOCABULARY) == (unread, nothing)
+    assert unread_words(prompt, None) == ([], False)
 
 
 def test_bimodality_is_five_ninths_for_a_flat_spread_a_third_for_a_bell_near_one_for_two_groups(
@@ -489,4 +550,4 @@ def test_parts_after_a_lone_one_are_still_freed_and_each_other_part_gets_its_own
 
 def test_part_words_are_read_without_their_punctuation() -> None:
     assert prompt_parts("a. dog") == []        # "a." is an article, not a second word
-    assert (0, "a with an orange hat") in prompt_parts("a cat with an orange hat")
+    assert (0, "a hat.") in prompt_parts("an orange hat.")

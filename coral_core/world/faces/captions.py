@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..captions import with_article
+from ..captions import with_article, words_of
 from .scene import ATTRIBUTE_NAMES, VALUES, FaceBatch
 
 BALD = VALUES["hair_style"].index("bald")
@@ -100,3 +100,12 @@ def attribute_prompts() -> dict[str, list[str]]:
     """One prompt per value of every attribute (zero-shot classification, the judge's names)."""
     return {name: [caption(**{name: v}).text() for v in VALUES[name]]
             for name in ATTRIBUTE_NAMES}
+
+
+def vocabulary() -> list[str]:
+    """Every word a portrait caption can hold: the face CLIP's whole vocabulary (its folder
+    lists it, ``CoralClip.vocabulary``)."""
+    texts = [caption(**{name: v}).text() for name in ATTRIBUTE_NAMES for v in VALUES[name]]
+    texts += [caption(mouth="neutral", hair_style="long", beard="none", glasses="none",
+                      background="red").text()]
+    return words_of(texts)
