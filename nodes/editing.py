@@ -128,7 +128,9 @@ class CoralTrainEdit:
                 "default": "preset",
                 "tooltip": "Per image: leave an image that seems to lack what the prompt "
                            "names (\"a red circle\" with no circle) unchanged, with a "
-                           "warning, instead of painting another object. 'preset' follows "
+                           "warning, instead of painting another object; what follows "
+                           "'with' is the change (\"a face with a beard\" needs only a "
+                           "face). 'preset' follows "
                            "the preset (coral: on); 'off' edits anyway, for when the warning "
                            "is wrong."}),
             "split_clauses": (list(ABSENT_CHECK_CHOICES), {

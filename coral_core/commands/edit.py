@@ -323,7 +323,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{'on' if _TRAIN.split_clauses else 'off'})")
     s.add_argument("--absent-check", action=argparse.BooleanOptionalAction, default=None,
                    help="per image: leave an image that seems to lack what the prompt names "
-                        "unchanged, with a warning (--no-absent-check: edit it anyway; coral: "
+                        "unchanged, with a warning; what follows 'with' is the change ('a "
+                        "face with a beard' needs only a face) (--no-absent-check: edit it "
+                        "anyway; coral: "
                         f"{'on' if _TRAIN.check_absent else 'off'})")
     s.add_argument("--hold-to-prior", action=argparse.BooleanOptionalAction, default=None,
                    help="per image: until the region choice the edit may only scale the "
