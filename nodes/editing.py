@@ -155,8 +155,9 @@ class CoralTrainEdit:
                            f"An image it takes under {_TRAIN.free_below} of the way is "
                            "trained again free (up to twice the time). "
                            "Keeps the rest of a face as it was (a smile that does not "
-                           "recolour the skin); in scenes of several objects it can pick the "
-                           "wrong one. 'preset' follows the preset (coral: off)."}),
+                           "recolour the skin). 'preset' follows the preset (coral: "
+                           f"{'on' if _TRAIN.along_prior else 'off'}; paper: off); 'off' "
+                           "trains the direction free from the start, in half the time."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,

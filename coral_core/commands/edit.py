@@ -334,9 +334,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "picture (the segments are split there, so long hair or a wider "
                         "mouth has a region of its own); an image it takes under "
                         f"{_TRAIN.free_below} of the way is trained again free (up to twice "
-                        "the time); keeps other parts of a face as they were, but can "
-                        "recolour the wrong object in a scene of several "
-                        f"(coral: {'on' if _TRAIN.along_prior else 'off'})")
+                        "the time); keeps other parts of a face as they were "
+                        f"(coral: {'on' if _TRAIN.along_prior else 'off'}; "
+                        "--no-hold-to-prior: free from the start, in half the time)")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from where the generator samples (of "
                         "this many, cached per generator and CLIP) that the CLIP ranks "
@@ -345,7 +345,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prior-form", choices=list(PRIOR_FORMS), default=None,
                    help="matched: the best samples less their look-alikes (changes what "
                         "the prompt names and little else); mean: the best samples' mean "
-                        "less the mean of all (coral: matched with --hold-to-prior, mean "
+                        "less the mean of all (coral: matched when held to the prior, mean "
                         "otherwise)")
     s.add_argument("--bf16", choices=list(MEMORY_OPTION_CHOICES), nargs="?", const="on",
                    default="auto",

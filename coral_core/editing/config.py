@@ -165,10 +165,12 @@ class TrainConfig:
     # rivals too), so the region is chosen for the generator's own w-direction of the prompt
     # rather than for whatever the CLIP's gradient finds first; at the region choice an image
     # whose edit got under fit.MIN_REACH of the way to the bank's best samples is freed for
-    # the rest of the run. Off by default: on the face world it keeps the other parts (a
-    # smile no longer recolours the skin) but on the shapes world object recolours often
-    # pick the wrong object (figures: docs/method.md, "Holding the direction to the prior").
-    along_prior: bool = False
+    # the rest of the run. On by default since session 32: on three fresh face sets it made
+    # more clean edits than the free direction (22 -> 27, 22 -> 31 of 48-49; it keeps the
+    # other parts: a smile no longer recolours the skin), on shapes as many (38 / 37 of 44),
+    # at 1.6-1.8x the time per edit (free_when_short). Figures: docs/method.md, "Holding the
+    # direction to the prior"; the paper preset and --no-hold-to-prior switch it off.
+    along_prior: bool = True
     # Per image SS with the prior's start: split every segment piece where that start changes
     # the picture visibly, and start the unchanged halves' masks low (prior_region.py), so a
     # change of shape (long hair over the background, a wider mouth) has a region of its own.

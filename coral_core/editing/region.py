@@ -342,6 +342,8 @@ def _train_rival(judge: RegionJudge, selector: SegmentSelector, direction: Globa
         if judge.check is not None:
             judge.check()
         loss = judge.loss(selector, masks, rival, rows, recompute=judge.memory.recompute)
+        if not loss.requires_grad:  # no mask of this region reaches the direction: its
+            break                   # picture cannot change, nothing to train
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()

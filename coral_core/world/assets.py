@@ -17,7 +17,8 @@ FACES = ASSETS.parent / "faces"
 DEMO_WORLD = "faces"
 #: Each world's demo prompt, the edit that shows the method best there: on faces a background
 #: recolour (hair and eye colours damage other parts more often, and the paper's "a face with
-#: a beard" is refused by the fit check with the shipped face CLIP; docs/demo-worlds.md).
+#: a beard" fails on every fresh face: a blotch, or refused as going too far;
+#: docs/demo-worlds.md).
 DEMO_PROMPTS = {"shapes": "an orange background", "faces": "a blue background"}
 #: The prompt the demo, the Train node and the templates start from.
 DEFAULT_PROMPT = DEMO_PROMPTS[DEMO_WORLD]

@@ -44,6 +44,9 @@ def test_demo_writes_images_masks_and_report(tmp_path) -> None:
     assert saved["world"] == "faces" and saved["prompt"] == assets.DEFAULT_PROMPT
     assert saved["prompt"] == report["prompt"] and len(saved["clip_score_after"]) == 4
     assert "judge_after" in saved and len(saved["mask_area_per_layer"]) == 9
+    # the layers of every edit of the chain (a held edit and its images trained again free)
+    assert set(saved["selected_layers"]) <= set(range(1, 10))
+    assert saved["selected_layers"] == sorted(saved["selected_layers"])
 
 
 def test_eval_runs_every_method_and_scores(tmp_path) -> None:

@@ -242,10 +242,11 @@ def test_train_node_absent_check_follows_the_preset_unless_set(monkeypatch) -> N
 
 
 def test_train_node_hold_to_prior_follows_the_preset_unless_set(monkeypatch) -> None:
-    """Train Edit Advanced's hold_to_prior: 'preset' takes the preset's (off in both); 'on'
-    / 'off' win; a workflow saved before the widget existed (no value) keeps the preset's."""
+    """Train Edit Advanced's hold_to_prior: 'preset' takes the preset's (coral on, paper
+    off); 'on' / 'off' win; a workflow saved before the widget existed (no value) keeps the
+    preset's."""
     got, editing = _choice_per_preset(monkeypatch, "hold_to_prior", "along_prior")
-    assert got == [False, True, False, False, True, False, False]
+    assert got == [True, True, False, False, True, False, True]
     inputs = editing.CoralTrainEdit.INPUT_TYPES()["optional"]
     assert list(inputs)[-1] == "hold_to_prior"  # appended: saved workflows keep their order
 

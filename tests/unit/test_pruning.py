@@ -117,9 +117,11 @@ def test_trainer_switches_pruned_segments_off_for_good(G, clip, monkeypatch, tmp
 
     monkeypatch.setattr(region_module, "prune_selection", remove_segment_one)
     # the region contest off: this test is about the greedy removal (contest: see below); the
-    # absent-object check too (the tiny random models draw nothing of "a red circle")
+    # absent-object check too (the tiny random models draw nothing of "a red circle"); the
+    # direction free (held, a short image trains again: a second pruning)
     cfg = TrainConfig(prompt="a red circle", steps=6, batch=2, seed=3, prune_at=0.5,
-                      prune_tolerance=0.25, mask_init=0.9, contest_steps=0, check_absent=False)
+                      prune_tolerance=0.25, mask_init=0.9, contest_steps=0, check_absent=False,
+                      along_prior=False)
     ws = G.mapping_ws(G.z_from_seeds([3, 4]))
     res = train_edit(G, clip, cfg, latents=ws, segments=_halves(2, G.img_resolution))
     assert len(calls) == 1 and calls[0][1] == 0.25
@@ -200,8 +202,10 @@ def test_per_image_edits_use_pieces_and_their_files_say_so(G, clip, tmp_path) ->
     from coral_core.errors import ModelFormatError
     from coral_core.formats.integrity import read_safetensors, write_safetensors
 
+    # free: a held edit splits the pieces where the prior acts and saves the split segments
+    # instead (test_prior_region.py)
     cfg = TrainConfig(prompt="a red circle", steps=2, batch=2, seed=1, segment_pieces=7,
-                      catalogue_dir=tmp_path)
+                      catalogue_dir=tmp_path, along_prior=False)
     edit = train_edit(G, clip, cfg).edit
     assert edit.catalogue is not None and edit.catalogue.pieces == 7
     assert edit.selector.logits.shape[-1] == 7
