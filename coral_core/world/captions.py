@@ -95,8 +95,11 @@ ATTRIBUTE_PROMPTS = {
 
 
 def words_of(texts: list[str]) -> list[str]:
-    """Every word of ``texts``, lower-cased, without punctuation, sorted."""
-    return sorted({w.lower().strip(".,;:!?") for t in texts for w in t.split()} - {""})
+    """Every word of ``texts`` as the prompt checks read words (lower-cased, without
+    punctuation: fit.bare_words), sorted."""
+    from ..editing.fit import bare_words
+
+    return sorted({w for t in texts for w in bare_words(t.split())} - {""})
 
 
 def vocabulary() -> list[str]:

@@ -106,3 +106,24 @@ def test_shipped_world_models_meet_their_goals_on_a_sample() -> None:
     assert figures["judge gap (points, worst)"] <= 6
     assert figures["CLIP background colour"] >= 0.95
     assert figures["CLIP binding background"] >= 0.9
+
+
+@pytest.mark.parametrize("world", assets.WORLDS)
+def test_every_prompt_coral_eval_asks_is_in_the_words_its_clip_read(world) -> None:
+    """The evaluation's prompts are what a user of the demo types: every word of them is one
+    the world's CLIP was trained on, save the unknown words it asks on purpose."""
+    from coral_core.editing.fit import unread_words
+    from coral_core.world.evaluate import UNKNOWN_PROMPTS
+
+    paths = assets.world_assets(world)
+    G, clip = get_generator(paths.generator).generator, get_clip(paths.clip)
+    if world == "faces":
+        from coral_core.world.faces.evaluate import build_cases as face_cases
+        cases = face_cases(G, list(range(100, 112)))[0]
+    else:
+        from coral_core.world.evaluate import build_cases
+        cases = build_cases(G, list(range(100, 112)))[0]
+    assert len(cases) > 20
+    for case in cases:
+        unread, nothing = unread_words(case.prompt, clip.vocabulary)
+        assert nothing if case.prompt in UNKNOWN_PROMPTS else unread == [], case.prompt
