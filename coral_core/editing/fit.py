@@ -468,7 +468,8 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
     n_images = image_embeddings.shape[0]
     unread, reads_nothing = unread_words(prompt, vocabulary)
     if bank.embeddings.shape[0] <= 2 * top:  # too few samples to tell a best group from the rest
-        return PromptFit(1.0, [False] * n_images, _unread_warnings(prompt, unread, vocabulary),
+        return PromptFit(1.0, [False] * n_images,
+                         _unread_warnings(prompt, unread, reads_nothing, vocabulary),
                          unread=reads_nothing)
     scene = SceneCheck.from_bank(bank, text_embedding, top, part_embeddings, part_clauses)
     rng, best = scene.prompt_range, scene.best_score
@@ -477,7 +478,7 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
     scores = scene.scores(image_embeddings)
     already = scene.already(image_embeddings)
     absent = scene.absent(image_embeddings)
-    warnings = _unread_warnings(prompt, unread, vocabulary)
+    warnings = _unread_warnings(prompt, unread, reads_nothing, vocabulary)
     nothing = reads_nothing or aimless(relative, bimodality)
     if nothing and not reads_nothing:  # (an unread prompt is said by _unread_warnings)
         warnings.append(
@@ -500,13 +501,12 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
                      absent=absent, bimodality=bimodality, unread=reads_nothing)
 
 
-def _unread_warnings(prompt: str, unread: list[str], vocabulary: frozenset[str] | None
-                     ) -> list[str]:
+def _unread_warnings(prompt: str, unread: list[str], reads_nothing: bool,
+                     vocabulary: frozenset[str] | None) -> list[str]:
     """What to tell a user whose prompt has words the CLIP never read (``unread_words``)."""
     if not unread or not vocabulary:
         return []
     known = ", ".join(sorted(w for w in vocabulary if w not in FUNCTION_WORDS and w.isalpha()))
-    _, reads_nothing = unread_words(prompt, vocabulary)
     words = ", ".join(repr(w) for w in unread)
     if reads_nothing:
         return [f"prompt {prompt!r}: this CLIP was never trained on {words}, so the edit "

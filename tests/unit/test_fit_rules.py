@@ -12,7 +12,7 @@ from coral_core.editing.fit import (ALREADY_MARGIN, MAX_OVERSHOOT, MAX_REACH, MI
                                     MIN_RELATIVE_RANGE, UNIFORM_BIMODALITY, PromptFit,
                                     SceneCheck, bimodality_coefficient, check_prompt_fit,
                                     off_target_rows, past, prompt_clauses, prompt_parts,
-                                    reach_of, unread_words)
+                                    reach_of, text_range, unread_words)
 from coral_core.editing.prior import SampleBank
 
 D = 6
@@ -78,6 +78,10 @@ def test_each_part_leaves_one_content_word_out_with_articles_that_fit() -> None:
     ("a blue car with a dent on a green background", [(0, "a car"), (0, "a blue")]),
     ("a red circle with a hole on a blue background", [(0, "a circle"), (0, "a red")]),
     ("with a beard", []),
+    # a clause naming what every picture has is skipped, the clauses after it are not
+    ("a grey background beside a red square", [(1, "a square"), (1, "a red")]),
+    ("a red circle and a green square with a hole",
+     [(0, "a circle"), (0, "a red"), (1, "a square"), (1, "a green")]),
 ])
 def test_what_follows_with_is_not_looked_for_in_the_image(prompt, parts) -> None:
     assert prompt_parts(prompt) == parts
@@ -178,6 +182,8 @@ def test_a_prompt_with_some_words_the_clip_read_is_trained_with_a_warning() -> N
     assert fit.warnings == ["prompt 'a qwzx red square': this CLIP was never trained on "
                             "'qwzx' and reads only the rest of the prompt; it knows: "
                             "background, blue, circle, red, square"]
+    read = check_prompt_fit(bank, _axis(0), images, "A red square.", 16, vocabulary=VOCABULARY)
+    assert not read.unread and read.warnings == []  # every word read: nothing to say
     for vocabulary in (None, frozenset()):  # a CLIP that lists no words: no word is unread
         plain = check_prompt_fit(bank, _axis(0), images, "qwzx blorp", 16, vocabulary=vocabulary)
         assert not plain.unread and plain.warnings == []
@@ -551,3 +557,11 @@ def test_parts_after_a_lone_one_are_still_freed_and_each_other_part_gets_its_own
 def test_part_words_are_read_without_their_punctuation() -> None:
     assert prompt_parts("a. dog") == []        # "a." is an article, not a second word
     assert (0, "a hat.") in prompt_parts("an orange hat.")
+
+
+def test_a_text_s_range_is_its_best_samples_mean_score_above_the_bank_s_mean() -> None:
+    emb = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 0.0], [7.0, 0.0]])
+    bank = SampleBank(torch.zeros(4, 3), emb, "g", "c")
+    assert text_range(bank, torch.tensor([1.0, 0.0]), top=2) == pytest.approx(6.0 - 4.0)
+    assert text_range(bank, torch.tensor([[0.5, 9.0]]), top=1) == pytest.approx(3.5 - 2.0)
+    assert text_range(bank, torch.tensor([1.0, 0.0]), top=10) == pytest.approx(0.0)  # all
