@@ -224,7 +224,7 @@ def _load_clip(source: str | Path, model_name: str | None,
         raise ModelFormatError(f"{path}: no such CLIP file or folder (weights are never "
                                "downloaded; put the file in the CLIP models folder)")
     preprocess: dict[str, Any] = {}
-    vocabulary = None
+    vocabulary: frozenset[str] | None = None
     if path.is_dir():
         config = path / "open_clip_config.json"
         if not config.is_file():
@@ -234,8 +234,7 @@ def _load_clip(source: str | Path, model_name: str | None,
         if weights is None:
             raise ModelFormatError(f"{path}: no weights in the folder (expected one of "
                                    f"{', '.join(LOCAL_DIR_WEIGHTS)})")
-        model_cfg, preprocess = _read_config(config)
-        vocabulary = preprocess.pop("vocabulary", None)
+        model_cfg, preprocess, vocabulary = _read_config(config)
         model, name = _build_from_config(model_cfg, _read_weights(weights), weights)
         tokenizer = open_clip.get_tokenizer(name)
         model_id = f"local-dir:{path.name}"
@@ -255,8 +254,7 @@ def _load_clip(source: str | Path, model_name: str | None,
             beside = path.parent / "open_clip_config.json"
             sd = _read_weights(path)
             if model_name is None and beside.is_file():
-                model_cfg, preprocess = _read_config(beside)
-                vocabulary = preprocess.pop("vocabulary", None)
+                model_cfg, preprocess, vocabulary = _read_config(beside)
                 model, name = _build_from_config(model_cfg, sd, path)
                 tokenizer = open_clip.get_tokenizer(name)
                 model_id = f"coral-config:{path.name}"
@@ -291,8 +289,9 @@ MAX_VOCABULARY_WORDS = 100_000
 MAX_WORD_CHARS = 64
 
 
-def _read_config(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model_cfg, checked preprocess mean/std and ``vocabulary``) of an
+def _read_config(config_file: Path
+                 ) -> tuple[dict[str, Any], dict[str, Any], frozenset[str] | None]:
+    """(model_cfg, checked preprocess mean/std, ``coral_vocabulary`` or None) of an
     ``open_clip_config.json``, bounded."""
     from .formats.bounded_json import read_json_file
 
@@ -314,9 +313,9 @@ def _read_config(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 raise ModelFormatError(f"{config_file}: preprocess_cfg.{key} = {value!r}; "
                                        "expected three finite numbers")
             out[key] = tuple(float(v) for v in value)
-    if "coral_vocabulary" in data:
-        out["vocabulary"] = _checked_vocabulary(data["coral_vocabulary"], config_file)
-    return model_cfg, out
+    vocabulary = _checked_vocabulary(data["coral_vocabulary"], config_file) \
+        if "coral_vocabulary" in data else None
+    return model_cfg, out, vocabulary
 
 
 def _checked_vocabulary(words: Any, config_file: Path) -> frozenset[str]:

@@ -54,6 +54,13 @@ class ApplyResult:
     scenes: list[SceneVerdict | None] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)  # per edit laid, as ``scenes``
 
+    def selected_layers(self, threshold: float = 0.5) -> list[int]:
+        """The conv layers (1-based) whose mask reaches ``threshold`` on some image, over
+        every edit laid (a held edit and the one that trained its short images again free
+        both count)."""
+        return sorted({i + 1 for masks in self.masks for i, m in enumerate(masks)
+                       if m is not None and float(m.max()) >= threshold})
+
     def all_warnings(self, edits: Sequence[Edit]) -> list[str]:
         """What a user was told, training and apply together: each edit's training warnings
         (kept in its file), then this apply's."""

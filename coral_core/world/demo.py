@@ -111,10 +111,7 @@ def run_demo(out: Path, prompt: str | None = None, seeds: str = "0-3",
     report: dict[str, Any] = {
         "world": world, "prompt": prompt, "seeds": seed_list, "steps": len(result.history),
         "variant": "segment selection + global direction, per image",
-        # every edit of the chain (a held edit and the one that trained its short images
-        # again free): the layers whose applied mask reaches 0.5 on some image
-        "selected_layers": sorted({i + 1 for masks in res.masks for i, m in enumerate(masks)
-                                   if m is not None and float(m.max()) >= 0.5}),
+        "selected_layers": res.selected_layers(),
         "selected_pairs": [pair for link in edit.chain()
                            for pair in link.info.get("selection", {}).get("pairs") or []],
         "mask_area_per_layer": [round(float(m.mean()), 3) if m is not None else 0.0

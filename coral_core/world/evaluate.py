@@ -317,8 +317,7 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
             scores = score_case(case, judge, scenes, res.original, res.edited, warnings)
             if case.after is not None:
                 scores["iou"] = _mask_iou(res, case, G.img_resolution)
-            selected = sorted({i + 1 for masks in res.masks for i, m in enumerate(masks)
-                               if m is not None and float(m.max()) >= 0.5})
+            selected = res.selected_layers()
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **scores, "seconds_per_edit": t_edit,
                          "seconds_per_apply": t_apply, "peak_mib": _peak_mib(),
