@@ -158,8 +158,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
             res = apply_edits(G, ws, [edit], clip=clip)  # a user's Apply with its CLIP
             assert res.original is not None
             s = score(case, judge, faces, res.original, res.edited)
-            selected = [i + 1 for i, m in enumerate(res.masks[0])
-                        if m is not None and float(m.max()) >= 0.5]
+            selected = res.selected_layers()  # every edit of a chain, as the shapes
             rows.append({"method": method, "seed": case.seed, "kind": case.kind,
                          "prompt": case.prompt, **s, "seconds_per_edit": t_edit,
                          "selected_layers": selected,
