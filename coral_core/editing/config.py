@@ -163,9 +163,10 @@ class TrainConfig:
     # Per image, with the prior and masks ("hold to the prior"): the direction may only scale
     # the prior, one gain per W+ entry (projected after every step, the region contest's
     # rivals too), so the region is chosen for the generator's own w-direction of the prompt
-    # rather than for whatever the CLIP's gradient finds first; at the region choice an image
-    # whose edit got under fit.MIN_REACH of the way to the bank's best samples is freed for
-    # the rest of the run. On by default since session 32: on three fresh face sets it made
+    # rather than for whatever the CLIP's gradient finds first; just after the region choice
+    # an image whose edit (the chosen region's picture) is under free_below of the way to the
+    # bank's best samples (fit.MIN_REACH without free_when_short) is freed for the rest of
+    # the run. On by default since session 32: on three fresh face sets it made
     # more clean edits than the free direction (22 -> 27, 22 -> 31 of 48-49; it keeps the
     # other parts: a smile no longer recolours the skin), on shapes as many (38 / 37 of 44),
     # at 1.6-1.8x the time per edit (free_when_short). Figures: docs/method.md, "Holding the

@@ -226,7 +226,8 @@ def _train_short_rows_free(G: Generator, clip: CoralClip, cfg: TrainConfig,
                        catalogue, covered)
     held_info = held.edit.info
     tried = {"short": short, "reach": (held_info.get("prompt_fit") or {}).get("reach"),
-             "wall_seconds": held_info.get("wall_seconds", 0.0)}
+             "wall_seconds": held_info.get("wall_seconds", 0.0),
+             "reach_trace": (held_info.get("prior") or {}).get("reach_trace")}
     info = free.edit.info
     info.setdefault("prior", {})["held_first"] = tried
     info["wall_seconds"] = round(info.get("wall_seconds", 0.0) + tried["wall_seconds"], 2)
@@ -477,7 +478,6 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
         progress.pruned = _choose_region(run, step, ws, noise, original, mix)
         progress.region_seconds = time.perf_counter() - started
         progress.credited_to = _contest_credit(run, step, progress.pruned)
-        _free_short_rows(run, progress)
     with run.memory.autocast():
         masks = layer_masks(run.selector, run.G, original.feats, original.segs, cfg,
                             no_masks=cfg.no_masks)
@@ -494,6 +494,9 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
         progress.best = (record["total"], progress.last_good)
     progress.history.append(record)
     progress.last, progress.original = loss, original.image
+    _trace_reach(run, loss, step)
+    if step == run.prune_step and _free_short_rows(run, loss):
+        progress.credited_to = 0  # the contest's winner trained held: the freed rows need them
     run.opt.zero_grad(set_to_none=True)
     loss.total.backward()
     _optimiser_step(run)
@@ -899,26 +902,48 @@ def _hold_to_prior(direction: GlobalDirection, axis: torch.Tensor,
     prior["held_to_prior"] = True
 
 
-def _free_short_rows(run: _Run, progress: _Progress) -> None:
-    """At the region choice: an image whose edit, held to the prior, fell short of the bank's
-    best samples (fit.off_target_rows: under ``MIN_REACH`` of the way) is freed for the rest
-    of the run (the prior's axis alone cannot make it); the others stay held. Recorded in the
-    prior's summary."""
-    direction = run.direction
-    if not isinstance(direction, GlobalDirection) or direction.held is None or \
-            run.fit is None or run.fit.aimless or progress.last is None:
+REACH_TRACE_EVERY = 10  # steps between the held edit's reach readings (one CLIP encoding)
+
+
+def _trace_reach(run: _Run, loss: StepLoss, step: int) -> None:
+    """Every REACH_TRACE_EVERY steps of a held run: each image's reach (fit.reach) so far,
+    recorded in the prior's summary (``reach_trace``). Why: whether an image that will fall
+    short (and be trained again free) can be told early."""
+    if step % REACH_TRACE_EVERY or run.prior is None or not run.prior.get("held_to_prior") \
+            or run.fit is None or run.fit.aimless:
         return
     with torch.no_grad():
-        edited = run.clip.encode_image(progress.last.edited.detach())
+        reached = run.fit.reach(run.target, run.clip.encode_image(loss.edited.detach()))
+    run.prior.setdefault("reach_trace", {})[str(step)] = [round(r, 3) for r in reached]
+
+
+def _free_short_rows(run: _Run, loss: StepLoss) -> bool:
+    """Just after the region choice, on the picture it gives (the step's composite): an image
+    whose edit, held to the prior, is short of the bank's best samples (fit.off_target_rows:
+    under ``free_below`` of the way with ``free_when_short``, else under ``MIN_REACH``) is
+    freed for the rest of the run, in the region chosen; the others stay held. Why after the
+    choice: held, the change often lies outside the piece that wins the region (an object
+    recolour the prompt's w-direction gives to another object), so the reach that was near 1
+    before the choice drops to near 0 with it, and such an image never recovered held (it was
+    trained again from the start). True when an image was freed; recorded in the prior's
+    summary."""
+    direction = run.direction
+    if not isinstance(direction, GlobalDirection) or direction.held is None or \
+            run.fit is None or run.fit.aimless:
+        return False
+    with torch.no_grad():
+        edited = run.clip.encode_image(loss.edited.detach())
     reached = run.fit.reach(run.target, edited)
+    bar = run.cfg.free_below if run.cfg.free_when_short else None
     _, short_rows = off_target_rows(reached, run.fit.past_best(run.target, edited),
-                                    range(len(reached)))
+                                    range(len(reached)), bar)
     short = torch.tensor([i in short_rows for i in range(len(reached))], dtype=torch.bool,
                          device=direction.held.device)
     if short.numel() == direction.held.numel():
         direction.held = direction.held & ~short
     if run.prior is not None:
         run.prior["freed_at_region_choice"] = short.nonzero().flatten().tolist()
+    return bool(short.any())
 
 
 def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:

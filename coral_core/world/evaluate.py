@@ -42,7 +42,7 @@ from ..stylegan import Generator
 from .judge import Judge
 from .render import palette_rgb, render
 from .scene import BG_NAMES, OBJ_NAMES, SHAPES, SceneBatch, scenes_from_z
-from .scoring import grow, iou, outline, psnr_in, shrink, target_shares
+from .scoring import grow, iou, outline, prior_record, psnr_in, shrink, target_shares
 
 METHODS = ("styleclip", "feat", "coral_ss", "coral_can")
 # Not run by default: CORAL-SS given the world's true region as its only segment (the selector
@@ -322,7 +322,8 @@ def run_eval(G: Generator, clip: CoralClip, judge: Judge, seeds: list[int],
                          "prompt": case.prompt, **scores, "seconds_per_edit": t_edit,
                          "seconds_per_apply": t_apply, "peak_mib": _peak_mib(),
                          "selected_layers": selected, "warnings": warnings,
-                         "reach": (edit.info.get("prompt_fit") or {}).get("reach")})
+                         "reach": (edit.info.get("prompt_fit") or {}).get("reach"),
+                         "prior": prior_record(edit.info)})
             if method in ("coral_ss", "coral_can"):  # the pack's own edits, worst shown
                 tiles.append((_badness(scores), f"{method} {case.kind}: {case.prompt}",
                               _tile(res, G.img_resolution)))

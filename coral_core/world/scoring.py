@@ -9,6 +9,8 @@ outline of every object before and after (IoU), read from the pixels.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -132,3 +134,14 @@ def psnr_in(edited: torch.Tensor, reference: torch.Tensor, where: torch.Tensor) 
     """PSNR (dB) over the pixels of ``where`` [H, W] (images [3, H, W] in [-1, 1])."""
     return float(psnr(edited[None].cpu().float(), reference[None].cpu().float(),
                       where.float()[None])[0])
+
+
+PRIOR_RECORD_KEYS = ("held_to_prior", "reach_trace", "freed_at_region_choice",
+                     "short_when_held", "trained_again_free", "held_first")
+
+
+def prior_record(info: dict[str, Any]) -> dict[str, Any]:
+    """What the held direction did on a case (the reach per image as training went, which
+    images were freed or trained again), for reading the runs afterwards."""
+    prior = info.get("prior") or {}
+    return {k: prior[k] for k in PRIOR_RECORD_KEYS if k in prior}

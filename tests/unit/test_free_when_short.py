@@ -173,3 +173,46 @@ def test_a_raised_bar_trains_again_the_image_that_got_only_part_of_the_way(
     assert "held_first" not in kept.info["prior"] and kept.info["prompt_fit"]["reach"] == [0.7]
     res = apply_edits(G, ws, [kept])
     assert not torch.equal(res.edited, res.original)  # 0.7 of the way is an edit, not a miss
+
+
+def test_the_reach_that_frees_an_image_is_read_on_the_picture_the_region_choice_gives(
+        G, clip, tmp_path, monkeypatch) -> None:
+    """Held, an edit can reach the prompt before the region choice and lose it with the
+    choice (the change lay outside the piece that won). It is the chosen region's picture
+    that is judged: such an image is freed at once, runs the steps the contest's winner was
+    credited with (it trained held), and its reach as training went is in the record."""
+    import coral_core.editing.trainer as trainer
+
+    made_at, chosen_at = [0], [10 ** 9]  # the step whose picture is being judged; the choice
+    choose, read_reach = trainer._choose_region, trainer._trace_reach
+
+    def choose_and_note(run: Any, step: int, *args: Any) -> Any:
+        chosen_at[0] = step
+        return choose(run, step, *args)
+
+    def trace_and_note(run: Any, loss: Any, step: int) -> None:
+        made_at[0] = step  # every step's picture passes here as soon as it is made
+        read_reach(run, loss, step)
+
+    monkeypatch.setattr(trainer, "_choose_region", choose_and_note)
+    monkeypatch.setattr(trainer, "_trace_reach", trace_and_note)
+    monkeypatch.setattr(fit, "MIN_REACH", 0.5)
+    monkeypatch.setattr(PromptFit, "reach", lambda self, text, edited:
+                        [0.0 if made_at[0] >= chosen_at[0] else 1.0] * edited.shape[0])
+    ws = G.mapping_ws(G.z_from_seeds([3]))
+    steps = 2 * trainer.REACH_TRACE_EVERY
+    edit = train_edit(G, clip, _config(steps=steps, batch=1, catalogue_dir=tmp_path,
+                                       free_when_short=False), latents=ws).edit
+    prior, pruning = edit.info["prior"], edit.info["region_pruning"]
+    assert prior["freed_at_region_choice"] == [0]
+    assert "steps_credited_to_the_contest" not in pruning and edit.info["steps"] == steps
+    trace = prior["reach_trace"]
+    assert sorted(trace, key=int) == [str(trainer.REACH_TRACE_EVERY), str(steps)]
+    assert trace[str(steps)] == [0.0]
+
+    chosen_at[0] = 10 ** 9  # reaching after the choice as well: held to the end, credit taken
+    monkeypatch.setattr(PromptFit, "reach", lambda self, text, edited: [1.0] * edited.shape[0])
+    edit = train_edit(G, clip, _config(steps=steps, batch=1, catalogue_dir=tmp_path,
+                                       free_when_short=False), latents=ws).edit
+    assert edit.info["prior"]["freed_at_region_choice"] == []
+    assert edit.info["region_pruning"].get("steps_credited_to_the_contest", 0) > 0

@@ -190,30 +190,43 @@ def test_an_edit_held_to_the_prior_scales_it_per_entry_and_a_free_one_does_not(
 
 
 def test_the_region_choice_frees_the_images_the_prior_cannot_take_far_enough() -> None:
-    """Held until the region choice; then an image whose edit got under MIN_REACH of the way
-    to the bank's best samples is freed, the others stay held (and the summary says which)."""
+    """Held until the region choice; then an image whose edit got under ``free_below`` of
+    the way to the bank's best samples (MIN_REACH when short images are not trained again)
+    is freed, the others stay held, and the summary says which."""
     from types import SimpleNamespace
 
     from coral_core.editing.directions import GlobalDirection
     from coral_core.editing.fit import MIN_REACH
     from coral_core.editing.trainer import _free_short_rows
 
-    d = GlobalDirection(num_ws=2, w_dim=3, rows=3)
-    d.axis, d.held = torch.tensor([1.0, 0, 0]), torch.ones(3, dtype=torch.bool)
-    fit = SimpleNamespace(aimless=False,
-                          reach=lambda _t, _e: [MIN_REACH - 0.01, MIN_REACH, 2.0],
-                          past_best=lambda _t, _e: [0.0, 0.0, 0.0])
-    run = SimpleNamespace(direction=d, fit=fit, target=torch.zeros(1, 3), prior={},
-                          clip=SimpleNamespace(encode_image=lambda img: img))
-    _free_short_rows(run, SimpleNamespace(last=SimpleNamespace(edited=torch.zeros(3, 3))))
-    assert d.held.tolist() == [False, True, True]
+    def held_run(reached: list[float], **cfg: object) -> SimpleNamespace:
+        d = GlobalDirection(num_ws=2, w_dim=3, rows=len(reached))
+        d.axis, d.held = torch.tensor([1.0, 0, 0]), torch.ones(len(reached), dtype=torch.bool)
+        fit = SimpleNamespace(aimless=False, reach=lambda _t, _e: reached,
+                              past_best=lambda _t, _e: [0.0] * len(reached))
+        return SimpleNamespace(direction=d, fit=fit, target=torch.zeros(1, 3), prior={},
+                               clip=SimpleNamespace(encode_image=lambda img: img),
+                               cfg=SimpleNamespace(**{"free_when_short": True,
+                                                      "free_below": 0.9, **cfg}))
+
+    step = SimpleNamespace(edited=torch.zeros(3, 3))
+    run = held_run([0.89, 0.9, 2.0])
+    assert _free_short_rows(run, step) is True
+    assert run.direction.held.tolist() == [False, True, True]
     assert run.prior["freed_at_region_choice"] == [0]
+    # not trained again when short: only an image under MIN_REACH is freed
+    run = held_run([MIN_REACH - 0.01, MIN_REACH, 0.89], free_when_short=False)
+    assert _free_short_rows(run, step) is True
+    assert run.direction.held.tolist() == [False, True, True]
+    run = held_run([0.95, 0.9])
+    assert _free_short_rows(run, step) is False and bool(run.direction.held.all())
+    assert run.prior["freed_at_region_choice"] == []
     # no fit check (nothing to measure the way by) or an aimless prompt: everyone stays held
     for fit in (None, SimpleNamespace(aimless=True)):
-        d.held = torch.ones(3, dtype=torch.bool)
+        run = held_run([0.0, 0.0, 0.0])
         run.fit = fit
-        _free_short_rows(run, SimpleNamespace(last=SimpleNamespace(edited=torch.zeros(3, 3))))
-        assert d.held.all()
+        assert _free_short_rows(run, step) is False
+        assert bool(run.direction.held.all()) and "freed_at_region_choice" not in run.prior
 
 
 def test_bad_prior_settings_are_refused(G, clip) -> None:

@@ -25,7 +25,7 @@ from ...editing.presets import DEFAULT_PRESET, preset_config, preset_defaults
 from ...editing.trainer import train_edit
 from ...images import image_to_uint8, save_png
 from ...stylegan import Generator
-from ..scoring import change_shares, grow, psnr_in
+from ..scoring import change_shares, grow, prior_record, psnr_in
 from .captions import BALD, caption, facts_of
 from .judge import FaceJudge
 from .render import render
@@ -163,6 +163,7 @@ def run_face_eval(G: Generator, clip: CoralClip, judge: FaceJudge, seeds: list[i
                          "prompt": case.prompt, **s, "seconds_per_edit": t_edit,
                          "selected_layers": selected,
                          "reach": (edit.info.get("prompt_fit") or {}).get("reach"),
+                         "prior": prior_record(edit.info),
                          "unchanged": bool(torch.equal(res.edited, res.original)),
                          "warnings": res.all_warnings([edit])})
             if method == "coral_ss":
