@@ -166,11 +166,11 @@ class TrainConfig:
     # rather than for whatever the CLIP's gradient finds first; just after the region choice
     # an image whose edit (the chosen region's picture) is under free_below of the way to the
     # bank's best samples (fit.MIN_REACH without free_when_short) is freed for the rest of
-    # the run. On by default since session 32: on three fresh face sets it made
-    # more clean edits than the free direction (22 -> 27, 22 -> 31 of 48-49; it keeps the
-    # other parts: a smile no longer recolours the skin), on shapes as many (38 / 37 of 44),
-    # at 1.6-1.8x the time per edit (free_when_short). Figures: docs/method.md, "Holding the
-    # direction to the prior"; the paper preset and --no-hold-to-prior switch it off.
+    # the run. On by default: on fresh faces it made more clean edits than the free
+    # direction (it keeps the other parts: a smile no longer recolours the skin), on scenes as
+    # many, for a second training of the images still short at the end (free_when_short).
+    # Figures: docs/method.md, "Holding the direction to the prior"; the paper preset and
+    # --no-hold-to-prior switch it off.
     along_prior: bool = True
     # Per image SS with the prior's start: split every segment piece where that start changes
     # the picture visibly, and start the unchanged halves' masks low (prior_region.py), so a
