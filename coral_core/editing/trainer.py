@@ -908,9 +908,10 @@ REACH_TRACE_EVERY = 10  # steps between the held edit's reach readings (one CLIP
 def _trace_reach(run: _Run, loss: StepLoss, step: int) -> None:
     """Every REACH_TRACE_EVERY steps of a held run: each image's reach (fit.reach) so far,
     recorded in the prior's summary (``reach_trace``). Why: whether an image that will fall
-    short (and be trained again free) can be told early."""
-    if step % REACH_TRACE_EVERY or run.prior is None or not run.prior.get("held_to_prior") \
-            or run.fit is None or run.fit.aimless:
+    short (and be trained again free) can be told early. The region choice's step is read
+    by _free_short_rows, which records it."""
+    if step % REACH_TRACE_EVERY or step == run.prune_step or run.prior is None \
+            or not run.prior.get("held_to_prior") or run.fit is None or run.fit.aimless:
         return
     with torch.no_grad():
         reached = run.fit.reach(run.target, run.clip.encode_image(loss.edited.detach()))
@@ -934,6 +935,9 @@ def _free_short_rows(run: _Run, loss: StepLoss) -> bool:
     with torch.no_grad():
         edited = run.clip.encode_image(loss.edited.detach())
     reached = run.fit.reach(run.target, edited)
+    if run.prior is not None:
+        run.prior.setdefault("reach_trace", {})[str(run.prune_step)] = \
+            [round(r, 3) for r in reached]
     bar = run.cfg.free_below if run.cfg.free_when_short else None
     _, short_rows = off_target_rows(reached, run.fit.past_best(run.target, edited),
                                     range(len(reached)), bar)

@@ -205,6 +205,7 @@ def test_the_region_choice_frees_the_images_the_prior_cannot_take_far_enough() -
         fit = SimpleNamespace(aimless=False, reach=lambda _t, _e: reached,
                               past_best=lambda _t, _e: [0.0] * len(reached))
         return SimpleNamespace(direction=d, fit=fit, target=torch.zeros(1, 3), prior={},
+                               prune_step=60,
                                clip=SimpleNamespace(encode_image=lambda img: img),
                                cfg=SimpleNamespace(**{"free_when_short": True,
                                                       "free_below": 0.9, **cfg}))
@@ -214,6 +215,7 @@ def test_the_region_choice_frees_the_images_the_prior_cannot_take_far_enough() -
     assert _free_short_rows(run, step) is True
     assert run.direction.held.tolist() == [False, True, True]
     assert run.prior["freed_at_region_choice"] == [0]
+    assert run.prior["reach_trace"] == {"60": [0.89, 0.9, 2.0]}  # the reach at the choice
     # not trained again when short: only an image under MIN_REACH is freed
     run = held_run([MIN_REACH - 0.01, MIN_REACH, 0.89], free_when_short=False)
     assert _free_short_rows(run, step) is True
