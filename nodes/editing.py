@@ -152,12 +152,12 @@ class CoralTrainEdit:
                            "samples, so it changes what the prompt names and little else, and "
                            "the masks start where it changes the picture (the segments split "
                            "there: long hair or a wider mouth gets a region of its own). "
-                           f"An image it takes under {_TRAIN.free_below} of the way is "
-                           "trained again free (up to twice the time). "
+                           f"An image still under {_TRAIN.free_below} of the way at the end "
+                           "is trained again free (twice the time for it). "
                            "Keeps the rest of a face as it was (a smile that does not "
                            "recolour the skin). 'preset' follows the preset (coral: "
                            f"{'on' if _TRAIN.along_prior else 'off'}; paper: off); 'off' "
-                           "trains the direction free from the start, in half the time."}),
+                           "trains the direction free from the start (never a second training)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def train(self, model: StyleGANModel, clip: ClipModel, prompt: str, variant: str,

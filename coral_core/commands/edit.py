@@ -332,11 +332,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "direction prior, per layer (an image it cannot take far enough is "
                         "then freed), and the masks start where the prior changes the "
                         "picture (the segments are split there, so long hair or a wider "
-                        "mouth has a region of its own); an image it takes under "
-                        f"{_TRAIN.free_below} of the way is trained again free (up to twice "
-                        "the time); keeps other parts of a face as they were "
+                        "mouth has a region of its own); an image still under "
+                        f"{_TRAIN.free_below} of the way at the end is trained again free "
+                        "(twice the time for it); keeps other parts of a face as they were "
                         f"(coral: {'on' if _TRAIN.along_prior else 'off'}; "
-                        "--no-hold-to-prior: free from the start, in half the time)")
+                        "--no-hold-to-prior: free from the start, never a second training)")
     s.add_argument("--prior-samples", type=int, default=None,
                    help="global direction: start from where the generator samples (of "
                         "this many, cached per generator and CLIP) that the CLIP ranks "
