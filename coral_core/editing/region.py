@@ -67,7 +67,7 @@ class RegionJudge:
         (segment selection): as ``harden_selection`` would then set them."""
         with torch.no_grad():
             if hardened and isinstance(selector, SegmentSelector):
-                with _as_hardened(selector):
+                with _as_hardened(selector, self.segs):
                     return layer_masks(selector, self.G, self.feats, self.segs, self.cfg)
             return layer_masks(selector, self.G, self.feats, self.segs, self.cfg)
 
@@ -121,14 +121,20 @@ def judge_loss(clip: CoralClip, cfg: TrainConfig, target: torch.Tensor,
                              as_displayed=cfg.clip_sees_display)
 
 
-def hardened_pairs(selector: SegmentSelector) -> torch.Tensor:
+def hardened_pairs(selector: SegmentSelector, present: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """[P, L, K] bool: the (layer, segment) pairs hardening sets to full strength: those
     above 0.5 within the gate; a row that selected nothing above 0.5 keeps its strongest
     pairs (within 10 % of its best weight): soft masks still made a change there, and
-    hardening must not erase it."""
+    hardening must not erase it. ``present`` [P|1, K]: the segments the judged images show;
+    only those are weighed. Why: a segment the image lacks was never trained, so its weight
+    stays at the selector's start (0.5); counted, it passed as selected and left the row's
+    own pieces, trained a little below 0.5, switched off (an empty region)."""
     with torch.no_grad():
-        on = selector.active()
         weights = selector.weights()
+        if present is not None:
+            weights = weights * present[:, None].to(weights.dtype)
+        on = weights > 0.5
         best = weights.flatten(1).amax(1)[:, None, None]
         strongest = (weights >= 0.9 * best) & (best > 0)
         return torch.where(on.flatten(1).any(1)[:, None, None], on, strongest)
@@ -144,20 +150,22 @@ def harden_selection(selector: SegmentSelector, segs: torch.Tensor) -> None:
     rest to 0, and freeze them (see ``TrainConfig.harden_selection``). Only segments the
     judged images ``segs`` [B, K, r, r] show are decided; the others (a per-prompt edit's
     cluster this batch lacks) are left as training left them."""
-    present = _present(segs, int(selector.logits.shape[0]))[:, None].expand_as(selector.logits)
+    shown = _present(segs, int(selector.logits.shape[0]))
+    present = shown[:, None].expand_as(selector.logits)
     with torch.no_grad():
-        hard = _hard_logits(hardened_pairs(selector)).to(selector.logits.dtype)
+        hard = _hard_logits(hardened_pairs(selector, shown)).to(selector.logits.dtype)
         selector.logits.copy_(torch.where(present, hard, selector.logits))
     selector.logits.requires_grad_(False)
 
 
 @contextlib.contextmanager
-def _as_hardened(selector: SegmentSelector) -> Iterator[None]:
-    """For the duration, the selector's masks are those ``harden_selection`` would leave
-    (every segment present or not: an absent one's mask is zero on these images anyway)."""
+def _as_hardened(selector: SegmentSelector, segs: torch.Tensor) -> Iterator[None]:
+    """For the duration, the selector's masks are those ``harden_selection`` would leave on
+    the images ``segs`` shows (a segment they lack has a zero mask on them anyway)."""
     saved = selector.logits.detach().clone()
+    shown = _present(segs, int(saved.shape[0]))
     with torch.no_grad():
-        selector.logits.copy_(_hard_logits(hardened_pairs(selector)).to(saved.dtype))
+        selector.logits.copy_(_hard_logits(hardened_pairs(selector, shown)).to(saved.dtype))
     try:
         yield
     finally:

@@ -14,7 +14,8 @@ from coral_core.editing.config import TrainConfig
 from coral_core.editing.directions import GlobalDirection
 from coral_core.editing.memory import MemoryPlan
 from coral_core.editing.region import (CONTEST_MIN_SHARE, HARD_LOGIT, RegionJudge,
-                                       contest_regions, harden_selection, prune_region)
+                                       _as_hardened, contest_regions, harden_selection,
+                                       prune_region)
 from coral_core.editing.selectors import AttentionSelector, SegmentSelector
 
 RES, LAYERS, WS, WDIM = 64, 3, 2, 4
@@ -226,6 +227,26 @@ def test_hardening_leaves_segments_the_images_lack_as_training_left_them() -> No
     harden_selection(sel, _segs(1, [32, 32, 0]))
     assert torch.equal(sel.logits[0, :, 2], torch.full((LAYERS,), 0.7))
     assert float(sel.logits[0, :, :2].min()) == HARD_LOGIT
+
+
+def test_hardening_keeps_the_image_s_own_pieces_when_a_lacked_one_was_never_trained() -> None:
+    """The image shows segments 0 and 1, trained below 0.5; segment 2 is not in it and sits
+    where the selector started. Hardening must keep the image's strongest piece (within a
+    tenth of its best), not the untrained segment: that left the region empty, so the edit
+    could change nothing."""
+    sel = SegmentSelector(LAYERS, 3)
+    with torch.no_grad():
+        sel.logits.copy_(torch.logit(torch.tensor(
+            [[[0.3, 0.2, 0.5], [0.42, 0.1, 0.5], [0.1, 0.4, 0.6]]])))
+    lacked = sel.logits[0, :, 2].detach().clone()
+    segs = _segs(1, [32, 32, 0])
+    with _as_hardened(sel, segs):  # what the region contest judges a candidate by
+        judged = torch.sigmoid(sel.logits[0, :, :2]).round()
+    harden_selection(sel, segs)
+    w = torch.sigmoid(sel.logits)[0]
+    assert w[:, :2].round().tolist() == [[0, 0], [1, 0], [0, 1]]
+    assert torch.equal(sel.logits[0, :, 2], lacked)  # as training left it
+    assert torch.equal(judged, w[:, :2].round())
 
 
 def test_on_a_tie_the_larger_region_wins() -> None:
