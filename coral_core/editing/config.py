@@ -186,6 +186,14 @@ class TrainConfig:
     # fit.MIN_REACH, the bar that leaves an image unchanged). 0.9: a held edit that got most
     # but not all of the way (a muddy colour the CLIP half accepts) is trained again too.
     free_below: float | None = 0.9
+    # With along_prior: an image freed at the region choice and still under fit.MIN_REACH
+    # ten steps later gets back, as soft masks trained for it alone, the layers hardening
+    # turned off in the pieces its region kept; they are hardened again half way to the end.
+    # Why: held, the masks grew only where the held change helped, often one layer of the
+    # named piece, and the freed edit, confined there, stayed at no reach and was trained
+    # again from the start (docs/method.md, "Freed images reopened"). False: the freed image
+    # keeps the held edit's hardened region.
+    reopen_freed: bool = True
     # SS: keep the original pixels outside the selected segments (selectors.composite), in
     # apply and in training once region pruning has chosen the region (from then on the CLIP
     # sees what the user gets; before it, the paper's blend, so the area term does not starve

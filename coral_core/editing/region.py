@@ -150,7 +150,7 @@ def harden_selection(selector: SegmentSelector, segs: torch.Tensor) -> None:
     rest to 0, and freeze them (see ``TrainConfig.harden_selection``). Only segments the
     judged images ``segs`` [B, K, r, r] show are decided; the others (a per-prompt edit's
     cluster this batch lacks) are left as training left them."""
-    shown = _present(segs, int(selector.logits.shape[0]))
+    shown = present_segments(segs, int(selector.logits.shape[0]))
     present = shown[:, None].expand_as(selector.logits)
     with torch.no_grad():
         hard = _hard_logits(hardened_pairs(selector, shown)).to(selector.logits.dtype)
@@ -163,7 +163,7 @@ def _as_hardened(selector: SegmentSelector, segs: torch.Tensor) -> Iterator[None
     """For the duration, the selector's masks are those ``harden_selection`` would leave on
     the images ``segs`` shows (a segment they lack has a zero mask on them anyway)."""
     saved = selector.logits.detach().clone()
-    shown = _present(segs, int(saved.shape[0]))
+    shown = present_segments(segs, int(saved.shape[0]))
     with torch.no_grad():
         selector.logits.copy_(_hard_logits(hardened_pairs(selector, shown)).to(saved.dtype))
     try:
@@ -173,7 +173,7 @@ def _as_hardened(selector: SegmentSelector, segs: torch.Tensor) -> Iterator[None
             selector.logits.copy_(saved)
 
 
-def _present(segs: torch.Tensor, rows: int) -> torch.Tensor:
+def present_segments(segs: torch.Tensor, rows: int) -> torch.Tensor:
     """[rows, K]: which segments the judged images show (one row: any of them). Only those can
     be judged; one absent here (a per-prompt edit's cluster that none of this batch shows) is
     left exactly as training leaves it."""
@@ -211,7 +211,7 @@ def prune_region(judge: RegionJudge, selector: Selector, direction: torch.nn.Mod
             return torch.stack([j.loss(selector, j.masks(selector), direction, rows)
                                 for j in judges]).mean(0)
 
-    present = torch.stack([_present(j.segs, rows) for j in judges]).any(0)
+    present = torch.stack([present_segments(j.segs, rows) for j in judges]).any(0)
     contest = None
     if isinstance(selector, AttentionSelector):  # every cluster the images show is a unit
         allowed = before = present[:, None]

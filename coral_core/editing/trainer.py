@@ -37,7 +37,8 @@ from .objective import CoralObjective, StepLoss, layer_masks
 from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
 from .prior_region import changed_cells, split_pieces, start_weights, visible_change
-from .region import CONTEST_MIN_SHARE, RegionJudge, harden_selection, judge_loss, prune_region
+from .region import (CONTEST_MIN_SHARE, RegionJudge, harden_selection, judge_loss,
+                     present_segments, prune_region)
 from .run_record import resume, run_identity, save_checkpoint
 from .selectors import AttentionSelector, SegmentSelector, weighted_region
 
@@ -122,6 +123,10 @@ class _Run:
     setup_seconds: float = 0.0  # catalogue, sample bank, prior, fit check: before step 1
     # per image: the piece where each image shows what the prompt names (locate.py)
     named: list[int | None] | None = None
+    # freed images reopened (TrainConfig.reopen_freed): the step that hardens their pieces
+    # again (-1: none pending) and the hook that trains the selector for them alone
+    reharden_step: int = -1
+    reopened_hook: Any = None
 
     @property
     def last_step(self) -> int:
@@ -497,9 +502,14 @@ def _train_step(run: _Run, progress: _Progress, step: int) -> bool:
     _trace_reach(run, loss, step)
     if step == run.prune_step and _free_short_rows(run, loss):
         progress.credited_to = 0  # the contest's winner trained held: the freed rows need them
+    reopen = _freed_rows_still_short(run, loss, step)
     run.opt.zero_grad(set_to_none=True)
     loss.total.backward()
     _optimiser_step(run)
+    if reopen:
+        _reopen_freed_rows(run, reopen, step)
+    elif step == run.reharden_step:
+        _harden_reopened(run)
     if cfg.checkpoint is not None and cfg.mode == "per_prompt" and \
             step % cfg.checkpoint_every == 0:
         save_checkpoint(cfg, run.run_id, run.direction, run.selector, run.opt, step)
@@ -650,6 +660,8 @@ def _restore_after_stop(run: _Run, progress: _Progress) -> None:
 def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
     """Bake the selection, apply the prompt fit's verdict, and build the edit and its record."""
     cfg, direction, selector = run.cfg, run.direction, run.selector
+    if run.reharden_step >= 0:  # stopped before the reopened pieces were hardened again
+        _harden_reopened(run)
     if isinstance(selector, SegmentSelector):
         selector.bake_gate()
     retrains = _retrains_short_rows(run, progress)
@@ -948,6 +960,78 @@ def _free_short_rows(run: _Run, loss: StepLoss) -> bool:
     if run.prior is not None:
         run.prior["freed_at_region_choice"] = short.nonzero().flatten().tolist()
     return bool(short.any())
+
+
+REOPEN_AFTER = REACH_TRACE_EVERY  # steps after the region choice a freed image is looked at
+
+
+def _freed_rows_still_short(run: _Run, loss: StepLoss, step: int) -> list[int]:
+    """``TrainConfig.reopen_freed``, REOPEN_AFTER steps after the region choice: the images
+    freed there that are still under ``fit.MIN_REACH`` of the way (nothing of the prompt
+    yet). Why then and not at the choice: most freed images reach the prompt within those
+    steps in the region chosen (reopening them all, on the tuning sets, broke three that
+    got there and rescued as many); the ones still near 0 then stayed there."""
+    direction = run.direction
+    if not run.cfg.reopen_freed or step != run.prune_step + REOPEN_AFTER or \
+            not isinstance(direction, GlobalDirection) or direction.held is None or \
+            run.fit is None or run.fit.aimless or not bool((~direction.held).any()):
+        return []
+    with torch.no_grad():
+        edited = run.clip.encode_image(loss.edited.detach())
+    reached = run.fit.reach(run.target, edited)
+    freed = (~direction.held).nonzero().flatten().tolist()
+    _, short = off_target_rows(reached, run.fit.past_best(run.target, edited), freed, None)
+    return short
+
+
+def _reopen_freed_rows(run: _Run, rows: list[int], step: int) -> None:
+    """The freed images ``rows`` (``_freed_rows_still_short``) get back the layers hardening
+    turned off in the pieces their region kept (the masks' start value, through the gate;
+    the layers it kept stay on), and the selector trains again for them alone (a gradient
+    hook zeroes the others'; the optimiser's memory of the selector is cleared, so the held
+    images' hardened masks do not move) until ``_harden_reopened``, half way from ``step``
+    to the end. Why: held, the masks grow only where the held change helps; a freed edit
+    confined to them (often one layer of the named piece) stayed at no reach and was
+    trained again from the start."""
+    selector = run.selector
+    original = run.fixed_original
+    if not isinstance(selector, SegmentSelector) or original is None or original.segs is None:
+        return
+    shown = present_segments(original.segs, int(selector.logits.shape[0]))
+    with torch.no_grad():
+        on = selector.weights() > 0.5
+        chosen = on.any(1) & shown  # [P, K]
+        reopened = torch.zeros_like(chosen)
+        reopened[rows] = chosen[rows]
+        cells = reopened[:, None].expand_as(selector.logits) & ~on  # what the choice kept stays
+        start = torch.logit(torch.tensor(run.cfg.mask_init))
+        selector.logits.copy_(torch.where(cells, start.to(selector.logits), selector.logits))
+        if selector.gate is not None:
+            selector.gate = torch.where(cells, torch.ones_like(selector.gate), selector.gate)
+    trains = torch.zeros_like(selector.logits)
+    trains[rows] = 1.0
+    selector.logits.requires_grad_(True)
+    run.reopened_hook = selector.logits.register_hook(lambda grad: grad * trains)
+    for value in run.opt.state.get(selector.logits, {}).values():  # Adam starts afresh
+        if isinstance(value, torch.Tensor):
+            value.zero_()
+    run.reharden_step = step + max(1, (run.last_step - step) // 2)
+    if run.prior is not None:
+        run.prior["reopened"] = {str(r): reopened[r].nonzero().flatten().tolist()
+                                 for r in rows}
+
+
+def _harden_reopened(run: _Run) -> None:
+    """The reopened pieces hardened again (region.harden_selection: the held images' masks,
+    already exact, stay as they are) and the selector frozen."""
+    if run.reopened_hook is not None:
+        run.reopened_hook.remove()
+        run.reopened_hook = None
+    original = run.fixed_original
+    if isinstance(run.selector, SegmentSelector) and original is not None and \
+            original.segs is not None:
+        harden_selection(run.selector, original.segs)
+    run.reharden_step = -1
 
 
 def _cosine_rampdown(opt: torch.optim.Optimizer, steps: int) -> Any:

@@ -76,8 +76,10 @@ def test_the_image_that_fell_short_gets_the_free_edit_and_the_other_keeps_the_he
     assert len(res.masks) == 1 and len(res.prompts) == 1  # one thing named, one mask set
 
     monkeypatch.setattr(fit, "MIN_REACH", float("-inf"))  # nothing short: the plain runs
+    # held to the end, every step run: a freed image cancels the contest's credit of steps
     only_held = train_edit(G, clip, _config(batch=2, catalogue_dir=tmp_path,
-                                            free_when_short=False), latents=ws).edit
+                                            free_when_short=False, credit_contest=False),
+                           latents=ws).edit
     only_free = train_edit(G, clip, _config(batch=2, catalogue_dir=tmp_path,
                                             along_prior=False), latents=ws).edit
     held_img = apply_edits(G, ws, [only_held]).edited
@@ -216,3 +218,84 @@ def test_the_reach_that_frees_an_image_is_read_on_the_picture_the_region_choice_
                                        free_when_short=False), latents=ws).edit
     assert edit.info["prior"]["freed_at_region_choice"] == []
     assert edit.info["region_pruning"].get("steps_credited_to_the_contest", 0) > 0
+
+
+def _logits_by_step(monkeypatch: pytest.MonkeyPatch, G, clip, tmp_path, recovers: bool = False,
+                    **changes: Any) -> tuple[Edit, dict[int, torch.Tensor], int]:
+    """A held run of two images (10 steps, the region chosen at step 5, freed images looked
+    at one step later) in which image 0 loses the prompt with the region choice (image 1
+    keeps it) and, if ``recovers``, gets there again on the next step: the edit, the
+    selector's weights as each step began (at -1: as hardening left them at the choice),
+    the choice's step."""
+    import coral_core.editing.trainer as trainer
+
+    made_at, chosen_at = [0], [10 ** 9]
+    weights: dict[int, torch.Tensor] = {}
+    choose, read_reach, free = trainer._choose_region, trainer._trace_reach, \
+        trainer._free_short_rows
+
+    def choose_and_note(run: Any, step: int, *args: Any) -> Any:
+        chosen_at[0] = step
+        return choose(run, step, *args)
+
+    def trace_and_note(run: Any, loss: Any, step: int) -> None:
+        made_at[0] = step
+        weights[step] = run.selector.weights().detach().clone()
+        read_reach(run, loss, step)
+
+    def free_and_note(run: Any, loss: Any) -> bool:
+        weights[-1] = run.selector.weights().detach().clone()  # as hardening left them
+        return free(run, loss)
+
+    def reach(self: PromptFit, text: torch.Tensor, edited: torch.Tensor) -> list[float]:
+        lost = made_at[0] == chosen_at[0] or (made_at[0] > chosen_at[0] and not recovers)
+        return [0.0 if i == 0 and lost else 1.0 for i in range(edited.shape[0])]
+
+    monkeypatch.setattr(trainer, "_choose_region", choose_and_note)
+    monkeypatch.setattr(trainer, "_trace_reach", trace_and_note)
+    monkeypatch.setattr(trainer, "_free_short_rows", free_and_note)
+    monkeypatch.setattr(trainer, "REOPEN_AFTER", 1)
+    monkeypatch.setattr(fit, "MIN_REACH", 0.5)
+    monkeypatch.setattr(PromptFit, "reach", reach)
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]))
+    edit = train_edit(G, clip, _config(steps=10, batch=2, catalogue_dir=tmp_path,
+                                       free_when_short=False, **changes), latents=ws).edit
+    return edit, weights, chosen_at[0]
+
+
+def test_a_freed_image_still_short_gets_its_pieces_back_soft_and_hardened_again(
+        G, clip, tmp_path, monkeypatch) -> None:
+    """Freed at the choice and still nowhere a step later, image 0 gets back the layers
+    hardening turned off in the pieces its region kept (the masks' start value; the layers
+    it kept stay on), trained for it alone; image 1, still held, keeps exactly the region
+    hardening gave it. Half way to the end both are exact (0 or 1) again, as apply uses
+    them, and the record names the reopened pieces."""
+    edit, weights, chosen = _logits_by_step(monkeypatch, G, clip, tmp_path)
+    assert chosen == 5 and edit.info["prior"]["freed_at_region_choice"] == [0]
+    reopened = edit.info["prior"]["reopened"]
+    assert list(reopened) == ["0"] and reopened["0"]
+    pieces = reopened["0"]
+    hard = weights[-1]
+    assert torch.equal(weights[chosen + 1], hard)  # one step in the region chosen, as it was
+    soft = weights[chosen + 2]
+    kept = hard[0][:, pieces] == 1
+    assert bool(kept.any()) and not bool(kept.all())
+    assert torch.equal(soft[0][:, pieces][kept], torch.ones(int(kept.sum())))
+    assert torch.allclose(soft[0][:, pieces][~kept], torch.full((int((~kept).sum()),), 0.5))
+    assert not torch.equal(weights[chosen + 3][0][:, pieces], soft[0][:, pieces])  # they train
+    last = weights[max(weights)]  # the last step's (image 0 is then left unchanged: short)
+    for held in (soft[1], weights[chosen + 3][1], last[1], edit.selector.weights()[1]):
+        assert torch.equal(held, hard[1])  # image 1: as hardening left it, throughout
+    assert bool(((last[0][:, pieces] == 0) | (last[0][:, pieces] == 1)).all())
+    assert bool(last[0][:, pieces].amax() == 1) and not edit.selector.logits.requires_grad
+
+
+@pytest.mark.parametrize("changes", [dict(recovers=True), dict(reopen_freed=False)],
+                         ids=["got there after the choice", "reopening off"])
+def test_a_freed_image_keeps_its_hardened_region_when_it_gets_there_or_reopening_is_off(
+        G, clip, tmp_path, monkeypatch, changes: dict[str, Any]) -> None:
+    edit, weights, chosen = _logits_by_step(monkeypatch, G, clip, tmp_path, **changes)
+    assert edit.info["prior"]["freed_at_region_choice"] == [0]
+    assert "reopened" not in edit.info["prior"]
+    for step in range(chosen + 1, 11):
+        assert torch.equal(weights[step], weights[-1])
