@@ -137,7 +137,7 @@ def psnr_in(edited: torch.Tensor, reference: torch.Tensor, where: torch.Tensor) 
 
 
 PRIOR_RECORD_KEYS = ("held_to_prior", "reach_trace", "freed_at_region_choice",
-                     "short_when_held", "trained_again_free", "held_first")
+                     "reopened", "short_when_held", "trained_again_free", "held_first")
 
 
 def prior_record(info: dict[str, Any]) -> dict[str, Any]:
