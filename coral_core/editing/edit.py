@@ -114,7 +114,9 @@ class Edit:
                 "pass the same number of latents, or train a per-prompt edit")
 
     def row(self, i: int) -> "Edit":
-        """The edit of image i of a per-image edit, as a one-row edit (applies to any latent)."""
+        """The edit of image i of a per-image edit, as a one-row edit (applies to any latent);
+        every link of its chain (``then``: a second clause, or the images trained again free)
+        gives its own row i."""
         import copy
 
         rows = self.rows()
@@ -134,6 +136,8 @@ class Edit:
             out.latents = out.latents[i:i + 1].clone()
         if out.segments is not None and out.segments.shape[0] > 1:
             out.segments = out.segments[i:i + 1].clone()
+        if self.then is not None:
+            out.then = self.then.row(i) if self.then.rows() > 1 else copy.deepcopy(self.then)
         return out
 
     def delta(self, ws: torch.Tensor) -> torch.Tensor:

@@ -299,3 +299,19 @@ def test_a_freed_image_keeps_its_hardened_region_when_it_gets_there_or_reopening
     assert "reopened" not in edit.info["prior"]
     for step in range(chosen + 1, 11):
         assert torch.equal(weights[step], weights[-1])
+
+
+def test_one_image_of_an_edit_trained_again_applies_alone_as_in_the_batch(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    """Image 1 was trained again free, image 0 kept the held edit: taking either image's row
+    (as a batch of other latents does) gives that image's own change, not an error."""
+    _short_on(monkeypatch, {1})
+    ws = G.mapping_ws(G.z_from_seeds([3, 4]))
+    edit = train_edit(G, clip, _config(batch=2, catalogue_dir=tmp_path), latents=ws).edit
+    assert edit.then is not None
+    both = apply_edits(G, ws, [edit]).edited
+    for i in (0, 1):
+        alone = edit.row(i)
+        assert alone.rows() == 1 and all(link.rows() == 1 for link in alone.chain())
+        got = apply_edits(G, ws[i:i + 1], [alone]).edited
+        assert torch.allclose(got[0], both[i], atol=1e-4)
