@@ -127,6 +127,8 @@ class _Run:
     # again (-1: none pending) and the hook that trains the selector for them alone
     reharden_step: int = -1
     reopened_hook: Any = None
+    # the CLIP's reading of one step's picture (_reading): (step, embedding, reach per image)
+    reading: tuple[int, torch.Tensor, list[float]] | None = None
 
     @property
     def last_step(self) -> int:
@@ -917,6 +919,17 @@ def _hold_to_prior(direction: GlobalDirection, axis: torch.Tensor,
 REACH_TRACE_EVERY = 10  # steps between the held edit's reach readings (one CLIP encoding)
 
 
+def _reading(run: _Run, loss: StepLoss, step: int) -> tuple[torch.Tensor, list[float]]:
+    """The CLIP's embedding of ``step``'s picture and each image's reach (fit.reach), read
+    once per step however many checks ask (the trace, the freeing, the reopening)."""
+    if run.reading is None or run.reading[0] != step:
+        assert run.fit is not None
+        with torch.no_grad():
+            embedding = run.clip.encode_image(loss.edited.detach())
+        run.reading = (step, embedding, run.fit.reach(run.target, embedding))
+    return run.reading[1], run.reading[2]
+
+
 def _trace_reach(run: _Run, loss: StepLoss, step: int) -> None:
     """Every REACH_TRACE_EVERY steps of a held run: each image's reach (fit.reach) so far,
     recorded in the prior's summary (``reach_trace``). Why: whether an image that will fall
@@ -925,8 +938,7 @@ def _trace_reach(run: _Run, loss: StepLoss, step: int) -> None:
     if step % REACH_TRACE_EVERY or step == run.prune_step or run.prior is None \
             or not run.prior.get("held_to_prior") or run.fit is None or run.fit.aimless:
         return
-    with torch.no_grad():
-        reached = run.fit.reach(run.target, run.clip.encode_image(loss.edited.detach()))
+    _, reached = _reading(run, loss, step)
     run.prior.setdefault("reach_trace", {})[str(step)] = [round(r, 3) for r in reached]
 
 
@@ -944,9 +956,7 @@ def _free_short_rows(run: _Run, loss: StepLoss) -> bool:
     if not isinstance(direction, GlobalDirection) or direction.held is None or \
             run.fit is None or run.fit.aimless:
         return False
-    with torch.no_grad():
-        edited = run.clip.encode_image(loss.edited.detach())
-    reached = run.fit.reach(run.target, edited)
+    edited, reached = _reading(run, loss, run.prune_step)
     if run.prior is not None:
         run.prior.setdefault("reach_trace", {})[str(run.prune_step)] = \
             [round(r, 3) for r in reached]
@@ -976,9 +986,7 @@ def _freed_rows_still_short(run: _Run, loss: StepLoss, step: int) -> list[int]:
             not isinstance(direction, GlobalDirection) or direction.held is None or \
             run.fit is None or run.fit.aimless or not bool((~direction.held).any()):
         return []
-    with torch.no_grad():
-        edited = run.clip.encode_image(loss.edited.detach())
-    reached = run.fit.reach(run.target, edited)
+    edited, reached = _reading(run, loss, step)
     freed = (~direction.held).nonzero().flatten().tolist()
     _, short = off_target_rows(reached, run.fit.past_best(run.target, edited), freed, None)
     return short

@@ -205,7 +205,7 @@ def test_the_region_choice_frees_the_images_the_prior_cannot_take_far_enough() -
         fit = SimpleNamespace(aimless=False, reach=lambda _t, _e: reached,
                               past_best=lambda _t, _e: [0.0] * len(reached))
         return SimpleNamespace(direction=d, fit=fit, target=torch.zeros(1, 3), prior={},
-                               prune_step=60,
+                               prune_step=60, reading=None,
                                clip=SimpleNamespace(encode_image=lambda img: img),
                                cfg=SimpleNamespace(**{"free_when_short": True,
                                                       "free_below": 0.9, **cfg}))
