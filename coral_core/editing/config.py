@@ -177,6 +177,12 @@ class TrainConfig:
     # change of shape (long hair over the background, a wider mouth) has a region of its own.
     # None = automatic (prior_region_for): on with along_prior, where it was measured.
     prior_region: bool | None = None
+    # ... and a piece whose cells mostly change by at least this share of the picture's split
+    # threshold goes whole to the changed half (1.0: only cells past the threshold count).
+    # Why: the prior's start repaints a whole background, graded, and the threshold cut it
+    # into a changed middle and an unchanged frame or corner that the edit then never
+    # selected (docs/method.md, "The prior's region").
+    prior_region_graded: float = 0.5
     # With along_prior: an image whose held edit ends short (``free_below``) is trained
     # again as a free edit (the direction not held, same seed) instead of being left
     # unchanged or muddy; the rows that got there keep the held edit. A second training where
@@ -279,6 +285,7 @@ class TrainConfig:
                                  "CLIP loss: give a neutral prompt and switch directional on")
         if self.free_below is not None:
             finite("free_below", self.free_below, 0.0, 2.0)
+        finite("prior_region_graded", self.prior_region_graded, 0.0, 1.0)
         if self.directional and not self.neutral.strip():
             raise InputError("the directional CLIP loss needs a neutral prompt")
 

@@ -56,11 +56,12 @@ def opening_width(side: int) -> int:
     return width if width % 2 else width + 1
 
 
-def visible_change(moved: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+def visible_change(moved: torch.Tensor, image: torch.Tensor, share: float = 1.0
+                   ) -> torch.Tensor:
     """[B, 1, H, W]: 1 where ``moved`` differs from ``image`` (both [B, 3, H, W] in the
-    generator's [-1, 1]) by more than the picture's Otsu threshold of its change magnitudes
-    (the largest channel difference per pixel, after a grey-level opening), and by at least
-    one visible grey level.
+    generator's [-1, 1]) by more than ``share`` of the picture's Otsu threshold of its change
+    magnitudes (the largest channel difference per pixel, after a grey-level opening), and by
+    at least one visible grey level.
 
     Why the opening (a minimum then a maximum over ``opening_width``): the prior's start
     also moves every outline by a pixel or so, a thin line of large change round the head
@@ -72,7 +73,7 @@ def visible_change(moved: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     pad = width // 2
     change = -F.max_pool2d(-change, width, stride=1, padding=pad)
     change = F.max_pool2d(change, width, stride=1, padding=pad)
-    thresholds = [max(otsu_threshold(c.flatten()), VISIBLE_STEP) for c in change]
+    thresholds = [max(share * otsu_threshold(c.flatten()), VISIBLE_STEP) for c in change]
     t = torch.tensor(thresholds, dtype=change.dtype, device=change.device)[:, None, None, None]
     return (change > t).to(change.dtype)
 
@@ -84,14 +85,18 @@ def changed_cells(changed: torch.Tensor, resolution: int) -> torch.Tensor:
     return (F.adaptive_max_pool2d(changed, resolution) > 0).to(changed.dtype)
 
 
-def split_pieces(pieces: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+def split_pieces(pieces: torch.Tensor, cells: torch.Tensor,
+                 graded: torch.Tensor | None = None) -> torch.Tensor:
     """Segments [B, 2K, r, r]: pieces [B, K, r, r] within the changed ``cells`` [B, 1, r, r],
     then the same pieces outside them. A piece the prior changes mostly (at least half its
-    cells) goes wholly to the changed half: the prior acts on that part, and a change graded
-    across it (a background's shift, stronger near the head) split "a blue background" into
-    a ring and left the edit short. Still a partition where the pieces were one; a piece
-    wholly on one side leaves an empty twin, which no region choice ever selects."""
-    share = (pieces * cells).sum((2, 3)) / pieces.sum((2, 3)).clamp_min(1e-6)  # [B, K]
+    cells in ``graded`` [B, 1, r, r], the cells changed by a lesser share of the threshold;
+    ``cells`` when not given) goes wholly to the changed half: the prior acts on that part,
+    and a change graded across it (a background's shift, stronger near the head or in the
+    middle) split "a blue background" into a ring, or a background into a changed middle and
+    an unchanged frame, and left the edit short. Still a partition where the pieces were one;
+    a piece wholly on one side leaves an empty twin, which no region choice ever selects."""
+    graded = cells if graded is None else graded
+    share = (pieces * graded).sum((2, 3)) / pieces.sum((2, 3)).clamp_min(1e-6)  # [B, K]
     mostly = (share >= 0.5).to(pieces.dtype)[..., None, None]
     inside = torch.maximum(pieces * cells, pieces * mostly)
     return torch.cat([inside, pieces - inside], 1)

@@ -432,7 +432,9 @@ def _split_where_the_prior_acts(run: _Run) -> None:
         moved = G.synthesize(latents + run.direction(latents), noise=noise)
         pieces = run.catalogue.segments(feats)
         cells = changed_cells(visible_change(moved, image), pieces.shape[-1])
-        run.segments = split_pieces(pieces, cells)
+        graded = changed_cells(visible_change(moved, image, cfg.prior_region_graded),
+                               pieces.shape[-1])
+        run.segments = split_pieces(pieces, cells, graded)
     run.catalogue = None
     run.fixed_original = _Original(image, feats, run.segments)  # the first step's, kept
     selector = _make_selector(G, cfg, latents.shape[0], run.segments, None)

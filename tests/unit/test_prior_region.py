@@ -116,6 +116,53 @@ def test_split_pieces_keep_a_partition_and_put_the_changed_half_first() -> None:
     assert start_weights(3, 0.5).tolist() == [0.5] * 3 + [pytest.approx(REST_WEIGHT)] * 3
 
 
+def test_a_background_repainted_more_in_the_middle_than_at_its_frame_stays_whole() -> None:
+    """What the prior's start of "a green background" does on a red one: the whole background
+    changes, the middle more than a frame along the border, and the object too. Otsu's
+    threshold alone cuts the background into a changed middle and an unchanged frame, which the
+    edit then never selects (the frame of the old colour); counting the cells changed by half
+    the threshold, the background goes whole to the changed half. A change the threshold puts
+    only in part of a piece (hair growing over a corner of the background) still splits it."""
+    image = torch.zeros(1, 3, 32, 32)
+    moved = image.clone()
+    moved[:, :, :, :] += 0.9                 # the frame: repainted, less
+    moved[:, :, 6:26, 6:26] += 0.9           # the middle: repainted most (1.8)
+    moved[:, :, 12:20, 12:20] = 1.2          # the object, changed in between
+    ids = torch.zeros(32, 32, dtype=torch.long)
+    ids[12:20, 12:20] = 1
+    pieces = torch.nn.functional.one_hot(ids, 2).permute(2, 0, 1)[None].float()
+    cells = changed_cells(visible_change(moved, image), 32)
+    background = pieces[:, 0]
+    assert 0.3 < float((cells[:, 0] * background).sum() / background.sum()) < 0.5
+    old = split_pieces(pieces, cells)
+    assert old[:, 2].sum() > 300             # the old rule: an unchanged frame
+    graded = changed_cells(visible_change(moved, image, 0.5), 32)
+    split = split_pieces(pieces, cells, graded)
+    assert torch.equal(split[:, 0], background) and not split[:, 2].any()
+    assert torch.equal(split.sum(1), torch.ones(1, 32, 32))
+    # a change confined to a corner of the background still splits it there
+    corner = image.clone()
+    corner[:, :, :10, :10] += 1.5
+    cells = changed_cells(visible_change(corner, image), 32)
+    graded = changed_cells(visible_change(corner, image, 0.5), 32)
+    split = split_pieces(pieces, cells, graded)
+    assert torch.equal(split[:, 0], background * cells[:, 0])
+    assert float(split[:, 2].sum()) == float(background.sum()) - 100
+    # the share never reaches below one visible grey level
+    faint = image + 0.9 * VISIBLE_STEP
+    faint[:, :, :4, :4] += 1.0
+    assert int(visible_change(faint, image, 0.01).sum()) == 16
+
+
+def test_the_graded_share_is_a_share(G) -> None:
+    from coral_core.errors import InputError
+
+    TrainConfig("p", prior_region_graded=1.0).validate(G)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InputError, match="prior_region_graded"):
+            TrainConfig("p", prior_region_graded=bad).validate(G)
+
+
 def test_a_held_edit_splits_its_segments_where_the_prior_acts_and_applies_as_trained(
         G, clip, tmp_path) -> None:
     """As a user's --hold-to-prior edit: the saved edit holds the split segments (twice the
@@ -125,7 +172,8 @@ def test_a_held_edit_splits_its_segments_where_the_prior_acts_and_applies_as_tra
     ws = G.mapping_ws(G.z_from_seeds([7]))
     common = dict(prompt="a red background", steps=4, batch=1, seed=7, catalogue_dir=tmp_path,
                   prior_samples=32, prior_top=4, check_fit=False, along_prior=True,
-                  prune_at=0.5, contest_steps=1)
+                  prune_at=0.5, contest_steps=1,
+                  prior_region_graded=1.0)  # the random generator's start repaints it all
     held = train_edit(G, clip, TrainConfig(**common), latents=ws).edit
     pieces = TrainConfig("p").segment_pieces
     assert held.segments is not None and held.segments.shape[1] == 2 * pieces
