@@ -192,6 +192,11 @@ class TrainConfig:
     # fit.MIN_REACH, the bar that leaves an image unchanged). 0.9: a held edit that got most
     # but not all of the way (a muddy colour the CLIP half accepts) is trained again too.
     free_below: float | None = 0.9
+    # ... and an image whose held edit got at least fit.MIN_REACH of the way keeps it when its
+    # free edit is left unchanged, or loses more of what the prompt does not name than it
+    # gains of the prompt over the held one (the CLIP's reading; trainer._rows_better_held).
+    # Why: on faces the free edit reached "long hair" or "glasses" by repainting the face.
+    keep_held_when_better: bool = True
     # With along_prior: an image freed at the region choice and still under fit.MIN_REACH
     # ten steps later gets back, as soft masks trained for it alone, the layers hardening
     # turned off in the pieces its region kept; they are hardened again half way to the end.

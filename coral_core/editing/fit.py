@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .prior import SampleBank
 
@@ -107,6 +108,10 @@ class PromptFit:
     short_below: float | None = None
     # the CLIP lists the words it was trained on and read none of the prompt's (unread_words)
     unread: bool = False
+    # per image, after training (prompt_and_rest): the rise of the CLIP's cosine with the
+    # prompt, and how alike it reads everything else before and after (1: unchanged)
+    gain: list[float] = field(default_factory=list)
+    rest: list[float] = field(default_factory=list)
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -175,6 +180,22 @@ class PromptFit:
         units of the prompt's range on the bank (0: as good as they are; negative: short)."""
         return past(_scores(text_embedding, edited_embeddings), self.best_score,
                     self.prompt_range)
+
+
+def prompt_and_rest(text_embedding: torch.Tensor, original: torch.Tensor,
+                    edited: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per image (CLIP image embeddings ``original`` and ``edited`` [B, D]): the rise of the
+    cosine with the prompt's text (``gain``), and the cosine between the two embeddings with
+    their component along the text removed (``rest``: 1 when the CLIP sees nothing else
+    changed). Why: an edit can please the CLIP by changing what the prompt does not name (a
+    face repainted for "long hair"); the two figures are in the same units, so an edit that
+    loses more of the rest than it gains of the prompt over another can be told apart."""
+    t = F.normalize(text_embedding.reshape(-1).float().cpu(), dim=0)
+    a = F.normalize(original.float().cpu(), dim=-1)
+    b = F.normalize(edited.float().cpu(), dim=-1)
+    gain = (b @ t - a @ t).tolist()
+    rest = F.cosine_similarity(a - (a @ t)[:, None] * t, b - (b @ t)[:, None] * t, dim=-1)
+    return [round(g, 4) for g in gain], [round(r, 4) for r in rest.tolist()]
 
 
 def aimless(relative_range: float, bimodality: float) -> bool:

@@ -94,4 +94,6 @@ def fit_info(fit: PromptFit) -> dict[str, Any]:
                            "already": fit.already, "absent": fit.absent}
     if fit.reached:
         out["reach"] = fit.reached
+    if fit.gain:
+        out["gain"], out["rest"] = fit.gain, fit.rest
     return out

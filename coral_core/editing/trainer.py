@@ -29,7 +29,7 @@ from .catalogue import SegmentCatalogue, catalogue_for
 from .config import TrainConfig
 from .directions import GlobalDirection, LatentMapper
 from .edit import Edit
-from .fit import PromptFit, SceneCheck, off_target_rows
+from .fit import MIN_REACH, PromptFit, SceneCheck, off_target_rows, prompt_and_rest
 from .locate import named_pieces
 from .losses import mask_areas
 from .memory import MemoryPlan, memory_plan
@@ -49,6 +49,9 @@ class TrainResult:
     partial: bool
     history: list[dict[str, float]]
     stopped_reason: str = ""
+    # a held run whose short images are trained again: its direction offsets and mask logits
+    # before those images were zeroed, so one of them can keep the held edit after all
+    unzeroed: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
 ProgressInfo = dict[str, Any]
@@ -238,6 +241,22 @@ def _train_short_rows_free(G: Generator, clip: CoralClip, cfg: TrainConfig,
     info = free.edit.info
     info.setdefault("prior", {})["held_first"] = tried
     info["wall_seconds"] = round(info.get("wall_seconds", 0.0) + tried["wall_seconds"], 2)
+    kept = _rows_better_held(held_info.get("prompt_fit") or {}, info.get("prompt_fit") or {},
+                             short) if cfg.keep_held_when_better else []
+    if kept and held.unzeroed is not None:
+        _keep_held_rows(held, free, kept)
+        fit = held_info.get("prompt_fit") or {}
+        if "unchanged" in fit:
+            fit["unchanged"] = [i for i in fit["unchanged"] if i not in kept]
+        if kept == short and not covered:  # the free edit is needed nowhere
+            held_info.setdefault("prior", {})["held_kept"] = kept
+            held_info["prior"]["free_tried"] = {
+                "short": short, "reach": (info.get("prompt_fit") or {}).get("reach"),
+                "wall_seconds": info.get("wall_seconds", 0.0) - tried["wall_seconds"]}
+            held_info["wall_seconds"] = info["wall_seconds"]  # both trainings
+            return TrainResult(held.edit, free.partial, held.history + free.history,
+                               free.stopped_reason)
+        covered = sorted(set(covered) | set(kept))
     if not covered:
         return free
     head = held.edit
@@ -248,11 +267,61 @@ def _train_short_rows_free(G: Generator, clip: CoralClip, cfg: TrainConfig,
     reach = (held_info.get("prompt_fit") or {}).get("reach")
     free_reach = (info.get("prompt_fit") or {}).get("reach")
     if reach and free_reach:
-        head.info["prompt_fit"]["reach"] = [free_reach[i] if i in short else r
-                                            for i, r in enumerate(reach)]
-    head.info["prior"]["trained_again_free"] = short
+        head.info["prompt_fit"]["reach"] = [free_reach[i] if i in short and i not in kept
+                                            else r for i, r in enumerate(reach)]
+    head.info["prior"]["trained_again_free"] = [i for i in short if i not in kept]
+    if kept:
+        head.info["prior"]["held_kept"] = kept
     head.info["wall_seconds"] = info["wall_seconds"]  # both trainings
     return TrainResult(head, free.partial, held.history + free.history, free.stopped_reason)
+
+
+def _rows_better_held(held_fit: dict[str, Any], free_fit: dict[str, Any], short: list[int]
+                      ) -> list[int]:
+    """The images trained again free that keep their held edit after all
+    (``TrainConfig.keep_held_when_better``): those whose held edit got at least MIN_REACH of
+    the way (it would stand without the second training) and whose free edit either is left
+    unchanged (too far, or still short) or loses more of what the prompt does not name than
+    it gains of what it names over the held one (``fit.prompt_and_rest``: the fall of
+    ``rest`` against the rise of ``gain``, in the same cosine units; no threshold). Why: on
+    faces the free edit reaches the prompt by repainting the face or the skin for "long
+    hair", "glasses" and beards, where the held edit had drawn the part at 0.86-0.9 of the
+    way (docs/method.md, "The held edit kept when better")."""
+    reach, gain, rest = held_fit.get("reach"), held_fit.get("gain"), held_fit.get("rest")
+    free_gain, free_rest = free_fit.get("gain"), free_fit.get("rest")
+    if not (reach and gain and rest and free_gain and free_rest):
+        return []
+    refused = set(free_fit.get("unchanged", []))
+    kept = []
+    for i in short:
+        if i >= len(reach) or reach[i] < MIN_REACH:
+            continue
+        if i in refused or rest[i] - free_rest[i] > free_gain[i] - gain[i]:
+            kept.append(i)
+    return kept
+
+
+@torch.no_grad()
+def _keep_held_rows(held: TrainResult, free: TrainResult, rows: list[int]) -> None:
+    """Give ``rows`` back their held edit (the offsets and mask logits before they were
+    zeroed) and leave them unchanged in the free edit."""
+    assert held.unzeroed is not None
+    delta, logits = held.unzeroed
+    for edit, source in ((held.edit, (delta, logits)), (free.edit, None)):
+        direction, selector = edit.direction, edit.selector
+        assert isinstance(direction, GlobalDirection)
+        for i in rows:
+            r = i if direction.delta.shape[0] > 1 else 0
+            if source is None:
+                direction.delta[r].zero_()
+            else:
+                direction.delta[r].copy_(source[0][r])
+            if isinstance(selector, SegmentSelector):
+                s = i if selector.logits.shape[0] > 1 else 0
+                if source is None:
+                    selector.logits[s].fill_(-30.0)
+                elif source[1] is not None:
+                    selector.logits[s].copy_(source[1][s])
 
 
 MAX_SPLIT_CLAUSES = 4  # a prompt joining more things is learned whole (one training per thing)
@@ -669,13 +738,21 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
     if isinstance(selector, SegmentSelector):
         selector.bake_gate()
     retrains = _retrains_short_rows(run, progress)
+    unzeroed = None
     if run.fit is not None:
         if progress.last is not None and not run.fit.aimless and cfg.mode == "per_image" \
                 and isinstance(direction, GlobalDirection):
             with torch.no_grad():
-                run.fit.judge_outcome(cfg.prompt, run.target, run.clip.encode_image(
-                    progress.last.edited.detach()), warn_short=not retrains,
-                    short_below=cfg.free_below if retrains else None)
+                edited = run.clip.encode_image(progress.last.edited.detach())
+                run.fit.judge_outcome(cfg.prompt, run.target, edited, warn_short=not retrains,
+                                      short_below=cfg.free_below if retrains else None)
+                if progress.original is not None:
+                    run.fit.gain, run.fit.rest = prompt_and_rest(
+                        run.target, run.clip.encode_image(progress.original), edited)
+        if retrains and run.fit.short_rows() and isinstance(direction, GlobalDirection):
+            unzeroed = (direction.delta.detach().clone(),
+                        selector.logits.detach().clone()
+                        if isinstance(selector, SegmentSelector) else None)
         leave_unchanged(direction, selector, run.fit)
         if retrains and run.fit.short_rows() and run.prior is not None:
             run.prior["short_when_held"] = run.fit.short_rows()
@@ -694,7 +771,8 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
         edit.info["warnings"] = warnings
     if run.fit is not None:
         edit.info["prompt_fit"] = fit_info(run.fit)
-    return TrainResult(edit, progress.partial, progress.history, progress.reason)
+        edit.info["prompt_fit"]["unchanged"] = run.fit.unchanged_rows()
+    return TrainResult(edit, progress.partial, progress.history, progress.reason, unzeroed)
 
 
 def _retrains_short_rows(run: _Run, progress: _Progress) -> bool:

@@ -137,7 +137,8 @@ def psnr_in(edited: torch.Tensor, reference: torch.Tensor, where: torch.Tensor) 
 
 
 PRIOR_RECORD_KEYS = ("held_to_prior", "reach_trace", "freed_at_region_choice",
-                     "reopened", "short_when_held", "trained_again_free", "held_first")
+                     "reopened", "short_when_held", "trained_again_free", "held_first",
+                     "held_kept", "free_tried")
 
 
 def prior_record(info: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,10 @@ _training_held = [True]
 def _config(**changes: Any) -> TrainConfig:
     common: dict[str, Any] = dict(prompt="a red background", steps=4, seed=3,
                                   prior_samples=32, prior_top=4, along_prior=True,
-                                  prune_at=0.5, contest_steps=1, free_when_short=True)
+                                  prune_at=0.5, contest_steps=1, free_when_short=True,
+                                  # the random generator's start repaints every piece: the
+                                  # old split keeps two large pieces to contest the region
+                                  prior_region_graded=1.0)
     return TrainConfig(**{**common, **changes})
 
 
@@ -167,8 +170,8 @@ def test_a_raised_bar_trains_again_the_image_that_got_only_part_of_the_way(
 
     monkeypatch.setattr(PromptFit, "reach", reach)
     ws = G.mapping_ws(G.z_from_seeds([5]))
-    raised = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9),
-                        latents=ws).edit
+    raised = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9,
+                                         keep_held_when_better=False), latents=ws).edit
     assert raised.info["prior"]["held_first"]["short"] == [0]
     kept = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=None),
                       latents=ws).edit
@@ -315,3 +318,102 @@ def test_one_image_of_an_edit_trained_again_applies_alone_as_in_the_batch(
         assert alone.rows() == 1 and all(link.rows() == 1 for link in alone.chain())
         got = apply_edits(G, ws[i:i + 1], [alone]).edited
         assert torch.allclose(got[0], both[i], atol=1e-4)
+
+
+def _held_reach(monkeypatch: pytest.MonkeyPatch, held_reach: dict[int, float]) -> None:
+    """The CLIP's verdict, fixed: held, image i gets ``held_reach[i]`` of the way (1.0 when
+    not given); free, every image gets all the way."""
+    monkeypatch.setattr(fit, "MIN_REACH", 0.5)
+
+    def reach(self: PromptFit, text: torch.Tensor, edited: torch.Tensor) -> list[float]:
+        held = not self.covered and _training_held[0]
+        return [held_reach.get(i, 1.0) if held else 1.0 for i in range(edited.shape[0])]
+
+    monkeypatch.setattr(PromptFit, "reach", reach)
+
+
+def _reading(monkeypatch: pytest.MonkeyPatch, free_repaints: set[int]) -> None:
+    """The CLIP's reading of what else changed, fixed: held, every image gains 0.2 of the
+    prompt and keeps 0.95 of the rest; free, it gains 0.25, and keeps 0.6 of the rest on
+    ``free_repaints`` (it repainted what the prompt does not name), 0.95 elsewhere."""
+    import coral_core.editing.trainer as trainer
+
+    def reading(text: torch.Tensor, original: torch.Tensor, edited: torch.Tensor
+                ) -> tuple[list[float], list[float]]:
+        n = edited.shape[0]
+        if _training_held[0]:
+            return [0.2] * n, [0.95] * n
+        return [0.25] * n, [0.6 if i in free_repaints else 0.95 for i in range(n)]
+
+    monkeypatch.setattr(trainer, "prompt_and_rest", reading)
+
+
+def test_an_image_whose_free_edit_repaints_the_rest_keeps_its_held_edit(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    """Held, the image got 0.7 of the way (short of the 0.9 bar, past MIN_REACH); trained
+    again free it gets all the way but repaints what the prompt does not name (the rest falls
+    0.35, the prompt rises 0.05): the user gets the held edit, and the record says the free
+    one was tried. Switched off, the free edit is the edit."""
+    _held_reach(monkeypatch, {0: 0.7})
+    _reading(monkeypatch, {0})
+    ws = G.mapping_ws(G.z_from_seeds([5]))
+    edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9),
+                      latents=ws).edit
+    assert edit.then is None and edit.info["prior"]["held_kept"] == [0]
+    assert edit.info["prior"]["free_tried"]["reach"] == [1.0]
+    assert edit.info["prompt_fit"]["reach"] == [0.7] and edit.info["prompt_fit"]["unchanged"] == []
+    assert edit.info["wall_seconds"] > edit.info["prior"]["free_tried"]["wall_seconds"] > 0
+    kept = apply_edits(G, ws, [edit])
+    assert not torch.equal(kept.edited, kept.original)  # the held change, not nothing
+    again = apply_edits(G, ws, [Edit.load(edit.save(tmp_path / "kept.safetensors"))])
+    assert torch.equal(again.edited, kept.edited)
+    free = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9,
+                                       keep_held_when_better=False), latents=ws).edit
+    assert "held_first" in free.info["prior"] and "held_kept" not in free.info["prior"]
+    assert not torch.allclose(apply_edits(G, ws, [free]).edited, kept.edited, atol=1e-3)
+
+
+def test_the_free_edit_stands_where_it_keeps_the_rest_or_the_held_one_got_nowhere(
+        G, clip, tmp_path, monkeypatch, held_then_free) -> None:
+    """Three images: 0 held at 0.7 whose free edit repaints the rest (keeps the held edit), 1
+    held at 0.7 whose free edit keeps the rest (takes the free edit), 2 held at 0.1 (under
+    MIN_REACH: nothing to keep, the free edit whatever it does). Each image applied alone
+    gives what the batch gives."""
+    _held_reach(monkeypatch, {0: 0.7, 1: 0.7, 2: 0.1})
+    _reading(monkeypatch, {0, 2})
+    ws = G.mapping_ws(G.z_from_seeds([3, 4, 5]))
+    edit = train_edit(G, clip, _config(batch=3, catalogue_dir=tmp_path, free_below=0.9),
+                      latents=ws).edit
+    assert edit.info["prior"]["held_kept"] == [0]
+    assert edit.info["prior"]["trained_again_free"] == [1, 2]
+    assert edit.then is not None and edit.info["prompt_fit"]["reach"] == [0.7, 1.0, 1.0]
+    res = apply_edits(G, ws, [edit])
+    assert not torch.equal(res.edited[0], res.original[0])
+    for i in range(3):
+        alone = apply_edits(G, ws[i:i + 1], [edit.row(i)])
+        assert torch.allclose(alone.edited[0], res.edited[i], atol=1e-4)
+
+
+def test_which_images_keep_their_held_edit() -> None:
+    from coral_core.editing.trainer import _rows_better_held
+
+    held = {"reach": [0.7, 0.7, 0.3, 0.7, 0.95], "gain": [0.2] * 5, "rest": [0.9] * 5}
+    free = {"reach": [1.0] * 5, "gain": [0.3, 0.3, 0.3, 0.2, 0.3],
+            "rest": [0.7, 0.85, 0.5, 0.9, 0.5], "unchanged": [3]}
+    # 0: the rest falls 0.2 for 0.1 of the prompt: held. 1: 0.05 for 0.1: free. 2: held
+    # under MIN_REACH: free. 3: the free edit is left unchanged: held. 4: not short.
+    assert _rows_better_held(held, free, [0, 1, 2, 3]) == [0, 3]
+    assert _rows_better_held(held, {**free, "rest": [0.8] * 5}, [0]) == []  # 0.1 for 0.1
+    assert _rows_better_held({"reach": [0.7]}, free, [0]) == []  # no reading: as before
+
+
+def test_the_prompt_and_the_rest_as_the_clip_reads_them() -> None:
+    from coral_core.editing.fit import prompt_and_rest
+
+    text = torch.tensor([1.0, 0.0, 0.0])
+    original = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    along = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # 0: towards the text only
+    gain, rest = prompt_and_rest(text, original, along)
+    assert gain[0] == pytest.approx(2 ** -0.5, abs=1e-4) and rest[0] == pytest.approx(1.0)
+    assert gain[1] == pytest.approx(0.0) and rest[1] == pytest.approx(2 ** -0.5, abs=1e-4)
+    assert prompt_and_rest(text, original, original * 3) == ([0.0, 0.0], [1.0, 1.0])
