@@ -195,8 +195,10 @@ class TrainConfig:
     # ... and an image whose held edit got at least fit.MIN_REACH of the way keeps it when its
     # free edit is left unchanged, or loses more of what the prompt does not name than it
     # gains of the prompt over the held one (the CLIP's reading; trainer._rows_better_held).
-    # Why: on faces the free edit reached "long hair" or "glasses" by repainting the face.
-    keep_held_when_better: bool = True
+    # Off: it rescued three changes of shape on the tuning faces (the free edit had repainted
+    # the face), but on fresh faces it kept three muddy held background recolours and rescued
+    # none (a recolour shows in the CLIP's reading of the rest too); docs/method.md.
+    keep_held_when_better: bool = False
     # With along_prior: an image freed at the region choice and still under fit.MIN_REACH
     # ten steps later gets back, as soft masks trained for it alone, the layers hardening
     # turned off in the pieces its region kept; they are hardened again half way to the end.

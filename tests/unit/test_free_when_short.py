@@ -353,12 +353,13 @@ def test_an_image_whose_free_edit_repaints_the_rest_keeps_its_held_edit(
     """Held, the image got 0.7 of the way (short of the 0.9 bar, past MIN_REACH); trained
     again free it gets all the way but repaints what the prompt does not name (the rest falls
     0.35, the prompt rises 0.05): the user gets the held edit, and the record says the free
-    one was tried. Switched off, the free edit is the edit."""
+    one was tried (``keep_held_when_better``, off by default). Switched off, the free edit
+    is the edit."""
     _held_reach(monkeypatch, {0: 0.7})
     _reading(monkeypatch, {0})
     ws = G.mapping_ws(G.z_from_seeds([5]))
-    edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9),
-                      latents=ws).edit
+    edit = train_edit(G, clip, _config(batch=1, catalogue_dir=tmp_path, free_below=0.9,
+                                       keep_held_when_better=True), latents=ws).edit
     assert edit.then is None and edit.info["prior"]["held_kept"] == [0]
     assert edit.info["prior"]["free_tried"]["reach"] == [1.0]
     assert edit.info["prompt_fit"]["reach"] == [0.7] and edit.info["prompt_fit"]["unchanged"] == []
@@ -382,8 +383,8 @@ def test_the_free_edit_stands_where_it_keeps_the_rest_or_the_held_one_got_nowher
     _held_reach(monkeypatch, {0: 0.7, 1: 0.7, 2: 0.1})
     _reading(monkeypatch, {0, 2})
     ws = G.mapping_ws(G.z_from_seeds([3, 4, 5]))
-    edit = train_edit(G, clip, _config(batch=3, catalogue_dir=tmp_path, free_below=0.9),
-                      latents=ws).edit
+    edit = train_edit(G, clip, _config(batch=3, catalogue_dir=tmp_path, free_below=0.9,
+                                       keep_held_when_better=True), latents=ws).edit
     assert edit.info["prior"]["held_kept"] == [0]
     assert edit.info["prior"]["trained_again_free"] == [1, 2]
     assert edit.then is not None and edit.info["prompt_fit"]["reach"] == [0.7, 1.0, 1.0]
