@@ -286,7 +286,8 @@ def _rows_better_held(held_fit: dict[str, Any], free_fit: dict[str, Any], short:
     ``rest`` against the rise of ``gain``, in the same cosine units; no threshold). Why: on
     faces the free edit reaches the prompt by repainting the face or the skin for "long
     hair", "glasses" and beards, where the held edit had drawn the part at 0.86-0.9 of the
-    way (docs/method.md, "The held edit kept when better")."""
+    way. Off by default: on fresh faces it kept muddy held recolours instead, a recolour
+    showing in the rest too (docs/method.md, "The held edit kept when better")."""
     reach, gain, rest = held_fit.get("reach"), held_fit.get("gain"), held_fit.get("rest")
     free_gain, free_rest = free_fit.get("gain"), free_fit.get("rest")
     if not (reach and gain and rest and free_gain and free_rest):
