@@ -112,6 +112,9 @@ class PromptFit:
     # prompt, and how alike it reads everything else before and after (1: unchanged)
     gain: list[float] = field(default_factory=list)
     rest: list[float] = field(default_factory=list)
+    # the CLIP embeddings of the unedited images [B, D] the check read (kept for the reading
+    # after training, so they are encoded once)
+    start_embeddings: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def unchanged_rows(self) -> list[int]:
         """The images the edit must leave exactly as they were."""
@@ -519,7 +522,8 @@ def check_prompt_fit(bank: SampleBank, text_embedding: torch.Tensor,
                         "something in the image, or switch this check off (coral train "
                         "--no-absent-check; Train Edit Advanced: absent_check off)")
     return PromptFit(relative, already, warnings, [float(v) for v in scores], best, rng,
-                     absent=absent, bimodality=bimodality, unread=reads_nothing)
+                     absent=absent, bimodality=bimodality, unread=reads_nothing,
+                     start_embeddings=image_embeddings.detach().float().cpu())
 
 
 def _unread_warnings(prompt: str, unread: list[str], reads_nothing: bool,

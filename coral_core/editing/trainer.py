@@ -747,9 +747,9 @@ def _finish(run: _Run, progress: _Progress, wall: float) -> TrainResult:
                 edited = run.clip.encode_image(progress.last.edited.detach())
                 run.fit.judge_outcome(cfg.prompt, run.target, edited, warn_short=not retrains,
                                       short_below=cfg.free_below if retrains else None)
-                if progress.original is not None:
-                    run.fit.gain, run.fit.rest = prompt_and_rest(
-                        run.target, run.clip.encode_image(progress.original), edited)
+                start = run.fit.start_embeddings
+                if start is not None and start.shape[0] == edited.shape[0]:
+                    run.fit.gain, run.fit.rest = prompt_and_rest(run.target, start, edited)
         if retrains and run.fit.short_rows() and isinstance(direction, GlobalDirection):
             unzeroed = (direction.delta.detach().clone(),
                         selector.logits.detach().clone()
