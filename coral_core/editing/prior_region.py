@@ -68,12 +68,25 @@ def visible_change(moved: torch.Tensor, image: torch.Tensor, share: float = 1.0
     and hair. Left in, it set Otsu's threshold above a whole background's milder change ("a
     blue background" then split off only the head's outline); a change thinner than the
     composite's edge band (EDGE_BAND) is an edge's jitter, not a region."""
+    change, otsu = _opened_change(moved, image)
+    return _past(change, otsu, share)
+
+
+def _opened_change(moved: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """The change magnitude [B, 1, H, W] after the opening (``visible_change``), and each
+    picture's Otsu threshold of it."""
     change = (moved.float() - image.float()).abs().amax(1, keepdim=True)
     width = opening_width(change.shape[-1])
     pad = width // 2
     change = -F.max_pool2d(-change, width, stride=1, padding=pad)
     change = F.max_pool2d(change, width, stride=1, padding=pad)
-    thresholds = [max(share * otsu_threshold(c.flatten()), VISIBLE_STEP) for c in change]
+    return change, [otsu_threshold(c.flatten()) for c in change]
+
+
+def _past(change: torch.Tensor, otsu: list[float], share: float) -> torch.Tensor:
+    """1 where ``change`` exceeds ``share`` of its picture's threshold and one visible grey
+    level."""
+    thresholds = [max(share * t, VISIBLE_STEP) for t in otsu]
     t = torch.tensor(thresholds, dtype=change.dtype, device=change.device)[:, None, None, None]
     return (change > t).to(change.dtype)
 
@@ -100,6 +113,17 @@ def split_pieces(pieces: torch.Tensor, cells: torch.Tensor,
     mostly = (share >= 0.5).to(pieces.dtype)[..., None, None]
     inside = torch.maximum(pieces * cells, pieces * mostly)
     return torch.cat([inside, pieces - inside], 1)
+
+
+def split_where_changed(pieces: torch.Tensor, moved: torch.Tensor, image: torch.Tensor,
+                        graded_share: float) -> torch.Tensor:
+    """``split_pieces`` of ``pieces`` [B, K, r, r] where ``moved`` visibly differs from
+    ``image``, the "mostly changed" rule counting the cells changed by ``graded_share`` of
+    the threshold; the change and its thresholds are computed once for both."""
+    change, otsu = _opened_change(moved, image)
+    r = pieces.shape[-1]
+    return split_pieces(pieces, changed_cells(_past(change, otsu, 1.0), r),
+                        changed_cells(_past(change, otsu, graded_share), r))
 
 
 def start_weights(k: int, mask_init: float) -> torch.Tensor:

@@ -36,7 +36,7 @@ from .memory import MemoryPlan, memory_plan
 from .objective import CoralObjective, StepLoss, layer_masks
 from .outcome import fit_info, leave_unchanged, summary_info, user_warnings
 from .prior import SampleBank, retrieval_prior, sample_bank_for
-from .prior_region import changed_cells, split_pieces, start_weights, visible_change
+from .prior_region import split_where_changed, start_weights
 from .region import (CONTEST_MIN_SHARE, RegionJudge, harden_selection, judge_loss,
                      present_segments, prune_region)
 from .run_record import resume, run_identity, save_checkpoint
@@ -501,10 +501,7 @@ def _split_where_the_prior_acts(run: _Run) -> None:
         image, feats = G.synthesize_with_features(latents, noise=noise)
         moved = G.synthesize(latents + run.direction(latents), noise=noise)
         pieces = run.catalogue.segments(feats)
-        cells = changed_cells(visible_change(moved, image), pieces.shape[-1])
-        graded = changed_cells(visible_change(moved, image, cfg.prior_region_graded),
-                               pieces.shape[-1])
-        run.segments = split_pieces(pieces, cells, graded)
+        run.segments = split_where_changed(pieces, moved, image, cfg.prior_region_graded)
     run.catalogue = None
     run.fixed_original = _Original(image, feats, run.segments)  # the first step's, kept
     selector = _make_selector(G, cfg, latents.shape[0], run.segments, None)

@@ -9,7 +9,8 @@ from coral_core.editing.apply import apply_edits
 from coral_core.editing.edit import Edit
 from coral_core.editing.outcome import VISIBLE_STEP
 from coral_core.editing.prior_region import (REST_WEIGHT, changed_cells, opening_width,
-                                             otsu_threshold, split_pieces, start_weights,
+                                             otsu_threshold, split_pieces, split_where_changed,
+                                             start_weights,
                                              visible_change)
 from coral_core.editing.trainer import TrainConfig, train_edit
 
@@ -139,6 +140,8 @@ def test_a_background_repainted_more_in_the_middle_than_at_its_frame_stays_whole
     graded = changed_cells(visible_change(moved, image, 0.5), 32)
     split = split_pieces(pieces, cells, graded)
     assert torch.equal(split[:, 0], background) and not split[:, 2].any()
+    assert torch.equal(split_where_changed(pieces, moved, image, 0.5), split)
+    assert torch.equal(split_where_changed(pieces, moved, image, 1.0), old)
     assert torch.equal(split.sum(1), torch.ones(1, 32, 32))
     # a change confined to a corner of the background still splits it there
     corner = image.clone()
